@@ -1,0 +1,130 @@
+"""The local process backend: train.py runs with this interpreter, detached from the client.
+
+The job writes everything to runs/<id>/logs/train.log and its outputs straight into
+runs/<id>/outputs; the client follows the log file, so a client can die and another one can
+re-attach from a byte offset without showing anything twice.
+"""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ..errors import UserError
+from ..paths import remote_scripts_dir
+from .base import CANCELED, COMPLETED, FAILED, RUNNING, Backend, LogLine, RunRef
+from .local_job import EXIT_CODE_FILE, write_exit_code
+
+CANCEL_MARKER = "cancel_requested"
+POLL_SECONDS = 0.2
+CANCEL_GRACE_SECONDS = 10
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def prepare(self, spec):
+        missing = [m for m in ("torch", "torchvision", "onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(
+                f"{', '.join(missing)} not installed in {sys.executable}: the local backend trains in this "
+                "Python; run pip install 'orchestrator[local]', or use --backend docker")
+
+    def submit(self, spec):
+        for sub in ("logs", "outputs", "checkpoints"):
+            (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-u", str(remote_scripts_dir() / "train.py"),
+            "--data", str(spec.data.resolve()),
+            "--output", str(spec.output_dir.resolve()),
+            "--checkpoint-dir", str((spec.run_dir / "checkpoints").resolve()),
+            *spec.train_args,
+        ]
+        with open(spec.log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.backends.local_job", str(spec.run_dir.resolve()), "--",
+                 *command],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return RunRef(spec.run_id, self.name, spec.run_dir, remote_id=str(process.pid))
+
+    def log_lines(self, run, cursor=0, follow=True):
+        path = run.run_dir / "logs" / "train.log"
+        with open(path, "rb") as log:
+            log.seek(cursor)
+            pending = b""
+            while True:
+                chunk = log.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith(b"\n"):
+                        cursor += len(pending)
+                        yield LogLine(pending.decode("utf-8", "replace").rstrip("\r\n"), cursor)
+                        pending = b""
+                    continue
+                if not follow or self._exit_code(run) is not None:
+                    # The job has ended: drain what it wrote last, then stop.
+                    rest = pending + log.read()
+                    for raw in rest.splitlines(keepends=True):
+                        cursor += len(raw)
+                        yield LogLine(raw.decode("utf-8", "replace").rstrip("\r\n"), cursor)
+                    return
+                time.sleep(POLL_SECONDS)
+
+    def status(self, run):
+        code = self._exit_code(run)
+        if code is None:
+            return RUNNING if self._alive(run) else FAILED
+        if (run.run_dir / CANCEL_MARKER).exists():
+            return CANCELED
+        return COMPLETED if code == 0 else FAILED
+
+    def exit_code(self, run):
+        return self._exit_code(run)
+
+    def cancel(self, run):
+        (run.run_dir / CANCEL_MARKER).touch()
+        if self._exit_code(run) is not None:
+            return
+        pgid = int(run.remote_id)
+        # The supervisor forwards SIGTERM to train.py, which saves and exits as canceled.
+        self._send_signal(pgid, signal.SIGTERM, group=False)
+        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        while time.monotonic() < deadline and self._exit_code(run) is None:
+            time.sleep(POLL_SECONDS)
+        if self._exit_code(run) is None:
+            self._send_signal(pgid, signal.SIGKILL)
+            write_exit_code(run.run_dir, -signal.SIGKILL)
+
+    def download(self, run, dest):
+        """Outputs are written in place by the job: nothing to fetch."""
+
+    @staticmethod
+    def _exit_code(run):
+        try:
+            return int((run.run_dir / EXIT_CODE_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(run):
+        try:
+            os.kill(int(run.remote_id), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        # A zombie child of this very process counts as gone.
+        try:
+            with open(f"/proc/{int(run.remote_id)}/stat") as stat:
+                return stat.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return True
+
+    @staticmethod
+    def _send_signal(pgid, sig, group=True):
+        try:
+            (os.killpg if group else os.kill)(pgid, sig)
+        except ProcessLookupError:
+            pass

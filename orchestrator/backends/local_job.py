@@ -1,0 +1,36 @@
+"""The supervisor of a local job: `python -m orchestrator.backends.local_job RUN_DIR -- CMD...`.
+
+The local backend starts this module in a session of its own, so Ctrl-C or a crash of the
+client never reaches the job (the same as a container or a cloud job). It runs the training
+command, forwards SIGTERM to it, and records the exit code in RUN_DIR/exit_code: that file is
+how any later client process learns that the run has ended and how.
+"""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+EXIT_CODE_FILE = "exit_code"
+
+
+def write_exit_code(run_dir, code):
+    """Atomically record the job's exit code (readers never see a half-written file)."""
+    path = Path(run_dir) / EXIT_CODE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{code}\n")
+    os.replace(tmp, path)
+
+
+def main(argv):
+    run_dir, separator, *command = argv
+    if separator != "--" or not command:
+        raise SystemExit("usage: python -m orchestrator.backends.local_job RUN_DIR -- COMMAND...")
+    child = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    write_exit_code(run_dir, child.wait())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,73 @@
+"""Entry point of `orchestrate`.
+
+Commands are registered by name and imported only when invoked, so `orchestrate --help` never
+loads torch, onnxruntime, docker or azure.ai.ml. Errors become one line on stderr and an exit
+code (2 bad input, 1 failed job), never a traceback.
+"""
+import sys
+from importlib import import_module
+
+import click
+
+from ..errors import JobFailed, UserError
+
+# name -> (module, attribute, one-line help shown by `orchestrate --help`)
+COMMANDS = {
+    "train": ("orchestrator.cli.train", "train", "Train a classifier on a folder-per-label dataset."),
+    "runs": ("orchestrator.cli.runs", "runs", "List and inspect past runs."),
+    "logs": ("orchestrator.cli.runs", "logs", "Show a run's progress; follow it while it runs."),
+    "status": ("orchestrator.cli.runs", "status", "Print a run's status."),
+    "cancel": ("orchestrator.cli.runs", "cancel", "Stop a running job."),
+    "download": ("orchestrator.cli.runs", "download", "Fetch a run's outputs into its run folder."),
+    "predict": ("orchestrator.cli.predict", "predict", "Classify images with a trained model."),
+    "evaluate": ("orchestrator.cli.predict", "evaluate", "Score a model on a labeled folder."),
+    "image": ("orchestrator.cli.image", "image", "Build the docker backend's training or offline base image."),
+    "doctor": ("orchestrator.cli.doctor", "doctor", "Check what the docker backend needs on this host."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that command runs."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="orchestrator", prog_name="orchestrate")
+def cli():
+    """Train image classifiers on Azure ML GPUs, in a local Docker container or a local process,
+    and get a self-describing ONNX model back.
+
+    \b
+    Example:
+      orchestrate train ./EuroSAT --backend local --epochs 5
+      orchestrate predict RUN_ID photo.jpg --top-k 3
+    """
+
+
+def main():
+    """Console entry point: every error is one line on stderr with a meaningful exit code."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except (UserError, JobFailed) as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except click.ClickException as exc:  # bad usage: unknown option, invalid value ...
+        click.echo(f"error: {exc.format_message()}", err=True)
+        code = exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    sys.exit(code or 0)

@@ -1,0 +1,134 @@
+"""Commands on past and running runs: runs list/show, logs, status, cancel, download."""
+import time
+
+import click
+
+from .common import find_run, follow_and_report, print_json
+
+
+@click.group()
+def runs():
+    """List and inspect runs recorded in the ledger.
+
+    \b
+    Examples:
+      orchestrate runs list
+      orchestrate runs show digits-20261123-101500-ab12 --json
+    """
+
+
+@runs.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+def list_runs(limit, as_json):
+    """List recent runs, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..ledger import Ledger
+
+    records = Ledger().list(limit)
+    if as_json:
+        print_json([r.to_json() for r in records])
+        return
+    table = Table(show_header=True, header_style="bold")
+    for column in ("run", "backend", "status", "started", "accuracy", "dataset"):
+        table.add_column(column)
+    for r in records:
+        accuracy = r.metrics.get("accuracy")
+        table.add_row(r.run_id, r.backend, r.status, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+                      "-" if accuracy is None else f"{accuracy:.4f}", r.dataset)
+    Console().print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+def show_run(run_id, as_json):
+    """Show one run: parameters, status, outputs and metrics."""
+    from ..runner import read_metrics
+
+    _, record, _, _ = find_run(run_id)
+    data = record.to_json()
+    data["test_metrics"] = read_metrics(record.run_dir)
+    if as_json:
+        print_json(data)
+        return
+    for key in ("run_id", "name", "backend", "status", "exit_code", "dataset", "run_dir", "remote_id"):
+        click.echo(f"{key:10} {data[key]}")
+    click.echo(f"{'params':10} {' '.join(record.params.get('train_args', [])) or '(defaults)'}")
+    if data["test_metrics"]:
+        from rich.console import Console
+
+        from ..render import metrics_table
+
+        Console().print(metrics_table(data["test_metrics"]))
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
+def logs(run_id, verbose):
+    """Re-render a run's progress from its log; follow it while it runs (Ctrl-C detaches).
+
+    \b
+    Example:
+      orchestrate logs digits-20261123-101500-ab12
+    """
+    _, _, backend, run = find_run(run_id)
+    follow_and_report(backend, run, verbose=verbose)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def status(run_id, as_json):
+    """Print a run's status: queued, running, completed, failed or canceled.
+
+    \b
+    Example:
+      orchestrate status digits-20261123-101500-ab12
+    """
+    from ..runner import finish
+
+    ledger, record, backend, run = find_run(run_id)
+    outcome = finish(backend, run, ledger)
+    if as_json:
+        print_json({"run_id": record.run_id, "status": outcome.status})
+    else:
+        click.echo(outcome.status)
+
+
+@click.command()
+@click.argument("run_id")
+def cancel(run_id):
+    """Stop a running job (SIGTERM, then SIGKILL after a grace period).
+
+    \b
+    Example:
+      orchestrate cancel digits-20261123-101500-ab12
+    """
+    from ..backends.base import TERMINAL
+    from ..runner import finish
+
+    ledger, record, backend, run = find_run(run_id)
+    if backend.status(run) in TERMINAL:
+        click.echo(f"run {record.run_id} has already ended ({backend.status(run)})")
+        return
+    backend.cancel(run)
+    outcome = finish(backend, run, ledger)
+    click.echo(f"run {record.run_id} {outcome.status}")
+
+
+@click.command()
+@click.argument("run_id")
+def download(run_id):
+    """Fetch a finished run's outputs into runs/<run-id>/outputs.
+
+    \b
+    Example:
+      orchestrate download digits-20261123-101500-ab12
+    """
+    _, record, backend, run = find_run(run_id)
+    backend.download(run, record.output_dir)
+    click.echo(str(record.output_dir))

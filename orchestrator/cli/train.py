@@ -1,0 +1,96 @@
+"""`orchestrate train`: validate the dataset, start the job on a backend, follow it."""
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from .training_options import pop_training_values, to_train_args, training_options
+
+BACKEND_CHOICES = ("auto", "local", "docker", "azure")
+
+
+def validate_dataset(data, values):
+    """Reject unusable data here, in one line, before any job starts or any byte is uploaded."""
+    from remote_scripts.folder_dataset import DatasetError, minimum_per_class, scan
+
+    val = values["val_fraction"] if values["val_fraction"] is not None else 0.1
+    test = values["test_fraction"] if values["test_fraction"] is not None else 0.1
+    if val + test >= 1:
+        raise UserError("--val-fraction and --test-fraction must sum to less than 1")
+    try:
+        found = scan(str(data))
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    need = minimum_per_class(val, test)
+    for label, count in found.counts().items():
+        if count < need:
+            raise UserError(f"class '{label}' has {count} image(s); at least {need} are needed to split it "
+                            "into train/validation/test (lower --val-fraction/--test-fraction or add images)")
+    return found
+
+
+def choose_backend(name):
+    """`auto`: the local process backend until a cloud or container backend is configured."""
+    from ..backends import BACKENDS
+
+    if name != "auto":
+        return name
+    if "azure" in BACKENDS:
+        from ..config import workspace_configured
+
+        if workspace_configured():
+            return "azure"
+    if "docker" in BACKENDS:
+        from ..backends.docker import engine_available
+
+        if engine_available():
+            return "docker"
+    return "local"
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Where the job runs. auto: azure when a workspace is configured, else docker when an engine "
+                   "answers, else local.")
+@training_options
+@click.option("--name", help="Run name (the run id starts with it). [default: the dataset folder name]")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where run folders are created.")
+@click.option("--base-image", help="docker: base image of the training image.")
+@click.option("--gpus", help="docker: all, N or none. [default: all when a GPU runtime is present]")
+@click.option("--cpus", type=click.FloatRange(min=0, min_open=True), help="docker: CPU limit.")
+@click.option("--memory", help="docker: memory limit, e.g. 8g.")
+@click.option("--detach", is_flag=True, help="Start the job and return at once with its run id.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
+def train(data, backend, name, runs_dir, detach, as_json, verbose, **kwargs):
+    """Train a classifier on DATA, a folder with one sub-folder of images per label.
+
+    \b
+    Examples:
+      orchestrate train ./EuroSAT --backend local --epochs 5
+      orchestrate train ./flowers --backend docker --mode full --gpus all
+      orchestrate train ./digits --backend local --weights none --image-size 64 --json
+    """
+    from .. import runner
+    from ..backends import get_backend
+    from ..ledger import Ledger
+    from .common import follow_and_report, print_json
+
+    values = pop_training_values(kwargs)
+    validate_dataset(data, values)
+    backend_options = {k: v for k, v in kwargs.items() if v is not None}
+    engine = get_backend(choose_backend(backend))
+    run = runner.start(engine, Ledger(), data, to_train_args(values), backend_options,
+                       name or data.resolve().name, runs_dir)
+    if detach:
+        if as_json:
+            print_json({"run_id": run.run_id, "status": "submitted", "backend": engine.name,
+                        "run_dir": str(run.run_dir)})
+        else:
+            click.echo(f"submitted {run.run_id} ({engine.name}); follow with: orchestrate logs {run.run_id}")
+        return
+    if not as_json:
+        click.echo(f"run {run.run_id} on {engine.name} backend; folder {run.run_dir}", err=True)
+    follow_and_report(engine, run, as_json=as_json, verbose=verbose)

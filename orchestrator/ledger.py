@@ -1,0 +1,118 @@
+"""Run history in SQLite (DESIGN.md 4.4): one row per run, whatever the backend.
+
+The ledger is what lets `orchestrate logs RUN`, `status`, `cancel` and `predict RUN` find a run
+again from any directory, after the client that started it has gone.
+"""
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import UserError
+from .paths import state_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    remote_id TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    run_dir TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    exit_code INTEGER,
+    metrics TEXT NOT NULL DEFAULT '{}'
+)
+"""
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    backend: str
+    status: str
+    dataset: str
+    run_dir: str
+    params: dict = field(default_factory=dict)
+    remote_id: str = ""
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    exit_code: int = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def output_dir(self):
+        return Path(self.run_dir) / "outputs"
+
+    def to_json(self):
+        return asdict(self)
+
+
+_JSON_COLUMNS = ("params", "metrics")
+
+
+class Ledger:
+    def __init__(self, path=None):
+        self.path = Path(path) if path else state_dir() / "ledger.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(SCHEMA)
+
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=10)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def add(self, record):
+        row = record.to_json()
+        for key in _JSON_COLUMNS:
+            row[key] = json.dumps(row[key])
+        names = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self._connect() as db:
+            db.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", row)
+
+    def update(self, run_id, **changes):
+        allowed = {f.name for f in fields(RunRecord)} - {"run_id"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"unknown ledger fields: {sorted(unknown)}")
+        changes["updated_at"] = time.time()
+        for key in _JSON_COLUMNS:
+            if key in changes:
+                changes[key] = json.dumps(changes[key])
+        assignments = ", ".join(f"{k} = :{k}" for k in changes)
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {assignments} WHERE run_id = :run_id", {**changes, "run_id": run_id})
+
+    def get(self, run_id):
+        """The run with this id, or the only run whose id starts with it; UserError otherwise."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchall()
+            if not rows:
+                pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                rows = db.execute("SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 6",
+                                  (pattern,)).fetchall()
+        if not rows:
+            raise UserError(f"unknown run {run_id!r} (see 'orchestrate runs list')")
+        if len(rows) > 1:
+            names = ", ".join(r["run_id"] for r in rows[:5])
+            raise UserError(f"run id {run_id!r} is ambiguous: {names}")
+        return self._record(rows[0])
+
+    def list(self, limit=50):
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _record(row):
+        data = dict(row)
+        for key in _JSON_COLUMNS:
+            data[key] = json.loads(data[key])
+        return RunRecord(**data)

@@ -1,0 +1,127 @@
+"""Renders a job's event stream for people: progress bars, a line per epoch, a metrics table.
+
+One renderer for every backend and for `orchestrate logs`, so a re-rendered run looks exactly
+like the live one. It writes to stderr: stdout is kept for results (`--json`).
+"""
+from collections import deque
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape as _escape
+from rich.table import Table
+
+LOG_TAIL_LINES = 30  # ordinary log lines kept to explain a failure
+
+
+def metrics_table(metrics, title="Test metrics"):
+    """The ML.NET-style summary: overall numbers, then per class."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("class")
+    for name in ("precision", "recall", "log-loss", "support"):
+        table.add_column(name, justify="right")
+    for label, row in metrics["per_class"].items():
+        loss = metrics["per_class_log_loss"].get(label)
+        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                      "-" if loss is None else f"{loss:.3f}", str(row["support"]))
+    reduction = metrics.get("log_loss_reduction")
+    table.caption = (f"accuracy {metrics['accuracy']:.4f}   macro accuracy {metrics['macro_accuracy']:.4f}   "
+                     f"log-loss {metrics['log_loss']:.4f}   log-loss reduction "
+                     f"{'-' if reduction is None else f'{reduction:.4f}'}   samples {metrics['num_samples']}")
+    return table
+
+
+class EventRenderer:
+    def __init__(self, console=None, verbose=False):
+        self.console = console or Console(stderr=True, highlight=False)
+        self.verbose = verbose
+        self.log_tail = deque(maxlen=LOG_TAIL_LINES)
+        self.progress = None
+        self.task = None
+        self.epoch_label = ""
+
+    def line(self, text):
+        """An ordinary log line: kept for failure reports, shown only with --verbose."""
+        self.log_tail.append(text)
+        if self.verbose:
+            self._print(f"[dim]{_escape(text)}[/dim]")
+
+    def event(self, event):
+        handler = getattr(self, "_on_" + str(event.get("type")), None)
+        if handler is not None:  # types this client does not know are ignored (DESIGN.md 4.2)
+            handler(event)
+
+    def close(self):
+        self._stop_progress()
+
+    # -- event handlers -------------------------------------------------------------------
+    def _on_run_start(self, ev):
+        classes = ev.get("classes", [])
+        split = ev.get("split", {})
+        shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+        resumed = f", resumed after epoch {ev['resumed_from_epoch']}" if ev.get("resumed_from_epoch") else ""
+        self._print(f"[bold]{len(classes)} classes[/bold] ({_escape(shown)}); "
+                    f"train/val/test = {split.get('train', '?')}/{split.get('val', '?')}/{split.get('test', '?')} "
+                    f"images; device {ev.get('device', '?')}{resumed}")
+
+    def _on_phase(self, ev):
+        self._stop_progress()
+        self._print(f"[cyan]>[/cyan] {ev.get('name')}")
+
+    def _on_progress(self, ev):
+        phase = ev.get("phase", "")
+        label = f"{phase} {self.epoch_label}".strip() if phase == "train" else phase
+        if self.progress is None:
+            self.progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(label, total=ev.get("total"))
+        self.progress.update(self.task, description=label, completed=ev.get("done", 0), total=ev.get("total"))
+
+    def _on_epoch_end(self, ev):
+        self._stop_progress()
+        self.epoch_label = f"epoch {ev.get('epoch', 0) + 1}/{ev.get('epochs', '?')}"
+        parts = [f"epoch {ev.get('epoch')}/{ev.get('epochs')}"]
+        for key, name in (("train_loss", "loss"), ("train_accuracy", "acc"),
+                          ("val_loss", "val_loss"), ("val_accuracy", "val_acc")):
+            if ev.get(key) is not None:
+                parts.append(f"{name} {ev[key]:.4f}")
+        if ev.get("seconds") is not None:
+            parts.append(f"{ev['seconds']:.1f}s")
+        best = " [green]*best[/green]" if ev.get("best") else ""
+        self._print("  " + "  ".join(parts) + best)
+
+    def _on_skipped(self, ev):
+        files = ev.get("files", [])
+        count = ev.get("count", len(files))
+        shown = ", ".join(f.get("path", "?") for f in files[:3]) + (", ..." if count > 3 else "")
+        self._print(f"[yellow]skipped {count} unreadable image(s)[/yellow]: {_escape(shown)}")
+
+    def _on_warning(self, ev):
+        self._print(f"[yellow]warning:[/yellow] {_escape(str(ev.get('message', '')))}")
+
+    def _on_metrics(self, ev):
+        self._stop_progress()
+        metrics = {k: v for k, v in ev.items() if k not in ("v", "type", "time")}
+        if "per_class" in metrics:
+            self.console.print(metrics_table(metrics))
+
+    def _on_artifact(self, ev):
+        if self.verbose:
+            self._print(f"[dim]wrote {ev.get('name')} ({ev.get('bytes')} bytes)[/dim]")
+
+    def _on_run_end(self, ev):
+        self._stop_progress()
+        status = ev.get("status")
+        colour = {"completed": "green", "canceled": "yellow"}.get(status, "red")
+        seconds = ev.get("seconds")
+        took = f" in {seconds:.1f}s" if isinstance(seconds, (int, float)) else ""
+        self._print(f"[{colour}]job {status}[/{colour}]{took}")
+
+    # -- helpers --------------------------------------------------------------------------
+    def _print(self, markup):
+        self.console.print(markup)
+
+    def _stop_progress(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

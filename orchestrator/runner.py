@@ -1,0 +1,105 @@
+"""Starting, following and finishing runs: what every backend shares.
+
+Backends only start jobs and hand back raw log lines; this module writes the run folder and
+the ledger row, parses events, renders them, detaches on Ctrl-C and records the outcome.
+"""
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends.base import COMPLETED, QUEUED, TERMINAL, JobSpec, RunRef
+from .events import parse_line
+from .ledger import RunRecord
+
+SUMMARY_METRICS = ("accuracy", "macro_accuracy", "log_loss")
+
+
+class Detached(Exception):
+    """The user pressed Ctrl-C while following: the job goes on, the client leaves."""
+
+    def __init__(self, run_id):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+@dataclass
+class Outcome:
+    status: str
+    exit_code: int = None
+    error: str = ""
+    metrics: dict = None
+
+
+def new_run_id(name):
+    """A readable, sortable, unique id: <name>-<yyyymmdd-hhmmss>-<4 hex>."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "run"
+    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def start(backend, ledger, data, train_args, backend_options, name, runs_dir):
+    """Prepare the backend, write runs/<id>/spec.json, submit the job and record it."""
+    run_id = new_run_id(name)
+    run_dir = (Path(runs_dir) / run_id).resolve()
+    spec = JobSpec(run_id=run_id, data=Path(data).resolve(), run_dir=run_dir,
+                   train_args=list(train_args), backend_options=dict(backend_options))
+    backend.prepare(spec)
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "spec.json").write_text(json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
+    run = backend.submit(spec)
+    ledger.add(RunRecord(run_id=run_id, name=name, backend=backend.name, status=QUEUED,
+                         dataset=str(spec.data), run_dir=str(run_dir), remote_id=run.remote_id,
+                         params={"train_args": spec.train_args, "backend_options": spec.backend_options}))
+    return run
+
+
+def run_ref(record):
+    return RunRef(record.run_id, record.backend, Path(record.run_dir), record.remote_id)
+
+
+def follow(backend, run, ledger, renderer):
+    """Render the run's events until it ends, then record and return its Outcome.
+
+    Always renders from the start of the log, so a re-attached client shows each event
+    exactly once; Ctrl-C raises Detached and leaves the job running.
+    """
+    run_end = None
+    try:
+        for line in backend.log_lines(run, 0):
+            event = parse_line(line.text)
+            if event is None:
+                renderer.line(line.text)
+                continue
+            renderer.event(event)
+            if event.get("type") == "run_end":
+                run_end = event
+    except KeyboardInterrupt:
+        raise Detached(run.run_id) from None
+    finally:
+        renderer.close()
+    return finish(backend, run, ledger, run_end)
+
+
+def finish(backend, run, ledger, run_end=None):
+    """Fetch outputs of a completed run and record its final status and metrics."""
+    status = backend.status(run)
+    if status not in TERMINAL:
+        return Outcome(status)
+    if status == COMPLETED:
+        backend.download(run, run.run_dir / "outputs")
+    metrics = read_metrics(run.run_dir)
+    run_end = run_end or {}
+    exit_code = run_end.get("exit_code", 0 if status == COMPLETED else None)
+    ledger.update(run.run_id, status=status, exit_code=exit_code,
+                  metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics} if metrics else {})
+    return Outcome(status, exit_code, run_end.get("error", ""), metrics)
+
+
+def read_metrics(run_dir):
+    path = Path(run_dir) / "outputs" / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,108 @@
+"""Folder-per-label datasets: scanning, validation and the stratified split.
+
+Layout: DATA/<label>/**/<image>. Hidden files and folders and non-image files are ignored.
+Used by train.py in the job and by the client to reject bad data before starting a job.
+"""
+import os
+import random
+
+try:  # imported as remote_scripts.folder_dataset by the client
+    from .imaging import DECODE_ERRORS, is_image_name, load_rgb
+except ImportError:  # imported as a top-level module by train.py
+    from imaging import DECODE_ERRORS, is_image_name, load_rgb
+
+
+class DatasetError(ValueError):
+    """Bad data: the job exits 2 with this message, the client prints it in one line."""
+
+
+class Scan:
+    """What a scan found: sorted class names and (relative path, class index) samples."""
+
+    def __init__(self, root, classes, samples, empty_classes):
+        self.root = root
+        self.classes = classes
+        self.samples = samples
+        self.empty_classes = empty_classes
+
+    def counts(self):
+        counts = [0] * len(self.classes)
+        for _, label in self.samples:
+            counts[label] += 1
+        return dict(zip(self.classes, counts))
+
+
+def scan(root, min_classes=2):
+    """List the images of a folder-per-label tree; raise DatasetError when it is unusable.
+
+    Training needs two classes; evaluating on a holdout folder may use a single one.
+    """
+    if not os.path.exists(root):
+        raise DatasetError(f"data folder not found: {root}")
+    if not os.path.isdir(root):
+        raise DatasetError(f"data path is not a folder: {root}")
+    class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    per_class = {}
+    for name in class_dirs:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(os.path.relpath(os.path.join(dirpath, f), root)
+                         for f in sorted(filenames) if is_image_name(f))
+        per_class[name] = files
+    classes = [c for c in class_dirs if per_class[c]]
+    empty = [c for c in class_dirs if not per_class[c]]
+    if not classes:
+        raise DatasetError(f"no images found in {root} (expected {root}/<label>/<image files>)")
+    if len(classes) < min_classes:
+        raise DatasetError(f"need at least 2 classes with images, found 1 ({classes[0]}) in {root}")
+    samples = [(path, i) for i, c in enumerate(classes) for path in per_class[c]]
+    return Scan(root, classes, samples, empty)
+
+
+def check_readable(root, relpath):
+    """None when the image decodes, else a short reason (never raises for a bad file)."""
+    try:
+        load_rgb(os.path.join(root, relpath))
+        return None
+    except DECODE_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def minimum_per_class(val_fraction, test_fraction):
+    """Images a class needs so that each non-empty split gets at least one of them."""
+    return 1 + (val_fraction > 0) + (test_fraction > 0)
+
+
+def split_sizes(n, val_fraction, test_fraction):
+    """(train, val, test) counts for a class of n images; each asked-for split gets >= 1."""
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(samples, classes, val_fraction, test_fraction, seed):
+    """Split (path, label) samples per class into train/val/test lists, deterministically.
+
+    Each class is sorted by path and shuffled with one RNG seeded by `seed`, so the same data
+    and seed give the same split on any machine (which is what makes resuming safe).
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DatasetError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    rng = random.Random(seed)
+    need = minimum_per_class(val_fraction, test_fraction)
+    train, val, test = [], [], []
+    for label, name in enumerate(classes):
+        items = sorted(s for s in samples if s[1] == label)
+        if len(items) < need:
+            raise DatasetError(
+                f"class '{name}' has {len(items)} usable image(s); at least {need} are needed to "
+                f"split it into train/validation/test (lower --val-fraction/--test-fraction or add images)")
+        rng.shuffle(items)
+        n_train, n_val, _ = split_sizes(len(items), val_fraction, test_fraction)
+        if n_train < 1:
+            raise DatasetError(f"class '{name}' has {len(items)} image(s): too few to keep any for training")
+        train += items[:n_train]
+        val += items[n_train:n_train + n_val]
+        test += items[n_train + n_val:]
+    return train, val, test

@@ -1,0 +1,61 @@
+"""Multiclass metrics in the style of ML.NET's MulticlassClassificationMetrics.
+
+Written once with numpy only: the training job writes them to metrics.json and
+`orchestrate evaluate` computes them on a holdout folder with this same function.
+"""
+import numpy as np
+
+EPSILON = 1e-15  # ML.NET clamps probabilities the same way before taking the log
+
+
+def classification_metrics(y_true, probabilities, labels):
+    """Metrics for integer labels `y_true` [n] and class probabilities [n, classes].
+
+    - accuracy (ML.NET MicroAccuracy): fraction of samples predicted right.
+    - macro_accuracy: mean per-class recall over the classes present, so small classes count.
+    - log_loss: mean of -ln p(true class); log_loss_reduction: 1 - log_loss / log_loss of
+      always predicting the test-set class frequencies (1 is perfect, <= 0 no better than prior).
+    - per_class_log_loss, per_class precision/recall/f1/support, confusion_matrix[true][pred].
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    n, k = len(y_true), len(labels)
+    if n == 0:
+        raise ValueError("no samples to evaluate")
+    if probs.shape != (n, k):
+        raise ValueError(f"probabilities have shape {probs.shape}, expected ({n}, {k})")
+    pred = probs.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y_true, pred), 1)
+
+    true_prob = np.clip(probs[np.arange(n), y_true], EPSILON, 1.0)
+    sample_loss = -np.log(true_prob)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    correct = np.diag(confusion)
+    present = support > 0
+
+    prior = support / n
+    prior_loss = float(-(prior[present] * np.log(prior[present])).sum())
+    log_loss = float(sample_loss.mean())
+
+    per_class = {}
+    per_class_log_loss = {}
+    for i, label in enumerate(labels):
+        precision = float(correct[i] / predicted[i]) if predicted[i] else 0.0
+        recall = float(correct[i] / support[i]) if support[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1,
+                            "support": int(support[i])}
+        per_class_log_loss[label] = float(sample_loss[y_true == i].mean()) if support[i] else None
+
+    return {
+        "num_samples": int(n),
+        "accuracy": float(correct.sum() / n),
+        "macro_accuracy": float((correct[present] / support[present]).mean()),
+        "log_loss": log_loss,
+        "log_loss_reduction": float(1.0 - log_loss / prior_loss) if prior_loss > 0 else None,
+        "per_class_log_loss": per_class_log_loss,
+        "per_class": per_class,
+        "confusion_matrix": {"labels": list(labels), "matrix": confusion.tolist()},
+    }

@@ -1,0 +1,1 @@
+"""Real services started for the tests (dockerd, Azurite, moto), one module each."""
