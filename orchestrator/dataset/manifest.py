@@ -1,0 +1,167 @@
+"""The dataset manifest: every image of a folder-per-label tree with its size, sha256 and label.
+
+The manifest is what makes uploads incremental: a file whose sha256 is already recorded next to
+its blob is never sent again. Which files count as images, and which folders as labels, is decided
+by `remote_scripts.folder_dataset.scan`, the same code the training job runs, so the client
+uploads exactly what train.py will read.
+
+Hashing a large dataset takes a while (EuroSAT: 27,000 files), so files are hashed in a thread
+pool (hashlib releases the GIL) and every digest is cached in the user's state dir, keyed by
+(absolute path, size, mtime_ns): re-hashing an unchanged dataset only stats its files.
+"""
+import hashlib
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from remote_scripts.folder_dataset import DatasetError, scan
+
+from ..errors import UserError
+from ..paths import state_dir
+
+MANIFEST_VERSION = 1
+CHUNK = 1 << 20
+# A file modified this recently may be modified again within the same mtime tick without its
+# (size, mtime_ns) key changing, so its digest is not cached (git calls this "racily clean").
+RACY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image: its path relative to the dataset root (always with '/'), size, digest, label."""
+
+    path: str
+    size: int
+    sha256: str
+    label: str
+
+
+@dataclass
+class Manifest:
+    """The images of one dataset, sorted by path; `to_json` is deterministic for equal content."""
+
+    name: str
+    classes: list
+    entries: list
+
+    @property
+    def total_bytes(self):
+        return sum(e.size for e in self.entries)
+
+    def to_json(self):
+        doc = {"version": MANIFEST_VERSION, "name": self.name, "classes": self.classes,
+               "files": [asdict(e) for e in self.entries]}
+        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text):
+        doc = json.loads(text)
+        return cls(doc["name"], doc["classes"], [Entry(**f) for f in doc["files"]])
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashCache:
+    """sha256 digests keyed by (absolute path, size, mtime_ns), in a SQLite file.
+
+    Lookups and writes happen on the calling thread only (sqlite connections are not shared
+    across threads); the pool only hashes.
+    """
+
+    def __init__(self, path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30)
+        self._db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
+                         " mtime_ns INTEGER, sha256 TEXT)")
+
+    @classmethod
+    def default(cls):
+        return cls(state_dir() / "hash-cache.sqlite3")
+
+    def get(self, path, size, mtime_ns):
+        row = self._db.execute("SELECT sha256 FROM hashes WHERE path=? AND size=? AND mtime_ns=?",
+                               (path, size, mtime_ns)).fetchone()
+        return row[0] if row else None
+
+    def put_many(self, rows):
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error:  # locked by another process for too long: the cache only saves time
+            pass
+
+    def close(self):
+        self._db.close()
+
+
+def build_manifest(root, name=None, *, workers=8, cache=None, progress=None):
+    """Scan `root` (a folder-per-label tree) and hash its images into a Manifest.
+
+    cache: a HashCache, None for the default one in the state dir, False for none.
+    progress: optional callable(entry) called on this thread as each file is done.
+    Raises UserError for a missing folder or one that is not a folder-per-label tree.
+    """
+    try:
+        found = scan(str(root))
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    root = Path(root).resolve()
+    own_cache = cache is None
+    if own_cache:
+        try:
+            cache = HashCache.default()
+        except (OSError, sqlite3.Error):  # read-only home, locked file: hash everything instead
+            cache = own_cache = False
+    try:
+        entries = _hash_entries(root, found, workers, cache or None, progress)
+    finally:
+        if own_cache:
+            cache.close()
+    return Manifest(name or root.name, list(found.classes), sorted(entries, key=lambda e: e.path))
+
+
+def _hash_entries(root, found, workers, cache, progress):
+    """Entries for the scanned samples: cached digests first, the rest hashed in a thread pool."""
+    racy_after = time.time_ns() - int(RACY_SECONDS * 1e9)
+    entries, todo = [], []  # todo: (entry without digest, absolute path, mtime_ns)
+    for relpath, label_index in found.samples:
+        full = root / relpath
+        try:
+            st = full.stat()
+        except OSError as exc:
+            raise UserError(f"cannot read {full}: {exc.strerror}") from None
+        entry = Entry(Path(relpath).as_posix(), st.st_size, "", found.classes[label_index])
+        digest = cache.get(str(full), st.st_size, st.st_mtime_ns) if cache else None
+        if digest:
+            entries.append(replace(entry, sha256=digest))
+            if progress:
+                progress(entries[-1])
+        else:
+            todo.append((entry, str(full), st.st_mtime_ns))
+
+    def hash_one(job):
+        try:
+            return sha256_file(job[1])
+        except OSError as exc:
+            raise UserError(f"cannot read {job[1]}: {exc.strerror}") from None
+
+    new_rows = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (entry, full, mtime_ns), digest in zip(todo, pool.map(hash_one, todo)):
+            entries.append(replace(entry, sha256=digest))
+            if mtime_ns < racy_after:
+                new_rows.append((full, entry.size, mtime_ns, digest))
+            if progress:
+                progress(entries[-1])
+    if cache and new_rows:
+        cache.put_many(new_rows)
+    return entries

@@ -1,0 +1,299 @@
+"""Datasets to Azure Blob storage and outputs back, with azure-storage-blob.
+
+An upload mirrors the dataset folder: `<prefix>/<label>/<file>`, so Azure ML can mount the prefix
+as a uri_folder that train.py reads as a folder-per-label tree. Each blob carries the sha256 of
+its content in its metadata. A new upload lists the prefix once (with metadata) and sends only the
+files whose recorded digest differs, which makes repeated uploads nearly free and lets an
+interrupted upload resume by simply running it again. `<prefix>/manifest.json` is written last,
+so its presence means a complete upload.
+
+Secrets (account keys, SAS tokens, connection strings) never appear in what this module raises:
+azure's own messages can quote request URLs with their SAS query, so errors are rebuilt from the
+status, the error code and the endpoint's host, and passed through `redact` for good measure.
+"""
+import mimetypes
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, urlsplit
+
+from ..errors import UserError
+
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+SHA256_KEY = "sha256"
+# The prefix an upload wrote a blob under (URL-quoted: metadata is ASCII). Only blobs carrying this
+# upload's own prefix are deleted as stale, so a dataset nested under another one's prefix is safe.
+PREFIX_KEY = "orchestrate_prefix"
+MANIFEST_NAME = "manifest.json"
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+# requests keeps at most 10 connections per host; more threads than that would just reconnect.
+WORKERS = 8
+# Files up to this size are read into memory and checked against the manifest before sending,
+# so a file edited since hashing is caught instead of being stored under a stale digest.
+VERIFY_MAX_BYTES = 32 << 20
+# azure-storage-blob's ExponentialRetry defaults wait 15 s before the first retry; a CLI that
+# finds a dead endpoint should say so in seconds.
+RETRY_TOTAL = 3
+RETRY_INITIAL_BACKOFF = 1
+CONNECTION_TIMEOUT = 10
+
+_URI = re.compile(r"^az://(?P<account>[a-z0-9]{3,24})/(?P<container>[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9]))"
+                  r"(?:/(?P<prefix>.*))?$")
+_SECRETS = re.compile(r"(AccountKey=|SharedAccessSignature=|sig=)[^;&\s'\"]*", re.IGNORECASE)
+
+
+def redact(text):
+    """Blank out account keys and SAS signatures in a message."""
+    return _SECRETS.sub(r"\1***", text)
+
+
+@dataclass(frozen=True)
+class BlobTarget:
+    """Where a dataset goes: az://ACCOUNT/CONTAINER/PREFIX."""
+
+    account: str
+    container: str
+    prefix: str
+
+    @property
+    def uri(self):
+        return f"az://{self.account}/{self.container}/{self.prefix}".rstrip("/")
+
+
+def parse_uri(uri, default_prefix=""):
+    """Parse az://ACCOUNT/CONTAINER[/PREFIX]; the prefix defaults to `default_prefix`."""
+    m = _URI.match(uri or "")
+    if not m or "--" in m["container"]:
+        raise UserError(f"bad storage URI {redact(uri or '')!r}: expected az://ACCOUNT/CONTAINER[/PREFIX] "
+                        "(account: 3-24 lowercase letters/digits; container: 3-63 lowercase letters, "
+                        "digits, single hyphens)")
+    prefix = (m["prefix"] or "").strip("/") or default_prefix.strip("/")
+    if prefix and any(part in (".", "..") for part in prefix.split("/")):
+        raise UserError(redact(f"bad prefix {prefix!r} in {uri}: '.' and '..' are not allowed"))
+    return BlobTarget(m["account"], m["container"], prefix)
+
+
+def connect(target, environ):
+    """A ContainerClient for `target`, authenticated from AZURE_STORAGE_CONNECTION_STRING in
+    `environ` (how Azurite is reached) or else DefaultAzureCredential (az login, managed identity,
+    service principal env vars)."""
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+    options = {"retry_policy": ExponentialRetry(initial_backoff=RETRY_INITIAL_BACKOFF, increment_base=2,
+                                                retry_total=RETRY_TOTAL, random_jitter_range=1),
+               "connection_timeout": CONNECTION_TIMEOUT}
+    if environ.get(CONNECTION_STRING_ENV):
+        service = _from_connection_string(environ[CONNECTION_STRING_ENV], **options)
+        if service.account_name and service.account_name != target.account:
+            raise UserError(f"{CONNECTION_STRING_ENV} is for account '{service.account_name}', "
+                            f"not '{target.account}' named in {target.uri}")
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+        service = BlobServiceClient(f"https://{target.account}.blob.core.windows.net", credential=credential,
+                                    **options)
+        # Ask for a token now: inside the pipeline a missing login is retried with back-off.
+        with _azure_errors(service.get_container_client(target.container), "signing in"):
+            credential.get_token(STORAGE_SCOPE)
+    return service.get_container_client(target.container)
+
+
+def default_account(environ):
+    """The account named by AZURE_STORAGE_CONNECTION_STRING, or None when it is not set."""
+    conn_str = environ.get(CONNECTION_STRING_ENV)
+    return _from_connection_string(conn_str).account_name if conn_str else None
+
+
+def _from_connection_string(conn_str, **options):
+    from azure.storage.blob import BlobServiceClient
+
+    try:
+        return BlobServiceClient.from_connection_string(conn_str, **options)
+    except ValueError:
+        raise UserError(f"{CONNECTION_STRING_ENV} is malformed (expected '...;AccountName=...;AccountKey=...' "
+                        "or a BlobEndpoint with a SharedAccessSignature)") from None
+
+
+@dataclass
+class UploadResult:
+    """What an upload did; `to_dict` is the `--json` summary."""
+
+    files_sent: int
+    bytes_sent: int
+    files_skipped: int
+    bytes_skipped: int
+    files_deleted: int
+    seconds: float
+    uri: str
+    url: str
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def location(container_client, prefix):
+    """(az:// URI, https URL without any SAS query) of a prefix."""
+    parts = urlsplit(container_client.url)
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}/{prefix}".rstrip("/")
+    uri = f"az://{container_client.account_name}/{container_client.container_name}/{prefix}".rstrip("/")
+    return uri, url
+
+
+def _blob_name(prefix, relpath):
+    return f"{prefix}/{relpath}" if prefix else relpath
+
+
+def upload_dataset(data_dir, container_client, prefix, *, name=None, progress=None, workers=WORKERS,
+                   manifest=None):
+    """Upload a folder-per-label dataset under `prefix`, sending only what the container lacks.
+
+    progress: optional callable(entry, sent) called on this thread as each file is done or skipped.
+    manifest: a Manifest already built for `data_dir` (else it is built here).
+    Blobs that an earlier upload to the same prefix wrote and that the dataset no longer has are
+    deleted, so the remote tree stays a mirror of the folder.
+    Raises UserError for bad data, missing credentials, refused requests, unreachable endpoints.
+    """
+    from ..dataset.manifest import build_manifest
+
+    started = time.perf_counter()
+    manifest = manifest or build_manifest(data_dir, name)
+    root = Path(data_dir)
+    with _azure_errors(container_client, "listing"):
+        existing = _existing_metadata(container_client, prefix)
+
+    def recorded(name):
+        return existing.get(name, {}).get(SHA256_KEY)
+
+    todo, skipped = [], []
+    for entry in manifest.entries:
+        (skipped if recorded(_blob_name(prefix, entry.path)) == entry.sha256 else todo).append(entry)
+    for entry in skipped:
+        if progress:
+            progress(entry, False)
+
+    def send(entry):
+        path = root / entry.path
+        try:
+            if entry.size <= VERIFY_MAX_BYTES:
+                data = path.read_bytes()
+                if sha256(data).hexdigest() != entry.sha256:
+                    raise UserError(f"{path} changed during the upload; run the upload again")
+                _put(container_client, prefix, entry.path, data, entry.sha256)
+            else:
+                with open(path, "rb") as f:
+                    _put(container_client, prefix, entry.path, f, entry.sha256, entry.size)
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        return entry
+
+    with _azure_errors(container_client, "uploading"), ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(send, e) for e in todo]
+        try:
+            for future in as_completed(futures):
+                entry = future.result()
+                if progress:
+                    progress(entry, True)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+        wanted = {_blob_name(prefix, e.path) for e in manifest.entries}
+        manifest_blob = _blob_name(prefix, MANIFEST_NAME)
+        stale = [n for n, meta in existing.items()
+                 if meta.get(PREFIX_KEY) == quote(prefix) and n not in wanted and n != manifest_blob]
+        list(pool.map(container_client.delete_blob, stale))
+        doc = manifest.to_json().encode()
+        if recorded(manifest_blob) != sha256(doc).hexdigest():
+            _put(container_client, prefix, MANIFEST_NAME, doc, sha256(doc).hexdigest())
+    uri, url = location(container_client, prefix)
+    return UploadResult(files_sent=len(todo), bytes_sent=sum(e.size for e in todo),
+                        files_skipped=len(skipped), bytes_skipped=sum(e.size for e in skipped),
+                        files_deleted=len(stale), seconds=round(time.perf_counter() - started, 3),
+                        uri=uri, url=url)
+
+
+def _existing_metadata(container_client, prefix):
+    """{blob name: metadata} under the prefix, in one listing; creates a missing container
+    (listing first, so that a SAS without create permission still works)."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    start = f"{prefix}/" if prefix else None
+    try:
+        return {b.name: b.metadata or {} for b in container_client.list_blobs(name_starts_with=start, include=["metadata"])}
+    except ResourceNotFoundError:
+        try:
+            container_client.create_container()
+        except ResourceExistsError:  # created by a concurrent upload
+            pass
+        return {}
+
+
+def _put(container_client, prefix, relpath, data, digest, length=None):
+    from azure.storage.blob import ContentSettings
+
+    content_type = mimetypes.guess_type(relpath)[0] or "application/octet-stream"
+    container_client.upload_blob(_blob_name(prefix, relpath), data, length=length, overwrite=True,
+                                 metadata={SHA256_KEY: digest, PREFIX_KEY: quote(prefix)},
+                                 content_settings=ContentSettings(content_type=content_type))
+
+
+def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
+    """Download every blob under `prefix` into `dest`, keeping the relative layout.
+
+    Each blob is streamed to a temporary file and renamed into place, so an interrupted download
+    never leaves a truncated file under its final name. Returns the written paths, sorted.
+    """
+    dest = Path(dest)
+    start = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+
+    def fetch(name):
+        rel = PurePosixPath(name[len(start):])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise UserError(f"refusing to download blob {name!r}: it would land outside {dest}")
+        target = dest.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with open(partial, "wb") as f:
+            container_client.download_blob(name).readinto(f)
+        partial.replace(target)
+        return target
+
+    with _azure_errors(container_client, "downloading"), ThreadPoolExecutor(workers) as pool:
+        names = [b.name for b in container_client.list_blobs(name_starts_with=start or None, include=["metadata"])
+                 # folder markers of accounts with a hierarchical namespace
+                 if (b.metadata or {}).get("hdi_isfolder") != "true"]
+        return sorted(pool.map(fetch, names))
+
+
+@contextmanager
+def _azure_errors(container_client, doing):
+    """Turn azure-core exceptions into one-line UserErrors that name the endpoint, not the secret."""
+    from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ServiceRequestError,
+                                       ServiceResponseError)
+
+    parts = urlsplit(container_client.url)
+    endpoint = f"{parts.scheme}://{parts.netloc}"
+    try:
+        yield
+    except ClientAuthenticationError as exc:
+        if exc.response is None:  # raised by azure.identity: no credential found
+            raise UserError(redact(f"no Azure credentials for {endpoint}: set {CONNECTION_STRING_ENV} or "
+                                   "sign in with `az login`")) from None
+        raise _refused(exc, endpoint, doing, container_client.container_name) from None
+    except HttpResponseError as exc:
+        raise _refused(exc, endpoint, doing, container_client.container_name) from None
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise UserError(redact(f"cannot reach blob storage at {endpoint} while {doing} "
+                               f"({type(exc).__name__}); check the account name and the network")) from None
+
+
+def _refused(exc, endpoint, doing, container_name):
+    code = getattr(exc.error_code, "value", exc.error_code)  # azure gives a StorageErrorCode enum
+    hint = (f": check the credentials in {CONNECTION_STRING_ENV} or your Azure login, and their permissions"
+            if exc.status_code in (401, 403) else "")
+    return UserError(redact(f"{endpoint} refused {doing} in container '{container_name}' "
+                            f"(HTTP {exc.status_code} {code}){hint}"))
