@@ -1,0 +1,172 @@
+"""Build the Azure ML command job for one run (the job contract, DESIGN.md 4.1, on Azure ML).
+
+Why everything is derived from the run id: the dataset, model and checkpoint paths on the default
+datastore, and the job name, are the same whether computed at submit time, at `--dry-run`, or later
+by `orchestrate download` in another process -- no lookup needed. Naming the job after the run
+also makes a retried submit idempotent, and the checkpoint output is a fixed rw_mount path, so a
+low-priority node that is preempted and restarted resumes from it instead of starting over.
+"""
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import compute as catalogue
+from ..errors import UserError
+from ..paths import remote_scripts_dir
+from . import load_sdk
+
+DEFAULT_DATASTORE = "workspaceblobstore"  # the name of every workspace's default blob datastore
+DEFAULT_COMPUTE = "gpu-t4"
+DEFAULT_EXPERIMENT = "orchestrate"
+SHM_SIZE = "16g"  # DataLoader workers pass batches through /dev/shm; Docker's 64 MB default fails
+COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.model}} "
+           "--checkpoint-dir ${{outputs.checkpoints}}")
+
+
+def dataset_prefix(data_dir):
+    """Blob prefix of an uploaded dataset: one per local folder (its name and a hash of its path),
+    so uploading the same folder again sends only its changes, and two folders that share a name
+    (./a/train, ./b/train) never overwrite each other."""
+    path = Path(data_dir).resolve()
+    return f"orchestrate/datasets/{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def run_prefix(run_id, output):
+    """Blob prefix of one output (model, checkpoints) of a run."""
+    return f"orchestrate/runs/{run_id}/{output}"
+
+
+def datastore_uri(datastore, prefix):
+    """The uri_folder URI of a blob prefix on a datastore."""
+    return f"azureml://datastores/{datastore}/paths/{prefix}/"
+
+
+def job_name(run_id):
+    """Azure ML job names allow letters, digits, '-' and '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", run_id)
+
+
+def build_context_dir():
+    """infra/docker next to remote_scripts/: the Dockerfile the docker backend builds too."""
+    path = remote_scripts_dir().parent / "infra" / "docker"
+    if not (path / "Dockerfile").is_file():
+        raise UserError(f"the training image definition {path}/Dockerfile is missing; "
+                        "install orchestrate from a source checkout")
+    return path
+
+
+@dataclass
+class JobPlan:
+    """What will run where: everything `build_job`, `describe` and the backend need."""
+    run_id: str
+    data_dir: Path
+    train_args: list
+    compute: catalogue.Resolved
+    nodes: int = 1
+    low_priority: bool = False
+    experiment: str = DEFAULT_EXPERIMENT
+    datastore: str = DEFAULT_DATASTORE
+
+    @property
+    def name(self):
+        return job_name(self.run_id)
+
+    @property
+    def processes_per_node(self):
+        """One process per GPU (torchrun-style); one on a CPU size."""
+        return max(self.compute.size.gpus, 1)
+
+    @property
+    def data_uri(self):
+        return datastore_uri(self.datastore, dataset_prefix(self.data_dir))
+
+    def command(self):
+        """The job's command line; user arguments may not smuggle in `${{...}}` bindings, which
+        Azure ML would substitute (and which azure-ai-ml does not check offline)."""
+        if any("${{" in arg for arg in self.train_args):
+            raise UserError("training arguments must not contain '${{' (Azure ML bindings)")
+        return " ".join([COMMAND, shlex.join(self.train_args)]).strip()
+
+
+def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
+    """A JobPlan from a JobSpec's backend_options (compute, nodes, low_priority, experiment)."""
+    options = spec.backend_options
+    nodes = int(options["nodes"]) if options.get("nodes") is not None else 1
+    if nodes < 1:
+        raise UserError("--nodes must be at least 1")
+    return JobPlan(run_id=spec.run_id, data_dir=Path(spec.data), train_args=list(spec.train_args),
+                   compute=catalogue.resolve(options.get("compute") or DEFAULT_COMPUTE),
+                   nodes=nodes, low_priority=bool(options.get("low_priority")),
+                   experiment=options.get("experiment") or DEFAULT_EXPERIMENT, datastore=datastore)
+
+
+def build_job(plan):
+    """The real azure-ai-ml Command job for `plan`, validated offline."""
+    sdk = load_sdk()
+    from azure.ai.ml.entities import BuildContext, Environment
+
+    def folder(output):
+        return sdk.Output(type="uri_folder", mode="rw_mount",
+                          path=datastore_uri(plan.datastore, run_prefix(plan.run_id, output)))
+
+    distributed = plan.nodes > 1 or plan.processes_per_node > 1
+    job = sdk.command(
+        name=plan.name,
+        display_name=plan.run_id,
+        experiment_name=plan.experiment,
+        description="orchestrate: image classifier training (transfer learning, ONNX output)",
+        tags={"orchestrate.run_id": plan.run_id},
+        code=str(remote_scripts_dir()),
+        command=plan.command(),
+        # anonymous: its version is the build context's hash, so unchanged images are reused
+        environment=Environment(build=BuildContext(path=str(build_context_dir()))),
+        inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")},
+        outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
+        compute=plan.compute.cluster,
+        instance_count=plan.nodes,
+        distribution=(sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_node)
+                      if distributed else None),
+        shm_size=SHM_SIZE,
+        environment_variables={"PYTHONUNBUFFERED": "1"},
+    )
+    result = job._validate()
+    if not result.passed:
+        raise UserError(f"invalid Azure ML job: {result.error_messages}")
+    return job
+
+
+def export_yaml(job, path):
+    """Write `job` as Azure ML job YAML that `az ml job create -f` and `load_job` accept.
+
+    `Command.dump()` writes the node format that load_job rejects; the CommandJob form reloads
+    (notes section 9, gotcha 1).
+    """
+    job._to_job().dump(str(path))
+
+
+def describe(plan, settings=None):
+    """Human-readable lines: what a submit of `plan` would create and run."""
+    size = plan.compute.size
+    ws = settings.public() if settings else {}
+    tier = "low-priority" if plan.low_priority else "dedicated"
+    gpus = f"{size.gpus}x {size.gpu_type}" if size.gpus else "no GPU"
+    lines = [
+        f"workspace:   {ws.get('workspace_name', '(not configured)')}"
+        + (f" (resource group {ws['resource_group']})" if ws.get("resource_group") else ""),
+        f"compute:     {plan.compute.cluster} = {size.name} ({gpus}, {size.vcpus} vCPUs), {tier}, "
+        f"scales to 0 when idle; created if missing",
+        f"nodes:       {plan.nodes} x {plan.processes_per_node} process(es)"
+        + (" (PyTorch distribution)" if plan.nodes > 1 or plan.processes_per_node > 1 else ""),
+        f"environment: built from {build_context_dir()} (Dockerfile)",
+        f"code:        {remote_scripts_dir()}",
+        f"dataset:     {plan.data_dir} -> {plan.data_uri}",
+        f"outputs:     model -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'model'))}",
+        f"             checkpoints -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'checkpoints'))}",
+        f"experiment:  {plan.experiment}, job {plan.name}",
+        f"command:     {plan.command()}",
+    ]
+    if plan.compute.notice:
+        lines.insert(0, plan.compute.notice)
+    return "\n".join(lines)

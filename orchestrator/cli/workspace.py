@@ -1,0 +1,104 @@
+"""`orchestrate workspace create|show|delete`, and the workspace flags every Azure command shares.
+
+The commands are thin: settings come from orchestrator.config (flags > env > profile >
+config.json), the work from orchestrator.azure.provision, the network from the seam.
+"""
+import functools
+
+import click
+
+from ..errors import UserError
+
+
+def workspace_options(command):
+    """--subscription-id/--resource-group/--workspace/--location/--profile, passed as `settings`."""
+    @click.option("--subscription-id", help="Azure subscription. [env AZURE_SUBSCRIPTION_ID]")
+    @click.option("--resource-group", "-g", help="Resource group. [env AZURE_RESOURCE_GROUP]")
+    @click.option("--workspace", "-w", "workspace_name",
+                  help="Azure ML workspace. [env AZUREML_WORKSPACE_NAME]")
+    @click.option("--location", "-l", help="Azure region, e.g. eastus. [env AZURE_LOCATION]")
+    @click.option("--profile", help="Profile of the config file (see `orchestrate init`).")
+    @functools.wraps(command)
+    def wrapper(subscription_id, resource_group, workspace_name, location, profile, **kwargs):
+        from ..config import load_settings
+
+        flags = {"subscription_id": subscription_id, "resource_group": resource_group,
+                 "workspace_name": workspace_name, "location": location}
+        return command(settings=load_settings(flags, profile=profile), **kwargs)
+    return wrapper
+
+
+def make_seam(settings):
+    """The network seam for `settings`; tests replace this function."""
+    from ..azure.seam import AzureSeam
+
+    return AzureSeam(settings.require("subscription_id", "resource_group", "workspace_name"))
+
+
+@click.group()
+def workspace():
+    """Create, show or delete the Azure ML workspace.
+
+    \b
+    Example:
+      orchestrate workspace create -g my-rg -w my-ws --location eastus
+    """
+
+
+@workspace.command()
+@workspace_options
+def create(settings):
+    """Create the workspace (and its resource group when missing); idempotent."""
+    from ..azure.provision import ensure_workspace
+    from ..azure.seam import azure_errors
+
+    seam = make_seam(settings)
+    with azure_errors():
+        lines = ensure_workspace(seam, settings.location)
+    click.echo("\n".join(lines))
+
+
+@workspace.command()
+@workspace_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(settings, as_json):
+    """Show the workspace, where its settings came from, and its Studio URL."""
+    from ..azure.seam import azure_errors
+    from ..config import studio_url
+    from .common import print_json
+
+    seam = make_seam(settings)
+    with azure_errors():
+        found = seam.get_workspace()
+    if found is None:
+        raise UserError(f"workspace {settings.workspace_name!r} not found in resource group "
+                        f"{settings.resource_group!r}; create it with `orchestrate workspace create`")
+    info = {**settings.public(), "location": found["location"], "studio_url": studio_url(settings),
+            "sources": settings.sources}
+    if as_json:
+        print_json(info)
+        return
+    for key in ("workspace_name", "resource_group", "subscription_id"):
+        click.echo(f"{key:16} {info[key]}  ({settings.sources[key]})")
+    click.echo(f"{'location':16} {info['location']}")
+    click.echo(f"{'studio':16} {info['studio_url']}")
+
+
+@workspace.command()
+@workspace_options
+@click.option("--delete-dependent-resources", is_flag=True,
+              help="Also delete its storage account, key vault and Application Insights.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(settings, delete_dependent_resources, yes):
+    """Delete the workspace (its jobs, models and clusters go with it)."""
+    from ..azure.seam import azure_errors
+
+    seam = make_seam(settings)
+    if not yes:
+        click.confirm(f"delete workspace {settings.workspace_name}?", abort=True)
+    with azure_errors():
+        if seam.get_workspace() is None:
+            click.echo(f"workspace {settings.workspace_name} does not exist")
+            return
+        seam.delete_workspace(delete_dependent_resources)
+    click.echo(f"deleted workspace {settings.workspace_name}")

@@ -1,0 +1,134 @@
+"""The Azure ML compute catalogue: NC-series sizes, short aliases, and retired-size substitutes.
+
+Why a catalogue of our own: the original tutorials say `Standard_NC12`/`Standard_NC24` (Tesla K80),
+which Azure retired in 2023, and the V100 NCv3 sizes followed in 2025. Users (and old scripts) keep
+typing those names, so they still resolve -- to a current size with the same GPU count -- and the
+resolution prints one line saying so, instead of a provisioning failure minutes later. The table
+also tells `--nodes` how many processes to start per node (one per GPU). Figures come from the
+Azure size pages (see /work/shared/notes/orchestration-peers.md section 5). No Azure import here:
+`orchestrate compute sizes` and alias checks must stay instant.
+"""
+from dataclasses import asdict, dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Size:
+    """One Azure VM size. `retired` is the retirement date (ISO) or None while the size is sold."""
+    name: str
+    gpus: int
+    gpu_type: str
+    gpu_memory_gib: int
+    vcpus: int
+    retired: str = None
+
+    @property
+    def status(self):
+        return f"retired {self.retired}" if self.retired else "current"
+
+
+_NC_V1, _NC_V2, _NC_V3 = "2023-09-06", "2023-09-06", "2025-09-30"
+
+SIZES = {s.name.lower(): s for s in [
+    # current
+    Size("Standard_DS3_v2", 0, "-", 0, 4),  # Azure ML's default CPU size: cheap smoke tests
+    Size("Standard_NC4as_T4_v3", 1, "T4", 16, 4),
+    Size("Standard_NC8as_T4_v3", 1, "T4", 16, 8),
+    Size("Standard_NC16as_T4_v3", 1, "T4", 16, 16),
+    Size("Standard_NC64as_T4_v3", 4, "T4", 64, 64),
+    Size("Standard_NC24ads_A100_v4", 1, "A100 80GB", 80, 24),
+    Size("Standard_NC48ads_A100_v4", 2, "A100 80GB", 160, 48),
+    Size("Standard_NC96ads_A100_v4", 4, "A100 80GB", 320, 96),
+    Size("Standard_NC40ads_H100_v5", 1, "H100 NVL", 94, 40),
+    Size("Standard_NC80adis_H100_v5", 2, "H100 NVL", 188, 80),
+    # retired (K80 is half a card per GPU; P100 16 GB; V100 16 GB)
+    Size("Standard_NC6", 1, "K80", 12, 6, _NC_V1),
+    Size("Standard_NC12", 2, "K80", 24, 12, _NC_V1),
+    Size("Standard_NC24", 4, "K80", 48, 24, _NC_V1),
+    Size("Standard_NC6s_v2", 1, "P100", 16, 6, _NC_V2),
+    Size("Standard_NC12s_v2", 2, "P100", 32, 12, _NC_V2),
+    Size("Standard_NC24s_v2", 4, "P100", 64, 24, _NC_V2),
+    Size("Standard_NC6s_v3", 1, "V100", 16, 6, _NC_V3),
+    Size("Standard_NC12s_v3", 2, "V100", 32, 12, _NC_V3),
+    Size("Standard_NC24s_v3", 4, "V100", 64, 24, _NC_V3),
+]}
+
+# alias -> Azure size. The alias is also the cluster name, so it must be a valid Azure ML compute
+# name (letters, digits, hyphens, at most 16 characters).
+ALIASES = {
+    "cpu": "Standard_DS3_v2",
+    "gpu-t4": "Standard_NC4as_T4_v3",
+    "gpu-t4x4": "Standard_NC64as_T4_v3",
+    "gpu-a100": "Standard_NC24ads_A100_v4",
+    "gpu-a100x2": "Standard_NC48ads_A100_v4",
+    "gpu-a100x4": "Standard_NC96ads_A100_v4",
+    "gpu-h100": "Standard_NC40ads_H100_v5",
+    "gpu-h100x2": "Standard_NC80adis_H100_v5",
+    # the tutorials' K80 sizes (retired): resolve through SUBSTITUTES
+    "gpu-nc12": "Standard_NC12",
+    "gpu-nc24": "Standard_NC24",
+}
+
+# GPU count -> the current size a retired one becomes: the A100 v4 family is Microsoft's
+# recommended replacement for the NC, NCv2 and NCv3 series, and it has a 1-, 2- and 4-GPU size.
+SUBSTITUTES = {1: "Standard_NC24ads_A100_v4", 2: "Standard_NC48ads_A100_v4",
+               4: "Standard_NC96ads_A100_v4"}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What `--compute X` means: the cluster name to use, its size, and a notice line (or "")."""
+    cluster: str
+    size: Size
+    notice: str = ""
+
+
+def _alias_of(size_name):
+    return next((a for a, s in ALIASES.items() if s == size_name), None)
+
+
+def cluster_name_for(size_name):
+    """A valid Azure ML compute name for a raw size: Standard_NC8as_T4_v3 -> nc8as-t4-v3."""
+    name = size_name.lower().removeprefix("standard_").replace("_", "-")
+    return name[:16].rstrip("-")
+
+
+def resolve(value):
+    """Resolve an alias or a raw size name; retired sizes become their substitute.
+
+    Unknown names raise UserError listing the aliases (exit 2), so a typo never reaches Azure.
+    """
+    key = value.strip().lower()
+    if key in ALIASES:
+        size = SIZES[ALIASES[key].lower()]
+    elif key in SIZES:
+        size = SIZES[key]
+    else:
+        raise UserError(f"unknown compute {value!r}; use an alias ({', '.join(ALIASES)}) or an "
+                        f"Azure size name such as Standard_NC24ads_A100_v4 "
+                        f"(see `orchestrate compute sizes`)")
+    if size.retired:
+        current = SIZES[SUBSTITUTES[size.gpus].lower()]
+        notice = (f"notice: {size.name} ({size.gpus}x {size.gpu_type}) was retired on "
+                  f"{size.retired}; using {current.name} ({current.gpus}x {current.gpu_type}) "
+                  f"instead")
+        return Resolved(_alias_of(current.name), current, notice)
+    return Resolved(_alias_of(size.name) or cluster_name_for(size.name), size)
+
+
+def catalogue():
+    """Rows for `orchestrate compute sizes`: every alias, then the raw sizes that have none."""
+    rows = []
+    for alias, size_name in ALIASES.items():
+        rows.append(_row(alias, SIZES[size_name.lower()]))
+    aliased = set(ALIASES.values())
+    rows += [_row("", s) for s in SIZES.values() if s.name not in aliased]
+    return rows
+
+
+def _row(alias, size):
+    row = {"alias": alias, **asdict(size), "status": size.status}
+    if size.retired:
+        row["substitute"] = SUBSTITUTES[size.gpus]
+    return row

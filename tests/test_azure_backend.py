@@ -1,0 +1,450 @@
+"""The Azure backend around the seam: provisioning, quota, upload, submit, log tailing, status,
+cancel, download. Only the Azure ML control plane is a stand-in (RecordingSeam); the job entities,
+the quota arithmetic, the tailer and the blob transfers (to Azurite) are real.
+"""
+import json
+
+import pytest
+from PIL import Image
+from services.azurite import azurite  # noqa: F401  (fixture)
+
+from orchestrator.azure.job import dataset_prefix
+from orchestrator.azure.provision import check_quota, ensure_compute, ensure_workspace
+from orchestrator.azure.tailer import STATUS, map_status, rank0_log, tail
+from orchestrator.backends.azure import AzureBackend
+from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, JobSpec, RunRef
+from orchestrator.compute import resolve
+from orchestrator.config import Settings
+from orchestrator.errors import UserError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
+
+LOG = "user_logs/std_log.txt"
+A100_FAMILY = "standardNCADSA100v4Family"
+
+
+class World:
+    """What the stand-in Azure knows; tests set it up and read `calls` afterwards."""
+
+    def __init__(self):
+        self.calls = []
+        self.resource_group = True
+        self.workspace = {"name": "ws", "location": "eastus"}
+        self.computes = {}
+        self.sizes = [{"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY, "vcpus": 24},
+                      {"name": "Standard_NC48ads_A100_v4", "family": A100_FAMILY, "vcpus": 48},
+                      {"name": "Standard_NC4as_T4_v3", "family": "standardNCASv3_T4Family", "vcpus": 4}]
+        self.usage = [{"name": A100_FAMILY, "current": 24, "limit": 96},
+                      {"name": "standardNCASv3_T4Family", "current": 0, "limit": 0},
+                      {"name": "lowPriorityCores", "current": 0, "limit": 100}]
+        self.datastore = {"name": "workspaceblobstore", "account": "devstoreaccount1",
+                          "container": "azureml-blobstore-test", "endpoint": "core.windows.net"}
+        self.container = None
+        self.jobs = {}  # name -> {"status", "log": bytes, "job"}
+
+    def seam(self, settings):
+        return RecordingSeam(settings, self)
+
+
+class RecordingSeam:
+    """Same methods as orchestrator.azure.seam.AzureSeam; records every call."""
+
+    def __init__(self, settings, world):
+        self.settings, self.world = settings, world
+
+    def _call(self, name, *args):
+        self.world.calls.append((name, *args))
+
+    def resource_group_exists(self):
+        self._call("resource_group_exists")
+        return self.world.resource_group
+
+    def create_resource_group(self, location):
+        self._call("create_resource_group", location)
+        self.world.resource_group = True
+
+    def get_workspace(self):
+        self._call("get_workspace")
+        return self.world.workspace
+
+    def create_workspace(self, workspace):
+        self._call("create_workspace", workspace)
+        self.world.workspace = {"name": workspace.name, "location": workspace.location or "eastus"}
+
+    def delete_workspace(self, delete_dependent_resources):
+        self._call("delete_workspace", delete_dependent_resources)
+        self.world.workspace = None
+
+    def get_compute(self, name):
+        self._call("get_compute", name)
+        return self.world.computes.get(name)
+
+    def create_compute(self, compute):
+        self._call("create_compute", compute)
+        self.world.computes[compute.name] = {
+            "name": compute.name, "size": compute.size, "min_instances": compute.min_instances,
+            "max_instances": compute.max_instances, "tier": compute.tier,
+            "idle_seconds": compute.idle_time_before_scale_down, "state": "Succeeded"}
+
+    def delete_compute(self, name):
+        self._call("delete_compute", name)
+        del self.world.computes[name]
+
+    def list_sizes(self, location):
+        self._call("list_sizes", location)
+        return self.world.sizes
+
+    def list_usage(self, location):
+        self._call("list_usage", location)
+        return self.world.usage
+
+    def default_datastore(self):
+        self._call("default_datastore")
+        return self.world.datastore
+
+    def container_client(self, datastore):
+        self._call("container_client", datastore["container"])
+        return self.world.container
+
+    def submit(self, job):
+        self._call("submit", job)
+        self.world.jobs[job.name] = {"status": "NotStarted", "log": b"", "job": job}
+        return {"name": job.name, "studio_url": f"https://ml.azure.com/runs/{job.name}"}
+
+    def job_status(self, name):
+        self._call("job_status", name)
+        return self.world.jobs[name]["status"]
+
+    def log_urls(self, name):
+        self._call("log_urls", name)
+        job = self.world.jobs[name]
+        return {LOG: f"https://sa.blob.core.windows.net/logs/{name}?sig=SECRET"} if job["log"] else {}
+
+    def read_from(self, url, offset):
+        self._call("read_from", offset)
+        return self.world.jobs[url.split("/")[-1].split("?")[0]]["log"][offset:]
+
+    def cancel(self, name):
+        self._call("cancel", name)
+        self.world.jobs[name]["status"] = "CancelRequested"
+
+
+@pytest.fixture
+def world():
+    return World()
+
+
+@pytest.fixture
+def workspace_env(monkeypatch):
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "sub")
+    monkeypatch.setenv("AZURE_RESOURCE_GROUP", "rg")
+    monkeypatch.setenv("AZUREML_WORKSPACE_NAME", "ws")
+
+
+def names(world):
+    return [c[0] for c in world.calls]
+
+
+def settings():
+    return Settings(subscription_id="sub", resource_group="rg", workspace_name="ws")
+
+
+# provisioning ---------------------------------------------------------------------------------
+def test_workspace_create_makes_the_resource_group_first_and_is_idempotent(world):
+    world.resource_group, world.workspace = False, None
+    seam = world.seam(settings())
+    with pytest.raises(UserError, match="--location"):
+        ensure_workspace(seam)
+    lines = ensure_workspace(seam, "westeurope")
+    assert lines[:2] == ["created resource group rg in westeurope", "created workspace ws"]
+    assert ("create_resource_group", "westeurope") in world.calls
+    ws = next(c[1] for c in world.calls if c[0] == "create_workspace")
+    assert (ws.name, ws.location) == ("ws", "westeurope")
+    assert lines[-1] == "studio: https://ml.azure.com/?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws"
+    world.calls.clear()
+    lines = ensure_workspace(seam, "westeurope")
+    assert lines[0] == "workspace ws already exists (westeurope)"
+    assert "create_workspace" not in names(world) and "create_resource_group" not in names(world)
+
+
+def test_compute_is_created_after_the_quota_check_and_only_once(world):
+    seam = world.seam(settings())
+    lines = ensure_compute(seam, resolve("gpu-nc12"), max_nodes=1, low_priority=True)
+    assert lines[0].startswith("notice: Standard_NC12")
+    created = next(c[1] for c in world.calls if c[0] == "create_compute")
+    assert (created.name, created.size, created.tier, created.min_instances, created.max_instances) == \
+        ("gpu-a100x2", "Standard_NC48ads_A100_v4", "low_priority", 0, 1)
+    assert created.idle_time_before_scale_down == 600
+    assert names(world).index("list_usage") < names(world).index("create_compute")
+    world.calls.clear()
+    lines = ensure_compute(seam, resolve("gpu-a100x2"))
+    assert "already exists" in lines[0]
+    assert lines[1] == ("warning: gpu-a100x2 has low-priority nodes, not dedicated; "
+                        "delete it to change its tier")
+    with pytest.raises(UserError, match="scales to at most 1 node\\(s\\), 2 needed"):
+        ensure_compute(seam, resolve("gpu-a100x2"), max_nodes=2)
+    assert "create_compute" not in names(world)
+
+
+def test_compute_create_stops_before_creating_when_quota_is_short(world):
+    seam = world.seam(settings())
+    with pytest.raises(UserError) as exc:
+        ensure_compute(seam, resolve("gpu-a100x2"), max_nodes=2)
+    message = str(exc.value)
+    assert "family standardNCADSA100v4Family needs 96 vCPUs (2 x 48), 72 available" in message
+    assert "use --max-nodes 1" in message and "eastus" in message
+    assert "create_compute" not in names(world)
+
+
+@pytest.mark.parametrize("size,nodes,low,expect", [
+    ("Standard_NC24ads_A100_v4", 3, False, ""),                          # 72 of 72 free: fits
+    ("Standard_NC24ads_A100_v4", 4, False, "needs 96 vCPUs (4 x 24), 72 available"),
+    ("Standard_NC4as_T4_v3", 1, False, "needs 4 vCPUs (1 x 4), 0 available (limit 0, in use 0); request"),
+    ("Standard_NC4as_T4_v3", 1, True, ""),                                # low priority: own quota
+    ("Standard_NC48ads_A100_v4", 3, True, "low-priority vCPUs needs 144 vCPUs (3 x 48), 100 available"),
+    ("Standard_NC40ads_H100_v5", 1, False, "not offered for Azure ML compute in eastus"),
+])
+def test_quota_messages(world, size, nodes, low, expect):
+    if not expect:
+        assert check_quota(world.sizes, world.usage, size, nodes, low, "eastus") == ""
+        return
+    with pytest.raises(UserError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+        check_quota(world.sizes, world.usage, size, nodes, low, "eastus")
+
+
+def test_unknown_quota_entry_is_a_note_not_a_failure(world):
+    note = check_quota(world.sizes, [], "Standard_NC24ads_A100_v4", 1, False, "eastus")
+    assert note == "note: no quota entry for family standardNCADSA100v4Family in eastus; quota not checked"
+
+
+def test_sdk_usage_and_size_objects_are_read_despite_the_camelcase_bug():
+    from azure.ai.ml._restclient.arm_ml_service.models import Usage as RestUsage
+    from azure.ai.ml._restclient.arm_ml_service.models import VirtualMachineSize
+    from azure.ai.ml.entities import Usage, VmSize
+
+    from orchestrator.azure.seam import size_row, usage_row
+
+    # the service's wire JSON, through the SDK's own conversion (what list_usage/list_sizes return)
+    usage = Usage._from_rest_object(RestUsage({"name": {"value": A100_FAMILY, "localizedValue": "NCADS A100 v4"},
+                                               "currentValue": 24, "limit": 96, "unit": "Count"}))
+    vm = VmSize._from_rest_object(VirtualMachineSize({"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY,
+                                                      "vCPUs": 24, "gpus": 1}))
+    # in azure-ai-ml 1.35 usage.current_value and vm.v_cp_us stay None here (notes section 2)
+    assert usage_row(usage) == {"name": A100_FAMILY, "current": 24, "limit": 96}
+    assert size_row(vm) == {"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY, "vcpus": 24}
+
+
+# status and log tailing -----------------------------------------------------------------------
+@pytest.mark.parametrize("azure,ours", [
+    ("NotStarted", QUEUED), ("Queued", QUEUED), ("Preparing", QUEUED), ("Starting", QUEUED),
+    ("Provisioning", QUEUED), ("Running", RUNNING), ("Finalizing", RUNNING), ("Completed", COMPLETED),
+    ("Failed", FAILED), ("Canceled", CANCELED), ("CancelRequested", CANCELED), ("Unknown", QUEUED),
+])
+def test_status_mapping(azure, ours):
+    assert map_status(azure) == ours
+
+
+def test_rank0_log_is_picked_among_the_log_files():
+    assert rank0_log({}) is None
+    assert rank0_log({"user_logs/std_log_process_1.txt": "p1", "user_logs/std_log_process_0.txt": "p0",
+                      "system_logs/x.txt": "s"}) == "p0"
+    assert rank0_log({"user_logs/std_log_process_0.txt": "p0", LOG: "main"}) == "main"
+
+
+class GrowingLog:
+    """A seam whose job log grows by one chunk per poll, and whose status follows a script."""
+
+    def __init__(self, chunks, statuses):
+        self.chunks, self.statuses, self.log, self.offsets = list(chunks), list(statuses), b"", []
+
+    def job_status(self, name):
+        if self.chunks:
+            self.log += self.chunks.pop(0)
+        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def log_urls(self, name):
+        return {LOG: "url"} if self.log else {}
+
+    def read_from(self, url, offset):
+        self.offsets.append(offset)
+        return self.log[offset:]
+
+
+def test_tailer_follows_by_byte_offset_and_holds_back_partial_lines():
+    seam = GrowingLog([b"", "héllo\n@@orchestrate {\"type\"".encode(), b": \"phase\"}\r\nlast without newline"],
+                      ["Queued", "Running", "Running", "Completed"])
+    sleeps, statuses = [], []
+    lines = list(tail(seam, "job", sleep=sleeps.append, on_status=statuses.append))
+    assert statuses == ["Queued", "Running", "Completed"]  # each change once
+    assert [l.text for l in lines] == ["héllo", '@@orchestrate {"type": "phase"}', "last without newline"]
+    assert lines[-1].cursor == len(seam.log)
+    assert lines[0].cursor == len("héllo\n".encode())
+    assert seam.offsets == [0, lines[0].cursor, lines[1].cursor]  # from the last line start on
+    assert sleeps == [3.0, 2.0, 2.0]  # backs off while nothing comes, resets when lines do
+
+
+def test_tailer_resumes_from_a_cursor_without_repeating_anything():
+    log = b"".join(f"line {i}\n".encode() for i in range(10))
+    seam = GrowingLog([log], ["Completed"])
+    first = list(tail(seam, "job"))
+    cut = first[3].cursor
+    again = list(tail(GrowingLog([log], ["Completed"]), "job", cursor=cut))
+    assert [l.text for l in first[:4] + again] == [l.text for l in first]
+    assert again[-1].cursor == len(log)
+
+
+def test_tailer_without_follow_returns_after_one_poll():
+    seam = GrowingLog([b"a\nb\npartial"], ["Running"])
+    assert [l.text for l in tail(seam, "job", follow=False)] == ["a", "b"]
+
+
+# the backend end to end, storage on Azurite ---------------------------------------------------
+def make_dataset(root):
+    for label, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), color).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def container(world, azurite):  # noqa: F811
+    from azure.storage.blob import ContainerClient
+
+    client = ContainerClient.from_connection_string(azurite.connection_string, world.datastore["container"])
+    if not client.exists():
+        client.create_container()
+    for blob in client.list_blobs():
+        client.delete_blob(blob.name)
+    world.container = client
+    return client
+
+
+def test_prepare_submit_follow_download(tmp_path, world, container, workspace_env, monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=x;AccountKey=c2VjcmV0a2V5")
+    data = make_dataset(tmp_path / "colors")
+    run_dir = tmp_path / "runs" / "colors-1"
+    spec = JobSpec(run_id="colors-1", data=data, run_dir=run_dir, train_args=["--epochs", "1"],
+                   backend_options={"compute": "gpu-a100", "nodes": 2, "experiment": "colors"})
+    said = []
+    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append)
+    backend.prepare(spec)
+    prefix = dataset_prefix(data)
+    assert {b.name for b in container.list_blobs()} >= {f"{prefix}/red/0.png", f"{prefix}/blue/2.png"}
+    assert world.computes["gpu-a100"]["max_instances"] == 2
+    run = backend.submit(spec)
+    assert run.remote_id == "colors-1" and run.backend == "azure"
+    job = world.jobs["colors-1"]["job"]
+    assert job.resources.instance_count == 2 and job.experiment_name == "colors"
+    assert job.inputs["data"].path == f"azureml://datastores/workspaceblobstore/paths/{prefix}/"
+    state = (run_dir / "azure.json").read_text()
+    assert "c2VjcmV0a2V5" not in state and "AccountKey" not in state
+    assert json.loads(state)["workspace"] == {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws"}
+    assert any("https://ml.azure.com/runs/colors-1" in line for line in said)
+
+    # another process: only the RunRef and runs/<id>/azure.json, no flags, no env
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+        monkeypatch.delenv(name)
+    said.clear()
+    other = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append)
+    run = RunRef("colors-1", "azure", run_dir, "colors-1")
+    assert other.status(run) == QUEUED
+    with pytest.raises(UserError, match="not finished"):
+        other.download(run, run_dir / "outputs")
+    world.jobs["colors-1"].update(status="Completed", log=b"epoch 1\n@@orchestrate {\"type\": \"run_end\"}\n")
+    assert [l.text for l in other.log_lines(run)][-1] == '@@orchestrate {"type": "run_end"}'
+    assert said == ["Azure ML job: Completed"]
+    assert other.status(run) == COMPLETED
+
+    model_prefix = "orchestrate/runs/colors-1/model/"
+    for name, body in (("model.onnx", b"onnx"), ("labels.json", b"[]"), ("metrics.json", b"{}"),
+                       ("history.jsonl", b""), ("extra/plot.txt", b"x")):
+        container.upload_blob(model_prefix + name, body, overwrite=True)
+    container.upload_blob("orchestrate/runs/colors-1/checkpoints/last.pt", b"ckpt", overwrite=True)
+    other.download(run, run_dir / "outputs")
+    got = sorted(str(p.relative_to(run_dir / "outputs")) for p in (run_dir / "outputs").rglob("*") if p.is_file())
+    assert got == ["extra/plot.txt", "history.jsonl", "labels.json", "metrics.json", "model.onnx"]
+    assert (run_dir / "outputs" / "model.onnx").read_bytes() == b"onnx"
+    world.calls.clear()
+    other.download(run, run_dir / "outputs")  # already there: nothing fetched
+    assert world.calls == []
+
+
+def test_cancel_and_errors_are_one_line_without_secrets(tmp_path, world):
+    from azure.core.exceptions import HttpResponseError
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "azure.json").write_text(json.dumps({"job": "j", "datastore": world.datastore,
+                                                    "workspace": settings().public()}))
+    world.jobs["j"] = {"status": "Running", "log": b""}
+    backend = AzureBackend(seam_factory=world.seam)
+    run = RunRef("r", "azure", run_dir, "j")
+    backend.cancel(run)
+    assert ("cancel", "j") in world.calls and backend.status(run) == CANCELED
+
+    def refuse(name):
+        raise HttpResponseError(message="(AuthorizationFailed) no access to "
+                                        "https://sa.blob.core.windows.net/c/x?sv=1&sig=SECRETSIG\nmore")
+    world.seam = lambda s: type("S", (RecordingSeam,), {"job_status": lambda self, n: refuse(n)})(s, world)
+    with pytest.raises(UserError) as exc:
+        AzureBackend(seam_factory=world.seam).status(run)
+    assert "AuthorizationFailed" in str(exc.value) and "SECRETSIG" not in str(exc.value)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="azure.json is missing"):
+        backend.status(RunRef("x", "azure", tmp_path / "nowhere", "x"))
+
+
+def test_statuses_table_is_complete():
+    documented = {"NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Running", "Finalizing",
+                  "CancelRequested", "Completed", "Failed", "Canceled"}
+    assert documented <= set(STATUS)
+
+
+# the real seam, as far as it runs without Azure ----------------------------------------------
+class NoCredential:
+    def get_token(self, *scopes, **kwargs):
+        raise AssertionError("no token may be requested offline")
+
+
+def test_real_seam_builds_its_clients_lazily_and_offline():
+    from orchestrator.azure.seam import AzureSeam
+
+    seam = AzureSeam(Settings(subscription_id="sub", resource_group="rg", workspace_name="ws",
+                              storage_connection_string=None))
+    seam.__dict__["credential"] = NoCredential()
+    assert (seam.ml.subscription_id, seam.ml.resource_group_name, seam.ml.workspace_name) == ("sub", "rg", "ws")
+    assert callable(seam._resources.resource_groups.check_existence)
+    client = seam.container_client({"account": "acct", "container": "blobs", "endpoint": "core.windows.net"})
+    assert client.url == "https://acct.blob.core.windows.net/blobs"
+
+
+def test_real_seam_reads_log_bytes_by_range_from_a_sas_url(world, container, azurite):  # noqa: F811
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+    from services.azurite import ACCOUNT, ACCOUNT_KEY
+
+    from orchestrator.azure.seam import AzureSeam
+
+    seam = AzureSeam(Settings(storage_connection_string=azurite.connection_string))
+    client = seam.container_client(world.datastore)  # the connection string wins over Azure AD
+    body = "première ligne\nsecond line\n".encode()
+    client.upload_blob("user_logs/std_log.txt", body, overwrite=True)
+    sas = generate_blob_sas(ACCOUNT, client.container_name, "user_logs/std_log.txt", account_key=ACCOUNT_KEY,
+                            permission=BlobSasPermissions(read=True),
+                            expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    url = f"{client.url}/user_logs/std_log.txt?{sas}"
+    assert seam.read_from(url, 0) == body
+    assert seam.read_from(url, 16) == body[16:]
+    assert seam.read_from(url, len(body)) == b""
+
+
+def test_sign_in_failures_become_one_line():
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from orchestrator.azure.seam import azure_errors
+
+    with pytest.raises(UserError, match="^Azure sign-in failed: run `az login`"):
+        with azure_errors():
+            raise ClientAuthenticationError("DefaultAzureCredential failed\nlong story")

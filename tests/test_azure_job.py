@@ -1,0 +1,157 @@
+"""The Azure ML job: real azure-ai-ml entities, validated and round-tripped offline (no account)."""
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.azure.job import build_job, dataset_prefix, describe, plan_from_spec
+from orchestrator.azure.provision import compute_entity
+from orchestrator.backends.azure import describe_plan, export_job_yaml
+from orchestrator.backends.base import JobSpec
+from orchestrator.compute import resolve
+from orchestrator.config import load_settings
+from orchestrator.errors import UserError
+from orchestrator.paths import remote_scripts_dir
+
+# azure-ai-ml's schemas are full of marshmallow deprecation warnings: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+ACCOUNT_KEY = "c2VjcmV0LWFjY291bnQta2V5LWRvLW5vdC1sZWFr"
+SAS = "sv=2024-11-04&ss=b&srt=sco&sp=rl&se=2030-01-01&sig=U0VDUkVUU0lHTkFUVVJF"
+
+
+def spec(tmp_path, **options):
+    data = tmp_path / "EuroSAT"
+    data.mkdir(exist_ok=True)
+    return JobSpec(run_id="eurosat-20261123-142500-ab12", data=data, run_dir=tmp_path / "runs" / "r",
+                   train_args=["--epochs", "3", "--lr", "0.001", "--arch", "resnet50"],
+                   backend_options=options)
+
+
+def load(path):
+    from azure.ai.ml import load_job
+
+    return load_job(str(path))
+
+
+def test_single_node_job(tmp_path):
+    job = build_job(plan_from_spec(spec(tmp_path, compute="gpu-a100", experiment="eurosat")))
+    assert job.compute == "gpu-a100" and job.resources.instance_count == 1
+    assert job.distribution is None  # one GPU, one process: no launcher needed
+    assert job.command == ("python train.py --data ${{inputs.data}} --output ${{outputs.model}} "
+                           "--checkpoint-dir ${{outputs.checkpoints}} --epochs 3 --lr 0.001 --arch resnet50")
+    assert job.name == "eurosat-20261123-142500-ab12" and job.experiment_name == "eurosat"
+    assert job.display_name == "eurosat-20261123-142500-ab12"
+    # azure-ai-ml does not check bindings offline: every one must name a real input or output
+    for kind, name in re.findall(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", job.command):
+        assert name in getattr(job, kind)
+    assert Path(job.code) == remote_scripts_dir()
+    assert Path(job.environment.build.path).name == "docker"
+    assert (Path(job.environment.build.path) / "Dockerfile").is_file()
+    data = job.inputs["data"]
+    assert (data.type, data.mode) == ("uri_folder", "ro_mount")
+    assert data.path == f"azureml://datastores/workspaceblobstore/paths/{dataset_prefix(tmp_path / 'EuroSAT')}/"
+    for name in ("model", "checkpoints"):
+        out = job.outputs[name]
+        assert out.mode == "rw_mount"
+        assert out.path == ("azureml://datastores/workspaceblobstore/paths/orchestrate/runs/"
+                            f"eurosat-20261123-142500-ab12/{name}/")
+
+
+@pytest.mark.parametrize("compute,nodes,per_node", [("gpu-a100x4", 2, 4), ("gpu-t4", 3, 1), ("gpu-nc12", 1, 2)])
+def test_multi_gpu_and_multi_node_jobs_use_the_pytorch_distribution(tmp_path, compute, nodes, per_node):
+    job = build_job(plan_from_spec(spec(tmp_path, compute=compute, nodes=nodes)))
+    assert job.resources.instance_count == nodes
+    assert job.distribution.type == "pytorch"
+    assert job.distribution.process_count_per_instance == per_node
+
+
+def test_exported_yaml_is_accepted_by_load_job_and_keeps_everything(tmp_path):
+    path = tmp_path / "job.yml"
+    export_job_yaml(spec(tmp_path, compute="gpu-a100x2", nodes=2, experiment="exp"), path)
+    job = load(path)
+    assert job.compute == "gpu-a100x2"
+    assert job.resources.instance_count == 2 and job.distribution.process_count_per_instance == 2
+    assert job.experiment_name == "exp" and "--epochs 3" in job.command
+    assert job.inputs["data"].path.endswith(f"/{dataset_prefix(tmp_path / 'EuroSAT')}/")
+    assert set(job.outputs) == {"model", "checkpoints"}
+    assert job.environment.build is not None
+    assert job._validate().passed
+
+
+def test_bad_options_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown compute"):
+        plan_from_spec(spec(tmp_path, compute="nc12"))
+    with pytest.raises(UserError, match="--nodes"):
+        plan_from_spec(spec(tmp_path, nodes=0))
+    bad = spec(tmp_path)
+    bad.train_args = ["--name", "${{inputs.secret}}"]
+    with pytest.raises(UserError, match="must not contain"):
+        build_job(plan_from_spec(bad))
+
+
+def test_folders_with_the_same_name_get_their_own_dataset_prefix(tmp_path):
+    a, b = tmp_path / "a" / "train", tmp_path / "b" / "train"
+    assert dataset_prefix(a).startswith("orchestrate/datasets/train-")
+    assert dataset_prefix(a) != dataset_prefix(b) and dataset_prefix(a) == dataset_prefix(tmp_path / "a" / "." / "train")
+
+
+def test_train_args_are_shell_quoted(tmp_path):
+    s = spec(tmp_path)
+    s.train_args = ["--classes", "a b; rm -rf /"]
+    assert build_job(plan_from_spec(s)).command.endswith("--classes 'a b; rm -rf /'")
+
+
+def test_dry_run_plan_names_what_would_be_created(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZUREML_WORKSPACE_NAME", "ws1")
+    monkeypatch.setenv("AZURE_RESOURCE_GROUP", "rg1")
+    text = describe_plan(spec(tmp_path, compute="gpu-nc24", nodes=2, low_priority=True))
+    first, *rest = text.splitlines()
+    assert first.startswith("notice: Standard_NC24 ") and "Standard_NC96ads_A100_v4" in first
+    body = "\n".join(rest)
+    for expected in ("ws1 (resource group rg1)", "gpu-a100x4 = Standard_NC96ads_A100_v4 (4x A100 80GB",
+                     "low-priority", "2 x 4 process(es) (PyTorch distribution)", "infra/docker",
+                     "orchestrate/datasets/EuroSAT-", "--checkpoint-dir ${{outputs.checkpoints}}"):
+        assert expected in body
+
+
+def test_secrets_in_the_environment_stay_out_of_plan_and_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={ACCOUNT_KEY}")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", SAS)
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "client-secret-value")
+    s = spec(tmp_path, compute="gpu-t4")
+    path = tmp_path / "job.yml"
+    export_job_yaml(s, path)
+    for text in (path.read_text(), describe_plan(s)):
+        assert ACCOUNT_KEY not in text and "sig=" not in text and "client-secret-value" not in text
+
+
+def test_describe_without_a_workspace_still_works(tmp_path):
+    text = describe(plan_from_spec(spec(tmp_path)), load_settings(env={}, cwd=tmp_path))
+    assert "(not configured)" in text and "gpu-t4 = Standard_NC4as_T4_v3" in text
+
+
+@pytest.mark.parametrize("low_priority,tier,vm_priority", [(True, "low_priority", "LowPriority"),
+                                                          (False, "dedicated", "Dedicated")])
+def test_compute_entity_spells_the_tier_the_way_the_service_wants(tmp_path, low_priority, tier, vm_priority):
+    entity = compute_entity(resolve("gpu-nc12"), max_nodes=3, idle_minutes=15, low_priority=low_priority)
+    assert (entity.name, entity.size, entity.tier) == ("gpu-a100x2", "Standard_NC48ads_A100_v4", tier)
+    props = entity._to_rest_object().as_dict()["properties"]["properties"]
+    assert props["vmPriority"] == vm_priority  # "LowPriority" would have gone out as "Lowpriority"
+    assert props["scaleSettings"] == {"minNodeCount": 0, "maxNodeCount": 3,
+                                      "nodeIdleTimeBeforeScaleDown": "PT15M"}
+    # the YAML schema validates tier (the constructor does not): it must accept ours
+    from azure.ai.ml import load_compute
+
+    path = tmp_path / "compute.yml"
+    entity.dump(str(path))
+    assert load_compute(str(path)).tier == tier
+
+
+@pytest.mark.parametrize("kwargs,match", [({"max_nodes": 0}, "--max-nodes"),
+                                          ({"max_nodes": 1, "min_nodes": 2}, "--min-nodes"),
+                                          ({"idle_minutes": 0}, "--idle-minutes")])
+def test_bad_cluster_sizes_are_user_errors(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        compute_entity(resolve("gpu-t4"), **kwargs)

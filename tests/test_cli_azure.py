@@ -1,0 +1,165 @@
+"""`orchestrate init|workspace|compute`: exit codes, one-line errors, no secrets, fast --help.
+
+The commands run in-process through click's runner with the network seam replaced by the
+RecordingSeam of test_azure_backend; the import-time check runs in a real subprocess.
+"""
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+from test_azure_backend import World
+
+from orchestrator.cli import compute as compute_cli
+from orchestrator.cli import workspace as workspace_cli
+from orchestrator.cli.main import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
+
+ACCOUNT_KEY = "c2VjcmV0LWFjY291bnQta2V5LWRvLW5vdC1sZWFr"
+SAS_SIG = "U0VDUkVUU0lHTkFUVVJF"
+WS = ["--subscription-id", "sub", "-g", "rg", "-w", "ws"]
+
+
+@pytest.fixture
+def world(monkeypatch):
+    world = World()
+    def make_seam(settings):
+        return world.seam(settings.require("subscription_id", "resource_group", "workspace_name"))
+    for module in (workspace_cli, compute_cli):
+        monkeypatch.setattr(module, "make_seam", make_seam)
+    return world
+
+
+@pytest.fixture
+def secrets_in_env(monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={ACCOUNT_KEY}")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", f"sv=2024-11-04&sp=rl&sig={SAS_SIG}")
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self):
+        return self.stdout
+
+
+def invoke(*args):
+    """Run the real entry point (orchestrator.cli.main.main: errors -> one line + exit code)."""
+    runner = CliRunner()
+    with runner.isolation() as (out, err, _), mock.patch.object(sys, "argv", ["orchestrate", *map(str, args)]):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        return Result(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+def assert_clean(result):
+    text = result.stdout + result.stderr
+    assert ACCOUNT_KEY not in text and SAS_SIG not in text and "Traceback" not in text
+
+
+def test_help_does_not_import_the_azure_sdk():
+    code = ("import sys\nfrom orchestrator.cli.main import cli\n"
+            "for args in (['--help'], ['compute', '--help'], ['workspace', '--help'], ['init', '--help'],"
+            " ['compute', 'sizes']):\n"
+            "    try:\n        cli(args)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('azure.ai.ml', 'azure.identity', 'azure.mgmt.resource') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+
+
+def test_compute_sizes_table_and_json():
+    result = invoke("compute", "sizes")
+    assert result.exit_code == 0
+    row = next(line for line in result.output.splitlines() if line.startswith("gpu-nc12"))
+    assert "Standard_NC12" in row and "K80" in row and "retired 2023-09-06 -> Standard_NC48ads_A100_v4" in row
+    rows = json.loads(invoke("compute", "sizes", "--json").output)
+    a100 = next(r for r in rows if r["alias"] == "gpu-a100")
+    assert a100 == {"alias": "gpu-a100", "name": "Standard_NC24ads_A100_v4", "gpus": 1, "gpu_type": "A100 80GB",
+                    "gpu_memory_gib": 80, "vcpus": 24, "retired": None, "status": "current"}
+
+
+def test_compute_create_with_a_retired_alias(world, secrets_in_env):
+    result = invoke("compute", "create", "--compute", "gpu-nc12", "--max-nodes", 1, "--low-priority",
+                    "--idle-minutes", 5, *WS)
+    assert result.exit_code == 0, result.output
+    notices = [l for l in result.stderr.splitlines() if l.startswith("notice:")]
+    assert len(notices) == 1 and "Standard_NC12" in notices[0] and "Standard_NC48ads_A100_v4" in notices[0]
+    assert "notice" not in result.stdout
+    assert "created compute gpu-a100x2: Standard_NC48ads_A100_v4, 0-1 nodes (low-priority)" in result.stdout
+    created = world.computes["gpu-a100x2"]
+    assert (created["tier"], created["idle_seconds"], created["min_instances"]) == ("low_priority", 300, 0)
+    assert_clean(result)
+    again = invoke("compute", "create", "--compute", "gpu-a100x2", *WS)
+    assert again.exit_code == 0 and "already exists" in again.output
+
+
+def test_compute_create_short_of_quota_exits_2_with_one_line(world):
+    result = invoke("compute", "create", "--compute", "gpu-t4", *WS)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: not enough quota in eastus for 1 x Standard_NC4as_T4_v3")
+    assert "family standardNCASv3_T4Family needs 4 vCPUs (1 x 4), 0 available" in lines[0]
+    assert world.computes == {}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["compute", "create", "--compute", "gpu-k80", *WS], "unknown compute 'gpu-k80'; use an alias (cpu, gpu-t4"),
+    (["compute", "show", "--compute", "gpu-t4"], "missing Azure setting(s): --subscription-id"),
+    (["compute", "create", "--compute", "gpu-t4", "--max-nodes", 0, *WS], "--max-nodes"),
+    (["workspace", "show", "--profile", "nope", *WS], "unknown profile 'nope'"),
+    (["init"], "nothing to save"),
+])
+def test_bad_input_exits_2_with_one_line(world, args, match):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and match in result.stderr
+    assert_clean(result)
+
+
+def test_workspace_create_show_delete(world, secrets_in_env):
+    world.resource_group, world.workspace = False, None
+    result = invoke("workspace", "create", *WS, "--location", "eastus")
+    assert result.exit_code == 0, result.output
+    assert "created resource group rg in eastus" in result.output
+    assert "studio: https://ml.azure.com/?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws" in result.output
+    assert "already exists" in invoke("workspace", "create", *WS).output
+    shown = invoke("workspace", "show", *WS, "--json")
+    info = json.loads(shown.output)
+    assert info["workspace_name"] == "ws" and info["sources"]["workspace_name"] == "flag"
+    assert_clean(shown)
+    deleted = invoke("workspace", "delete", *WS, "--yes")
+    assert deleted.exit_code == 0 and world.workspace is None
+    missing = invoke("workspace", "show", *WS)
+    assert missing.exit_code == 2 and "not found" in missing.stderr
+
+
+def test_init_saves_a_profile_the_other_commands_use(world, tmp_path, secrets_in_env, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("init", "--profile", "lab", "--subscription-id", "s-lab", "-g", "rg-lab", "-w", "ws-lab",
+                    "-l", "westeurope")
+    assert result.exit_code == 0, result.output
+    stored = (tmp_path / "config" / "orchestrate" / "config.json").read_text()
+    assert "rg-lab" in stored and ACCOUNT_KEY not in stored and "AccountKey" not in stored
+    shown = invoke("workspace", "show", "--profile", "lab")
+    assert shown.exit_code == 0, shown.output
+    assert "ws-lab" in shown.output and "(profile 'lab')" in shown.output
+    assert_clean(shown)
+    # an update keeps the profile's other values
+    invoke("init", "--profile", "lab", "-l", "northeurope")
+    profile = json.loads((tmp_path / "config" / "orchestrate" / "config.json").read_text())["profiles"]["lab"]
+    assert profile == {"subscription_id": "s-lab", "resource_group": "rg-lab", "workspace_name": "ws-lab",
+                       "location": "northeurope"}
