@@ -38,16 +38,21 @@ def emit(type_, **fields):
 
 
 class ProgressThrottle:
-    """Emits `progress` events at most every `interval` seconds (and always the last one)."""
+    """Emits `progress` events at most every `interval` seconds (and always the last one).
 
-    def __init__(self, phase, total, interval=0.5):
+    Keyword `fields` go into every event: the training phase adds epoch=, epochs=, which the
+    client's renderer shows as "train epoch 3/10".
+    """
+
+    def __init__(self, phase, total, interval=0.5, **fields):
         self.phase = phase
         self.total = total
         self.interval = interval
+        self.fields = fields
         self._last = 0.0
 
     def update(self, done):
         now = time.monotonic()
         if done >= self.total or now - self._last >= self.interval:
             self._last = now
-            emit("progress", phase=self.phase, done=done, total=self.total)
+            emit("progress", phase=self.phase, done=done, total=self.total, **self.fields)

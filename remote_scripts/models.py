@@ -1,0 +1,147 @@
+"""Backbones, initial weights and the classifier head of the training job (torch, torchvision).
+
+A model is Classifier(backbone, head): a torchvision network whose last nn.Linear (the ImageNet
+classifier) is an Identity, so it outputs features, followed by a new nn.Linear for our classes.
+The same split serves the three modes: `linear` and `head` freeze the backbone, `full` trains
+both. Works with torchvision >= 0.14 (the `weights=` enums exist since 0.13).
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torchvision
+
+# --arch choices and the torchvision weights enum of each. IMAGENET1K_V1 exists for all six, and
+# its plain cross-entropy training also gives the better frozen features (Kornblith et al. 2021,
+# shared/notes/training-performance.md section 1).
+ARCHS = {
+    "resnet50": "ResNet50_Weights",
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet101": "ResNet101_Weights",
+    "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
+    "efficientnet_b0": "EfficientNet_B0_Weights",
+}
+
+
+class WeightsError(ValueError):
+    """--weights cannot be used: the job exits 2 with this message."""
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with statistics of the training features: the linear head's input scaling."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, features):
+        """Set the statistics from training features [n, dim].
+
+        The epsilon is relative: a dimension that is (nearly) constant on the training images
+        must not turn into a huge input when it does vary on a new image.
+        """
+        variance = features.var(0, unbiased=False)
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(torch.sqrt(variance + 0.01 * variance.mean() + 1e-12))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def torch_load(path):
+    """torch.load without running pickled code where this torch can refuse it (>= 1.13)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except TypeError:  # a torch without weights_only
+        return torch.load(path, map_location="cpu")
+
+
+def load_weights(arch, weights):
+    """The state_dict named by --weights (imagenet | none | PATH); None for `none`."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        enum = getattr(torchvision.models, ARCHS[arch]).IMAGENET1K_V1
+        try:
+            return enum.get_state_dict(progress=False)
+        except Exception as exc:  # offline, a proxy, a truncated download: all the same to the user
+            cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
+            raise WeightsError(
+                f"cannot fetch the ImageNet weights for {arch} from {enum.url} "
+                f"({type(exc).__name__}: {str(exc)[:120]}). Offline? Use --weights none to train from "
+                f"random initialization, or --weights PATH with a state_dict file (or put that file at "
+                f"{cached})")
+    if not os.path.isfile(weights):
+        raise WeightsError(f"--weights {weights}: no such file (use imagenet, none or a state_dict path)")
+    try:
+        state = torch_load(weights)
+    except Exception as exc:
+        raise WeightsError(f"--weights {weights}: not a loadable state_dict ({type(exc).__name__}: "
+                           f"{str(exc)[:160]})")
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"--weights {weights}: expected a state_dict (a dict of tensors)")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def last_linear(net):
+    """(qualified name, parent module, attribute, module) of the network's last nn.Linear."""
+    name = [n for n, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+    parent_name, _, attr = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    return name, parent, attr, getattr(parent, attr)
+
+
+def build_model(arch, num_classes, state=None, standardize=False, source="", warn=print):
+    """Classifier(`arch` backbone with `state` loaded, new Linear head [behind Standardize]).
+
+    The ImageNet classifier of `state` is dropped (it is replaced anyway), so a full torchvision
+    state_dict and a backbone-only one both load. Raises WeightsError for another network's weights.
+    """
+    net = getattr(torchvision.models, arch)(weights=None)
+    name, parent, attr, classifier = last_linear(net)
+    if state is not None:
+        own = net.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        missing = [k for k in own if k not in usable and not k.startswith(name + ".")]
+        if len(missing) > len(own) // 2:
+            raise WeightsError(f"--weights {source}: these are not {arch} weights ({len(missing)} of "
+                               f"{len(own)} tensors missing or of another shape)")
+        if missing:
+            warn(f"{len(missing)} backbone tensors are not in --weights {source} and stay randomly "
+                 f"initialized, e.g. {missing[0]}")
+        net.load_state_dict(usable, strict=False)
+    setattr(parent, attr, nn.Identity())
+    head = nn.Linear(classifier.in_features, num_classes)
+    if standardize:
+        head = nn.Sequential(Standardize(classifier.in_features), head)
+    return Classifier(net, head)
+
+
+def freeze_backbone(model):
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+
+
+def set_train_mode(model, mode):
+    """full: everything trains. linear/head: the frozen backbone stays in eval mode (BatchNorm
+    statistics and dropout fixed, as at export), only the head trains."""
+    if mode == "full":
+        model.train()
+    else:
+        model.eval()
+        model.head.train()

@@ -1,0 +1,439 @@
+"""remote_scripts/train.py, the job of every backend (DESIGN.md 4.1 job contract, 4.2 events).
+
+The script runs for real, as a subprocess, on generated images: tiny (32 px, resnet18, random
+weights) so that the whole file stays around a minute on two cores. Helpers it is built from
+are also checked in-process where that is the sharper test (exact preprocessing, ONNX export).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from imagegen import make_dataset
+from orchestrator.events import parse_line
+from remote_scripts import folder_dataset, imagecache, imaging, metrics, progress, train
+from remote_scripts.export import ARCH_KEY, MODE_KEY, export_onnx
+from remote_scripts.models import WeightsError, build_model, load_weights
+
+SCRIPT = Path(train.__file__)
+FAST = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "8"]
+SPLIT = ["--val-fraction", "0.2", "--test-fraction", "0.25"]
+CLASSES = ["blue", "green", "red"]
+
+
+def run_script(*args, python=sys.executable, env=None, timeout=300):
+    """Run train.py in a subprocess; the result carries its parsed events as .events."""
+    result = subprocess.run([python, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    result.events = [e for e in map(parse_line, result.stdout.splitlines()) if e]
+    return result
+
+
+def of_type(events, type_):
+    return [e for e in events if e["type"] == type_]
+
+
+def history(out):
+    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """3 classes x 12 files, 2 of them corrupt, 5 in unusual colour modes."""
+    return make_dataset(tmp_path_factory.mktemp("data") / "images", per_class=12, corrupt=2, modes=True)
+
+
+@pytest.fixture(scope="module")
+def resumed(data, tmp_path_factory):
+    """A linear-mode run stopped by --time-budget 0 after epoch 1 of 2, then resumed to the end."""
+    root = tmp_path_factory.mktemp("linear")
+    out, ckpt = root / "out", root / "ckpt"
+    args = ["--data", data, "--output", out, "--checkpoint-dir", ckpt, "--mode", "linear", "--epochs", "2",
+            *FAST, *SPLIT]
+    first = run_script(*args, "--time-budget", "0")
+    assert first.returncode == 0, first.stderr
+    assert [row["epoch"] for row in history(out)] == [1]
+    second = run_script(*args)
+    assert second.returncode == 0, second.stderr
+    return {"first": first, "second": second, "out": out, "ckpt": ckpt, "args": args}
+
+
+# --------------------------------------------------------------------------------------------
+# A complete run: outputs, events, metrics, the ONNX model
+
+
+def test_outputs_follow_the_job_contract(resumed):
+    out = resumed["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(train.OUTPUT_FILES)
+    assert json.loads((out / "labels.json").read_text()) == CLASSES
+    rows = history(out)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "lr"} <= set(rows[0])
+
+
+def test_events_tell_the_whole_story_in_order(resumed):
+    events = resumed["second"].events
+    types = [e["type"] for e in events]
+    assert set(types) <= set(progress.EVENT_TYPES)
+    assert types[0] == "phase" and events[0]["name"] == "scan"
+    assert types[-1] == "run_end" and events[-1]["status"] == "completed" and events[-1]["exit_code"] == 0
+    phases = [e["name"] for e in of_type(events, "phase")]
+    assert phases == ["scan", "train", "evaluate", "export"]  # features came from the checkpoint
+    start = of_type(events, "run_start")[0]
+    assert start["classes"] == CLASSES and sum(start["split"].values()) == 34
+    assert start["config"]["mode"] == "linear" and start["device"].startswith("cpu")
+    assert types.index("run_start") < types.index("epoch_end") < types.index("metrics") < types.index("artifact")
+    in_epoch = [e for e in of_type(events, "progress") if e["phase"] == "train"]
+    assert in_epoch and in_epoch[-1]["done"] == in_epoch[-1]["total"] and in_epoch[-1]["epoch"] == 2
+    assert [e["name"] for e in of_type(events, "artifact")] == list(train.OUTPUT_FILES)
+
+
+def test_artifact_events_describe_the_files_written(resumed):
+    import hashlib
+    for event in of_type(resumed["second"].events, "artifact"):
+        content = (resumed["out"] / event["name"]).read_bytes()
+        assert event["bytes"] == len(content) and event["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+def test_corrupt_files_are_skipped_listed_and_not_fatal(resumed):
+    saved = json.loads((resumed["out"] / "metrics.json").read_text())
+    assert len(saved["skipped"]) == 2
+    assert all("corrupt" in s["path"] and s["reason"] for s in saved["skipped"])
+    skipped_event = of_type(resumed["second"].events, "skipped")[0]
+    assert skipped_event["count"] == 2 and skipped_event["files"] == saved["skipped"]
+
+
+def test_metrics_json_holds_the_test_split_metrics(resumed):
+    saved = json.loads((resumed["out"] / "metrics.json").read_text())
+    assert saved["evaluated_on"] == "test" and saved["num_samples"] == saved["split"]["test"] == 9
+    assert saved["split"] == {"train": 19, "val": 6, "test": 9}
+    for key in ("accuracy", "macro_accuracy", "log_loss", "per_class_log_loss", "confusion_matrix", "per_class"):
+        assert key in saved
+    assert saved["best_epoch"] in (1, 2) and saved["epochs_completed"] == 2
+    event = of_type(resumed["second"].events, "metrics")[0]
+    assert {k: v for k, v in event.items() if k not in ("v", "type", "time")} == saved
+
+
+def test_onnx_model_is_self_describing_with_a_dynamic_batch(resumed):
+    model = onnx.load(str(resumed["out"] / "model.onnx"))
+    onnx.checker.check_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta[imaging.LABELS_KEY]) == CLASSES
+    assert json.loads(meta[imaging.PREPROCESS_KEY]) == imaging.preprocess_spec(32)
+    assert meta[ARCH_KEY] == "resnet18" and meta[MODE_KEY] == "linear"
+    (image,), (output,) = model.graph.input, model.graph.output
+    assert (image.name, output.name) == (imaging.INPUT_NAME, imaging.OUTPUT_NAME)
+    assert image.type.tensor_type.shape.dim[0].dim_param, "the batch axis must be dynamic"
+    assert [d.dim_value for d in image.type.tensor_type.shape.dim[1:]] == [3, 32, 32]
+
+
+def test_onnx_runtime_reproduces_the_metrics_pytorch_computed(resumed, data):
+    """The exported model, fed imaging.preprocess of the test files, scores what the job reported."""
+    found = folder_dataset.scan(str(data))
+    usable = [s for s in found.samples if folder_dataset.check_readable(str(data), s[0]) is None]
+    _, _, test = folder_dataset.stratified_split(usable, found.classes, 0.2, 0.25, seed=0)
+    session = ort.InferenceSession(str(resumed["out"] / "model.onnx"))
+    spec = json.loads(session.get_modelmeta().custom_metadata_map[imaging.PREPROCESS_KEY])
+    batch = np.stack([imaging.preprocess(imaging.load_rgb(str(data / path)), spec) for path, _ in test])
+    probabilities = session.run(None, {imaging.INPUT_NAME: batch})[0]
+    recomputed = metrics.classification_metrics([label for _, label in test], probabilities, found.classes)
+    saved = json.loads((resumed["out"] / "metrics.json").read_text())
+    assert recomputed["confusion_matrix"] == saved["confusion_matrix"]
+    assert recomputed["log_loss"] == pytest.approx(saved["log_loss"], abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: resume, refuse another run's checkpoint, re-export a finished run
+
+
+def test_resume_continues_after_the_last_epoch_without_repeating_it(resumed):
+    first, second = resumed["first"], resumed["second"]
+    assert [e["epoch"] for e in of_type(first.events, "epoch_end")] == [1]
+    assert any("time budget" in e["message"] for e in of_type(first.events, "warning"))
+    assert of_type(second.events, "run_start")[0]["resumed_from_epoch"] == 1
+    assert [e["epoch"] for e in of_type(second.events, "epoch_end")] == [2]
+    assert [e["epoch"] for e in of_type(second.events, "checkpoint")] == [2]
+    assert "featurize" not in [e["name"] for e in of_type(second.events, "phase")]
+
+
+def test_a_finished_run_started_again_only_re_exports(resumed, capsys):
+    code, err, events = run_main(capsys, *resumed["args"])
+    assert code == 0, err
+    assert not of_type(events, "epoch_end") and of_type(events, "artifact")
+    assert of_type(events, "run_start")[0]["resumed_from_epoch"] == 2
+    assert [row["epoch"] for row in history(resumed["out"])] == [1, 2]
+
+
+def test_a_checkpoint_of_other_settings_is_refused(resumed, tmp_path, capsys):
+    args = list(resumed["args"])
+    args[args.index("--epochs") + 1] = "3"
+    args[args.index("--output") + 1] = tmp_path / "out"
+    code, err, _ = run_main(capsys, *args)
+    assert code == 2
+    assert "holds a run with other settings (--epochs differ)" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The other modes, cancellation, several processes
+
+
+@pytest.mark.slow
+def test_head_mode_trains_the_head_on_augmented_images(data, tmp_path):
+    out = tmp_path / "out"
+    result = run_script("--data", data, "--output", out, "--mode", "head", "--epochs", "1", *FAST, *SPLIT)
+    assert result.returncode == 0, result.stderr
+    assert [row["epoch"] for row in history(out)] == [1]
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta[MODE_KEY] == "head"
+    assert "featurize" not in [e["name"] for e in of_type(result.events, "phase")]
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_cleanly_after_a_checkpoint(data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--data", str(data), "--output", str(tmp_path / "out"),
+                             "--checkpoint-dir", str(ckpt), "--mode", "full", "--epochs", "500",
+                             "--patience", "0", *FAST, *SPLIT],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            event = parse_line(line)
+            if event and event["type"] == "checkpoint":
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    ends = [e for e in map(parse_line, rest.splitlines()) if e and e["type"] == "run_end"]
+    assert ends == [dict(ends[0], status="canceled", exit_code=143)]
+    assert (ckpt / "last.pt").exists()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_full_mode_in_two_processes_under_torchrun_trains_one_model(data, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), str(SCRIPT), "--data", str(data), "--output", str(out),
+         "--mode", "full", "--epochs", "1", "--workers", "1", *FAST, *SPLIT],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [e for e in map(parse_line, result.stdout.splitlines()) if e]
+    assert len(of_type(events, "run_start")) == 1  # rank 0 alone reports
+    assert of_type(events, "run_start")[0]["config"]["world_size"] == 2
+    assert [row["epoch"] for row in history(out)] == [1]
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta[MODE_KEY] == "full"
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def debian_torch():
+    """Debian bookworm's python3-torch 1.13 (the offline Docker image's torch), when installed here."""
+    if not os.path.exists(DEBIAN_PYTHON):
+        return None
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import torch, torchvision; print(torch.__version__)"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+@pytest.mark.slow
+def test_runs_on_debian_torch_1_13(data, tmp_path):
+    version = debian_torch()
+    if not version:
+        pytest.skip("no python3-torch at /usr/bin/python3 (apt-get install python3-torch python3-torchvision)")
+    assert version.startswith("1.13")
+    out = tmp_path / "out"
+    result = run_script("--data", data, "--output", out, "--mode", "head", "--epochs", "1", *FAST, *SPLIT,
+                        python=DEBIAN_PYTHON)
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    assert json.loads(session.get_modelmeta().custom_metadata_map[imaging.LABELS_KEY]) == CLASSES
+    probabilities = session.run(None, {"image": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert probabilities.shape == (3, 3) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line on stderr, a failed run_end event
+
+
+def run_main(capsys, *args):
+    code = train.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    events = [e for e in map(parse_line, captured.out.splitlines()) if e]
+    return code, captured.err, events
+
+
+def make_tree(root, counts, corrupt=()):
+    for label, n in counts.items():
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            imaging.Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(root / label / f"{i}.png")
+    for path in corrupt:
+        (root / path).write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("layout, message", [
+    (None, "data folder not found"),
+    ({}, "no images found"),
+    ({"cats": 5}, "need at least 2 classes with images, found 1 (cats)"),
+    ({"cats": 10, "dogs": 2}, "class 'dogs' has 2 usable image(s); at least 3 are needed"),
+    ({"cats": 10, "dogs": 2, "_corrupt": ["dogs/x.jpg"]}, "class 'dogs' has 2 usable image(s)"),
+])
+def test_unusable_data_exits_2_with_its_message(capsys, tmp_path, layout, message):
+    data = tmp_path / "data"
+    if layout is not None:
+        data.mkdir()
+        layout = dict(layout)
+        make_tree(data, {k: v for k, v in layout.items() if k != "_corrupt"}, layout.get("_corrupt", ()))
+    code, err, events = run_main(capsys, "--data", data, "--output", tmp_path / "out", *FAST)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert events[-1]["type"] == "run_end" and events[-1]["status"] == "failed"
+    assert events[-1]["exit_code"] == 2 and message in events[-1]["error"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--image-size", "8"], "--image-size must be between 16 and 2048"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--arch", "vgg16"], "invalid choice: 'vgg16'"),
+    (["--time-budget", "-5"], "--time-budget must not be negative"),
+])
+def test_bad_arguments_exit_2(capsys, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--data", str(tmp_path), "--output", str(tmp_path / "out"), *flags])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_missing_weights_file_exits_2(capsys, tmp_path):
+    data = make_tree(tmp_path / "data", {"a": 10, "b": 10})
+    code, err, _ = run_main(capsys, "--data", data, "--output", tmp_path / "out", *FAST,
+                            "--weights", tmp_path / "nope.pt")
+    assert code == 2 and "--weights" in err and "no such file" in err
+
+
+def test_offline_imagenet_weights_exit_2_naming_the_alternatives(data, tmp_path):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the download fails at once
+    result = run_script("--data", data, "--output", tmp_path / "out", "--arch", "resnet18", "--image-size", "32",
+                        env={"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": closed, "HTTPS_PROXY": closed,
+                             "no_proxy": "", "NO_PROXY": ""})
+    assert result.returncode == 2
+    assert "cannot fetch the ImageNet weights" in result.stderr
+    assert "--weights none" in result.stderr and "--weights PATH" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.events[-1]["status"] == "failed" and result.events[-1]["exit_code"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces: preprocessing, weights, export, sharding
+
+
+def test_cached_pixels_normalize_exactly_as_imaging_preprocess(data):
+    """What the model sees in training and evaluation is what `orchestrate predict` feeds ONNX."""
+    spec = imaging.preprocess_spec(40)
+    found = folder_dataset.scan(str(data))
+    paths = [p for p, _ in found.samples if folder_dataset.check_readable(str(data), p) is None]
+    assert any("_mode" in p for p in paths)  # grayscale, RGBA, palette, CMYK, 16-bit are among them
+    images = np.stack([imagecache.decode(str(data / p), spec) for p in paths])
+    cached = imagecache.Data(found.classes, paths, np.zeros(len(paths), np.int64), images, None, None, None, [], spec)
+    ours = imagecache.Batches(cached, torch.device("cpu"), channels_last=False).images(np.arange(len(paths))).numpy()
+    reference = np.stack([imaging.preprocess(imaging.load_rgb(str(data / p)), spec) for p in paths])
+    assert np.array_equal(ours, reference)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("mobilenet_v3_large", marks=pytest.mark.slow),
+                                  pytest.param("efficientnet_b0", marks=pytest.mark.slow)])
+def test_exported_onnx_agrees_with_pytorch(data, tmp_path, arch):
+    spec = imaging.preprocess_spec(64)
+    torch.manual_seed(0)
+    model = build_model(arch, 3, standardize=True).eval()
+    model.head[0].fit(torch.randn(16, model.head[1].in_features) * 3 + 1)
+    paths = [p for p, _ in folder_dataset.scan(str(data)).samples if "corrupt" not in p][:5]
+    batch = np.stack([imaging.preprocess(imaging.load_rgb(str(data / p)), spec) for p in paths])
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
+    export_onnx(model, str(tmp_path / "m.onnx"), CLASSES, spec, arch, "linear")
+    assert not model.training  # the model handed in is left as it was
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = session.run(None, {imaging.INPUT_NAME: batch})[0]
+    assert np.abs(got - expected).max() < 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    single = session.run(None, {imaging.INPUT_NAME: batch[:1]})[0]  # any batch size
+    assert np.abs(single - expected[:1]).max() < 1e-4
+
+
+def test_a_weights_file_initializes_the_backbone_and_drops_the_old_classifier(tmp_path):
+    torch.manual_seed(1)
+    source = build_model("resnet18", 1000).state_dict()
+    wrapped = {"state_dict": {"module." + k.replace("head.", "fc.").replace("backbone.", ""): v
+                              for k, v in source.items()}}
+    torch.save(wrapped, tmp_path / "w.pt")  # a DDP-style checkpoint wrapper, ImageNet head included
+    model = build_model("resnet18", 3, load_weights("resnet18", str(tmp_path / "w.pt")), source="w.pt")
+    assert torch.equal(model.backbone.conv1.weight, source["backbone.conv1.weight"])
+    assert model.head.out_features == 3
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    torch.save(build_model("mobilenet_v3_large", 10).backbone.state_dict(), tmp_path / "m.pt")
+    with pytest.raises(WeightsError, match="not resnet18 weights"):
+        build_model("resnet18", 3, load_weights("resnet18", str(tmp_path / "m.pt")), source="m.pt")
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(2)
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, cached)
+    loaded = load_weights("resnet18", "imagenet")
+    assert torch.equal(loaded["conv1.weight"], state["conv1.weight"])
+
+
+def test_processes_share_each_epoch_evenly_and_completely():
+    train_idx = np.arange(100, 123)
+    shards = [train.epoch_batches(train_idx, 0, 3, train.Dist(world=2, rank=r), 4, drop_single=False)
+              for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1])  # the same number of steps, or DDP would hang
+    seen = np.concatenate([b for shard in shards for b in shard])
+    assert set(seen) == set(train_idx) and len(seen) == 24  # one index padded in
+
+
+def test_epoch_order_is_reproducible_so_a_resumed_epoch_is_the_same_epoch():
+    def order(epoch):
+        return np.concatenate(train.epoch_batches(np.arange(50), 7, epoch, train.Dist(), 8, drop_single=False))
+    assert np.array_equal(order(3), order(3)) and not np.array_equal(order(3), order(4))
+
+
+def test_no_single_image_batch_reaches_batchnorm():
+    batches = train.epoch_batches(np.arange(9), 0, 1, train.Dist(), 4, drop_single=True)
+    assert [len(b) for b in batches] == [4, 4]
+
+
+def test_the_cache_folder_is_removed(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    code, err, _ = run_main(capsys, "--data", data, "--output", tmp_path / "out", "--mode", "linear",
+                            "--epochs", "1", "--cache-dir", cache, *FAST, *SPLIT)
+    assert code == 0, err
+    assert cache.exists() and not list(cache.iterdir())
