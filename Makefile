@@ -19,7 +19,10 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/demo.py
 
+# Real services for the tests: Azurite (npm) and dockerd with an offline-built base image (apt).
 test: venv
+	bash scripts/setup_azurite.sh
+	sh scripts/setup_docker.sh
 	$(PY) -m pytest -q
 
 clean:

@@ -37,7 +37,6 @@ class EventRenderer:
         self.log_tail = deque(maxlen=LOG_TAIL_LINES)
         self.progress = None
         self.task = None
-        self.epoch_label = ""
 
     def line(self, text):
         """An ordinary log line: kept for failure reports, shown only with --verbose."""
@@ -68,8 +67,10 @@ class EventRenderer:
         self._print(f"[cyan]>[/cyan] {ev.get('name')}")
 
     def _on_progress(self, ev):
+        if not self.console.is_terminal:  # bars only make sense on a live terminal
+            return
         phase = ev.get("phase", "")
-        label = f"{phase} {self.epoch_label}".strip() if phase == "train" else phase
+        label = f"{phase} epoch {ev['epoch']}/{ev['epochs']}" if "epoch" in ev and "epochs" in ev else phase
         if self.progress is None:
             self.progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), console=self.console, transient=True)
@@ -79,7 +80,6 @@ class EventRenderer:
 
     def _on_epoch_end(self, ev):
         self._stop_progress()
-        self.epoch_label = f"epoch {ev.get('epoch', 0) + 1}/{ev.get('epochs', '?')}"
         parts = [f"epoch {ev.get('epoch')}/{ev.get('epochs')}"]
         for key, name in (("train_loss", "loss"), ("train_accuracy", "acc"),
                           ("val_loss", "val_loss"), ("val_accuracy", "val_acc")):
@@ -89,6 +89,10 @@ class EventRenderer:
             parts.append(f"{ev['seconds']:.1f}s")
         best = " [green]*best[/green]" if ev.get("best") else ""
         self._print("  " + "  ".join(parts) + best)
+
+    def _on_checkpoint(self, ev):
+        if self.verbose:
+            self._print(f"[dim]checkpoint after epoch {ev.get('epoch')}[/dim]")
 
     def _on_skipped(self, ev):
         files = ev.get("files", [])

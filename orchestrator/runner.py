@@ -39,18 +39,21 @@ def new_run_id(name):
     return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def start(backend, ledger, data, train_args, backend_options, name, runs_dir):
-    """Prepare the backend, write runs/<id>/spec.json, submit the job and record it."""
+def make_spec(data, train_args, backend_options, name, runs_dir):
+    """The JobSpec of a new run (nothing is created yet: `--dry-run` stops here)."""
     run_id = new_run_id(name)
-    run_dir = (Path(runs_dir) / run_id).resolve()
-    spec = JobSpec(run_id=run_id, data=Path(data).resolve(), run_dir=run_dir,
+    return JobSpec(run_id=run_id, data=Path(data).resolve(), run_dir=(Path(runs_dir) / run_id).resolve(),
                    train_args=list(train_args), backend_options=dict(backend_options))
+
+
+def start(backend, ledger, spec, name):
+    """Prepare the backend, write runs/<id>/spec.json, submit the job and record it."""
     backend.prepare(spec)
-    (run_dir / "logs").mkdir(parents=True)
-    (run_dir / "spec.json").write_text(json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
+    (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (spec.run_dir / "spec.json").write_text(json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
     run = backend.submit(spec)
-    ledger.add(RunRecord(run_id=run_id, name=name, backend=backend.name, status=QUEUED,
-                         dataset=str(spec.data), run_dir=str(run_dir), remote_id=run.remote_id,
+    ledger.add(RunRecord(run_id=spec.run_id, name=name, backend=backend.name, status=QUEUED,
+                         dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=run.remote_id,
                          params={"train_args": spec.train_args, "backend_options": spec.backend_options}))
     return run
 

@@ -9,6 +9,8 @@ from ..errors import UserError
 
 BACKENDS = {
     "local": ("orchestrator.backends.local", "LocalBackend"),
+    "docker": ("orchestrator.backends.docker", "DockerBackend"),
+    "azure": ("orchestrator.backends.azure", "AzureBackend"),
 }
 
 

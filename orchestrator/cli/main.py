@@ -21,6 +21,10 @@ COMMANDS = {
     "download": ("orchestrator.cli.runs", "download", "Fetch a run's outputs into its run folder."),
     "predict": ("orchestrator.cli.predict", "predict", "Classify images with a trained model."),
     "evaluate": ("orchestrator.cli.predict", "evaluate", "Score a model on a labeled folder."),
+    "init": ("orchestrator.cli.init", "init", "Save Azure workspace settings to a profile."),
+    "workspace": ("orchestrator.cli.workspace", "workspace", "Create, show or delete the Azure ML workspace."),
+    "compute": ("orchestrator.cli.compute", "compute", "Azure GPU sizes and the training cluster."),
+    "data": ("orchestrator.cli.data", "data", "Upload a dataset to Azure Blob storage, incrementally."),
     "image": ("orchestrator.cli.image", "image", "Build the docker backend's training or offline base image."),
     "doctor": ("orchestrator.cli.doctor", "doctor", "Check what the docker backend needs on this host."),
 }

@@ -32,7 +32,8 @@ def list_runs(limit, as_json):
         print_json([r.to_json() for r in records])
         return
     table = Table(show_header=True, header_style="bold")
-    for column in ("run", "backend", "status", "started", "accuracy", "dataset"):
+    table.add_column("run", no_wrap=True)
+    for column in ("backend", "status", "started", "accuracy", "dataset"):
         table.add_column(column)
     for r in records:
         accuracy = r.metrics.get("accuracy")

@@ -48,6 +48,20 @@ def choose_backend(name):
     return "local"
 
 
+def dry_run_azure(backend, spec, export_path):
+    """Show (and optionally export) the Azure ML job without any cloud call or credential."""
+    if backend not in ("auto", "azure"):
+        raise UserError("--dry-run and --export describe an Azure ML job: use them with --backend azure")
+    from ..backends.azure import describe_plan, export_job_yaml
+
+    if export_path and export_path.exists():
+        raise UserError(f"{export_path} already exists; choose another --export path")
+    click.echo(describe_plan(spec))
+    if export_path:
+        export_job_yaml(spec, export_path)
+        click.echo(f"wrote {export_path} (submit it with: az ml job create -f {export_path})")
+
+
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
@@ -61,10 +75,22 @@ def choose_backend(name):
 @click.option("--gpus", help="docker: all, N or none. [default: all when a GPU runtime is present]")
 @click.option("--cpus", type=click.FloatRange(min=0, min_open=True), help="docker: CPU limit.")
 @click.option("--memory", help="docker: memory limit, e.g. 8g.")
+@click.option("--compute", help="azure: compute alias or VM size (see 'orchestrate compute sizes'). [default: gpu-t4]")
+@click.option("--nodes", type=click.IntRange(min=1), help="azure: nodes; one process per GPU on each. [default: 1]")
+@click.option("--low-priority", is_flag=True, default=None, help="azure: low-priority nodes (cheaper, preemptible; "
+              "the job resumes from its checkpoint).")
+@click.option("--experiment", help="azure: experiment name. [default: orchestrate]")
+@click.option("--subscription-id", help="azure: subscription (else AZURE_SUBSCRIPTION_ID, profile, config.json).")
+@click.option("--resource-group", "-g", help="azure: resource group.")
+@click.option("--workspace", "-w", "workspace_name", help="azure: Azure ML workspace.")
+@click.option("--profile", help="azure: named profile written by 'orchestrate init'.")
+@click.option("--dry-run", is_flag=True, help="azure: print what would be created and run; no cloud calls.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="azure, with --dry-run: write the job as Azure ML YAML (az ml job create -f FILE).")
 @click.option("--detach", is_flag=True, help="Start the job and return at once with its run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
-def train(data, backend, name, runs_dir, detach, as_json, verbose, **kwargs):
+def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, **kwargs):
     """Train a classifier on DATA, a folder with one sub-folder of images per label.
 
     \b
@@ -72,6 +98,8 @@ def train(data, backend, name, runs_dir, detach, as_json, verbose, **kwargs):
       orchestrate train ./EuroSAT --backend local --epochs 5
       orchestrate train ./flowers --backend docker --mode full --gpus all
       orchestrate train ./digits --backend local --weights none --image-size 64 --json
+      orchestrate train ./EuroSAT --compute gpu-nc12 --epochs 10
+      orchestrate train ./EuroSAT --backend azure --dry-run --export job.yml
     """
     from .. import runner
     from ..backends import get_backend
@@ -81,9 +109,12 @@ def train(data, backend, name, runs_dir, detach, as_json, verbose, **kwargs):
     values = pop_training_values(kwargs)
     validate_dataset(data, values)
     backend_options = {k: v for k, v in kwargs.items() if v is not None}
+    name = name or data.resolve().name
+    spec = runner.make_spec(data, to_train_args(values), backend_options, name, runs_dir)
+    if dry_run or export_path:
+        return dry_run_azure(backend, spec, export_path)
     engine = get_backend(choose_backend(backend))
-    run = runner.start(engine, Ledger(), data, to_train_args(values), backend_options,
-                       name or data.resolve().name, runs_dir)
+    run = runner.start(engine, Ledger(), spec, name)
     if detach:
         if as_json:
             print_json({"run_id": run.run_id, "status": "submitted", "backend": engine.name,

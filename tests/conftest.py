@@ -1,0 +1,35 @@
+"""Shared test setup: every test gets its own ledger and config directories.
+
+Real services (dockerd, Azurite) are started by the fixtures in tests/services/.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ORCHESTRATE = Path(sys.executable).with_name("orchestrate")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Keep the user's real ledger and profiles out of reach of the tests."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_LOCATION",
+                 "AZURE_STORAGE_CONNECTION_STRING", "ORCHESTRATE_PROFILE", "ORCHESTRATE_STORAGE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    """Run the installed `orchestrate` command in a real subprocess."""
+    return subprocess.run([str(ORCHESTRATE), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,75 @@
+"""Bad input: one line on stderr, exit code 2, no traceback, nothing started."""
+import pytest
+
+from imagegen import make_dataset
+from orchestrator.backends.local import LocalBackend
+from orchestrator.errors import UserError
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "data", per_class=6)
+
+
+def test_missing_and_non_folder_data(cli, tmp_path):
+    assert_one_line_error(cli("train", tmp_path / "nope", "--backend", "local"), "not found")
+    (tmp_path / "file.txt").write_text("x")
+    assert_one_line_error(cli("train", tmp_path / "file.txt", "--backend", "local"), "not a folder")
+
+
+def test_no_images_and_a_single_class(cli, tmp_path):
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    (tmp_path / "empty" / "cats" / "notes.txt").write_text("x")
+    assert_one_line_error(cli("train", tmp_path / "empty", "--backend", "local"), "no images")
+    one = make_dataset(tmp_path / "one", classes=("red",), per_class=5)
+    assert_one_line_error(cli("train", one, "--backend", "local"), "at least 2 classes")
+
+
+def test_class_too_small_names_the_class_and_its_count(cli, tmp_path):
+    data = make_dataset(tmp_path / "data", classes=("red", "green"), per_class=6)
+    for extra in sorted((data / "green").rglob("*.*"))[2:]:
+        extra.unlink()
+    assert_one_line_error(cli("train", data, "--backend", "local"), "'green'", "2 image(s)")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--epochs", "0"], "--epochs"),
+    (["--arch", "vgg11"], "--arch"),
+    (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--val-fraction", "0.5", "--test-fraction", "0.5"], "sum to less than 1"),
+    (["--backend", "cloud9"], "--backend"),
+    (["--no-such-flag"], "--no-such-flag"),
+])
+def test_bad_option_values(cli, data, tmp_path, args, fragment):
+    result = cli("train", data, "--runs-dir", tmp_path / "runs", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_run_ids(cli):
+    for command in (["logs", "nope"], ["status", "nope"], ["cancel", "nope"], ["runs", "show", "nope"],
+                    ["predict", "nope", "x.png"], ["download", "nope"]):
+        assert_one_line_error(cli(*command), "unknown run 'nope'")
+
+
+def test_predict_with_a_file_that_is_not_a_model(cli, tmp_path):
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"garbage")
+    assert_one_line_error(cli("predict", fake, "x.png"), "not a readable ONNX model")
+
+
+def test_local_backend_without_torch_names_the_extra_and_docker(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(UserError, match=r"orchestrator\[local\].*--backend docker"):
+        LocalBackend().prepare(None)
