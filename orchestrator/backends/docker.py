@@ -1,0 +1,305 @@
+"""The docker backend: the Azure ML job, run in a local container (SageMaker local mode, minus compose).
+
+Same image definition (infra/docker/), same script (remote_scripts/ mounted read-only at /code, as
+Azure ML mounts a code snapshot), same inputs and outputs: the dataset at /data (read-only), the
+outputs at /outputs and checkpoints at /checkpoints, both bind-mounted from runs/<id>/ so the files
+land there directly, owned by the invoking user. No network: the job must not depend on it.
+
+Lifecycle and who cleans up: the container is found again by its label (orchestrate.run_id). When
+it has exited, the first status()/download()/cancel() that sees it "finalizes" the run -- writes
+its log to runs/<id>/logs/train.log and its exit to runs/<id>/container.json, then removes it -- so
+a client that detached (Ctrl-C) leaves no orphan: the next `orchestrate status/logs RUN`, or the
+next submit (which reaps every exited orchestrate container), removes it, and `orchestrate logs RUN`
+re-renders the run from the persisted log after the container is gone.
+"""
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+from ..images import DEFAULT_BASE_IMAGE, build_progress, ensure_training_image
+from ..paths import remote_scripts_dir
+from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef
+
+RUN_LABEL = "orchestrate.run_id"
+RUN_DIR_LABEL = "orchestrate.run_dir"
+EXIT_FILE = "container.json"        # {"exit_code", "status", "container_id", "oom_killed"}
+CANCEL_FILE = "cancel-requested"    # written before stopping, so 143/137 then means canceled
+STOP_GRACE_SECONDS = 10             # SIGTERM, then SIGKILL: train.py checkpoints on SIGTERM
+SHM_SIZE = "2g"                     # DataLoader workers share batches through /dev/shm
+TORCH_CACHE = "/torch-cache"        # the host's torch hub cache, so --weights imagenet works offline
+
+
+def connect(timeout=60):
+    """A docker client that answered a ping, or a UserError that says what is missing and how to fix it."""
+    try:
+        import docker
+    except ImportError:
+        raise UserError("the docker backend needs the docker SDK for Python: pip install 'docker>=7'")
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as exc:  # the SDK raises DockerException, requests and OS errors alike
+        raise UserError(explain_engine_error(exc))
+
+
+def explain_engine_error(exc):
+    """A one-line reason why the engine did not answer, with the fix."""
+    text = str(exc)
+    socket = _socket_path()
+    if "Permission denied" in text or isinstance(exc, PermissionError):
+        return (f"no permission on the Docker socket {socket}: add your user to the docker group "
+                "(sudo usermod -aG docker $USER, then log in again) or run as root")
+    if socket and not os.path.exists(socket):
+        if shutil.which("dockerd") or shutil.which("docker"):
+            return (f"no Docker engine is running (no socket at {socket}): start it "
+                    "(sudo systemctl start docker, or scripts/setup_docker.sh)")
+        return ("Docker is not installed: install Docker Engine (apt-get install docker.io) or run "
+                "scripts/setup_docker.sh; or use --backend local")
+    return f"the Docker engine did not answer ({text.splitlines()[0] if text else type(exc).__name__})"
+
+
+def _socket_path():
+    """The unix socket the SDK talks to (DOCKER_HOST or the default), or None for a TCP engine."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return host[len("unix://"):] if host.startswith("unix://") else None
+
+
+def engine_available():
+    """Whether a Docker engine answers here, within a second (for choosing the default backend)."""
+    try:
+        connect(timeout=1)
+        return True
+    except UserError:
+        return False
+
+
+def gpu_runtime(client):
+    """Whether the engine can pass GPUs through (the NVIDIA runtime or its prestart hook is installed)."""
+    return "nvidia" in client.info().get("Runtimes", {}) or bool(shutil.which("nvidia-container-runtime-hook"))
+
+
+def parse_options(options):
+    """Validated docker settings from JobSpec.backend_options (base_image, gpus, cpus, memory)."""
+    gpus = str(options.get("gpus") or "auto").lower()
+    if gpus not in ("auto", "all", "none") and not (gpus.isdigit() and int(gpus) > 0):
+        raise UserError(f"--gpus must be all, none or a positive count, not {options.get('gpus')!r}")
+    cpus = options.get("cpus")
+    try:
+        cpus = float(cpus) if cpus is not None else None
+    except ValueError:
+        cpus = 0
+    if cpus is not None and not cpus > 0:
+        raise UserError(f"--cpus must be a positive number, not {options.get('cpus')!r}")
+    memory = options.get("memory")
+    if memory is not None and not re.fullmatch(r"\d+(\.\d+)?[bkmg]?", str(memory).lower()):
+        raise UserError(f"--memory must be a size like 8g or 512m, not {memory!r}")
+    return {"base_image": options.get("base_image") or DEFAULT_BASE_IMAGE, "gpus": gpus,
+            "cpus": cpus, "memory": memory}
+
+
+def device_requests(client, gpus):
+    """The DeviceRequests for --gpus: auto passes all GPUs when the engine has a GPU runtime."""
+    import docker.types
+
+    if gpus == "none" or (gpus == "auto" and not gpu_runtime(client)):
+        return []
+    if gpus != "auto" and not gpu_runtime(client):
+        raise UserError(f"--gpus {gpus}: the Docker engine has no GPU runtime (install the NVIDIA "
+                        "Container Toolkit and restart Docker), or use --gpus none")
+    count = int(gpus) if gpus.isdigit() else -1
+    return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    def __init__(self):
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    def prepare(self, spec):
+        options = parse_options(spec.backend_options)
+        if not Path(spec.data).is_dir():
+            raise UserError(f"dataset folder not found: {spec.data}")
+        device_requests(self.client, options["gpus"])
+        with build_progress() as on_line:
+            ensure_training_image(self.client, options["base_image"], on_line)
+
+    def submit(self, spec):
+        import docker.errors
+
+        from ..images import image_tag
+
+        self.reap()
+        options = parse_options(spec.backend_options)
+        run_dir = Path(spec.run_dir).resolve()
+        for folder in (spec.output_dir, run_dir / "checkpoints", spec.log_path.parent):
+            Path(folder).mkdir(parents=True, exist_ok=True)  # as the user, before docker makes them as root
+        volumes = {
+            str(Path(spec.data).resolve()): {"bind": "/data", "mode": "ro"},
+            str(Path(spec.output_dir).resolve()): {"bind": "/outputs", "mode": "rw"},
+            str(run_dir / "checkpoints"): {"bind": "/checkpoints", "mode": "rw"},
+            str(remote_scripts_dir()): {"bind": "/code", "mode": "ro"},
+        }
+        train_args = _mount_weights(list(spec.train_args), volumes)
+        environment = {"HOME": "/tmp", "TORCH_HOME": "/tmp/torch"}
+        hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch") / "hub"
+        if (hub / "checkpoints").is_dir():
+            volumes[str(hub)] = {"bind": f"{TORCH_CACHE}/hub", "mode": "ro"}
+            environment["TORCH_HOME"] = TORCH_CACHE
+        run_options = {}
+        if options["cpus"]:
+            run_options["nano_cpus"] = int(options["cpus"] * 1e9)
+        if options["memory"]:
+            run_options["mem_limit"] = options["memory"]
+        if hasattr(os, "getuid"):
+            run_options["user"] = f"{os.getuid()}:{os.getgid()}"
+        try:
+            container = self.client.containers.run(
+                image_tag(options["base_image"]),
+                ["python3", "/code/train.py", "--data", "/data", "--output", "/outputs",
+                 "--checkpoint-dir", "/checkpoints", *train_args],
+                name=f"orchestrate-{spec.run_id}", labels={RUN_LABEL: spec.run_id, RUN_DIR_LABEL: str(run_dir)},
+                detach=True, init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",
+                volumes=volumes, environment=environment,
+                device_requests=device_requests(self.client, options["gpus"]), **run_options)
+        except docker.errors.APIError as exc:
+            raise UserError(f"docker could not start the job: {exc.explanation or exc}")
+        return RunRef(run_id=spec.run_id, backend=self.name, run_dir=run_dir, remote_id=container.id)
+
+    def log_lines(self, run, cursor=0, follow=True):
+        import docker.errors
+
+        container = self._container(run)
+        try:
+            stream = container.logs(stream=True, follow=follow, stdout=True, stderr=True) if container else None
+        except docker.errors.NotFound:  # finalized between the lookup and this call
+            stream = None
+        if stream is None:
+            log_path = Path(run.run_dir) / "logs" / "train.log"
+            chunks = [log_path.read_bytes()] if log_path.exists() else []
+            yield from _numbered_lines(chunks, cursor)
+            return
+        try:
+            yield from _numbered_lines(stream, cursor)
+        finally:
+            stream.close()
+
+    def status(self, run):
+        record = _read_exit(run.run_dir)
+        if record:
+            return record["status"]
+        container = self._container(run)
+        if container is None:  # finalized meanwhile by another client, or removed by hand (docker rm)
+            return (_read_exit(run.run_dir) or {"status": FAILED})["status"]
+        state = container.attrs["State"]["Status"]
+        if state == "created":
+            return QUEUED
+        if state in ("running", "restarting", "paused"):
+            return RUNNING
+        return _finalize(Path(run.run_dir), container)["status"]
+
+    def cancel(self, run):
+        if _read_exit(run.run_dir):
+            return
+        (Path(run.run_dir) / CANCEL_FILE).touch()
+        container = self._container(run)
+        if container is not None:
+            container.stop(timeout=STOP_GRACE_SECONDS)
+            container.reload()
+            _finalize(Path(run.run_dir), container)
+
+    def download(self, run, dest):
+        self.status(run)  # finalizes (persists log and exit, removes the container) once terminal
+        source = Path(run.run_dir) / "outputs"
+        if source.is_dir() and Path(dest).resolve() != source.resolve():
+            shutil.copytree(source, dest, dirs_exist_ok=True)
+
+    def reap(self):
+        """Finalize every exited orchestrate container: no orphans after a client detached."""
+        for container in self.client.containers.list(
+                all=True, filters={"label": RUN_LABEL, "status": ["exited", "dead"]}):
+            _finalize(Path(container.labels[RUN_DIR_LABEL]), container)
+
+    def _container(self, run):
+        """The run's container, or None once it has been removed."""
+        import docker.errors
+
+        try:
+            return self.client.containers.get(run.remote_id or f"orchestrate-{run.run_id}")
+        except docker.errors.NotFound:
+            return None
+
+
+def _mount_weights(train_args, volumes):
+    """Rewrite `--weights PATH` (a host file) to its read-only mount under /weights."""
+    for index, arg in enumerate(train_args[:-1]):
+        path = Path(train_args[index + 1])
+        if arg == "--weights" and path.is_file():
+            volumes[str(path.resolve())] = {"bind": f"/weights/{path.name}", "mode": "ro"}
+            train_args[index + 1] = f"/weights/{path.name}"
+    return train_args
+
+
+def _numbered_lines(chunks, cursor):
+    """LogLines numbered from 1 out of byte chunks, skipping the first `cursor` lines.
+
+    The cursor is a line count, which is the same whether the lines come from the live
+    container log or from the persisted train.log, so a resumed follower never repeats a line.
+    """
+    buffer, number = b"", 0
+    for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            number += 1
+            if number > cursor:
+                yield LogLine(text=line.decode("utf-8", "replace").rstrip("\r"), cursor=number)
+    if buffer:
+        number += 1
+        if number > cursor:
+            yield LogLine(text=buffer.decode("utf-8", "replace").rstrip("\r"), cursor=number)
+
+
+def _read_exit(run_dir):
+    path = Path(run_dir) / EXIT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _finalize(run_dir, container):
+    """Persist an exited container's log and exit status into its run dir, then remove it."""
+    import docker.errors
+
+    state = container.attrs["State"]
+    code = state.get("ExitCode")
+    if code == 0:
+        status = COMPLETED
+    elif code in (137, 143) and (run_dir / CANCEL_FILE).exists():
+        status = CANCELED
+    else:
+        status = FAILED
+    record = {"status": status, "exit_code": code, "oom_killed": state.get("OOMKilled", False),
+              "container_id": container.id, "finished_at": state.get("FinishedAt")}
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "logs" / "train.log", container.logs(stdout=True, stderr=True))
+    _write_atomic(run_dir / EXIT_FILE, json.dumps(record, indent=2).encode())
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError:  # NotFound or already being removed by a concurrent finalizer
+        pass
+    return record
+
+
+def _write_atomic(path, data):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

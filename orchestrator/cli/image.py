@@ -1,0 +1,65 @@
+"""`orchestrate image`: build the training image ahead of time, or an offline base image.
+
+Both are also done on demand by `orchestrate train --backend docker`; these commands exist for
+air-gapped hosts (build the base once) and for CI (build before the timed part of a pipeline).
+"""
+import click
+
+from ..images import DEBIAN_MIRROR, DEFAULT_BASE_IMAGE, OFFLINE_BASE_TAG
+
+
+@click.group()
+def image():
+    """Build the docker backend's images.
+
+    \b
+    Example:
+      sudo orchestrate image build-base --offline
+      orchestrate image build --base-image orchestrate/base:offline
+    """
+
+
+@image.command("build-base")
+@click.option("--offline", is_flag=True, help="Build from a Debian mirror with debootstrap (no registry needed).")
+@click.option("--tag", default=OFFLINE_BASE_TAG, show_default=True, help="Tag of the base image.")
+@click.option("--mirror", default=DEBIAN_MIRROR, show_default=True, help="Debian mirror to bootstrap from.")
+@click.option("--force", is_flag=True, help="Rebuild even if the tag exists.")
+def build_base(offline, tag, mirror, force):
+    """Build a base image with Python 3 and Debian's torch, without any container registry.
+
+    Needs root and debootstrap; takes a few minutes.
+
+    \b
+    Example:
+      sudo orchestrate image build-base --offline --tag orchestrate/base:offline
+    """
+    from ..backends.docker import connect
+    from ..errors import UserError
+    from ..images import build_offline_base, build_progress, image_exists
+
+    if not offline:
+        raise UserError("only --offline is supported: a registry base is pulled by `orchestrate image build`")
+    client = connect()
+    if image_exists(client, tag) and not force:
+        click.echo(f"{tag} already exists (use --force to rebuild)")
+        return
+    with build_progress() as on_line:
+        build_offline_base(client, tag=tag, mirror=mirror, on_line=on_line)
+    click.echo(tag)
+
+
+@image.command("build")
+@click.option("--base-image", default=DEFAULT_BASE_IMAGE, show_default=True, help="Base image (FROM).")
+def build(base_image):
+    """Build the training image from infra/docker/ and print its tag (a no-op when it exists).
+
+    \b
+    Example:
+      orchestrate image build --base-image orchestrate/base:offline
+    """
+    from ..backends.docker import connect
+    from ..images import build_progress, ensure_training_image
+
+    with build_progress() as on_line:
+        tag = ensure_training_image(connect(), base_image, on_line)
+    click.echo(tag)

@@ -1,0 +1,193 @@
+"""The training image: one Dockerfile (infra/docker/) for the docker backend and for Azure ML.
+
+Why a content-hash tag: the image is rebuilt only when infra/docker/ or the base image changes,
+so a second `orchestrate train --backend docker` starts in seconds and two checkouts with the
+same Dockerfile share one image. The training code is not in the image (it is mounted at run
+time, as Azure ML mounts a code snapshot), so editing train.py never triggers a rebuild.
+
+Why an offline base builder: on hosts that reach no container registry (air-gapped sites, our
+CI) nothing can be pulled, but a Debian mirror usually can be reached. debootstrap builds a
+bookworm root filesystem with Debian's own torch, which `docker import` turns into a base image.
+
+The docker SDK is imported by callers (orchestrator.backends.docker.connect), never here at
+module level, so that `orchestrate --help` stays fast.
+"""
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+DOCKER_CONTEXT = Path(__file__).resolve().parent.parent / "infra" / "docker"
+IMAGE_REPOSITORY = "orchestrate/train"
+# A public PyTorch CUDA runtime image: what Azure ML GPU nodes and users with a registry run.
+DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+OFFLINE_BASE_TAG = "orchestrate/base:offline"
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Everything train.py needs, from Debian itself (torch 1.13, torchvision 0.14, onnx 1.12).
+OFFLINE_PACKAGES = ("python3", "python3-torch", "python3-torchvision", "python3-pil",
+                    "python3-numpy", "python3-onnx", "ca-certificates")
+# debootstrap's phase lines ("I: Unpacking the base system...") as opposed to its per-package ones.
+DEBOOTSTRAP_PHASE = re.compile(r"packages|base system|Release|component|successfully")
+# Applied by `docker import`: a root filesystem tarball carries no image config of its own.
+OFFLINE_IMAGE_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/usr/bin/python3"]',
+)
+
+
+def image_tag(base_image, context=DOCKER_CONTEXT):
+    """`orchestrate/train:<hash>`, the hash covering every file of the build context and the base."""
+    digest = hashlib.sha256(base_image.encode())
+    for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
+        digest.update(b"\0" + path.relative_to(context).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return f"{IMAGE_REPOSITORY}:{digest.hexdigest()[:12]}"
+
+
+def image_exists(client, tag):
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def ensure_base_image(client, base_image, on_line):
+    """Make `base_image` present locally, pulling it if needed; a clear UserError if it cannot be."""
+    import docker.errors
+
+    if image_exists(client, base_image):
+        return
+    on_line(f"pulling base image {base_image}")
+    try:
+        for chunk in client.api.pull(base_image, stream=True, decode=True):
+            if "error" in chunk:
+                raise docker.errors.APIError(chunk["error"])
+            if "id" not in chunk or chunk.get("status") in ("Pull complete", "Already exists"):
+                on_line(" ".join(filter(None, (chunk.get("id"), chunk.get("status")))))
+    except docker.errors.APIError as exc:
+        reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+        if image_exists(client, OFFLINE_BASE_TAG):
+            hint = f"the offline base exists here: add --base-image {OFFLINE_BASE_TAG}"
+        else:
+            hint = ("on a host without registry access build an offline base with "
+                    f"`orchestrate image build-base --offline` and add --base-image {OFFLINE_BASE_TAG}")
+        raise UserError(f"cannot pull base image {base_image} ({reason}); {hint}")
+
+
+def ensure_training_image(client, base_image, on_line, context=DOCKER_CONTEXT):
+    """Build the training image for `base_image` unless its content-hash tag exists; return the tag.
+
+    `on_line` receives the build's step lines ("Step 3/7 : RUN ..."), which are its progress.
+    A failed build raises UserError naming the failing step and the last lines it printed.
+    """
+    tag = image_tag(base_image, context)
+    if image_exists(client, tag):
+        return tag
+    ensure_base_image(client, base_image, on_line)
+    on_line(f"building {tag} from {context} (base {base_image})")
+    step, tail = "", deque(maxlen=15)
+    stream = client.api.build(path=str(context), tag=tag, buildargs={"BASE_IMAGE": base_image},
+                              rm=True, forcerm=True, pull=False, decode=True,
+                              labels={"orchestrate.base_image": base_image})
+    for chunk in stream:
+        if "error" in chunk:
+            output = "\n".join(tail)
+            raise UserError(f"image build failed at {step or 'start'}: {chunk['error'].strip()}"
+                            + (f"\nlast output:\n{output}" if output else ""))
+        for line in chunk.get("stream", "").splitlines():
+            if line.startswith("Step "):
+                step = line.strip()
+                tail.clear()
+                on_line(step)
+            elif line.strip() and not line.startswith((" ---> ", "Removing intermediate container")):
+                tail.append(line.rstrip())
+    return tag
+
+
+def build_offline_base(client, tag=OFFLINE_BASE_TAG, mirror=DEBIAN_MIRROR, on_line=print):
+    """Build a Debian bookworm base image with debootstrap and `docker import` it as `tag`.
+
+    Needs root (debootstrap creates device nodes and chroots) and the debootstrap tool; says so,
+    as a UserError, when either is missing. Takes a few minutes (it downloads ~400 MB of .debs).
+    """
+    if shutil.which("debootstrap") is None:
+        raise UserError("the offline base builder needs debootstrap: apt-get install debootstrap")
+    if os.geteuid() != 0:
+        raise UserError("the offline base builder needs root (debootstrap chroots): run it with sudo")
+    workdir = Path(tempfile.mkdtemp(prefix="orchestrate-rootfs-"))
+    try:
+        rootfs = workdir / "rootfs"
+        command = ["debootstrap", "--variant=minbase", f"--include={','.join(OFFLINE_PACKAGES)}",
+                   DEBIAN_SUITE, str(rootfs), mirror]
+        _run_streaming(command, on_line, what="debootstrap")
+        for leftovers in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for path in (rootfs / leftovers).glob("*"):
+                if path.is_file():
+                    path.unlink()
+        on_line(f"importing the root filesystem as {tag}")
+        repository, version = split_tag(tag)
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", "-", "."],
+                               stdout=subprocess.PIPE)
+        try:
+            client.api.import_image_from_stream(tar.stdout, repository=repository, tag=version,
+                                                changes=list(OFFLINE_IMAGE_CHANGES))
+        finally:
+            tar.stdout.close()
+            if tar.wait() != 0:
+                raise UserError(f"tar of the root filesystem failed (exit {tar.returncode})")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return tag
+
+
+@contextmanager
+def build_progress():
+    """An `on_line` callback that shows build/pull/debootstrap output as progress on stderr.
+
+    Milestones (build steps, debootstrap phases, warnings) stay on screen; debootstrap's
+    hundreds of per-package "I: Unpacking libfoo..." lines only flash by in a status line.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        def on_line(line):
+            if not line.startswith("I: ") or DEBOOTSTRAP_PHASE.search(line):
+                console.print(escape(line), highlight=False)
+            status.update(escape(line[:100]))
+
+        yield on_line
+
+
+def split_tag(tag):
+    """("orchestrate/base", "offline") for "orchestrate/base:offline"; "latest" when untagged."""
+    repository, _, version = tag.rpartition(":")
+    if not repository or "/" in version:
+        return tag, "latest"
+    return repository, version
+
+
+def _run_streaming(command, on_line, what):
+    """Run `command`, pass its output lines to `on_line`; UserError with the last lines on failure."""
+    tail = deque(maxlen=15)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        tail.append(line.rstrip())
+        on_line(line.rstrip())
+    if process.wait() != 0:
+        output = "\n".join(tail)
+        raise UserError(f"{what} failed (exit {process.returncode}); last output:\n{output}")

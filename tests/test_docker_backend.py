@@ -1,0 +1,270 @@
+"""The docker backend against a real dockerd, real containers and the real remote_scripts/train.py.
+
+The image is the training image (infra/docker/Dockerfile) on the offline Debian base, so these tests
+run the job exactly as the backend runs it for users: same mounts, no network, the invoking uid.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from imagegen import make_dataset
+from orchestrator.backends.base import CANCELED, COMPLETED, JobSpec, RUNNING
+from orchestrator.backends.docker import (RUN_LABEL, DockerBackend, engine_available, explain_engine_error,
+                                          parse_options)
+from orchestrator.errors import UserError
+from orchestrator.events import parse_line
+from orchestrator.images import ensure_training_image, image_tag
+from services.docker_engine import docker_client, offline_base, training_image  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+FAST_JOB = ["--epochs", "1", "--image-size", "32", "--arch", "resnet18", "--weights", "none",
+            "--mode", "linear"]
+
+
+def make_spec(root, data, train_args, base_image):
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    return JobSpec(run_id=run_id, data=data, run_dir=root / "runs" / run_id, train_args=train_args,
+                   backend_options={"base_image": base_image, "gpus": "none"})
+
+
+def containers_of(client, run_id):
+    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+def wait_for(predicate, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def events(lines):
+    return [event for event in (parse_line(line.text) for line in lines) if event]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, docker_client, offline_base, training_image):
+    """One 1-epoch job on a dataset with corrupt files, followed with a detach and a resume midway.
+
+    Returns (spec, run, lines seen before the detach, lines seen after it, status).
+    """
+    root = tmp_path_factory.mktemp("docker-e2e")
+    data = make_dataset(root / "data", per_class=12, size=32, corrupt=2)
+    spec = make_spec(root, data, FAST_JOB, offline_base)
+    backend = DockerBackend()
+    backend.prepare(spec)
+    run = backend.submit(spec)
+
+    follower = backend.log_lines(run, cursor=0)
+    before = [next(follower) for _ in range(3)]
+    follower.close()  # the client stops mid-stream (what Ctrl-C does) ...
+    after = list(DockerBackend().log_lines(run, cursor=before[-1].cursor))  # ... and a new one re-attaches
+    return spec, run, before, after, backend.status(run)
+
+
+def test_job_in_container_produces_valid_onnx_model(finished_run):
+    import onnxruntime
+
+    spec, run, before, after, status = finished_run
+    assert status == COMPLETED
+    assert [e["status"] for e in events(after) if e["type"] == "run_end"] == ["completed"]
+    model = spec.output_dir / "model.onnx"
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["orchestrate.labels"]) == ["blue", "green", "red"]
+    assert json.loads(metadata["orchestrate.preprocess"])
+    assert json.loads((spec.output_dir / "labels.json").read_text()) == ["blue", "green", "red"]
+    assert model.stat().st_uid == os.getuid()  # written through the bind mount as the invoking user
+
+
+def test_corrupt_images_are_skipped_not_fatal(finished_run):
+    spec, run, before, after, status = finished_run
+    assert status == COMPLETED
+    skipped = json.loads((spec.output_dir / "metrics.json").read_text())["skipped"]
+    assert len(skipped) == 2 and all("corrupt" in item["path"] for item in skipped)
+    assert [e["count"] for e in events(before + after) if e["type"] == "skipped"] == [2]
+
+
+def test_reattach_from_cursor_shows_every_line_exactly_once(finished_run):
+    spec, run, before, after, status = finished_run
+    persisted = (spec.log_path).read_text().splitlines()
+    assert [line.text for line in before + after] == persisted
+    assert [line.cursor for line in before + after] == list(range(1, len(persisted) + 1))
+    assert sum(1 for e in events(before + after) if e["type"] == "run_start") == 1
+
+
+def test_container_removed_after_completion_and_log_replayable(finished_run, docker_client):
+    spec, run, before, after, status = finished_run
+    assert containers_of(docker_client, spec.run_id) == []
+    exit_record = json.loads((spec.run_dir / "container.json").read_text())
+    assert exit_record["exit_code"] == 0 and exit_record["status"] == COMPLETED
+    replay = list(DockerBackend().log_lines(run, cursor=0, follow=True))  # from runs/<id>/logs/train.log
+    assert [line.text for line in replay] == [line.text for line in before + after]
+
+
+def test_cancel_stops_an_isolated_running_container(tmp_path, docker_client, offline_base, training_image):
+    data = make_dataset(tmp_path / "data", per_class=12, size=32)
+    long_job = ["--epochs", "500", "--patience", "500", "--image-size", "64", "--arch", "resnet18",
+                "--weights", "none", "--mode", "full"]
+    spec = make_spec(tmp_path, data, long_job, offline_base)
+    backend = DockerBackend()
+    backend.prepare(spec)
+    run = backend.submit(spec)
+    for line in backend.log_lines(run):
+        event = parse_line(line.text)
+        if event and event["type"] == "epoch_end":
+            break
+    assert backend.status(run) == RUNNING
+
+    container = docker_client.containers.get(run.remote_id)
+    assert container.attrs["HostConfig"]["NetworkMode"] == "none"
+    assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"  # outputs not root-owned
+    assert {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}["/data"] is False
+    network = container.exec_run(["python3", "-c", "import socket; socket.create_connection(('1.1.1.1', 53), 2)"])
+    assert network.exit_code != 0 and b"unreachable" in network.output
+    write = container.exec_run(["touch", "/data/probe"])
+    assert write.exit_code != 0 and b"Read-only file system" in write.output
+
+    started = time.monotonic()
+    backend.cancel(run)
+    assert time.monotonic() - started < 15
+    assert backend.status(run) == CANCELED
+    assert containers_of(docker_client, spec.run_id) == []
+    assert json.loads((spec.run_dir / "container.json").read_text())["exit_code"] in (137, 143)
+
+
+def test_reap_removes_exited_containers_of_detached_clients(tmp_path, docker_client, offline_base,
+                                                            training_image):
+    spec = make_spec(tmp_path, tmp_path, ["--help"], offline_base)
+    run = DockerBackend().submit(spec)
+    docker_client.containers.get(run.remote_id).wait(timeout=60)  # nobody follows this one
+    DockerBackend().reap()
+    assert containers_of(docker_client, spec.run_id) == []
+    assert "usage" in spec.log_path.read_text()
+
+
+def test_failed_build_names_the_failing_step(tmp_path, docker_client, offline_base):
+    (tmp_path / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo about to fail && exit 3\n")
+    with pytest.raises(UserError, match=r"Step 3/\d+ : RUN echo about to fail.*: 3\nlast output:\nabout to fail$"):
+        ensure_training_image(docker_client, offline_base, on_line=lambda line: None, context=tmp_path)
+
+
+def test_unpullable_base_suggests_the_offline_base(tmp_path, docker_client, offline_base):
+    spec = make_spec(tmp_path, tmp_path, [], "registry.invalid/pytorch:none")
+    with pytest.raises(UserError, match="cannot pull base image .*--base-image orchestrate/base:offline"):
+        DockerBackend().prepare(spec)
+
+
+def test_gpus_without_gpu_runtime_is_a_user_error(tmp_path, docker_client, offline_base):
+    if DockerBackend().client.info().get("Runtimes", {}).get("nvidia"):
+        pytest.skip("this engine has a GPU runtime")
+    spec = make_spec(tmp_path, tmp_path, [], offline_base)
+    spec.backend_options["gpus"] = "all"
+    with pytest.raises(UserError, match="no GPU runtime"):
+        DockerBackend().prepare(spec)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"gpus": "two"}, "--gpus"), ({"cpus": "-1"}, "--cpus"), ({"cpus": "x"}, "--cpus"),
+    ({"memory": "lots"}, "--memory"),
+])
+def test_bad_options_are_user_errors(options, message):
+    with pytest.raises(UserError, match=message):
+        parse_options(options)
+
+
+def test_image_tag_follows_context_content_and_base(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM x\n")
+    first = image_tag("base:1", context=tmp_path)
+    assert image_tag("base:1", context=tmp_path) == first
+    assert image_tag("base:2", context=tmp_path) != first
+    (tmp_path / "requirements.txt").write_text("onnx\n")
+    assert image_tag("base:1", context=tmp_path) != first
+
+
+def test_missing_engine_is_explained_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
+    started = time.monotonic()
+    assert engine_available() is False
+    assert time.monotonic() - started < 1
+    with pytest.raises(UserError, match="no Docker engine is running .*start it"):
+        DockerBackend().prepare(make_spec(tmp_path, tmp_path, [], "any"))
+
+
+def test_socket_permission_problem_is_explained():
+    error = PermissionError(13, "Permission denied")
+    assert "docker group" in explain_engine_error(error)
+
+
+@pytest.mark.parametrize("ci, outcome", [("", "1 skipped"), ("1", "1 error")])
+def test_missing_engine_skips_locally_and_fails_in_ci(tmp_path, ci, outcome):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/docker.sock", "CI": ci}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             f"{__file__}::test_failed_build_names_the_failing_step"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert outcome in result.stdout, result.stdout
+
+
+def test_offline_builder_says_what_it_needs(monkeypatch):
+    from orchestrator.images import build_offline_base
+
+    with monkeypatch.context() as patch:
+        patch.setenv("PATH", "/nonexistent")
+        with pytest.raises(UserError, match="needs debootstrap: apt-get install debootstrap"):
+            build_offline_base(client=None)
+    if shutil.which("debootstrap"):
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        with pytest.raises(UserError, match="needs root"):
+            build_offline_base(client=None)
+
+
+def test_cli_ctrl_c_detaches_and_cancel_removes_the_container(tmp_path, docker_client, offline_base,
+                                                               training_image):
+    from conftest import ORCHESTRATE, run_cli
+
+    data = make_dataset(tmp_path / "data", per_class=12, size=32)
+    train = subprocess.Popen(
+        [str(ORCHESTRATE), "train", data, "--backend", "docker", "--base-image", offline_base, "--gpus", "none",
+         "--runs-dir", tmp_path / "runs", "--arch", "resnet18", "--weights", "none", "--image-size", "64",
+         "--mode", "full", "--epochs", "500", "--patience", "500"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: list((tmp_path / "runs").glob("*/spec.json")), "the run folder")
+        (run_dir,) = (tmp_path / "runs").iterdir()
+        wait_for(lambda: containers_of(docker_client, run_dir.name), "the container")
+        time.sleep(3)  # let the client stream for a while
+        assert train.poll() is None
+        train.send_signal(signal.SIGINT)
+        out, err = train.communicate(timeout=30)
+    finally:
+        train.kill()
+    assert train.returncode == 130 and "Re-attach with: orchestrate logs" in err, err
+    assert [c.status for c in containers_of(docker_client, run_dir.name)] == ["running"]
+
+    assert run_cli("cancel", run_dir.name).returncode == 0
+    assert containers_of(docker_client, run_dir.name) == []
+    assert run_cli("status", run_dir.name).stdout.strip() == CANCELED
+    logs = run_cli("logs", run_dir.name)  # re-rendered from runs/<id>/logs/train.log
+    assert logs.returncode == 1 and "canceled" in logs.stderr
+
+
+def test_doctor_reports_engine_image_and_gpu_runtime(tmp_path, docker_client, offline_base, training_image):
+    from conftest import run_cli
+
+    result = run_cli("doctor", "--json", "--base-image", offline_base)
+    assert result.returncode == 0, result.stderr
+    checks = {row["check"]: row for row in json.loads(result.stdout)}
+    assert checks["engine"]["result"] == "ok"
+    assert checks["training image"]["result"] == "ok" and training_image in checks["training image"]["detail"]
+    assert checks["gpu runtime"]["result"] in ("ok", "warn")
+
+    missing = run_cli("doctor", env={"DOCKER_HOST": f"unix://{tmp_path}/docker.sock"})
+    assert missing.returncode == 2 and "no Docker engine is running" in missing.stdout
