@@ -6,6 +6,7 @@ The same split serves the three modes: `linear` and `head` freeze the backbone, 
 both. Works with torchvision >= 0.14 (the `weights=` enums exist since 0.13).
 """
 import os
+import pickle
 
 import torch
 import torch.nn as nn
@@ -60,12 +61,18 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def torch_load(path):
-    """torch.load without running pickled code where this torch can refuse it (>= 1.13)."""
+def torch_load(path, own=False):
+    """torch.load that runs no pickled code from a file that came from outside (--weights).
+
+    Files the job wrote itself (`own`: checkpoints, cached features) may need a full load on
+    torch < 2.0, whose safe loader cannot even read a Python float.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # a torch without weights_only
-        return torch.load(path, map_location="cpu")
+    except pickle.UnpicklingError:
+        if not own:
+            raise
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_weights(arch, weights):

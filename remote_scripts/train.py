@@ -174,6 +174,8 @@ def describe_device(device):
 
 
 class Reporter:
+    """Events (progress.py), log lines and MLflow metrics; silent in every process but rank 0."""
+
     def __init__(self, main):
         self.main = main
         self.mlflow = None
@@ -209,7 +211,8 @@ class Reporter:
             return
         try:
             self.mlflow.log_metrics({k: float(v) for k, v in values.items()
-                                     if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     and k not in ("epoch", "epochs") and math.isfinite(v)}, step=step)
         except Exception:
             self.mlflow = None
 
@@ -280,7 +283,7 @@ def read_checkpoint(directory, expected):
     if not path or not os.path.exists(path):
         return None
     try:
-        saved = torch_load(path)
+        saved = torch_load(path, own=True)
     except Exception as exc:
         raise UsageError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
                          "remove it to start over")
@@ -293,7 +296,7 @@ def read_checkpoint(directory, expected):
                          "differ); use another --checkpoint-dir, or remove it to start over")
     best_path = os.path.join(directory, "best.pt")
     if os.path.exists(best_path):
-        saved["best_weights"] = torch_load(best_path)["weights"]
+        saved["best_weights"] = torch_load(best_path, own=True)["weights"]
     return saved
 
 
@@ -616,6 +619,7 @@ def run(args, dist, report, started, cache_dir):
 
 
 def evaluate_and_export(args, mode, model, data, trainer, stopped, report):
+    """Rank 0: test metrics of the kept weights -> metrics.json, then the model and the other files."""
     report.event("phase", name="evaluate")
     evaluated_on, indices = "test", data.test
     if not len(indices):
@@ -653,7 +657,7 @@ def cached_features(args, model, data, batches, precision, fp, report):
     path = os.path.join(args.checkpoint_dir, "features.pt") if args.checkpoint_dir else None
     key = {k: fp[k] for k in ("arch", "weights", "image_size", "data")}
     if path and os.path.exists(path):
-        saved = torch_load(path)
+        saved = torch_load(path, own=True)
         if saved.get("key") == key:
             report.log(f"features loaded from {path}")
             return saved["features"]

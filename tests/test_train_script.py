@@ -255,15 +255,19 @@ def debian_torch():
 
 
 @pytest.mark.slow
-def test_runs_on_debian_torch_1_13(data, tmp_path):
+def test_trains_and_resumes_on_debian_torch_1_13(data, tmp_path):
     version = debian_torch()
     if not version:
         pytest.skip("no python3-torch at /usr/bin/python3 (apt-get install python3-torch python3-torchvision)")
     assert version.startswith("1.13")
     out = tmp_path / "out"
-    result = run_script("--data", data, "--output", out, "--mode", "head", "--epochs", "1", *FAST, *SPLIT,
-                        python=DEBIAN_PYTHON)
-    assert result.returncode == 0, result.stderr
+    args = ["--data", data, "--output", out, "--checkpoint-dir", tmp_path / "ckpt", "--mode", "full",
+            "--epochs", "2", *FAST, *SPLIT]
+    first = run_script(*args, "--time-budget", "0", python=DEBIAN_PYTHON)
+    assert first.returncode == 0, first.stderr
+    resumed = run_script(*args, python=DEBIAN_PYTHON)  # torch 1.13 reads back its own checkpoint
+    assert resumed.returncode == 0, resumed.stderr
+    assert [e["epoch"] for e in of_type(resumed.events, "epoch_end")] == [2]
     session = ort.InferenceSession(str(out / "model.onnx"))
     assert json.loads(session.get_modelmeta().custom_metadata_map[imaging.LABELS_KEY]) == CLASSES
     probabilities = session.run(None, {"image": np.zeros((3, 3, 32, 32), np.float32)})[0]
