@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 try:  # imported as remote_scripts.imagecache (tests)
     from . import folder_dataset, imaging
@@ -45,9 +44,8 @@ class Data:
 
 
 def decode(path, spec):
-    """The uint8 pixels [H, W, 3] that imaging.preprocess starts from: load_rgb, bilinear resize."""
-    height, width = spec["size"]
-    return np.asarray(imaging.load_rgb(path).resize((width, height), Image.BILINEAR), dtype=np.uint8)
+    """The uint8 pixels [H, W, 3] that imaging.preprocess starts from."""
+    return imaging.resize(imaging.load_rgb(path), spec)
 
 
 def decode_all(root, relpaths, out, spec, workers, on_done):

@@ -65,11 +65,19 @@ def preprocess_spec(size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     }
 
 
+def resize(image, spec):
+    """PIL RGB image -> uint8 array [H, W, 3] at the spec's size: the first half of preprocess.
+
+    The training job caches these pixels and normalizes whole batches on its device, exactly as
+    preprocess does below for one image.
+    """
+    height, width = spec["size"]
+    return np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.uint8)
+
+
 def preprocess(image, spec):
     """PIL RGB image -> float32 array [3, H, W], as described by `spec`."""
-    height, width = spec["size"]
-    resized = image.resize((width, height), Image.BILINEAR)
-    arr = np.asarray(resized, dtype=np.float32) * np.float32(spec["scale"])
+    arr = resize(image, spec).astype(np.float32) * np.float32(spec["scale"])
     arr = (arr - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
     if spec.get("channel_order", "RGB") == "BGR":
         arr = arr[:, :, ::-1]

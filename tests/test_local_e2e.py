@@ -4,11 +4,14 @@ Real processes all the way: the CLI in a subprocess, train.py detached in its ow
 ONNX Runtime for prediction.
 """
 import json
+import signal
+import subprocess
 import time
 
 import onnx
 import pytest
 
+from conftest import ORCHESTRATE
 from imagegen import make_dataset
 from orchestrator.events import parse_line
 from remote_scripts import imaging
@@ -112,6 +115,15 @@ def test_detach_reattach_and_cancel(cli, tmp_path):
     run_id = json.loads(started.stdout)["run_id"]
     log = tmp_path / "runs" / run_id / "logs" / "train.log"
     wait_for_event(log, "epoch_end")
+    assert cli("status", run_id).stdout.strip() == "running"
+    # A follower interrupted with Ctrl-C detaches (exit 130, how to re-attach) and the job goes on.
+    follower = subprocess.Popen([str(ORCHESTRATE), "logs", run_id], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 130 and f"orchestrate logs {run_id}" in err
+    assert err.count("epoch 1/200") == 1
     assert cli("status", run_id).stdout.strip() == "running"
     canceled = cli("cancel", run_id)
     assert canceled.returncode == 0 and "canceled" in canceled.stdout

@@ -80,9 +80,6 @@ class LocalBackend(Backend):
             return CANCELED
         return COMPLETED if code == 0 else FAILED
 
-    def exit_code(self, run):
-        return self._exit_code(run)
-
     def cancel(self, run):
         (run.run_dir / CANCEL_MARKER).touch()
         if self._exit_code(run) is not None:

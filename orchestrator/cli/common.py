@@ -62,5 +62,6 @@ def follow_and_report(backend, run, as_json=False, verbose=False):
         raise UserError(outcome.error)
     if not as_json and renderer.log_tail:
         click.echo("last lines of the job's log:\n  " + "\n  ".join(renderer.log_tail), err=True)
-    reason = outcome.error or f"exit code {outcome.exit_code}"
+    reason = outcome.error or (f"exit code {outcome.exit_code}" if outcome.exit_code is not None else
+                               "the job stopped without reporting why (killed, or out of memory?)")
     raise JobFailed(f"run {run.run_id} {outcome.status}: {reason} (full log: orchestrate logs {run.run_id} -v)")
