@@ -6,6 +6,7 @@ again from any directory, after the client that started it has gone.
 import json
 import sqlite3
 import time
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -59,14 +60,23 @@ _JSON_COLUMNS = ("params", "metrics")
 class Ledger:
     def __init__(self, path=None):
         self.path = Path(path) if path else state_dir() / "ledger.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the state folder {self.path.parent}: {exc.strerror}") from None
         with self._connect() as db:
             db.execute(SCHEMA)
 
+    @contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.path, timeout=10)
-        db.row_factory = sqlite3.Row
-        return db
+        """A connection that commits on success and is always closed; SQLite errors become one line."""
+        try:
+            with closing(sqlite3.connect(self.path, timeout=10)) as db:
+                db.row_factory = sqlite3.Row
+                with db:
+                    yield db
+        except sqlite3.Error as exc:
+            raise UserError(f"run ledger {self.path} is unusable: {exc}") from None
 
     def add(self, record):
         row = record.to_json()
@@ -92,6 +102,8 @@ class Ledger:
 
     def get(self, run_id):
         """The run with this id, or the only run whose id starts with it; UserError otherwise."""
+        if not run_id:
+            raise UserError("a run id is needed (see 'orchestrate runs list')")
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchall()
             if not rows:

@@ -19,14 +19,14 @@ def metrics_table(metrics, title="Test metrics"):
     table.add_column("class")
     for name in ("precision", "recall", "log-loss", "support"):
         table.add_column(name, justify="right")
-    for label, row in metrics["per_class"].items():
-        loss = metrics["per_class_log_loss"].get(label)
+    for label, row in metrics.get("per_class", {}).items():
+        loss = metrics.get("per_class_log_loss", {}).get(label)
         table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}",
                       "-" if loss is None else f"{loss:.3f}", str(row["support"]))
-    reduction = metrics.get("log_loss_reduction")
-    table.caption = (f"accuracy {metrics['accuracy']:.4f}   macro accuracy {metrics['macro_accuracy']:.4f}   "
-                     f"log-loss {metrics['log_loss']:.4f}   log-loss reduction "
-                     f"{'-' if reduction is None else f'{reduction:.4f}'}   samples {metrics['num_samples']}")
+    parts = [f"{name} {metrics[key]:.4f}" for key, name in (
+        ("accuracy", "accuracy"), ("macro_accuracy", "macro accuracy"), ("log_loss", "log-loss"),
+        ("log_loss_reduction", "log-loss reduction")) if isinstance(metrics.get(key), (int, float))]
+    table.caption = "   ".join(parts + [f"samples {metrics.get('num_samples', '?')}"])
     return table
 
 

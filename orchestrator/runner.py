@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.base import COMPLETED, QUEUED, TERMINAL, JobSpec, RunRef
+from .backends.base import COMPLETED, FAILED, QUEUED, TERMINAL, JobSpec, RunRef
 from .events import parse_line
 from .ledger import RunRecord
 
@@ -19,10 +19,6 @@ SUMMARY_METRICS = ("accuracy", "macro_accuracy", "log_loss")
 
 class Detached(Exception):
     """The user pressed Ctrl-C while following: the job goes on, the client leaves."""
-
-    def __init__(self, run_id):
-        super().__init__(run_id)
-        self.run_id = run_id
 
 
 @dataclass
@@ -47,14 +43,24 @@ def make_spec(data, train_args, backend_options, name, runs_dir):
 
 
 def start(backend, ledger, spec, name):
-    """Prepare the backend, write runs/<id>/spec.json, submit the job and record it."""
+    """Prepare the backend, record the run, write runs/<id>/spec.json and submit the job.
+
+    The ledger row comes first, so a job never runs without one: if the submit fails, the
+    row says so.
+    """
     backend.prepare(spec)
-    (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (spec.run_dir / "spec.json").write_text(json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
-    run = backend.submit(spec)
     ledger.add(RunRecord(run_id=spec.run_id, name=name, backend=backend.name, status=QUEUED,
-                         dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=run.remote_id,
+                         dataset=str(spec.data), run_dir=str(spec.run_dir),
                          params={"train_args": spec.train_args, "backend_options": spec.backend_options}))
+    try:
+        (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (spec.run_dir / "spec.json").write_text(
+            json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
+        run = backend.submit(spec)
+    except BaseException:
+        ledger.update(spec.run_id, status=FAILED)
+        raise
+    ledger.update(spec.run_id, remote_id=run.remote_id)
     return run
 
 
@@ -65,8 +71,9 @@ def run_ref(record):
 def follow(backend, run, ledger, renderer):
     """Render the run's events until it ends, then record and return its Outcome.
 
-    Always renders from the start of the log, so a re-attached client shows each event
-    exactly once; Ctrl-C raises Detached and leaves the job running.
+    Every follower renders the log from its start (cursor 0), so a client that re-attaches
+    shows the whole run, each event exactly once; Ctrl-C raises Detached and leaves the job
+    running.
     """
     run_end = None
     try:
@@ -85,19 +92,27 @@ def follow(backend, run, ledger, renderer):
     return finish(backend, run, ledger, run_end)
 
 
-def finish(backend, run, ledger, run_end=None):
-    """Fetch outputs of a completed run and record its final status and metrics."""
+def finish(backend, run, ledger, run_end=None, download=True):
+    """Record a run's final status, metrics and exit code (fetching outputs of a completed run).
+
+    A run the ledger already holds as ended keeps its record: only the first finish writes it.
+    """
+    run_end = run_end or {}
+    record = ledger.get(run.run_id)
+    if record.status in TERMINAL:
+        return Outcome(record.status, record.exit_code, run_end.get("error") or "", read_metrics(run.run_dir))
     status = backend.status(run)
     if status not in TERMINAL:
         return Outcome(status)
-    if status == COMPLETED:
+    if status == COMPLETED and download:
         backend.download(run, run.run_dir / "outputs")
     metrics = read_metrics(run.run_dir)
-    run_end = run_end or {}
-    exit_code = run_end.get("exit_code", 0 if status == COMPLETED else None)
+    exit_code = run_end.get("exit_code")
+    if exit_code is None:
+        exit_code = backend.exit_code(run)
     ledger.update(run.run_id, status=status, exit_code=exit_code,
                   metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics} if metrics else {})
-    return Outcome(status, exit_code, run_end.get("error", ""), metrics)
+    return Outcome(status, exit_code, run_end.get("error") or "", metrics)
 
 
 def read_metrics(run_dir):

@@ -7,20 +7,24 @@ import os
 import random
 
 try:  # imported as remote_scripts.folder_dataset by the client
-    from .imaging import DECODE_ERRORS, is_image_name, load_rgb
+    from .imaging import is_image_name
 except ImportError:  # imported as a top-level module by train.py
-    from imaging import DECODE_ERRORS, is_image_name, load_rgb
+    from imaging import is_image_name
 
 
 class DatasetError(ValueError):
     """Bad data: the job exits 2 with this message, the client prints it in one line."""
 
 
+# train.py's defaults; the client checks a dataset against the same numbers before a job starts.
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.1
+
+
 class Scan:
     """What a scan found: sorted class names and (relative path, class index) samples."""
 
-    def __init__(self, root, classes, samples, empty_classes):
-        self.root = root
+    def __init__(self, classes, samples, empty_classes):
         self.classes = classes
         self.samples = samples
         self.empty_classes = empty_classes
@@ -41,11 +45,14 @@ def scan(root, min_classes=2):
         raise DatasetError(f"data folder not found: {root}")
     if not os.path.isdir(root):
         raise DatasetError(f"data path is not a folder: {root}")
-    class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise DatasetError(f"cannot read data folder {root}: {exc.strerror}") from None
     per_class = {}
     for name in class_dirs:
         files = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), onerror=_unreadable_folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             files.extend(os.path.relpath(os.path.join(dirpath, f), root)
                          for f in sorted(filenames) if is_image_name(f))
@@ -57,16 +64,12 @@ def scan(root, min_classes=2):
     if len(classes) < min_classes:
         raise DatasetError(f"need at least 2 classes with images, found 1 ({classes[0]}) in {root}")
     samples = [(path, i) for i, c in enumerate(classes) for path in per_class[c]]
-    return Scan(root, classes, samples, empty)
+    return Scan(classes, samples, empty)
 
 
-def check_readable(root, relpath):
-    """None when the image decodes, else a short reason (never raises for a bad file)."""
-    try:
-        load_rgb(os.path.join(root, relpath))
-        return None
-    except DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"[:200]
+def _unreadable_folder(exc):
+    """os.walk's error hook: a class folder that cannot be listed is an error, not an empty class."""
+    raise DatasetError(f"cannot read folder {exc.filename}: {exc.strerror}")
 
 
 def minimum_per_class(val_fraction, test_fraction):

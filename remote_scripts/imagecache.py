@@ -58,7 +58,7 @@ def decode_all(root, relpaths, out, spec, workers, on_done):
             out[i] = decode(os.path.join(root, relpaths[i]), spec)
             return None
         except imaging.DECODE_ERRORS as exc:
-            return f"{type(exc).__name__}: {exc}"[:200]  # as folder_dataset.check_readable words it
+            return imaging.describe_decode_error(exc)
 
     reasons = []
     if workers == 0:

@@ -23,6 +23,11 @@ OUTPUT_NAME = "probabilities"              # float32 [batch, classes], softmax a
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def describe_decode_error(exc):
+    """The one-line reason recorded for an unreadable image (metrics.json, predict, evaluate)."""
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def is_image_name(name):
     """True for a visible file whose extension (any case) is an image extension."""
     if name.startswith("."):

@@ -103,8 +103,8 @@ def parse_args(argv=None):
     add("--weight-decay", type=float, default=1e-4)
     add("--label-smoothing", type=float, default=0.0)
     add("--image-size", type=int, default=224, help="the model's input is image-size x image-size")
-    add("--val-fraction", type=float, default=0.1)
-    add("--test-fraction", type=float, default=0.1)
+    add("--val-fraction", type=float, default=folder_dataset.DEFAULT_VAL_FRACTION)
+    add("--test-fraction", type=float, default=folder_dataset.DEFAULT_TEST_FRACTION)
     add("--seed", type=int, default=0, help="seeds the split, the shuffling and the augmentation")
     add("--time-budget", type=float, metavar="SECONDS",
         help="stop after the epoch during which the job has run this long (earlier attempts of a "

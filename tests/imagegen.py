@@ -11,6 +11,7 @@ JPEG, text named .jpg. `modes=True` replaces a few images by grayscale, RGBA, pa
 """
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,14 @@ def make_dataset(root, classes=("red", "green", "blue"), per_class=12, size=32, 
             else:
                 image.save(where / f"{name}_{i}.jpg", "JPEG", quality=90)
     return root
+
+
+def readable(root, relpath):
+    """True when the image decodes (what the job keeps), False for a corrupt one."""
+    from remote_scripts import imaging
+
+    try:
+        imaging.load_rgb(os.path.join(str(root), relpath))
+        return True
+    except imaging.DECODE_ERRORS:
+        return False

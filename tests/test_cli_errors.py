@@ -37,7 +37,7 @@ def test_class_too_small_names_the_class_and_its_count(cli, tmp_path):
     data = make_dataset(tmp_path / "data", classes=("red", "green"), per_class=6)
     for extra in sorted((data / "green").rglob("*.*"))[2:]:
         extra.unlink()
-    assert_one_line_error(cli("train", data, "--backend", "local"), "'green'", "2 image(s)")
+    assert_one_line_error(cli("train", data, "--backend", "local"), "'green'", "has 2 usable image(s)")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -73,3 +73,52 @@ def test_local_backend_without_torch_names_the_extra_and_docker(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     with pytest.raises(UserError, match=r"orchestrator\[local\].*--backend docker"):
         LocalBackend().prepare(None)
+
+
+def without_root_file_access(args):
+    """Run as root but without the capabilities that let root read any file, when we are root."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return args
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is needed to drop root's file-access override")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *args]
+
+
+def test_an_unreadable_class_folder_is_an_error_not_an_empty_class(tmp_path):
+    import subprocess
+
+    from conftest import ORCHESTRATE
+
+    data = make_dataset(tmp_path / "data", per_class=6)
+    (data / "blue").chmod(0)
+    try:
+        result = subprocess.run(without_root_file_access([str(ORCHESTRATE), "train", str(data), "--backend", "local"]),
+                                capture_output=True, text=True)
+    finally:
+        (data / "blue").chmod(0o755)
+    assert_one_line_error(result, "cannot read folder", "blue", "Permission denied")
+
+
+def test_state_dir_and_ledger_problems_are_one_line_errors(cli, tmp_path):
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_text("x")
+    assert_one_line_error(cli("runs", "list", env={"XDG_STATE_HOME": str(not_a_dir)}), "state folder")
+    garbage = tmp_path / "garbage-state"
+    (garbage / "orchestrate").mkdir(parents=True)
+    (garbage / "orchestrate" / "ledger.db").write_bytes(b"this is not sqlite" * 100)
+    assert_one_line_error(cli("runs", "list", env={"XDG_STATE_HOME": str(garbage)}), "ledger", "unusable")
+
+
+def test_runs_dir_that_is_a_file(cli, data, tmp_path):
+    runs = tmp_path / "runs"
+    runs.write_text("my notes")
+    assert_one_line_error(cli("train", data, "--backend", "local", "--runs-dir", runs), "--runs-dir", "is a file")
+    assert runs.read_text() == "my notes"
+
+
+def test_an_empty_run_id_matches_nothing(cli):
+    assert_one_line_error(cli("cancel", ""), "a run id is needed")

@@ -4,7 +4,7 @@ import collections
 import pytest
 
 from imagegen import make_dataset
-from remote_scripts import folder_dataset
+from remote_scripts import imaging
 from remote_scripts.folder_dataset import DatasetError, scan, stratified_split
 
 
@@ -65,9 +65,17 @@ def test_scan_rejects_unusable_data_with_a_clear_message(tmp_path, layout, messa
         scan(str(root))
 
 
-def test_check_readable_names_the_problem_and_accepts_every_colour_mode(tmp_path):
+def decode_failure(root, path):
+    try:
+        imaging.load_rgb(str(root / path))
+        return None
+    except imaging.DECODE_ERRORS as exc:
+        return imaging.describe_decode_error(exc)
+
+
+def test_decoding_names_the_problem_and_accepts_every_colour_mode(tmp_path):
     root = make_dataset(tmp_path / "d", per_class=12, corrupt=3, modes=True)
-    reasons = {path: folder_dataset.check_readable(str(root), path) for path, _ in scan(str(root)).samples}
+    reasons = {path: decode_failure(root, path) for path, _ in scan(str(root)).samples}
     bad = {path: reason for path, reason in reasons.items() if reason}
     assert len(bad) == 3 and all("corrupt" in path for path in bad)
     assert any("truncated" in reason for reason in bad.values())

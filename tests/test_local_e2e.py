@@ -4,6 +4,7 @@ Real processes all the way: the CLI in a subprocess, train.py detached in its ow
 ONNX Runtime for prediction.
 """
 import json
+import os
 import signal
 import subprocess
 import time
@@ -133,3 +134,33 @@ def test_detach_reattach_and_cancel(cli, tmp_path):
     # Re-rendering a canceled run shows its epochs and exits 1 (the job did not complete).
     logs = cli("logs", run_id)
     assert logs.returncode == 1 and "canceled" in logs.stderr
+
+
+def test_a_late_cancel_or_a_moved_folder_leaves_the_completed_record_alone(trained, cli):
+    env, run_id = trained["env"], trained["result"]["run_id"]
+    late = cli("cancel", run_id, env=env)
+    assert late.returncode == 0 and "already ended (completed)" in late.stdout
+    run_dir = trained["home"] / "runs" / run_id
+    moved = run_dir.with_name("moved-away")
+    run_dir.rename(moved)
+    try:
+        assert cli("status", run_id, env=env).stdout.strip() == "completed"  # the ledger's record stands
+        result = cli("logs", run_id, env=env)
+        assert result.returncode == 2 and "folder of run" in result.stderr
+    finally:
+        moved.rename(run_dir)
+    shown = json.loads(cli("runs", "show", run_id, "--json", env=env).stdout)
+    assert shown["status"] == "completed" and shown["metrics"]["accuracy"] == trained["result"]["metrics"]["accuracy"]
+
+
+def test_a_job_killed_with_its_supervisor_ends_the_follow_as_failed(cli, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=12)
+    started = cli("train", data, *FAST, "--mode", "full", "--epochs", "200", "--patience", "200",
+                  "--runs-dir", tmp_path / "runs", "--detach", "--json")
+    run_id = json.loads(started.stdout)["run_id"]
+    wait_for_event(tmp_path / "runs" / run_id / "logs" / "train.log", "epoch_end")
+    pgid = int(json.loads(cli("runs", "show", run_id, "--json").stdout)["remote_id"])
+    os.killpg(pgid, signal.SIGKILL)  # what the OOM killer or a reboot does: no exit code is written
+    logs = cli("logs", run_id, timeout=60)
+    assert logs.returncode == 1 and "stopped without reporting why" in logs.stderr
+    assert cli("status", run_id).stdout.strip() == "failed"

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from imagegen import make_dataset
+from imagegen import make_dataset, readable
 from orchestrator.events import parse_line
 from remote_scripts import folder_dataset, imagecache, imaging, metrics, progress, train
 from remote_scripts.export import ARCH_KEY, MODE_KEY, export_onnx
@@ -139,7 +139,7 @@ def test_onnx_model_is_self_describing_with_a_dynamic_batch(resumed):
 def test_onnx_runtime_reproduces_the_metrics_pytorch_computed(resumed, data):
     """The exported model, fed imaging.preprocess of the test files, scores what the job reported."""
     found = folder_dataset.scan(str(data))
-    usable = [s for s in found.samples if folder_dataset.check_readable(str(data), s[0]) is None]
+    usable = [s for s in found.samples if readable(data, s[0])]
     _, _, test = folder_dataset.stratified_split(usable, found.classes, 0.2, 0.25, seed=0)
     session = ort.InferenceSession(str(resumed["out"] / "model.onnx"))
     spec = json.loads(session.get_modelmeta().custom_metadata_map[imaging.PREPROCESS_KEY])
@@ -355,7 +355,7 @@ def test_cached_pixels_normalize_exactly_as_imaging_preprocess(data):
     """What the model sees in training and evaluation is what `orchestrate predict` feeds ONNX."""
     spec = imaging.preprocess_spec(40)
     found = folder_dataset.scan(str(data))
-    paths = [p for p, _ in found.samples if folder_dataset.check_readable(str(data), p) is None]
+    paths = [p for p, _ in found.samples if readable(data, p)]
     assert any("_mode" in p for p in paths)  # grayscale, RGBA, palette, CMYK, 16-bit are among them
     images = np.stack([imagecache.decode(str(data / p), spec) for p in paths])
     cached = imagecache.Data(found.classes, paths, np.zeros(len(paths), np.int64), images, None, None, None, [], spec)

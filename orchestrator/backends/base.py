@@ -75,12 +75,21 @@ class Backend(ABC):
     def log_lines(self, run, cursor=0, follow=True):
         """Yield LogLine objects from `cursor` on; with follow, until the run is terminal.
 
-        Resuming from the cursor of the last line seen shows nothing twice.
+        The cursor is opaque (bytes for a log file, lines for a container log): resuming from
+        the cursor of the last line seen shows nothing twice.
         """
 
     @abstractmethod
     def status(self, run):
         """One of QUEUED, RUNNING, COMPLETED, FAILED, CANCELED."""
+
+    def exit_code(self, run):
+        """The job's exit code once it has ended, when the backend knows it; else None.
+
+        The runner falls back on it when a job died without emitting its run_end event
+        (killed by a signal, out of memory).
+        """
+        return None
 
     @abstractmethod
     def cancel(self, run):

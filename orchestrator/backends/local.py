@@ -50,7 +50,10 @@ class LocalBackend(Backend):
         return RunRef(spec.run_id, self.name, spec.run_dir, remote_id=str(process.pid))
 
     def log_lines(self, run, cursor=0, follow=True):
+        self._require_run_dir(run)
         path = run.run_dir / "logs" / "train.log"
+        if not path.is_file():
+            raise UserError(f"the log of run {run.run_id} is missing: {path}")
         with open(path, "rb") as log:
             log.seek(cursor)
             pending = b""
@@ -63,7 +66,7 @@ class LocalBackend(Backend):
                         yield LogLine(pending.decode("utf-8", "replace").rstrip("\r\n"), cursor)
                         pending = b""
                     continue
-                if not follow or self._exit_code(run) is not None:
+                if not follow or self._exit_code(run) is not None or not self._alive(run):
                     # The job has ended: drain what it wrote last, then stop.
                     rest = pending + log.read()
                     for raw in rest.splitlines(keepends=True):
@@ -73,17 +76,22 @@ class LocalBackend(Backend):
                 time.sleep(POLL_SECONDS)
 
     def status(self, run):
+        self._require_run_dir(run)
         code = self._exit_code(run)
         if code is None:
             return RUNNING if self._alive(run) else FAILED
-        if (run.run_dir / CANCEL_MARKER).exists():
-            return CANCELED
-        return COMPLETED if code == 0 else FAILED
+        if code == 0:
+            return COMPLETED
+        return CANCELED if (run.run_dir / CANCEL_MARKER).exists() else FAILED
+
+    def exit_code(self, run):
+        return self._exit_code(run)
 
     def cancel(self, run):
-        (run.run_dir / CANCEL_MARKER).touch()
+        self._require_run_dir(run)
         if self._exit_code(run) is not None:
-            return
+            return  # already ended: a late cancel changes nothing
+        (run.run_dir / CANCEL_MARKER).touch()
         pgid = int(run.remote_id)
         # The supervisor forwards SIGTERM to train.py, which saves and exits as canceled.
         self._send_signal(pgid, signal.SIGTERM, group=False)
@@ -96,6 +104,11 @@ class LocalBackend(Backend):
 
     def download(self, run, dest):
         """Outputs are written in place by the job: nothing to fetch."""
+
+    @staticmethod
+    def _require_run_dir(run):
+        if not run.run_dir.is_dir():
+            raise UserError(f"the folder of run {run.run_id} is missing: {run.run_dir}")
 
     @staticmethod
     def _exit_code(run):

@@ -74,4 +74,8 @@ def main():
     except click.Abort:
         click.echo("aborted", err=True)
         code = 130
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        code = 2
     sys.exit(code or 0)

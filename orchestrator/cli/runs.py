@@ -93,7 +93,7 @@ def status(run_id, as_json):
     from ..runner import finish
 
     ledger, record, backend, run = find_run(run_id)
-    outcome = finish(backend, run, ledger)
+    outcome = finish(backend, run, ledger, download=False)
     if as_json:
         print_json({"run_id": record.run_id, "status": outcome.status})
     else:
@@ -130,6 +130,10 @@ def download(run_id):
     Example:
       orchestrate download digits-20261123-101500-ab12
     """
+    from ..errors import UserError
+
     _, record, backend, run = find_run(run_id)
     backend.download(run, record.output_dir)
+    if not (record.output_dir / "model.onnx").is_file():
+        raise UserError(f"run {record.run_id} has no outputs to download (status: {backend.status(run)})")
     click.echo(str(record.output_dir))

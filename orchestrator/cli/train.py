@@ -10,23 +10,20 @@ BACKEND_CHOICES = ("auto", "local", "docker", "azure")
 
 
 def validate_dataset(data, values):
-    """Reject unusable data here, in one line, before any job starts or any byte is uploaded."""
-    from remote_scripts.folder_dataset import DatasetError, minimum_per_class, scan
+    """Reject unusable data here, in one line, before any job starts or any byte is uploaded.
 
-    val = values["val_fraction"] if values["val_fraction"] is not None else 0.1
-    test = values["test_fraction"] if values["test_fraction"] is not None else 0.1
-    if val + test >= 1:
-        raise UserError("--val-fraction and --test-fraction must sum to less than 1")
+    Runs the job's own scan and split (no image is decoded), so the checks and their messages
+    are the job's.
+    """
+    from remote_scripts import folder_dataset as fd
+
+    val = fd.DEFAULT_VAL_FRACTION if values["val_fraction"] is None else values["val_fraction"]
+    test = fd.DEFAULT_TEST_FRACTION if values["test_fraction"] is None else values["test_fraction"]
     try:
-        found = scan(str(data))
-    except DatasetError as exc:
+        found = fd.scan(str(data))
+        fd.stratified_split(found.samples, found.classes, val, test, seed=0)
+    except fd.DatasetError as exc:
         raise UserError(str(exc)) from None
-    need = minimum_per_class(val, test)
-    for label, count in found.counts().items():
-        if count < need:
-            raise UserError(f"class '{label}' has {count} image(s); at least {need} are needed to split it "
-                            "into train/validation/test (lower --val-fraction/--test-fraction or add images)")
-    return found
 
 
 def choose_backend(name):

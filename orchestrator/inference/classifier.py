@@ -67,7 +67,7 @@ class OnnxClassifier:
         try:
             return imaging.preprocess(imaging.load_rgb(path), self.preprocess)
         except imaging.DECODE_ERRORS as exc:
-            return f"cannot read image: {type(exc).__name__}: {exc}"[:200]
+            return "cannot read image: " + imaging.describe_decode_error(exc)
 
     def top_k(self, probs, k):
         order = np.argsort(-probs)[:k]
