@@ -15,9 +15,11 @@ import uuid
 import pytest
 
 from imagegen import make_dataset
-from orchestrator.backends.base import CANCELED, COMPLETED, JobSpec, RUNNING
-from orchestrator.backends.docker import (RUN_LABEL, DockerBackend, engine_available, explain_engine_error,
-                                          parse_options)
+from orchestrator.backends import docker as docker_backend
+from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, RUNNING, JobSpec, RunRef
+from orchestrator.backends.docker import (RUN_DIR_LABEL, RUN_LABEL, DockerBackend, engine_available,
+                                          explain_engine_error, parse_options)
+from orchestrator.backends.local import CANCEL_MARKER
 from orchestrator.errors import UserError
 from orchestrator.events import parse_line
 from orchestrator.images import ensure_training_image, image_tag
@@ -44,6 +46,14 @@ def wait_for(predicate, what, timeout=120):
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def submit_and_wait(tmp_path, docker_client, offline_base, train_args):
+    """A submitted run whose container has exited but was not finalized: nobody followed it."""
+    spec = make_spec(tmp_path, tmp_path, train_args, offline_base)
+    run = DockerBackend().submit(spec)
+    docker_client.containers.get(run.remote_id).wait(timeout=60)
+    return spec, run
 
 
 def events(lines):
@@ -123,6 +133,7 @@ def test_cancel_stops_an_isolated_running_container(tmp_path, docker_client, off
         if event and event["type"] == "epoch_end":
             break
     assert backend.status(run) == RUNNING
+    assert backend.exit_code(run) is None  # not known while it runs
 
     container = docker_client.containers.get(run.remote_id)
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
@@ -139,16 +150,115 @@ def test_cancel_stops_an_isolated_running_container(tmp_path, docker_client, off
     assert backend.status(run) == CANCELED
     assert containers_of(docker_client, spec.run_id) == []
     assert json.loads((spec.run_dir / "container.json").read_text())["exit_code"] in (137, 143)
+    assert backend.exit_code(run) in (137, 143)
+    assert (spec.run_dir / CANCEL_MARKER).exists()  # the same marker name as the local backend's
 
 
 def test_reap_removes_exited_containers_of_detached_clients(tmp_path, docker_client, offline_base,
                                                             training_image):
-    spec = make_spec(tmp_path, tmp_path, ["--help"], offline_base)
-    run = DockerBackend().submit(spec)
-    docker_client.containers.get(run.remote_id).wait(timeout=60)  # nobody follows this one
+    spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--help"])
     DockerBackend().reap()
     assert containers_of(docker_client, spec.run_id) == []
     assert "usage" in spec.log_path.read_text()
+
+
+def test_reap_never_recreates_a_deleted_run_folder(tmp_path, docker_client, offline_base, training_image):
+    spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--help"])
+    shutil.rmtree(spec.run_dir)  # the user threw the run away while its container had exited
+    DockerBackend().reap()
+    assert not spec.run_dir.exists()
+    assert containers_of(docker_client, spec.run_id) == []
+
+
+def test_reap_skips_a_run_folder_it_cannot_write(tmp_path, docker_client, offline_base, training_image):
+    spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--help"])
+    shutil.rmtree(spec.log_path.parent)
+    spec.log_path.parent.write_text("")  # logs/ is a file: the log cannot be saved (chmod means nothing to root)
+    DockerBackend().reap()  # what every submit does: someone else's run must not fail it
+    assert [c.id for c in containers_of(docker_client, spec.run_id)] == [run.remote_id]  # its log is kept
+    with pytest.raises(UserError, match=r"^cannot save the finished run into .*: File exists$"):
+        DockerBackend().status(run)
+    spec.log_path.parent.unlink()
+    assert DockerBackend().status(run) == COMPLETED
+    assert "usage" in spec.log_path.read_text()
+    assert containers_of(docker_client, spec.run_id) == []
+
+
+def test_a_fresh_created_container_is_left_to_its_client_an_old_one_is_reaped(
+        tmp_path, docker_client, offline_base, monkeypatch):
+    run_dir = tmp_path / "runs" / "orphan"
+    run_dir.mkdir(parents=True)
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    docker_client.containers.create(offline_base, ["true"], labels={RUN_LABEL: run_id, RUN_DIR_LABEL: str(run_dir)})
+    DockerBackend().reap()  # a client may be between create and start right now
+    assert [c.status for c in containers_of(docker_client, run_id)] == ["created"]
+    monkeypatch.setattr(docker_backend, "ORPHAN_AGE_SECONDS", -1)  # as if a minute had passed
+    DockerBackend().reap()
+    assert containers_of(docker_client, run_id) == []
+    record = json.loads((run_dir / "container.json").read_text())
+    assert record["status"] == FAILED and record["exit_code"] is None  # it never ran, so it did not complete
+
+    canceled = RunRef(run_id=f"{run_id}-2", backend="docker", run_dir=tmp_path / "runs" / "queued")
+    canceled.run_dir.mkdir()
+    canceled.remote_id = docker_client.containers.create(
+        offline_base, ["true"], labels={RUN_LABEL: canceled.run_id, RUN_DIR_LABEL: str(canceled.run_dir)}).id
+    DockerBackend().cancel(canceled)  # canceled before it ever started
+    assert DockerBackend().status(canceled) == CANCELED
+    assert containers_of(docker_client, canceled.run_id) == []
+
+
+def test_finalizing_a_container_another_client_just_removed_is_not_an_error(tmp_path, docker_client, offline_base,
+                                                                              training_image):
+    spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--help"])
+    stale = docker_client.containers.get(run.remote_id)  # what reap or status holds ...
+    assert DockerBackend().status(run) == COMPLETED  # ... when a second client finalizes and removes it
+    assert docker_backend._finalize(spec.run_dir, stale)["status"] == COMPLETED
+
+
+@pytest.mark.parametrize("problem", ["mount", "device request"])
+def test_a_start_the_engine_refuses_leaves_no_container(tmp_path, docker_client, offline_base, training_image,
+                                                          monkeypatch, problem):
+    data = tmp_path / "data"
+    if problem == "mount":
+        data.write_text("")
+        data = data / "images"  # under a regular file: the engine cannot mount it
+    else:
+        if docker_client.info().get("Runtimes", {}).get("nvidia"):
+            pytest.skip("this engine can satisfy a GPU request")
+        monkeypatch.setattr(docker_backend, "gpu_runtime", lambda client: True)  # the engine then refuses it
+    spec = make_spec(tmp_path, data, ["--help"], offline_base)
+    if problem == "device request":
+        spec.backend_options["gpus"] = "all"
+    with pytest.raises(UserError, match=r"^docker could not start the job: [^\n]+$"):
+        DockerBackend().submit(spec)
+    assert containers_of(docker_client, spec.run_id) == []
+
+
+def test_exit_code_from_the_container_then_from_container_json(tmp_path, docker_client, offline_base,
+                                                               training_image):
+    spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--no-such-flag"])
+    backend = DockerBackend()
+    assert backend.exit_code(run) == 2  # read from the exited container ...
+    assert containers_of(docker_client, spec.run_id) != []
+    assert backend.status(run) == FAILED
+    assert containers_of(docker_client, spec.run_id) == []
+    assert backend.exit_code(run) == 2  # ... and from container.json once it is gone
+
+
+def test_cancel_after_the_job_ended_keeps_its_outcome(tmp_path, docker_client, offline_base, training_image):
+    spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--help"])
+    DockerBackend().cancel(run)
+    assert DockerBackend().status(run) == COMPLETED
+    assert not (spec.run_dir / CANCEL_MARKER).exists()
+
+    killed = make_spec(tmp_path, tmp_path, ["--epochs", "500"], offline_base)
+    run = DockerBackend().submit(killed)
+    container = docker_client.containers.get(run.remote_id)
+    container.kill()  # dies on its own, as an OOM kill does: 137, with no cancel asked for
+    container.wait(timeout=60)
+    DockerBackend().cancel(run)
+    assert DockerBackend().status(run) == FAILED
+    assert DockerBackend().exit_code(run) == 137
 
 
 def test_failed_build_names_the_failing_step(tmp_path, docker_client, offline_base):

@@ -10,23 +10,27 @@ it has exited, the first status()/download()/cancel() that sees it "finalizes" t
 its log to runs/<id>/logs/train.log and its exit to runs/<id>/container.json, then removes it -- so
 a client that detached (Ctrl-C) leaves no orphan: the next `orchestrate status/logs RUN`, or the
 next submit (which reaps every exited orchestrate container), removes it, and `orchestrate logs RUN`
-re-renders the run from the persisted log after the container is gone.
+re-renders the run from the persisted log after the container is gone. A run folder the user deleted
+is never recreated: its container is just removed. A container left `created` by a client that died
+between create and start is finalized (as failed) by the reap once it is ORPHAN_AGE_SECONDS old.
 """
 import json
 import os
 import re
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
 from ..images import DEFAULT_BASE_IMAGE, build_progress, ensure_training_image
 from ..paths import remote_scripts_dir
 from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef
+from .local import CANCEL_MARKER  # the same marker name in every run folder, whichever backend ran it
 
 RUN_LABEL = "orchestrate.run_id"
 RUN_DIR_LABEL = "orchestrate.run_dir"
 EXIT_FILE = "container.json"        # {"exit_code", "status", "container_id", "oom_killed"}
-CANCEL_FILE = "cancel-requested"    # written before stopping, so 143/137 then means canceled
+ORPHAN_AGE_SECONDS = 60             # a `created` container this old was never started: its client died
 STOP_GRACE_SECONDS = 10             # SIGTERM, then SIGKILL: train.py checkpoints on SIGTERM
 SHM_SIZE = "2g"                     # DataLoader workers share batches through /dev/shm
 TORCH_CACHE = "/torch-cache"        # the host's torch hub cache, so --weights imagenet works offline
@@ -163,17 +167,24 @@ class DockerBackend(Backend):
             run_options["mem_limit"] = options["memory"]
         if hasattr(os, "getuid"):
             run_options["user"] = f"{os.getuid()}:{os.getgid()}"
+        # create and start separately (not containers.run): a start that fails (a mount or a device
+        # request the engine cannot satisfy) leaves a `created` container, which must go, not linger.
         try:
-            container = self.client.containers.run(
+            container = self.client.containers.create(
                 image_tag(options["base_image"]),
                 ["python3", "/code/train.py", "--data", "/data", "--output", "/outputs",
                  "--checkpoint-dir", "/checkpoints", *train_args],
                 name=f"orchestrate-{spec.run_id}", labels={RUN_LABEL: spec.run_id, RUN_DIR_LABEL: str(run_dir)},
-                detach=True, init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",
+                init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",
                 volumes=volumes, environment=environment,
                 device_requests=device_requests(self.client, options["gpus"]), **run_options)
         except docker.errors.APIError as exc:
-            raise UserError(f"docker could not start the job: {exc.explanation or exc}")
+            raise UserError(f"docker could not create the job's container: {_reason(exc)}")
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            _remove(container)
+            raise UserError(f"docker could not start the job: {_reason(exc)}")
         return RunRef(run_id=spec.run_id, backend=self.name, run_dir=run_dir, remote_id=container.id)
 
     def log_lines(self, run, cursor=0, follow=True):
@@ -185,7 +196,7 @@ class DockerBackend(Backend):
         except docker.errors.NotFound:  # finalized between the lookup and this call
             stream = None
         if stream is None:
-            log_path = Path(run.run_dir) / "logs" / "train.log"
+            log_path = _log_path(run.run_dir)
             chunks = [log_path.read_bytes()] if log_path.exists() else []
             yield from _numbered_lines(chunks, cursor)
             return
@@ -208,15 +219,34 @@ class DockerBackend(Backend):
             return RUNNING
         return _finalize(Path(run.run_dir), container)["status"]
 
+    def exit_code(self, run):
+        """From container.json once finalized, else from the exited container (137 after an OOM kill)."""
+        record = _read_exit(run.run_dir)
+        if record:
+            return record["exit_code"]
+        container = self._container(run)
+        if container is None or container.attrs["State"]["Status"] not in ("exited", "dead"):
+            return None
+        return container.attrs["State"]["ExitCode"]
+
     def cancel(self, run):
+        """Stop a live container, marking the run canceled first; a run that already ended keeps its outcome.
+
+        The marker is written only while the container still runs, so a job that had completed (0) or
+        died on its own (an OOM kill is 137 too) is not recorded as canceled by a late cancel.
+        """
+        if not Path(run.run_dir).is_dir():
+            raise UserError(f"the folder of run {run.run_id} is missing: {run.run_dir}")
         if _read_exit(run.run_dir):
             return
-        (Path(run.run_dir) / CANCEL_FILE).touch()
         container = self._container(run)
-        if container is not None:
+        if container is None:
+            return
+        if container.attrs["State"]["Status"] in ("created", "running", "restarting", "paused"):
+            (Path(run.run_dir) / CANCEL_MARKER).touch()
             container.stop(timeout=STOP_GRACE_SECONDS)
             container.reload()
-            _finalize(Path(run.run_dir), container)
+        _finalize(Path(run.run_dir), container)
 
     def download(self, run, dest):
         self.status(run)  # finalizes (persists log and exit, removes the container) once terminal
@@ -225,10 +255,22 @@ class DockerBackend(Backend):
             shutil.copytree(source, dest, dirs_exist_ok=True)
 
     def reap(self):
-        """Finalize every exited orchestrate container: no orphans after a client detached."""
+        """Finalize every exited orchestrate container, and every stale `created` one: no orphans.
+
+        It runs inside every submit, on other runs' containers, so it must never fail that submit:
+        a run whose folder cannot be written keeps its container (and log) for its owner to finalize,
+        and containers another client removes meanwhile are skipped.
+        """
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
         for container in self.client.containers.list(
-                all=True, filters={"label": RUN_LABEL, "status": ["exited", "dead"]}):
-            _finalize(Path(container.labels[RUN_DIR_LABEL]), container)
+                all=True, ignore_removed=True, filters={"label": RUN_LABEL, "status": ["exited", "dead", "created"]}):
+            created = datetime.strptime(container.attrs["Created"][:19], "%Y-%m-%dT%H:%M:%S")
+            if container.attrs["State"]["Status"] == "created" and (now - created).total_seconds() < ORPHAN_AGE_SECONDS:
+                continue  # another client may be about to start it
+            try:
+                _finalize(Path(container.labels[RUN_DIR_LABEL]), container)
+            except UserError:
+                continue
 
     def _container(self, run):
         """The run's container, or None once it has been removed."""
@@ -275,28 +317,68 @@ def _read_exit(run_dir):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _log_path(run_dir):
+    """runs/<id>/logs/train.log, where the container's log is persisted (JobSpec.log_path for a RunRef)."""
+    return Path(run_dir) / "logs" / "train.log"
+
+
 def _finalize(run_dir, container):
-    """Persist an exited container's log and exit status into its run dir, then remove it."""
+    """Persist an ended container's log and exit status into its run dir, then remove it; the record.
+
+    Canceled only when a cancel marked the run AND the job died of the stop's signal (143/137)
+    without running out of memory: exit 0 stays completed whenever the cancel came. A container
+    still `created` never ran: it has no exit code, and is canceled when marked, else failed.
+    A deleted run folder is not recreated (the user threw the run away): the container just goes.
+    A folder that cannot be written raises UserError and keeps the container, so the log survives.
+    """
     import docker.errors
 
     state = container.attrs["State"]
-    code = state.get("ExitCode")
+    code = None if state["Status"] == "created" else state.get("ExitCode")
+    oom_killed = state.get("OOMKilled", False)
+    try:
+        if not run_dir.is_dir():
+            _remove(container)
+            return {"status": _outcome(code, oom_killed, canceled=False), "exit_code": code}
+        record = {"status": _outcome(code, oom_killed, canceled=(run_dir / CANCEL_MARKER).exists()),
+                  "exit_code": code, "oom_killed": oom_killed, "container_id": container.id,
+                  "finished_at": state.get("FinishedAt")}
+        try:
+            log = container.logs(stdout=True, stderr=True)
+        except docker.errors.NotFound:  # a concurrent finalizer got there first: its record stands
+            return _read_exit(run_dir) or record
+        _log_path(run_dir).parent.mkdir(exist_ok=True)
+        _write_atomic(_log_path(run_dir), log)
+        _write_atomic(run_dir / EXIT_FILE, json.dumps(record, indent=2).encode())
+    except OSError as exc:
+        raise UserError(f"cannot save the finished run into {run_dir}: {exc.strerror or exc}")
+    _remove(container)
+    return record
+
+
+def _outcome(code, oom_killed, canceled):
+    """The run state for an exit code (None: never started), given whether a cancel was requested."""
     if code == 0:
-        status = COMPLETED
-    elif code in (137, 143) and (run_dir / CANCEL_FILE).exists():
-        status = CANCELED
-    else:
-        status = FAILED
-    record = {"status": status, "exit_code": code, "oom_killed": state.get("OOMKilled", False),
-              "container_id": container.id, "finished_at": state.get("FinishedAt")}
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "logs" / "train.log", container.logs(stdout=True, stderr=True))
-    _write_atomic(run_dir / EXIT_FILE, json.dumps(record, indent=2).encode())
+        return COMPLETED
+    if canceled and (code is None or (code in (137, 143) and not oom_killed)):
+        return CANCELED
+    return FAILED
+
+
+def _remove(container):
+    """Force-remove a container; one that is gone or already being removed (a concurrent client) is fine."""
+    import docker.errors
+
     try:
         container.remove(force=True)
-    except docker.errors.APIError:  # NotFound or already being removed by a concurrent finalizer
+    except docker.errors.APIError:
         pass
-    return record
+
+
+def _reason(exc):
+    """The engine's one-line reason for a failed API call."""
+    text = str(exc.explanation or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _write_atomic(path, data):

@@ -46,12 +46,12 @@ class OnnxClassifier:
         """Class probabilities [n, classes] for a preprocessed float32 batch [n, 3, H, W]."""
         return self.session.run(None, {self.input_name: batch})[0]
 
-    def classify(self, paths, batch_size=BATCH_SIZE):
+    def classify(self, paths):
         """(probabilities or None, error or None) per path, in order; a bad image never stops the rest."""
         results = [None] * len(paths)
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-            for start in range(0, len(paths), batch_size):
-                chunk = paths[start:start + batch_size]
+            for start in range(0, len(paths), BATCH_SIZE):
+                chunk = paths[start:start + BATCH_SIZE]
                 arrays = list(pool.map(self._load, chunk))
                 good = [i for i, a in enumerate(arrays) if not isinstance(a, str)]
                 if good:
