@@ -31,6 +31,8 @@ FLAGS = {
     "location": "--location",
 }
 PROFILE_FIELDS = tuple(ENV_VARS)
+# the storage secret: environment only, never a profile field (the blob client reads it too)
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 DEFAULT_PROFILE = "default"
 
 
@@ -154,7 +156,7 @@ def load_settings(flags=None, profile=None, env=None, cwd=None, new_profile=Fals
     if azureml:
         layers.append((str(azureml), _azureml_values(azureml)))
     settings = Settings(profile=name,
-                        storage_connection_string=env.get("AZURE_STORAGE_CONNECTION_STRING"))
+                        storage_connection_string=env.get(CONNECTION_STRING_ENV))
     for key in PROFILE_FIELDS:
         for source, values in layers:
             if values.get(key):

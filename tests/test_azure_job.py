@@ -155,3 +155,23 @@ def test_compute_entity_spells_the_tier_the_way_the_service_wants(tmp_path, low_
 def test_bad_cluster_sizes_are_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match):
         compute_entity(resolve("gpu-t4"), **kwargs)
+
+
+def test_export_to_a_missing_folder_is_a_user_error_before_anything_else(tmp_path):
+    """The path is checked first: even a spec whose compute is unknown reports the path."""
+    with pytest.raises(UserError) as exc:
+        export_job_yaml(spec(tmp_path, compute="gpu-k80"), Path("/nonexistent/dir/job.yml"))
+    assert str(exc.value) == "cannot write /nonexistent/dir/job.yml: no such folder"
+    with pytest.raises(UserError, match="it is a folder"):
+        export_job_yaml(spec(tmp_path), tmp_path)
+
+
+def test_sdk_validation_exceptions_become_one_line_user_errors():
+    from azure.ai.ml import command
+
+    from orchestrator.azure.job import sdk_validation_errors
+
+    with pytest.raises(UserError) as exc, sdk_validation_errors():
+        command(command="echo", environment="img:1", compute="c", environment_variables=3)
+    assert str(exc.value).startswith("invalid Azure ML job: Expecting <class 'dict'> for environment_variables")
+    assert "\n" not in str(exc.value)

@@ -163,3 +163,40 @@ def test_init_saves_a_profile_the_other_commands_use(world, tmp_path, secrets_in
     profile = json.loads((tmp_path / "config" / "orchestrate" / "config.json").read_text())["profiles"]["lab"]
     assert profile == {"subscription_id": "s-lab", "resource_group": "rg-lab", "workspace_name": "ws-lab",
                        "location": "northeurope"}
+
+
+def test_train_dry_run_export_to_a_missing_folder_exits_2_with_one_line(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "data" / label / f"{i}.png").write_bytes(b"not decoded by a dry run")
+    result = invoke("train", tmp_path / "data", "--backend", "azure", "--dry-run",
+                    "--export", "/nonexistent/dir/job.yml")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr == "error: cannot write /nonexistent/dir/job.yml: no such folder\n"
+
+
+@pytest.mark.parametrize("command", [["init"], ["workspace", "show"], ["workspace", "create"],
+                                     ["compute", "create"], ["compute", "show"], ["compute", "delete"]])
+def test_every_azure_command_takes_the_same_workspace_flags(command):
+    """One declaration: the same long and short names, the same parameter names, everywhere."""
+    import click
+
+    from orchestrator.cli.main import cli
+
+    group = cli
+    for name in command:
+        group = group.get_command(click.Context(group), name)
+    params = {p.name: sorted(p.opts) for p in group.params}
+    assert params["subscription_id"] == ["--subscription-id"]
+    assert params["resource_group"] == ["--resource-group", "-g"]
+    assert params["workspace_name"] == ["--workspace", "-w"]
+    assert params["location"] == ["--location", "-l"]
+    assert params["profile"] == ["--profile"]
+
+
+def test_init_without_profile_writes_the_default_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("init", "-g", "rg1").exit_code == 0
+    stored = json.loads((tmp_path / "config" / "orchestrate" / "config.json").read_text())
+    assert stored["profiles"]["default"]["resource_group"] == "rg1"

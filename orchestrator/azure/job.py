@@ -9,12 +9,14 @@ low-priority node that is preempted and restarted resumes from it instead of sta
 import hashlib
 import re
 import shlex
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import compute as catalogue
 from ..errors import UserError
 from ..paths import remote_scripts_dir
+from ..secrets import redact
 from . import load_sdk
 
 DEFAULT_DATASTORE = "workspaceblobstore"  # the name of every workspace's default blob datastore
@@ -112,38 +114,68 @@ def build_job(plan):
                           path=datastore_uri(plan.datastore, run_prefix(plan.run_id, output)))
 
     distributed = plan.nodes > 1 or plan.processes_per_node > 1
-    job = sdk.command(
-        name=plan.name,
-        display_name=plan.run_id,
-        experiment_name=plan.experiment,
-        description="orchestrate: image classifier training (transfer learning, ONNX output)",
-        tags={"orchestrate.run_id": plan.run_id},
-        code=str(remote_scripts_dir()),
-        command=plan.command(),
-        # anonymous: its version is the build context's hash, so unchanged images are reused
-        environment=Environment(build=BuildContext(path=str(build_context_dir()))),
-        inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")},
-        outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
-        compute=plan.compute.cluster,
-        instance_count=plan.nodes,
-        distribution=(sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_node)
-                      if distributed else None),
-        shm_size=SHM_SIZE,
-        environment_variables={"PYTHONUNBUFFERED": "1"},
-    )
+    with sdk_validation_errors():
+        job = sdk.command(
+            name=plan.name,
+            display_name=plan.run_id,
+            experiment_name=plan.experiment,
+            description="orchestrate: image classifier training (transfer learning, ONNX output)",
+            tags={"orchestrate.run_id": plan.run_id},
+            code=str(remote_scripts_dir()),
+            command=plan.command(),
+            # anonymous: its version is the build context's hash, so unchanged images are reused
+            environment=Environment(build=BuildContext(path=str(build_context_dir()))),
+            inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")},
+            outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
+            compute=plan.compute.cluster,
+            instance_count=plan.nodes,
+            distribution=(sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_node)
+                          if distributed else None),
+            shm_size=SHM_SIZE,
+            environment_variables={"PYTHONUNBUFFERED": "1"},
+        )
     result = job._validate()
     if not result.passed:
         raise UserError(f"invalid Azure ML job: {result.error_messages}")
     return job
 
 
+@contextmanager
+def sdk_validation_errors():
+    """azure.ai.ml checks entities and paths offline and raises ValidationException, whose message
+    can run over several lines of SDK detail: the user gets its first line as a UserError."""
+    from azure.ai.ml.exceptions import ValidationException
+
+    try:
+        yield
+    except ValidationException as exc:
+        lines = str(exc).strip().splitlines()
+        raise UserError(redact(f"invalid Azure ML job: {lines[0] if lines else type(exc).__name__}")) from None
+
+
+def check_export_path(path):
+    """Raise UserError unless `path` can be a new file: asked before any job is built, so a typo
+    in --export is reported as such, not as whatever the SDK trips over first."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: no such folder")
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder")
+    if path.exists():
+        raise UserError(f"{path} already exists; choose another --export path")
+
+
 def export_yaml(job, path):
     """Write `job` as Azure ML job YAML that `az ml job create -f` and `load_job` accept.
 
     `Command.dump()` writes the node format that load_job rejects; the CommandJob form reloads
-    (notes section 9, gotcha 1).
+    (notes section 9, gotcha 1). The caller checks `path` first (check_export_path).
     """
-    job._to_job().dump(str(path))
+    with sdk_validation_errors():
+        try:
+            job._to_job().dump(str(path))
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def describe(plan, settings=None):

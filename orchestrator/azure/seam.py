@@ -6,10 +6,10 @@ no decisions here, only calls and the translation of SDK objects into plain valu
 azure-ai-ml 1.35 bug where list_usage/list_sizes leave snake_case fields None: notes section 2).
 """
 import logging
-import re
 from functools import cached_property
 
 from ..errors import UserError
+from ..secrets import redact
 from . import load_sdk
 
 
@@ -182,9 +182,3 @@ class azure_errors:
                             "AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
         text = (getattr(exc, "message", None) or str(exc)).strip().splitlines()
         raise UserError(f"Azure: {redact(text[0] if text else type(exc).__name__)}") from None
-
-
-def redact(text):
-    """`text` with URL query strings (SAS tokens) and account keys cut out."""
-    text = re.sub(r"\?[^\s'\"]*", "?<redacted>", text)
-    return re.sub(r"(AccountKey|SharedAccessSignature|sig)=[^;\s&'\"]*", r"\1=<redacted>", text)

@@ -10,13 +10,16 @@ import time
 
 from ..backends.base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, LogLine
 
+# Only the service's own terminal states map to ours. CancelRequested is not one: the job may still
+# write its checkpoint and even complete, so declaring it canceled would stop the follower and
+# tell the ledger something false. NotResponding is transient (a node missed heartbeats).
 STATUS = {
     "NotStarted": QUEUED, "Queued": QUEUED, "Preparing": QUEUED, "Starting": QUEUED,
     "Provisioning": QUEUED,
-    "Running": RUNNING, "Finalizing": RUNNING,
+    "Running": RUNNING, "Finalizing": RUNNING, "CancelRequested": RUNNING, "NotResponding": RUNNING,
     "Completed": COMPLETED,
-    "Failed": FAILED, "NotResponding": FAILED,
-    "Canceled": CANCELED, "CancelRequested": CANCELED,
+    "Failed": FAILED,
+    "Canceled": CANCELED,
 }
 # rank 0's stdout, the file Azure ML's own streamer follows (std_log.txt, std_log_process_0.txt)
 RANK0_LOG = re.compile(r"^user_logs/std_log[\D]*0*(?:_ps)?\.txt$")

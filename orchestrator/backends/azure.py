@@ -141,7 +141,9 @@ def describe_plan(spec):
 
 
 def export_job_yaml(spec, path):
-    """Write the job of `spec` as Azure ML YAML (`az ml job create -f`, `azure.ai.ml.load_job`)."""
-    from ..azure.job import build_job, export_yaml, plan_from_spec
+    """Write the job of `spec` as Azure ML YAML (`az ml job create -f`, `azure.ai.ml.load_job`);
+    the path is checked first, so a bad one fails before the job is planned."""
+    from ..azure.job import build_job, check_export_path, export_yaml, plan_from_spec
 
+    check_export_path(path)
     export_yaml(build_job(plan_from_spec(spec)), path)

@@ -5,7 +5,8 @@
 import click
 
 from ..errors import UserError
-from .workspace import make_seam, workspace_options
+from .azure_options import with_settings
+from .workspace import make_seam
 
 COMPUTE_HELP = "Alias (gpu-t4, gpu-a100, ...) or Azure size name; see `orchestrate compute sizes`."
 
@@ -62,7 +63,7 @@ def _resolve(value):
               help="Idle minutes before a node is released.")
 @click.option("--low-priority", is_flag=True,
               help="Low-priority (preemptible, much cheaper) nodes; runs resume from checkpoints.")
-@workspace_options
+@with_settings
 def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_priority):
     """Create the cluster unless it exists, after checking the region's vCPU quota."""
     from ..azure.provision import ensure_compute
@@ -78,7 +79,7 @@ def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_prior
 @compute.command()
 @click.option("--compute", "compute_name", required=True, help=COMPUTE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@workspace_options
+@with_settings
 def show(settings, compute_name, as_json):
     """Show the cluster: size, node range, tier, state."""
     from ..azure.seam import azure_errors
@@ -101,7 +102,7 @@ def show(settings, compute_name, as_json):
 @compute.command()
 @click.option("--compute", "compute_name", required=True, help=COMPUTE_HELP)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@workspace_options
+@with_settings
 def delete(settings, compute_name, yes):
     """Delete the cluster (running jobs on it fail)."""
     from ..azure.seam import azure_errors

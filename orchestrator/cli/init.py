@@ -5,17 +5,15 @@ DefaultAzureCredential at run time and never written.
 """
 import click
 
+from ..config import DEFAULT_PROFILE, PROFILE_FIELDS, load_settings, save_profile
 from ..errors import UserError
+from .azure_options import workspace_flags, workspace_options
 
 
 @click.command()
-@click.option("--subscription-id", help="Azure subscription id.")
-@click.option("--resource-group", "-g", help="Resource group.")
-@click.option("--workspace", "-w", "workspace_name", help="Azure ML workspace name.")
-@click.option("--location", "-l", help="Azure region, e.g. eastus.")
-@click.option("--profile", default="default", show_default=True, help="Profile name.")
+@workspace_options(profile_default=DEFAULT_PROFILE)
 @click.option("--make-default", is_flag=True, help="Use this profile when --profile is not given.")
-def init(subscription_id, resource_group, workspace_name, location, profile, make_default):
+def init(profile, make_default, **flags):
     """Save Azure settings to a profile (values not given are taken from the environment or an
     Azure ML config.json, when found).
 
@@ -24,13 +22,9 @@ def init(subscription_id, resource_group, workspace_name, location, profile, mak
       orchestrate init --subscription-id 0000-... -g my-rg -w my-ws -l eastus
       orchestrate init --profile prod -g prod-rg -w prod-ws --make-default
     """
-    from ..config import PROFILE_FIELDS, load_settings, save_profile
-
-    flags = {"subscription_id": subscription_id, "resource_group": resource_group,
-             "workspace_name": workspace_name, "location": location}
     # fill what is not given from the environment, config.json and this profile's earlier
     # values -- never from another profile
-    resolved = load_settings(flags, profile=profile, new_profile=True)
+    resolved = load_settings(workspace_flags(flags), profile=profile, new_profile=True)
     values = {k: getattr(resolved, k) for k in PROFILE_FIELDS}
     if not any(values.values()):
         raise UserError("nothing to save: give --subscription-id, --resource-group, --workspace "

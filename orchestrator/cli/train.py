@@ -4,6 +4,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from .azure_options import workspace_options
 from .training_options import pop_training_values, to_train_args, training_options
 
 BACKEND_CHOICES = ("auto", "local", "docker", "azure")
@@ -49,10 +50,11 @@ def dry_run_azure(backend, spec, export_path):
     """Show (and optionally export) the Azure ML job without any cloud call or credential."""
     if backend not in ("auto", "azure"):
         raise UserError("--dry-run and --export describe an Azure ML job: use them with --backend azure")
+    from ..azure.job import check_export_path
     from ..backends.azure import describe_plan, export_job_yaml
 
-    if export_path and export_path.exists():
-        raise UserError(f"{export_path} already exists; choose another --export path")
+    if export_path:
+        check_export_path(export_path)
     click.echo(describe_plan(spec))
     if export_path:
         export_job_yaml(spec, export_path)
@@ -77,10 +79,7 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--low-priority", is_flag=True, default=None, help="azure: low-priority nodes (cheaper, preemptible; "
               "the job resumes from its checkpoint).")
 @click.option("--experiment", help="azure: experiment name. [default: orchestrate]")
-@click.option("--subscription-id", help="azure: subscription (else AZURE_SUBSCRIPTION_ID, profile, config.json).")
-@click.option("--resource-group", "-g", help="azure: resource group.")
-@click.option("--workspace", "-w", "workspace_name", help="azure: Azure ML workspace.")
-@click.option("--profile", help="azure: named profile written by 'orchestrate init'.")
+@workspace_options(location=False, prefix="azure: ")
 @click.option("--dry-run", is_flag=True, help="azure: print what would be created and run; no cloud calls.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
               help="azure, with --dry-run: write the job as Azure ML YAML (az ml job create -f FILE).")

@@ -1,31 +1,12 @@
-"""`orchestrate workspace create|show|delete`, and the workspace flags every Azure command shares.
+"""`orchestrate workspace create|show|delete`.
 
 The commands are thin: settings come from orchestrator.config (flags > env > profile >
 config.json), the work from orchestrator.azure.provision, the network from the seam.
 """
-import functools
-
 import click
 
 from ..errors import UserError
-
-
-def workspace_options(command):
-    """--subscription-id/--resource-group/--workspace/--location/--profile, passed as `settings`."""
-    @click.option("--subscription-id", help="Azure subscription. [env AZURE_SUBSCRIPTION_ID]")
-    @click.option("--resource-group", "-g", help="Resource group. [env AZURE_RESOURCE_GROUP]")
-    @click.option("--workspace", "-w", "workspace_name",
-                  help="Azure ML workspace. [env AZUREML_WORKSPACE_NAME]")
-    @click.option("--location", "-l", help="Azure region, e.g. eastus. [env AZURE_LOCATION]")
-    @click.option("--profile", help="Profile of the config file (see `orchestrate init`).")
-    @functools.wraps(command)
-    def wrapper(subscription_id, resource_group, workspace_name, location, profile, **kwargs):
-        from ..config import load_settings
-
-        flags = {"subscription_id": subscription_id, "resource_group": resource_group,
-                 "workspace_name": workspace_name, "location": location}
-        return command(settings=load_settings(flags, profile=profile), **kwargs)
-    return wrapper
+from .azure_options import with_settings
 
 
 def make_seam(settings):
@@ -46,7 +27,7 @@ def workspace():
 
 
 @workspace.command()
-@workspace_options
+@with_settings
 def create(settings):
     """Create the workspace (and its resource group when missing); idempotent."""
     from ..azure.provision import ensure_workspace
@@ -59,7 +40,7 @@ def create(settings):
 
 
 @workspace.command()
-@workspace_options
+@with_settings
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(settings, as_json):
     """Show the workspace, where its settings came from, and its Studio URL."""
@@ -85,7 +66,7 @@ def show(settings, as_json):
 
 
 @workspace.command()
-@workspace_options
+@with_settings
 @click.option("--delete-dependent-resources", is_flag=True,
               help="Also delete its storage account, key vault and Application Insights.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -56,11 +56,6 @@ class Manifest:
                "files": [asdict(e) for e in self.entries]}
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
-    @classmethod
-    def from_json(cls, text):
-        doc = json.loads(text)
-        return cls(doc["name"], doc["classes"], [Entry(**f) for f in doc["files"]])
-
 
 def sha256_file(path):
     digest = hashlib.sha256()

@@ -21,9 +21,10 @@ from hashlib import sha256
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlsplit
 
+from ..config import CONNECTION_STRING_ENV
 from ..errors import UserError
+from ..secrets import redact
 
-CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 SHA256_KEY = "sha256"
 # The prefix an upload wrote a blob under (URL-quoted: metadata is ASCII). Only blobs carrying this
 # upload's own prefix are deleted as stale, so a dataset nested under another one's prefix is safe.
@@ -43,12 +44,6 @@ CONNECTION_TIMEOUT = 10
 
 _URI = re.compile(r"^az://(?P<account>[a-z0-9]{3,24})/(?P<container>[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9]))"
                   r"(?:/(?P<prefix>.*))?$")
-_SECRETS = re.compile(r"(AccountKey=|SharedAccessSignature=|sig=)[^;&\s'\"]*", re.IGNORECASE)
-
-
-def redact(text):
-    """Blank out account keys and SAS signatures in a message."""
-    return _SECRETS.sub(r"\1***", text)
 
 
 @dataclass(frozen=True)
@@ -148,8 +143,7 @@ def _blob_name(prefix, relpath):
     return f"{prefix}/{relpath}" if prefix else relpath
 
 
-def upload_dataset(data_dir, container_client, prefix, *, name=None, progress=None, workers=WORKERS,
-                   manifest=None):
+def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers=WORKERS, manifest=None):
     """Upload a folder-per-label dataset under `prefix`, sending only what the container lacks.
 
     progress: optional callable(entry, sent) called on this thread as each file is done or skipped.
@@ -161,7 +155,7 @@ def upload_dataset(data_dir, container_client, prefix, *, name=None, progress=No
     from ..dataset.manifest import build_manifest
 
     started = time.perf_counter()
-    manifest = manifest or build_manifest(data_dir, name)
+    manifest = manifest or build_manifest(data_dir)
     root = Path(data_dir)
     with _azure_errors(container_client, "listing"):
         existing = _existing_metadata(container_client, prefix)
