@@ -43,7 +43,7 @@ class AzureBackend(Backend):
         from ..azure.job import build_job, dataset_prefix, plan_from_spec
         from ..azure.provision import ensure_compute
         from ..azure.seam import azure_errors
-        from ..storage.blob import upload_dataset
+        from ..storage.upload_progress import UploadProgress
 
         plan = plan_from_spec(spec)
         build_job(plan)  # an invalid job fails before anything is created or uploaded
@@ -54,7 +54,8 @@ class AzureBackend(Backend):
                 self.say(line)
             datastore = seam.default_datastore()
             container = seam.container_client(datastore)
-        result = upload_dataset(spec.data, container, dataset_prefix(spec.data))
+        with UploadProgress() as bars:
+            result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container)
         self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 

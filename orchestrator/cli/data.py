@@ -43,9 +43,9 @@ def upload(data_dir, name, to, as_json):
     Example:
       orchestrate data upload ./EuroSAT --to az://myaccount/datasets --json
     """
-    from ..dataset.manifest import build_manifest
     from ..errors import UserError
-    from ..storage.blob import connect, default_account, parse_uri, upload_dataset
+    from ..storage.blob import connect, default_account, parse_uri
+    from ..storage.upload_progress import UploadProgress
 
     # azure.identity logs each failed sign-in attempt at WARNING; the error below says it in one line.
     logging.getLogger("azure").setLevel(logging.ERROR)
@@ -57,12 +57,9 @@ def upload(data_dir, name, to, as_json):
                             "(or AZURE_STORAGE_CONNECTION_STRING to use its account)")
         to = f"az://{account}/{DEFAULT_CONTAINER}"
     target = parse_uri(to, default_prefix=name)
-    with _Bars() as bars:
-        manifest = build_manifest(data_dir, name, progress=bars.hashed)
-        bars.start_upload(len(manifest.entries), manifest.total_bytes)
-        container = connect(target, os.environ)
+    with UploadProgress() as bars:
         try:
-            result = upload_dataset(data_dir, container, target.prefix, manifest=manifest, progress=bars.uploaded)
+            result = bars.upload(data_dir, target.prefix, lambda: connect(target, os.environ), name=name)
         except KeyboardInterrupt:
             bars.stop()
             click.echo(f"interrupted ({bars.sent} file(s) confirmed sent); run the same command again to resume "
@@ -79,42 +76,3 @@ def upload(data_dir, name, to, as_json):
 
 def _mb(n):
     return f"{n / 1e6:.1f} MB"
-
-
-class _Bars:
-    """rich progress on stderr (stdout carries the result): hashing, then files and bytes sent."""
-
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        console = Console(stderr=True)
-        self.progress = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
-                                 console=console, transient=True, disable=not console.is_terminal)
-        self.hash_task = self.progress.add_task("hashing", total=None, unit="files")
-        self.files_task = self.bytes_task = None
-        self.sent = 0
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def stop(self):
-        self.progress.stop()
-
-    def hashed(self, entry):
-        self.progress.advance(self.hash_task)
-
-    def start_upload(self, files, nbytes):
-        self.progress.update(self.hash_task, total=files, completed=files)
-        self.files_task = self.progress.add_task("uploading", total=files, unit="files")
-        self.bytes_task = self.progress.add_task("", total=max(1, nbytes // 1024), unit="KiB")
-
-    def uploaded(self, entry, sent):
-        self.sent += sent
-        self.progress.advance(self.files_task)
-        self.progress.advance(self.bytes_task, entry.size / 1024)

@@ -1,0 +1,55 @@
+"""Progress bars for a dataset upload, shared by `orchestrate data upload` and the Azure backend.
+
+rich draws them on stderr (stdout carries results) and only on a terminal: hashing first, then
+files and bytes sent.
+"""
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class UploadProgress:
+    """rich progress on stderr (stdout carries the result): hashing, then files and bytes sent."""
+
+    def __init__(self):
+        console = Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
+                                 console=console, transient=True, disable=not console.is_terminal)
+        self.hash_task = self.progress.add_task("hashing", total=None, unit="files")
+        self.files_task = self.bytes_task = None
+        self.sent = 0
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.progress.stop()
+
+    def hashed(self, entry):
+        self.progress.advance(self.hash_task)
+
+    def start_upload(self, files, nbytes):
+        self.progress.update(self.hash_task, total=files, completed=files)
+        self.files_task = self.progress.add_task("uploading", total=files, unit="files")
+        self.bytes_task = self.progress.add_task("", total=max(1, nbytes // 1024), unit="KiB")
+
+    def uploaded(self, entry, sent):
+        self.sent += sent
+        self.progress.advance(self.files_task)
+        self.progress.advance(self.bytes_task, entry.size / 1024)
+
+    def upload(self, data_dir, prefix, open_container, name=None):
+        """Hash `data_dir`, then send what the container lacks; returns storage.blob's UploadResult.
+
+        `open_container` is called after hashing, so a bad folder is reported before any login.
+        """
+        from ..dataset.manifest import build_manifest
+        from .blob import upload_dataset
+
+        manifest = build_manifest(data_dir, name, progress=self.hashed)
+        self.start_upload(len(manifest.entries), manifest.total_bytes)
+        return upload_dataset(data_dir, open_container(), prefix, manifest=manifest, progress=self.uploaded)
