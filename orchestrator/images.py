@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .paths import docker_context_dir
 
-DOCKER_CONTEXT = Path(__file__).resolve().parent.parent / "infra" / "docker"
 IMAGE_REPOSITORY = "orchestrate/train"
 # A public PyTorch CUDA runtime image: what Azure ML GPU nodes and users with a registry run.
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
@@ -45,8 +45,9 @@ OFFLINE_IMAGE_CHANGES = (
 )
 
 
-def image_tag(base_image, context=DOCKER_CONTEXT):
+def image_tag(base_image, context=None):
     """`orchestrate/train:<hash>`, the hash covering every file of the build context and the base."""
+    context = context or docker_context_dir()
     digest = hashlib.sha256(base_image.encode())
     for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
         digest.update(b"\0" + path.relative_to(context).as_posix().encode() + b"\0")
@@ -87,12 +88,13 @@ def ensure_base_image(client, base_image, on_line):
         raise UserError(f"cannot pull base image {base_image} ({reason}); {hint}")
 
 
-def ensure_training_image(client, base_image, on_line, context=DOCKER_CONTEXT):
+def ensure_training_image(client, base_image, on_line, context=None):
     """Build the training image for `base_image` unless its content-hash tag exists; return the tag.
 
     `on_line` receives the build's step lines ("Step 3/7 : RUN ..."), which are its progress.
     A failed build raises UserError naming the failing step and the last lines it printed.
     """
+    context = context or docker_context_dir()
     tag = image_tag(base_image, context)
     if image_exists(client, tag):
         return tag

@@ -9,6 +9,20 @@ def state_dir():
     return Path(base) / "orchestrate"
 
 
+def docker_context_dir():
+    """infra/docker beside remote_scripts/: the one image definition of Docker and Azure ML jobs.
+
+    It lives in the source tree, not in the package, so a non-editable install cannot find it.
+    """
+    from .errors import UserError
+
+    path = remote_scripts_dir().parent / "infra" / "docker"
+    if not (path / "Dockerfile").is_file():
+        raise UserError(f"the training image definition {path}/Dockerfile is missing; "
+                        "install orchestrate from a source checkout (pip install -e .)")
+    return path
+
+
 def remote_scripts_dir():
     """The folder of train.py: run by the local backend, mounted by Docker, snapshotted by Azure ML."""
     import remote_scripts

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import compute as catalogue
 from ..errors import UserError
-from ..paths import remote_scripts_dir
+from ..paths import docker_context_dir, remote_scripts_dir
 from ..secrets import redact
 from . import load_sdk
 
@@ -48,15 +48,6 @@ def datastore_uri(datastore, prefix):
 def job_name(run_id):
     """Azure ML job names allow letters, digits, '-' and '_'."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", run_id)
-
-
-def build_context_dir():
-    """infra/docker next to remote_scripts/: the Dockerfile the docker backend builds too."""
-    path = remote_scripts_dir().parent / "infra" / "docker"
-    if not (path / "Dockerfile").is_file():
-        raise UserError(f"the training image definition {path}/Dockerfile is missing; "
-                        "install orchestrate from a source checkout")
-    return path
 
 
 @dataclass
@@ -124,7 +115,7 @@ def build_job(plan):
             code=str(remote_scripts_dir()),
             command=plan.command(),
             # anonymous: its version is the build context's hash, so unchanged images are reused
-            environment=Environment(build=BuildContext(path=str(build_context_dir()))),
+            environment=Environment(build=BuildContext(path=str(docker_context_dir()))),
             inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")},
             outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
             compute=plan.compute.cluster,
@@ -191,7 +182,7 @@ def describe(plan, settings=None):
         f"scales to 0 when idle; created if missing",
         f"nodes:       {plan.nodes} x {plan.processes_per_node} process(es)"
         + (" (PyTorch distribution)" if plan.nodes > 1 or plan.processes_per_node > 1 else ""),
-        f"environment: built from {build_context_dir()} (Dockerfile)",
+        f"environment: built from {docker_context_dir()} (Dockerfile)",
         f"code:        {remote_scripts_dir()}",
         f"dataset:     {plan.data_dir} -> {plan.data_uri}",
         f"outputs:     model -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'model'))}",
