@@ -159,7 +159,7 @@ def test_a_job_killed_with_its_supervisor_ends_the_follow_as_failed(cli, tmp_pat
                   "--runs-dir", tmp_path / "runs", "--detach", "--json")
     run_id = json.loads(started.stdout)["run_id"]
     wait_for_event(tmp_path / "runs" / run_id / "logs" / "train.log", "epoch_end")
-    pgid = int(json.loads(cli("runs", "show", run_id, "--json").stdout)["remote_id"])
+    pgid = int(json.loads(cli("runs", "show", run_id, "--json").stdout)["remote_id"].split(":")[0])
     os.killpg(pgid, signal.SIGKILL)  # what the OOM killer or a reboot does: no exit code is written
     logs = cli("logs", run_id, timeout=60)
     assert logs.returncode == 1 and "stopped without reporting why" in logs.stderr

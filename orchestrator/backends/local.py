@@ -47,7 +47,8 @@ class LocalBackend(Backend):
                  *command],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return RunRef(spec.run_id, self.name, spec.run_dir, remote_id=str(process.pid))
+        return RunRef(spec.run_id, self.name, spec.run_dir,
+                      remote_id=f"{process.pid}:{_start_time(process.pid) or ''}")
 
     def log_lines(self, run, cursor=0, follow=True):
         self._require_run_dir(run)
@@ -92,7 +93,9 @@ class LocalBackend(Backend):
         if self._exit_code(run) is not None:
             return  # already ended: a late cancel changes nothing
         (run.run_dir / CANCEL_MARKER).touch()
-        pgid = int(run.remote_id)
+        if not self._alive(run):
+            return
+        pgid = _pid(run)
         # The supervisor forwards SIGTERM to train.py, which saves and exits as canceled.
         self._send_signal(pgid, signal.SIGTERM, group=False)
         deadline = time.monotonic() + CANCEL_GRACE_SECONDS
@@ -119,18 +122,19 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _alive(run):
+        """Whether the run's supervisor still runs: not gone, not a zombie, not a reused pid."""
+        pid = _pid(run)
         try:
-            os.kill(int(run.remote_id), 0)
-        except (ProcessLookupError, ValueError):
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return False
         except PermissionError:
+            pass
+        started = run.remote_id.partition(":")[2]
+        stat = _proc_stat(pid)
+        if stat is None:  # no /proc: trust the pid
             return True
-        # A zombie child of this very process counts as gone.
-        try:
-            with open(f"/proc/{int(run.remote_id)}/stat") as stat:
-                return stat.read().split(")")[-1].split()[0] != "Z"
-        except OSError:
-            return True
+        return stat[0] != "Z" and (not started or stat[19] == started)
 
     @staticmethod
     def _send_signal(pgid, sig, group=True):
@@ -138,3 +142,22 @@ class LocalBackend(Backend):
             (os.killpg if group else os.kill)(pgid, sig)
         except ProcessLookupError:
             pass
+
+
+def _pid(run):
+    return int(run.remote_id.partition(":")[0])
+
+
+def _proc_stat(pid):
+    """Fields of /proc/PID/stat after the command name (state first), or None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _start_time(pid):
+    """When the process started (clock ticks since boot): with the pid, it names one process."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None
