@@ -29,12 +29,6 @@ class Scan:
         self.samples = samples
         self.empty_classes = empty_classes
 
-    def counts(self):
-        counts = [0] * len(self.classes)
-        for _, label in self.samples:
-            counts[label] += 1
-        return dict(zip(self.classes, counts))
-
 
 def scan(root, min_classes=2):
     """List the images of a folder-per-label tree; raise DatasetError when it is unusable.
@@ -94,9 +88,12 @@ def stratified_split(samples, classes, val_fraction, test_fraction, seed):
         raise DatasetError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
     rng = random.Random(seed)
     need = minimum_per_class(val_fraction, test_fraction)
+    by_label = [[] for _ in classes]
+    for sample in samples:
+        by_label[sample[1]].append(sample)
     train, val, test = [], [], []
     for label, name in enumerate(classes):
-        items = sorted(s for s in samples if s[1] == label)
+        items = sorted(by_label[label])
         if len(items) < need:
             raise DatasetError(
                 f"class '{name}' has {len(items)} usable image(s); at least {need} are needed to "

@@ -84,6 +84,4 @@ def preprocess(image, spec):
     """PIL RGB image -> float32 array [3, H, W], as described by `spec`."""
     arr = resize(image, spec).astype(np.float32) * np.float32(spec["scale"])
     arr = (arr - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
-    if spec.get("channel_order", "RGB") == "BGR":
-        arr = arr[:, :, ::-1]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
