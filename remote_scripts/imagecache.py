@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +25,7 @@ except ImportError:  # beside train.py, started as a script
 
 CROP_SCALE = (0.35, 1.0)  # augmentation: random crops keep this fraction of the image area
 SKIPPED_IN_EVENTS = 100   # files listed in a skipped event; metrics.json lists all
+SPACE_MARGIN = 64 << 20   # free space left over after the cache: the .npy header, other writers
 
 
 class Data:
@@ -58,7 +60,8 @@ def decode_all(root, relpaths, out, spec, workers, on_done):
             out[i] = decode(os.path.join(root, relpaths[i]), spec)
             return None
         except imaging.DECODE_ERRORS as exc:
-            return imaging.describe_decode_error(exc)
+            # PIL names the file as opened; the report names it relative to --data, like `path`.
+            return imaging.describe_decode_error(exc).replace(os.path.join(root, relpaths[i]), relpaths[i])
 
     reasons = []
     if workers == 0:
@@ -76,6 +79,23 @@ def decode_all(root, relpaths, out, spec, workers, on_done):
     return reasons
 
 
+def check_free_space(cache_dir, nbytes):
+    """Raise DatasetError unless `cache_dir` has room for a cache of `nbytes`.
+
+    The memory-mapped cache is created sparse: a disk that fills up while decoding kills the
+    job with SIGBUS and no message at all, so the space is checked before the first image.
+    """
+    free = shutil.disk_usage(cache_dir).free
+    if free < nbytes + SPACE_MARGIN:
+        raise folder_dataset.DatasetError(
+            f"the decoded-image cache needs {_size(nbytes + SPACE_MARGIN)} of free space in {cache_dir}, "
+            f"which has {_size(free)}; point --cache-dir at a larger disk (or lower --image-size)")
+
+
+def _size(nbytes):
+    return f"{nbytes / (1 << 30):.1f} GiB" if nbytes >= 1 << 30 else f"{nbytes / (1 << 20):.0f} MiB"
+
+
 def load_data(args, scan, dist, report, cache_dir):
     """Decode the scanned images once, report unreadable ones, split. Raises DatasetError."""
     relpaths = [path for path, _ in scan.samples]
@@ -89,6 +109,7 @@ def load_data(args, scan, dist, report, cache_dir):
     cache_path = os.path.join(cache_dir, "images.npy")
     reasons_path = os.path.join(cache_dir, "unreadable.json")
     if dist.local_rank == 0:
+        check_free_space(cache_dir, len(relpaths) * size * size * 3)
         images = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8,
                                            shape=(len(relpaths), size, size, 3))
         throttle = report.throttle("scan", len(relpaths))

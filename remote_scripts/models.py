@@ -7,6 +7,7 @@ both. Works with torchvision >= 0.14 (the `weights=` enums exist since 0.13).
 """
 import os
 import pickle
+import re
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,15 @@ ARCHS = {
 
 class WeightsError(ValueError):
     """--weights cannot be used: the job exits 2 with this message."""
+
+
+def one_line(text, limit=160):
+    """Exception text fit for the job's one-line error: colour codes and line breaks removed.
+
+    torch's loader and urllib put multi-line explanations, some with ANSI colours, in their
+    messages; the client shows the job's error in a single line.
+    """
+    return " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).split())[:limit]
 
 
 class Standardize(nn.Module):
@@ -87,16 +97,23 @@ def load_weights(arch, weights):
             cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
             raise WeightsError(
                 f"cannot fetch the ImageNet weights for {arch} from {enum.url} "
-                f"({type(exc).__name__}: {str(exc)[:120]}). Offline? Use --weights none to train from "
+                f"({type(exc).__name__}: {one_line(str(exc), 120)}). Offline? Use --weights none to train from "
                 f"random initialization, or --weights PATH with a state_dict file (or put that file at "
                 f"{cached})")
     if not os.path.isfile(weights):
         raise WeightsError(f"--weights {weights}: no such file (use imagenet, none or a state_dict path)")
     try:
         state = torch_load(weights)
+    except (KeyError, EOFError) as exc:  # what torch.load raises on a file of another kind
+        raise WeightsError(f"--weights {weights}: not a PyTorch weights file") from exc
+    except pickle.UnpicklingError as exc:  # another kind of file, or a pickle of more than tensors
+        # torch >= 2.4 explains the option of an unsafe load at length; the cause comes last
+        reason = str(exc).rpartition("WeightsUnpickler error:")[2]
+        raise WeightsError(f"--weights {weights}: not a PyTorch weights file of plain tensors "
+                           f"({one_line(reason)})")
     except Exception as exc:
         raise WeightsError(f"--weights {weights}: not a loadable state_dict ({type(exc).__name__}: "
-                           f"{str(exc)[:160]})")
+                           f"{one_line(str(exc))})")
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -6,6 +6,7 @@ picks out only prefixed lines, so the same stream works from a local log file, `
 and Azure ML's std_log.txt.
 """
 import json
+import math
 import sys
 import time
 
@@ -21,10 +22,30 @@ EVENT_TYPES = (
     "checkpoint",  # epoch, path
     "skipped",     # files: [{path, reason}], count
     "warning",     # message
-    "metrics",     # the final test-split metrics (same dict as metrics.json)
+    "metrics",     # the final test-split metrics (metrics.json without the confusion matrix)
     "artifact",    # name, bytes, sha256
     "run_end",     # status: completed | failed | canceled, seconds, exit_code, error
 )
+
+
+def strict(obj):
+    """`obj` with NaN and infinities as None.
+
+    Python's json writes them as NaN / Infinity, which is not JSON: strict parsers (the client's
+    other languages, jq, browsers) reject the whole line or file.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: strict(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(value) for value in obj]
+    return obj
+
+
+def dumps(obj, **kwargs):
+    """Strict JSON text of `obj` (non-finite numbers as null): events, metrics.json, history.jsonl."""
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
 def emit(type_, **fields):
@@ -33,26 +54,31 @@ def emit(type_, **fields):
         raise ValueError(f"unknown event type {type_!r}")
     payload = {"v": VERSION, "type": type_, "time": round(time.time(), 3)}
     payload.update(fields)
-    sys.stdout.write(PREFIX + json.dumps(payload, separators=(",", ":")) + "\n")
+    sys.stdout.write(PREFIX + dumps(payload, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
 class ProgressThrottle:
-    """Emits `progress` events at most every `interval` seconds (and always the last one).
+    """Emits `progress` events at most every `interval` seconds.
 
-    Keyword `fields` go into every event: the training phase adds epoch=, epochs=, which the
-    client's renderer shows as "train epoch 3/10".
+    Keyword `fields` go into every event; update() may change them (the training phase's
+    epoch=, which the client's renderer shows as "train epoch 3/10"). One throttle serves a
+    whole phase, epochs included, so that short epochs do not each emit at once. The update that
+    reaches `total` is always emitted when `last` is true; the training phase turns that off,
+    since its epoch_end events already mark each epoch's end.
     """
 
-    def __init__(self, phase, total, interval=0.5, **fields):
+    def __init__(self, phase, total, interval=0.5, last=True, **fields):
         self.phase = phase
         self.total = total
         self.interval = interval
+        self.last = last
         self.fields = fields
         self._last = 0.0
 
-    def update(self, done):
+    def update(self, done, **fields):
+        self.fields.update(fields)
         now = time.monotonic()
-        if done >= self.total or now - self._last >= self.interval:
+        if (self.last and done >= self.total) or now - self._last >= self.interval:
             self._last = now
             emit("progress", phase=self.phase, done=done, total=self.total, **self.fields)

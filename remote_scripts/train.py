@@ -4,30 +4,32 @@
     python remote_scripts/train.py --data DIR --output DIR [--checkpoint-dir DIR] [options]
 
 This is the job contract of DESIGN.md 4.1, run unchanged by every backend: a local process, a
-Docker container, an Azure ML job, torchrun. It reads top to bottom, like torchvision's
-references/classification/train.py:
+Docker container, an Azure ML job, torchrun. main() and run() (the last section) do, in order:
 
-  parse_args       flags and their checks
-  load_data        imagecache.py: scan the tree, decode every image once into a uint8 cache at the
-                   input size (unreadable files skipped and reported), stratified split
-  build_model      models.py: torchvision backbone, ImageNet / local / no weights, new head
-  featurize        --mode linear only: backbone features of every image, computed once
-  train_one_epoch  one pass over the training split (augmented on the device in head/full mode)
-  evaluate         probabilities, loss and accuracy on a split
-  Trainer.fit      the epochs: validation, best weights, early stopping, time budget, checkpoints
-  export_onnx      export.py: model + softmax to ONNX, labels and preprocessing in its metadata
+  parse_args           flags and their checks, before any work
+  writable_folder      --output, --checkpoint-dir and the cache folder: created and write-probed
+  folder_dataset.scan  list the tree, check the images per class; models.load_weights
+  load_data            imagecache.py: decode every image once into a uint8 cache at the input size
+                       (unreadable files skipped and reported), stratified split
+  build_model          models.py: torchvision backbone, ImageNet / local / no weights, new head
+  cached_features      --mode linear only: backbone features of every image, computed once
+  Trainer.fit          the epochs (train_one_epoch, end_of_epoch): validation, best weights, early
+                       stopping, time budget, divergence, checkpoints
+  evaluate_and_export  test metrics -> metrics.json; export.py: model + softmax to ONNX, labels
+                       and preprocessing in its metadata
 
-Processes and mixed precision are in runtime.py.
+The sections before it hold the pieces: arguments, devices, events, featurize and evaluate,
+checkpoints, training, outputs. Processes and mixed precision are in runtime.py.
 Progress goes to stdout as `@@orchestrate {...}` event lines (progress.py, DESIGN.md 4.2) between
 ordinary log lines; only rank 0 prints them. Exit codes: 0 done; 2 bad data or arguments (one
-line on stderr); 143 / 130 canceled by SIGTERM / SIGINT; 1 any other failure.
+line on stderr); 143 / 130 canceled by SIGTERM / SIGINT; 1 any other failure (a diverged loss: one
+line, no traceback).
 
 Runs on torch >= 1.13 / torchvision >= 0.14, CPU or CUDA, in one process or many (torchrun and
 Azure ML's PyTorch distribution set WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 """
 import argparse
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -68,6 +70,13 @@ class UsageError(Exception):
     """Bad arguments or unusable input: exit 2 with this message on stderr."""
 
 
+class Diverged(Exception):
+    """The loss became NaN or infinite: exit 1 without exporting a model that predicts nothing."""
+
+    def __init__(self, epoch):
+        super().__init__(f"loss diverged at epoch {epoch}; lower --lr")
+
+
 class Canceled(Exception):
     """SIGTERM or SIGINT arrived: report `canceled`, exit 128 + the signal number."""
 
@@ -80,8 +89,17 @@ class Canceled(Exception):
 # Arguments
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors, so that a bad flag ends like any other bad input:
+    one line on stderr and a run_end event, not the usage block and a silent exit."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    """The flags, checked: UsageError before any work when one is out of range."""
+    parser = ArgumentParser(
         prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train an image classifier on a folder-per-label dataset and export it to ONNX.")
     add = parser.add_argument
@@ -127,17 +145,23 @@ def parse_args(argv=None):
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
     if not 16 <= args.image_size <= 2048:
         problems.append("--image-size must be between 16 and 2048")
-    if not args.lr > 0:
-        problems.append("--lr must be positive")
-    for name in ("weight_decay", "patience", "seed", "workers"):
+    if not 0 < args.lr < math.inf:
+        problems.append("--lr must be positive and finite")
+    if not 0 <= args.weight_decay < math.inf:
+        problems.append("--weight-decay must be finite and not negative")
+    for name in ("patience", "seed", "workers"):
         if getattr(args, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must not be negative")
+    # Checked again by the split, but here they fail before the whole dataset is decoded.
+    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1
+            and args.val_fraction + args.test_fraction < 1):
+        problems.append("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
     if not 0 <= args.label_smoothing < 1:
         problems.append("--label-smoothing must be in [0, 1)")
     if args.time_budget is not None and not args.time_budget >= 0:
         problems.append("--time-budget must not be negative")
     if problems:
-        parser.error("; ".join(problems))  # one line on stderr after the usage, exit 2
+        raise UsageError("; ".join(problems))
     return args
 
 
@@ -192,8 +216,8 @@ class Reporter:
         self.log(f"warning: {message}")
         self.event("warning", message=message)
 
-    def throttle(self, phase, total, **fields):
-        return progress.ProgressThrottle(phase, total, **fields) if self.main else _Silent()
+    def throttle(self, phase, total, last=True, **fields):
+        return progress.ProgressThrottle(phase, total, last=last, **fields) if self.main else _Silent()
 
     def start_mlflow(self, params):
         """Log to MLflow when it is installed and MLFLOW_TRACKING_URI is set (as on Azure ML)."""
@@ -218,7 +242,7 @@ class Reporter:
 
 
 class _Silent:
-    def update(self, done):
+    def update(self, done, **fields):
         pass
 
 
@@ -271,12 +295,6 @@ def fingerprint(args, mode, data):
     return fp
 
 
-def atomic_save(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def read_checkpoint(directory, expected):
     """The checkpoint in `directory` (None when there is none); UsageError if it is another run's."""
     path = os.path.join(directory, "last.pt") if directory else None
@@ -294,9 +312,12 @@ def read_checkpoint(directory, expected):
                          for k in differ) or "the checkpoint format"
         raise UsageError(f"--checkpoint-dir {directory} holds a run with other settings ({what} "
                          "differ); use another --checkpoint-dir, or remove it to start over")
+    # best.pt is saved before last.pt: a kill between the two leaves a best.pt of a later epoch.
     best_path = os.path.join(directory, "best.pt")
-    if os.path.exists(best_path):
-        saved["best_weights"] = torch_load(best_path, own=True)["weights"]
+    if saved["best_epoch"] and os.path.exists(best_path):
+        best = torch_load(best_path, own=True)
+        if best.get("epoch") == saved["best_epoch"]:
+            saved["best_weights"] = best["weights"]
     return saved
 
 
@@ -373,12 +394,11 @@ class Trainer:
         directory = self.args.checkpoint_dir
         if not directory or not self.dist.main:
             return
-        os.makedirs(directory, exist_ok=True)
         if self.best_weights is not None and self.best_epoch == self.epoch:
-            atomic_save({"epoch": self.best_epoch, "weights": self.best_weights},
-                        os.path.join(directory, "best.pt"))
+            write_atomically(os.path.join(directory, "best.pt"), torch.save,
+                             {"epoch": self.best_epoch, "weights": self.best_weights})
         path = os.path.join(directory, "last.pt")
-        atomic_save({
+        write_atomically(path, torch.save, {
             "format": CHECKPOINT_FORMAT, "fingerprint": fp, "epoch": self.epoch,
             "weights": self.trainable.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -387,7 +407,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs, "elapsed": self.elapsed(),
             # A time-budget stop is not final: started again (with more budget), the run goes on.
             "stopped": None if self.stopped == "time_budget" else self.stopped,
-        }, path)
+        })
         self.report.event("checkpoint", epoch=self.epoch, path=path)
 
     def restore(self, saved):
@@ -401,6 +421,11 @@ class Trainer:
         self.bad_epochs, self.stopped = saved["bad_epochs"], saved["stopped"]
         self.elapsed_before = saved["elapsed"]
         self.best_weights = saved.get("best_weights")
+        if self.best_epoch and self.best_weights is None:
+            self.report.warn(f"{self.args.checkpoint_dir}/best.pt does not hold the weights of the best "
+                             f"epoch {self.best_epoch} (stopped between two saves?); keeping the last "
+                             "weights instead")
+            self.best_loss, self.best_epoch = math.inf, 0
 
     def elapsed(self):
         return self.elapsed_before + time.time() - self.started
@@ -422,7 +447,7 @@ class Trainer:
                 features = self.model.backbone(x)
             return (self.wrapped if train else self.model.head)(features)
 
-    def train_one_epoch(self, epoch):
+    def train_one_epoch(self, epoch, throttle):
         """One pass over this process's share of the training split: (mean loss, accuracy)."""
         args, device = self.args, self.batches.device
         set_train_mode(self.model, self.mode)
@@ -430,7 +455,6 @@ class Trainer:
         torch.manual_seed(seed)  # dropout
         generator = torch.Generator().manual_seed(seed)  # augmentation
         batches = self.batches_of(epoch)
-        throttle = self.report.throttle("train", len(batches), epoch=epoch, epochs=args.epochs)
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
         for step, idx in enumerate(batches):
             labels = self.batches.labels(idx)
@@ -442,7 +466,7 @@ class Trainer:
             totals[0] += loss.detach().double() * len(idx)  # no .item(): no GPU sync per step
             totals[1] += (logits.detach().argmax(1) == labels).sum().double()
             totals[2] += len(idx)
-            throttle.update(step + 1)
+            throttle.update(step + 1, epoch=epoch)
         loss_sum, correct, seen = self.dist.all_sum(totals).tolist()
         return loss_sum / seen, correct / seen
 
@@ -461,6 +485,9 @@ class Trainer:
                "lr": self.optimizer.param_groups[-1]["lr"], "best": False}
         if has_val:
             row["val_loss"], row["val_accuracy"] = self.validate()
+        if not math.isfinite(train_loss) or (has_val and not math.isfinite(row["val_loss"])):
+            return "diverged"
+        if has_val:
             if row["val_loss"] < self.best_loss:
                 self.best_loss, self.best_epoch, self.bad_epochs = row["val_loss"], epoch, 0
                 self.best_weights = {k: v.detach().cpu().clone() for k, v in self.trainable.state_dict().items()}
@@ -487,17 +514,22 @@ class Trainer:
 
     def fit(self, fp):
         """Run the remaining epochs; leave the best-on-validation weights in the model."""
-        reasons = (None, "completed", "early_stopping", "time_budget")
+        reasons = (None, "completed", "early_stopping", "time_budget", "diverged")
         self.report.event("phase", name="train")
+        # One throttle for all epochs: ~2 progress events a second however short the epochs are;
+        # the end of each epoch is marked by its epoch_end event.
+        throttle = self.report.throttle("train", len(self.batches_of(1)), last=False, epochs=self.args.epochs)
         while self.stopped is None and self.epoch < self.args.epochs:
             epoch = self.epoch + 1
             started = time.time()
-            train_loss, train_accuracy = self.train_one_epoch(epoch)
-            self.epoch = epoch
+            train_loss, train_accuracy = self.train_one_epoch(epoch, throttle)
             decision = None
             if self.dist.main:
                 decision = self.end_of_epoch(epoch, train_loss, train_accuracy, started)
-            self.stopped = reasons[int(self.dist.broadcast(reasons.index(decision)))]
+            decision = reasons[int(self.dist.broadcast(reasons.index(decision)))]
+            if decision == "diverged":  # every process raises; the checkpoint keeps the last finite epoch
+                raise Diverged(epoch)
+            self.epoch, self.stopped = epoch, decision
             self.save(fp)
         self.stopped = self.stopped or "completed"
         if self.best_weights is not None:
@@ -517,19 +549,26 @@ def format_epoch(row):
 # Outputs
 
 
-def write_json(path, obj):
+def write_atomically(path, save, obj):
+    """save(obj, path + ".tmp"), then rename it to `path`: a kill leaves the old file or the new
+    one, never half of one (a resumed run or a follower reads whole files)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    save(obj, tmp)
     os.replace(tmp, path)
 
 
+def save_text(text, path):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path, obj):
+    write_atomically(path, save_text, progress.dumps(obj, indent=2) + "\n")
+
+
 def write_history(output, history):
-    tmp = os.path.join(output, "history.jsonl.tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in history)
-    os.replace(tmp, os.path.join(output, "history.jsonl"))
+    write_atomically(os.path.join(output, "history.jsonl"), save_text,
+                     "".join(progress.dumps(row) + "\n" for row in history))
 
 
 def sha256_of(path):
@@ -557,18 +596,21 @@ def run(args, dist, report, started, cache_dir):
             dist.world = 1
         else:
             dist.init(device)
+    if mode == "full" and args.batch_size < 2:
+        raise UsageError("--mode full needs --batch-size 2 or more: BatchNorm cannot train on one image")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    try:
-        os.makedirs(args.output, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --output {args.output}: {exc}")
+    if dist.main:  # rank 0 writes them: found unwritable now, not after the training
+        writable_folder(args.output, "--output")
+        if args.checkpoint_dir:
+            writable_folder(args.checkpoint_dir, "--checkpoint-dir")
 
     # List the data, then get the weights: both fail fast, before the long decoding.
     report.event("phase", name="scan")
     scan = folder_dataset.scan(args.data)
     for name in scan.empty_classes:
         report.warn(f"folder '{name}' has no images and is not a class")
+    check_class_sizes(scan, args.val_fraction, args.test_fraction)
     if dist.local_rank != 0:
         dist.barrier()  # local rank 0 downloads into the machine's torch hub cache first
     state = load_weights(args.arch, args.weights)
@@ -618,6 +660,28 @@ def run(args, dist, report, started, cache_dir):
     dist.barrier()
 
 
+def writable_folder(path, flag):
+    """Create folder `path` and write a file in it; UsageError naming `flag` when that fails."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not a writable folder ({exc.strerror or exc})") from None
+
+
+def check_class_sizes(scan, val_fraction, test_fraction):
+    """The split's per-class minimum on the scanned counts: a class too small fails before the
+    decoding rather than after it (the split checks again once unreadable files are left out)."""
+    need = folder_dataset.minimum_per_class(val_fraction, test_fraction)
+    counts = np.bincount([label for _, label in scan.samples], minlength=len(scan.classes))
+    for name, count in zip(scan.classes, counts):
+        if count < need:
+            raise folder_dataset.DatasetError(
+                f"class '{name}' has {count} image(s); at least {need} are needed to split it into "
+                "train/validation/test (lower --val-fraction/--test-fraction or add images)")
+
+
 def evaluate_and_export(args, mode, model, data, trainer, stopped, report):
     """Rank 0: test metrics of the kept weights -> metrics.json, then the model and the other files."""
     report.event("phase", name="evaluate")
@@ -630,13 +694,17 @@ def evaluate_and_export(args, mode, model, data, trainer, stopped, report):
     # float32, no autocast: the numbers the exported ONNX model gives
     probabilities, _, _ = evaluate(lambda idx: trainer.logits(idx, train=False, amp=False), indices,
                                    data.labels[indices], args.batch_size, throttle.update)
+    if not np.isfinite(probabilities).all():  # e.g. the last step of a run without validation
+        raise Diverged(trainer.epoch)
     result = metrics.classification_metrics(data.labels[indices], probabilities, data.classes)
     result.update(evaluated_on=evaluated_on, split=data.sizes(), skipped=data.skipped,
                   best_epoch=trainer.best_epoch or trainer.epoch, epochs_completed=trainer.epoch,
                   stopped=stopped, arch=args.arch, mode=mode)
     report.log(f"{evaluated_on} accuracy {result['accuracy']:.4f}, macro accuracy "
                f"{result['macro_accuracy']:.4f}, log-loss {result['log_loss']:.4f}")
-    report.event("metrics", **dict(result, skipped=data.skipped[:SKIPPED_IN_EVENTS]))
+    # The confusion matrix (classes^2 numbers: megabytes for 1000 classes) is in metrics.json only.
+    report.event("metrics", **{k: v for k, v in result.items() if k != "confusion_matrix"
+                               and k != "skipped"}, skipped=data.skipped[:SKIPPED_IN_EVENTS])
     report.mlflow_metrics({f"test_{k}": result[k] for k in ("accuracy", "macro_accuracy", "log_loss")},
                           step=trainer.epoch)
 
@@ -664,15 +732,14 @@ def cached_features(args, model, data, batches, precision, fp, report):
     usable = np.sort(np.concatenate([data.train, data.val, data.test]))
     features = featurize(model, batches, usable, args.batch_size, precision, report)
     if path:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-        atomic_save({"key": key, "features": features}, path)
+        write_atomically(path, torch.save, {"key": key, "features": features})
     return features
 
 
 def make_cache_dir(args, dist):
     """A folder for the decoded images: fresh per process, or one per machine and job when distributed."""
     root = args.cache_dir or tempfile.gettempdir()
-    os.makedirs(root, exist_ok=True)
+    writable_folder(root, "--cache-dir")
     if dist.world == 1:
         return tempfile.mkdtemp(prefix="orchestrate-cache-", dir=root)
     env = os.environ
@@ -685,7 +752,6 @@ def make_cache_dir(args, dist):
 
 def main(argv=None):
     started = time.time()
-    args = parse_args(argv)
     dist = Dist.from_env()
     report = Reporter(dist.main)
     cache_dir = None
@@ -703,12 +769,16 @@ def main(argv=None):
         return code
 
     try:
+        args = parse_args(argv)
         cache_dir = make_cache_dir(args, dist)
         run(args, dist, report, started, cache_dir)
         return end("completed", 0)
     except (UsageError, WeightsError, folder_dataset.DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return end("failed", 2, str(exc))
+    except Diverged as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return end("failed", 1, str(exc))
     except Canceled as exc:
         # Checkpoints are written after every epoch: a restarted run loses at most this epoch.
         report.log(f"canceled by signal {exc.signum}")
