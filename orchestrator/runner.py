@@ -68,16 +68,16 @@ def run_ref(record):
     return RunRef(record.run_id, record.backend, Path(record.run_dir), record.remote_id)
 
 
-def follow(backend, run, ledger, renderer):
+def follow(backend, run, ledger, renderer, until_end=True):
     """Render the run's events until it ends, then record and return its Outcome.
 
     Every follower renders the log from its start (cursor 0), so a client that re-attaches
     shows the whole run, each event exactly once; Ctrl-C raises Detached and leaves the job
-    running.
+    running. Without `until_end`, it renders what is logged so far and returns the current state.
     """
     run_end = None
     try:
-        for line in backend.log_lines(run, 0):
+        for line in backend.log_lines(run, 0, follow=until_end):
             event = parse_line(line.text)
             if event is None:
                 renderer.line(line.text)
@@ -103,6 +103,8 @@ def finish(backend, run, ledger, run_end=None, download=True):
         return Outcome(record.status, record.exit_code, run_end.get("error") or "", read_metrics(run.run_dir))
     status = backend.status(run)
     if status not in TERMINAL:
+        if status != record.status:
+            ledger.update(run.run_id, status=status)
         return Outcome(status)
     if status == COMPLETED and download:
         backend.download(run, run.run_dir / "outputs")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from PIL import Image
-from services.azurite import azurite  # noqa: F401  (fixture)
 
 from orchestrator.azure.job import dataset_prefix
 from orchestrator.azure.provision import check_quota, ensure_compute, ensure_workspace

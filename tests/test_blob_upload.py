@@ -13,7 +13,7 @@ from orchestrator.cli.main import main as orchestrate_main
 from orchestrator.errors import UserError
 from orchestrator.storage import blob
 from orchestrator.storage.blob import connect, download_prefix, parse_uri, upload_dataset
-from services.azurite import ACCOUNT, ACCOUNT_KEY, azurite  # noqa: F401  (the fixture)
+from services.azurite import ACCOUNT, ACCOUNT_KEY
 
 CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 10

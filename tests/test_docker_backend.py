@@ -23,7 +23,6 @@ from orchestrator.backends.local import CANCEL_MARKER
 from orchestrator.errors import UserError
 from orchestrator.events import parse_line
 from orchestrator.images import ensure_training_image, image_tag
-from services.docker_engine import docker_client, offline_base, training_image  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 

@@ -117,6 +117,9 @@ def test_detach_reattach_and_cancel(cli, tmp_path):
     log = tmp_path / "runs" / run_id / "logs" / "train.log"
     wait_for_event(log, "epoch_end")
     assert cli("status", run_id).stdout.strip() == "running"
+    snapshot = cli("logs", run_id, "--no-follow", timeout=30)  # returns at once, the job goes on
+    assert snapshot.returncode == 0 and "epoch 1/200" in snapshot.stderr and "is running" in snapshot.stderr
+    assert json.loads(cli("runs", "show", run_id, "--json").stdout)["status"] == "running"
     # A follower interrupted with Ctrl-C detaches (exit 130, how to re-attach) and the job goes on.
     follower = subprocess.Popen([str(ORCHESTRATE), "logs", run_id], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)

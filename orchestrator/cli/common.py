@@ -5,7 +5,7 @@ import sys
 import click
 
 from ..backends import get_backend
-from ..backends.base import CANCELED, COMPLETED
+from ..backends.base import CANCELED, COMPLETED, TERMINAL
 from ..errors import JobFailed, UserError
 from ..ledger import Ledger
 
@@ -36,19 +36,25 @@ def run_summary(record, outcome):
     }
 
 
-def follow_and_report(backend, run, as_json=False, verbose=False):
-    """Follow a run to its end, print the result, and raise for a failed or canceled run."""
+def follow_and_report(backend, run, as_json=False, verbose=False, until_end=True):
+    """Follow a run to its end, print the result, and raise for a failed or canceled run.
+
+    Without `until_end`, show what the run has logged so far and say how to follow a live one.
+    """
     from ..render import EventRenderer
     from ..runner import Detached, follow
 
     ledger = Ledger()
     renderer = EventRenderer(verbose=verbose)
     try:
-        outcome = follow(backend, run, ledger, renderer)
+        outcome = follow(backend, run, ledger, renderer, until_end)
     except Detached:
         click.echo(f"\ndetached; the job keeps running. Re-attach with: orchestrate logs {run.run_id}", err=True)
         sys.exit(130)
     record = ledger.get(run.run_id)
+    if outcome.status not in TERMINAL:
+        click.echo(f"run {run.run_id} is {outcome.status}; follow it with: orchestrate logs {run.run_id}", err=True)
+        return outcome
     if as_json:
         print_json(run_summary(record, outcome))
     if outcome.status == COMPLETED:

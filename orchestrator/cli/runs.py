@@ -69,7 +69,8 @@ def show_run(run_id, as_json):
 @click.command()
 @click.argument("run_id")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
-def logs(run_id, verbose):
+@click.option("--no-follow", is_flag=True, help="Show what is logged so far and return, even while the run goes on.")
+def logs(run_id, verbose, no_follow):
     """Re-render a run's progress from its log; follow it while it runs (Ctrl-C detaches).
 
     \b
@@ -77,7 +78,7 @@ def logs(run_id, verbose):
       orchestrate logs digits-20261123-101500-ab12
     """
     _, _, backend, run = find_run(run_id)
-    follow_and_report(backend, run, verbose=verbose)
+    follow_and_report(backend, run, verbose=verbose, until_end=not no_follow)
 
 
 @click.command()
@@ -113,8 +114,9 @@ def cancel(run_id):
     from ..runner import finish
 
     ledger, record, backend, run = find_run(run_id)
-    if backend.status(run) in TERMINAL:
-        click.echo(f"run {record.run_id} has already ended ({backend.status(run)})")
+    current = backend.status(run)
+    if current in TERMINAL:
+        click.echo(f"run {record.run_id} has already ended ({current})")
         return
     backend.cancel(run)
     outcome = finish(backend, run, ledger)
