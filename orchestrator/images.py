@@ -8,6 +8,8 @@ time, as Azure ML mounts a code snapshot), so editing train.py never triggers a 
 Why an offline base builder: on hosts that reach no container registry (air-gapped sites, our
 CI) nothing can be pulled, but a Debian mirror usually can be reached. debootstrap builds a
 bookworm root filesystem with Debian's own torch, which `docker import` turns into a base image.
+The mirror is the one the host's own apt already uses (or --mirror): no mirror is written in the
+code, so an air-gapped site's internal mirror is picked up with no configuration.
 
 The docker SDK is imported by callers (orchestrator.backends.docker.connect), never here at
 module level, so that `orchestrate --help` stays fast.
@@ -31,7 +33,12 @@ DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 OFFLINE_BASE_TAG = "orchestrate/base:offline"
 
 DEBIAN_SUITE = "bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Suites of the Debian archive (codenames and aliases). Why a list: a host's apt sources also name
+# other vendors' repositories (their own suite names) and Ubuntu archives (Ubuntu codenames), neither
+# of which can bootstrap Debian; any Debian suite's archive carries bookworm as well.
+DEBIAN_SUITES = frozenset({"buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
+                           "oldoldstable", "oldstable", "stable", "testing", "unstable"})
+APT_DIR = Path("/etc/apt")
 # Everything train.py needs, from Debian itself (torch 1.13, torchvision 0.14, onnx 1.12).
 OFFLINE_PACKAGES = ("python3", "python3-torch", "python3-torchvision", "python3-pil",
                     "python3-numpy", "python3-onnx", "ca-certificates")
@@ -119,12 +126,18 @@ def ensure_training_image(client, base_image, on_line, context=None):
     return tag
 
 
-def build_offline_base(client, tag=OFFLINE_BASE_TAG, mirror=DEBIAN_MIRROR, on_line=print):
+def build_offline_base(client, tag=OFFLINE_BASE_TAG, mirror=None, on_line=print, apt_dir=APT_DIR):
     """Build a Debian bookworm base image with debootstrap and `docker import` it as `tag`.
 
-    Needs root (debootstrap creates device nodes and chroots) and the debootstrap tool; says so,
-    as a UserError, when either is missing. Takes a few minutes (it downloads ~400 MB of .debs).
+    `mirror` (a Debian archive URL) defaults to the one the host's apt uses (see host_debian_mirror);
+    with neither, a UserError asks for --mirror. Needs root (debootstrap creates device nodes and
+    chroots) and the debootstrap tool; says so, as a UserError, when either is missing. Takes a few
+    minutes (it downloads ~400 MB of .debs).
     """
+    mirror = mirror or host_debian_mirror(apt_dir)
+    if mirror is None:
+        raise UserError(f"no Debian archive found in the apt sources under {apt_dir}: "
+                        "pass --mirror URL (a Debian mirror that serves bookworm)")
     if shutil.which("debootstrap") is None:
         raise UserError("the offline base builder needs debootstrap: apt-get install debootstrap")
     if os.geteuid() != 0:
@@ -153,6 +166,69 @@ def build_offline_base(client, tag=OFFLINE_BASE_TAG, mirror=DEBIAN_MIRROR, on_li
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return tag
+
+
+def host_debian_mirror(apt_dir=APT_DIR):
+    """The Debian archive this host's apt uses, as an http(s) URL; None when its sources name none.
+
+    Reads `sources.list`, then `sources.list.d/*.list` (one-line format) and `*.sources` (deb822),
+    in apt's order, and takes the first URI of a binary (`deb`) entry with the main component for a
+    suite of the Debian archive -- a plain suite (bookworm) first, an -updates or -backports entry
+    only when no plain one exists (same archive, so its URI serves as well). Security entries never
+    count: that archive holds only the security updates, so debootstrap cannot build a system from it.
+    """
+    apt_dir = Path(apt_dir)
+    fallback = None
+    for uri, suite in _apt_entries(apt_dir):
+        codename, _, flavour = suite.partition("-")  # the old security suite "buster/updates" is no codename
+        if codename not in DEBIAN_SUITES or flavour == "security":
+            continue
+        if not flavour:
+            return uri
+        fallback = fallback or uri
+    return fallback
+
+
+def _apt_entries(apt_dir):
+    """(uri, suite) of every enabled `deb` entry with the main component and an http(s) URI, in apt's order."""
+    listing = sorted((apt_dir / "sources.list.d").glob("*"))
+    for path in [apt_dir / "sources.list", *listing]:
+        if path.suffix not in (".list", ".sources") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        stanzas = _deb822_stanzas(text) if path.suffix == ".sources" else _one_line_entries(text)
+        for types, uris, suites, components in stanzas:
+            if "deb" not in types or "main" not in components:
+                continue
+            for uri in uris:
+                if uri.startswith(("http://", "https://")):
+                    yield from ((uri.rstrip("/"), suite) for suite in suites)
+
+
+def _one_line_entries(text):
+    """(types, uris, suites, components) of each `deb [options] uri suite components...` line."""
+    for line in text.splitlines():
+        match = re.fullmatch(r"(deb|deb-src)\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)(.*)", line.split("#")[0].strip())
+        if match:
+            yield [match[1]], [match[2]], [match[3]], match[4].split()
+
+
+def _deb822_stanzas(text):
+    """(types, uris, suites, components) of each enabled stanza of a deb822 `.sources` file."""
+    for block in re.split(r"\n\s*\n", text):
+        fields, name = {}, None
+        for line in block.splitlines():
+            if line.startswith("#"):
+                continue
+            if line[:1].isspace() and name:  # a continuation line (a multi-line Signed-By key)
+                fields[name] += " " + line.strip()
+            elif ":" in line:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                fields[name] = value.strip()
+        if fields.get("enabled", "yes").lower() != "no":
+            yield (fields.get("types", "").split(), fields.get("uris", "").split(),
+                   fields.get("suites", "").split(), fields.get("components", "").split())
 
 
 @contextmanager

@@ -9,6 +9,16 @@ def state_dir():
     return Path(base) / "orchestrate"
 
 
+def image_cache_dir():
+    """$XDG_CACHE_HOME/orchestrate/images (default ~/.cache/orchestrate/images): the decoded-image cache.
+
+    The cache directory, not the state directory: everything in it can be rebuilt from the
+    datasets, so the user (or a cleaner) may delete it at any time and lose only decoding time.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "orchestrate" / "images"
+
+
 def docker_context_dir():
     """infra/docker beside remote_scripts/: the one image definition of Docker and Azure ML jobs.
 

@@ -2,9 +2,11 @@
 # Make this host ready for the docker backend and its tests, from nothing (CI starts bare):
 #   1. install Docker Engine (docker.io) and debootstrap with apt when no engine answers,
 #   2. start dockerd in the background (as root) when none is running, and wait until it answers,
-#   3. build the offline base image (no container registry is reachable here) if its tag is missing.
+#   3. build the offline base image (no container registry is reachable here) if its tag is missing,
+#      with debootstrap from the Debian archive this host's own apt sources name.
 # Idempotent: each step is skipped when its result is already there. Needs root for 1-3.
-# Env: OFFLINE_BASE_TAG (default orchestrate/base:offline), DOCKERD_LOG (default /tmp/dockerd.log).
+# Env: OFFLINE_BASE_TAG (default orchestrate/base:offline), DOCKERD_LOG (default /tmp/dockerd.log),
+#      OFFLINE_BASE_MIRROR (a Debian archive URL; default: the one in this host's apt sources).
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -45,5 +47,5 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
     echo "offline base image $TAG exists"
 else
     echo "building the offline base image $TAG (debootstrap, a few minutes)"
-    orchestrate image build-base --offline --tag "$TAG"
+    orchestrate image build-base --offline --tag "$TAG" ${OFFLINE_BASE_MIRROR:+--mirror "$OFFLINE_BASE_MIRROR"}
 fi

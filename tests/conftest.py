@@ -21,6 +21,7 @@ def isolated_home(tmp_path, monkeypatch):
     """Keep the user's real ledger and profiles out of reach of the tests."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the decoded-image cache
     for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME", "AZURE_LOCATION",
                  "AZURE_STORAGE_CONNECTION_STRING", "ORCHESTRATE_PROFILE", "ORCHESTRATE_STORAGE_URI"):
         monkeypatch.delenv(name, raising=False)

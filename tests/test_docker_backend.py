@@ -22,12 +22,22 @@ from orchestrator.backends.docker import (RUN_DIR_LABEL, RUN_LABEL, DockerBacken
 from orchestrator.backends.local import CANCEL_MARKER
 from orchestrator.errors import UserError
 from orchestrator.events import parse_line
-from orchestrator.images import ensure_training_image, image_tag
+from orchestrator.images import build_offline_base, ensure_training_image, host_debian_mirror, image_tag
+from orchestrator.paths import image_cache_dir
 
 pytestmark = pytest.mark.slow
 
 FAST_JOB = ["--epochs", "1", "--image-size", "32", "--arch", "resnet18", "--weights", "none",
             "--mode", "linear"]
+ANY_MIRROR = "http://mirror.invalid/debian"  # a reserved name: never contacted by these tests
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_image_cache(tmp_path_factory):
+    """The backend mounts the user's image cache folder: keep the real ~/.cache out of these tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 def make_spec(root, data, train_args, base_image):
@@ -142,6 +152,11 @@ def test_cancel_stops_an_isolated_running_container(tmp_path, docker_client, off
     assert network.exit_code != 0 and b"unreachable" in network.output
     write = container.exec_run(["touch", "/data/probe"])
     assert write.exit_code != 0 and b"Read-only file system" in write.output
+    host = container.attrs["HostConfig"]  # submit's container has the settings the hardening probe saw
+    assert (host["ReadonlyRootfs"], host["CapDrop"], host["SecurityOpt"], host["PidsLimit"]) == \
+        (True, ["ALL"], ["no-new-privileges"], docker_backend.PIDS_LIMIT)
+    assert {m["Destination"]: m["RW"] for m in container.attrs["Mounts"]}["/cache"] is True
+    assert container.attrs["Config"]["Cmd"][-2:] == ["--cache-dir", "/cache"]
 
     started = time.monotonic()
     backend.cancel(run)
@@ -151,6 +166,98 @@ def test_cancel_stops_an_isolated_running_container(tmp_path, docker_client, off
     assert json.loads((spec.run_dir / "container.json").read_text())["exit_code"] in (137, 143)
     assert backend.exit_code(run) in (137, 143)
     assert (spec.run_dir / CANCEL_MARKER).exists()  # the same marker name as the local backend's
+
+
+HARDENING_PROBE = """
+import errno, json, os
+
+def write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("probe")
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+pids = [p for p in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max") if os.path.exists(p)]
+print(json.dumps({
+    "root": write("/probe"), "code": write("/code/probe"), "tmp": write("/tmp/probe"),
+    "cache": write("/cache/probe"), "no_new_privs": status["NoNewPrivs"].strip(),
+    "cap_eff": int(status["CapEff"], 16), "pids_max": open(pids[0]).read().strip(),
+    "interfaces": sorted(os.listdir("/sys/class/net"))}))
+"""
+
+
+def run_probe(docker_client, image, spec, probe):
+    """Run `probe` (python code) in a container with the exact settings submit gives the job's container."""
+    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    assert command[:2] == ["python3", "/code/train.py"]  # what submit would run instead of the probe
+    output = docker_client.containers.run(image, ["python3", "-c", probe], remove=True, **settings)
+    return json.loads(output)
+
+
+def test_the_job_container_is_hardened(tmp_path, docker_client, offline_base, training_image):
+    spec = make_spec(tmp_path, tmp_path, FAST_JOB, offline_base)
+    seen = run_probe(docker_client, training_image, spec, HARDENING_PROBE)
+    assert seen["root"] == "EROFS"  # read-only root filesystem ...
+    assert seen["code"] == "EROFS"  # ... and read-only code mount
+    assert seen["tmp"] == "ok"  # a scratch /tmp (HOME and TORCH_HOME)
+    assert seen["cache"] == "ok"  # the decoded-image cache volume
+    assert seen["no_new_privs"] == "1"
+    assert seen["cap_eff"] == 0  # every capability dropped
+    assert seen["pids_max"] == str(docker_backend.PIDS_LIMIT)
+    assert seen["interfaces"] == ["lo"]  # network none
+    probe = image_cache_dir() / "probe"  # written through the mount, on the host, as the invoking user
+    assert probe.read_text() == "probe" and probe.stat().st_uid == os.getuid()
+
+
+def test_the_image_cache_is_the_users_cache_folder_mounted_at_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")
+    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    assert command[-2:] == ["--cache-dir", "/cache"]
+    host = tmp_path / "xdg" / "orchestrate" / "images"
+    assert host.is_dir()  # made by the client as the user, not by docker as root
+    assert settings["volumes"][str(host)] == {"bind": "/cache", "mode": "rw"}
+    assert settings["read_only"] is True
+
+
+def test_a_cache_dir_in_the_train_args_is_mounted_instead(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    spec = make_spec(tmp_path, tmp_path, ["--cache-dir", str(tmp_path / "mine"), *FAST_JOB], "any")
+    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    assert command.count("--cache-dir") == 1 and command[command.index("--cache-dir") + 1] == "/cache"
+    assert settings["volumes"][str(tmp_path / "mine")] == {"bind": "/cache", "mode": "rw"}
+    assert not (tmp_path / "xdg").exists()
+
+    (tmp_path / "file").write_text("")
+    spec = make_spec(tmp_path, tmp_path, ["--cache-dir", str(tmp_path / "file" / "cache")], "any")
+    with pytest.raises(UserError, match=r"^cannot create the image cache folder .*/file/cache: Not a directory$"):
+        docker_backend.container_settings(spec, parse_options(spec.backend_options))
+
+
+@pytest.mark.parametrize("cpus, threads", [(None, None), ("0.5", "1"), ("1", "1"), ("2.9", "2"), ("16", "16")])
+def test_thread_counts_follow_cpus(tmp_path, cpus, threads):
+    spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")
+    spec.backend_options["cpus"] = cpus
+    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    environment = settings["environment"]
+    assert environment.get("OMP_NUM_THREADS") == threads and environment.get("MKL_NUM_THREADS") == threads
+    assert settings.get("nano_cpus") == (int(float(cpus) * 1e9) if cpus else None)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_torch_in_the_container_uses_as_many_threads_as_cpus(tmp_path, docker_client, offline_base,
+                                                            training_image, cpus):
+    """Both counts: Debian's torch here defaults to 1 thread on this 2-core host, so cpus=2 shows the effect."""
+    if cpus > (os.cpu_count() or 1):
+        pytest.skip(f"the engine refuses --cpus {cpus} on a host with fewer CPUs")
+    spec = make_spec(tmp_path, tmp_path, FAST_JOB, offline_base)
+    spec.backend_options["cpus"] = cpus
+    seen = run_probe(docker_client, training_image, spec,
+                     "import json, torch; print(json.dumps({'threads': torch.get_num_threads()}))")
+    assert seen["threads"] == cpus
 
 
 def test_reap_removes_exited_containers_of_detached_clients(tmp_path, docker_client, offline_base,
@@ -323,16 +430,86 @@ def test_missing_engine_skips_locally_and_fails_in_ci(tmp_path, ci, outcome):
 
 
 def test_offline_builder_says_what_it_needs(monkeypatch):
-    from orchestrator.images import build_offline_base
-
     with monkeypatch.context() as patch:
         patch.setenv("PATH", "/nonexistent")
         with pytest.raises(UserError, match="needs debootstrap: apt-get install debootstrap"):
-            build_offline_base(client=None)
+            build_offline_base(client=None, mirror=ANY_MIRROR)
     if shutil.which("debootstrap"):
         monkeypatch.setattr(os, "geteuid", lambda: 1000)
         with pytest.raises(UserError, match="needs root"):
-            build_offline_base(client=None)
+            build_offline_base(client=None, mirror=ANY_MIRROR)
+
+
+ONE_LINE_SOURCES = """\
+# deb http://commented.invalid/debian bookworm main
+deb-src http://source-only.invalid/debian bookworm main
+deb http://vendor.invalid/apt nodistro main
+deb [arch=amd64 signed-by=/usr/share/keyrings/vendor.gpg] http://vendor.invalid/apt cloud-sdk-bookworm main
+deb cdrom:[Debian GNU/Linux 12]/ bookworm main
+deb http://security.invalid/debian-security bookworm-security main
+deb http://contrib-only.invalid/debian bookworm contrib
+deb [ arch=amd64 ] http://updates.invalid/debian/ bookworm-updates main
+deb [ arch=amd64 ] http://archive-one.invalid/debian/ bookworm main contrib  # the one
+"""
+
+DEB822_SOURCES = """\
+Types: deb deb-src
+URIs: http://updates.invalid/debian
+Suites: bookworm-updates
+Components: main
+Signed-By:
+ -----BEGIN PGP PUBLIC KEY BLOCK-----
+ .
+ mQINBGPL0BUBEADmW5NdOOHwPIJlgPu6JDcKw/NZJPR8lsD3K87ZM18gzyQZJD+w
+ -----END PGP PUBLIC KEY BLOCK-----
+
+Types: deb
+URIs: http://disabled.invalid/debian
+Suites: bookworm
+Components: main
+Enabled: no
+
+Types: deb
+# http://snapshot.invalid/archive/debian/20250520T000000Z
+URIs: https://archive-two.invalid/debian
+Suites: trixie bookworm
+Components: main contrib
+"""
+
+
+def apt_dir(root, files):
+    """An /etc/apt-like folder holding `files` ({relative path: text})."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_the_mirror_comes_from_one_line_apt_sources(tmp_path):
+    sources = apt_dir(tmp_path, {"sources.list": ONE_LINE_SOURCES,
+                                 "sources.list.d/later.list": "deb http://later.invalid/debian bookworm main\n"})
+    assert host_debian_mirror(sources) == "http://archive-one.invalid/debian"  # plain suite over -updates
+
+
+def test_the_mirror_comes_from_deb822_apt_sources(tmp_path):
+    sources = apt_dir(tmp_path, {"sources.list.d/debian.sources": DEB822_SOURCES,
+                                 "sources.list.d/a.sources.disabled": DEB822_SOURCES.replace("two", "off")})
+    assert host_debian_mirror(sources) == "https://archive-two.invalid/debian"
+
+
+def test_an_updates_entry_serves_when_no_plain_one_exists_security_never(tmp_path):
+    updates_only = DEB822_SOURCES.split("\n\n")[0]
+    assert host_debian_mirror(apt_dir(tmp_path / "a", {"sources.list.d/d.sources": updates_only})) == \
+        "http://updates.invalid/debian"
+    security_only = "deb http://security.invalid/debian-security bookworm-security main\n"
+    assert host_debian_mirror(apt_dir(tmp_path / "b", {"sources.list": security_only})) is None
+
+
+def test_no_mirror_anywhere_asks_for_one(tmp_path):
+    sources = apt_dir(tmp_path, {"sources.list": "deb http://vendor.invalid/apt nodistro main\n"})
+    with pytest.raises(UserError, match=r"^no Debian archive found in the apt sources under .*: "
+                                        r"pass --mirror URL[^\n]*$"):
+        build_offline_base(client=None, apt_dir=sources)
 
 
 def test_cli_ctrl_c_detaches_and_cancel_removes_the_container(tmp_path, docker_client, offline_base,

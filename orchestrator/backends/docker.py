@@ -3,7 +3,9 @@
 Same image definition (infra/docker/), same script (remote_scripts/ mounted read-only at /code, as
 Azure ML mounts a code snapshot), same inputs and outputs: the dataset at /data (read-only), the
 outputs at /outputs and checkpoints at /checkpoints, both bind-mounted from runs/<id>/ so the files
-land there directly, owned by the invoking user. No network: the job must not depend on it.
+land there directly, owned by the invoking user; the decoded-image cache at /cache, a host folder
+kept across runs. No network: the job must not depend on it. Hardened besides: read-only root with
+a scratch /tmp, no capabilities, no-new-privileges, a pids limit (see container_settings).
 
 Lifecycle and who cleans up: the container is found again by its label (orchestrate.run_id). When
 it has exited, the first status()/download()/cancel() that sees it "finalizes" the run -- writes
@@ -15,15 +17,18 @@ is never recreated: its container is just removed. A container left `created` by
 between create and start is finalized (as failed) by the reap once it is ORPHAN_AGE_SECONDS old.
 """
 import json
+import math
 import os
 import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from remote_scripts.atomic import write_atomically
+
 from ..errors import UserError
 from ..images import DEFAULT_BASE_IMAGE, build_progress, ensure_training_image
-from ..paths import remote_scripts_dir
+from ..paths import image_cache_dir, remote_scripts_dir
 from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef
 from .local import CANCEL_MARKER  # the same marker name in every run folder, whichever backend ran it
 
@@ -34,6 +39,14 @@ ORPHAN_AGE_SECONDS = 60             # a `created` container this old was never s
 STOP_GRACE_SECONDS = 10             # SIGTERM, then SIGKILL: train.py checkpoints on SIGTERM
 SHM_SIZE = "2g"                     # DataLoader workers share batches through /dev/shm
 TORCH_CACHE = "/torch-cache"        # the host's torch hub cache, so --weights imagenet works offline
+CACHE_MOUNT = "/cache"              # the decoded-image cache, kept on the host across runs
+# Processes AND threads count against it: a fork bomb or a runaway spawn loop must not exhaust the
+# host's pid table, yet 8 ranks x (torch, decode and loader threads) on a 128-core machine stay
+# near 2,000, so 4096 never stops a real job.
+PIDS_LIMIT = 4096
+# The only writable place besides the mounts (HOME and TORCH_HOME point here). Not noexec: torch
+# 2.x compiles kernels into /tmp and loads them; mode 1777 because the job runs as the user's uid.
+TMP_OPTIONS = "rw,nosuid,nodev,mode=1777"
 
 
 def connect(timeout=60):
@@ -145,39 +158,13 @@ class DockerBackend(Backend):
 
         self.reap()
         options = parse_options(spec.backend_options)
-        run_dir = Path(spec.run_dir).resolve()
-        for folder in (spec.output_dir, run_dir / "checkpoints", spec.log_path.parent):
-            Path(folder).mkdir(parents=True, exist_ok=True)  # as the user, before docker makes them as root
-        volumes = {
-            str(Path(spec.data).resolve()): {"bind": "/data", "mode": "ro"},
-            str(Path(spec.output_dir).resolve()): {"bind": "/outputs", "mode": "rw"},
-            str(run_dir / "checkpoints"): {"bind": "/checkpoints", "mode": "rw"},
-            str(remote_scripts_dir()): {"bind": "/code", "mode": "ro"},
-        }
-        train_args = _mount_weights(list(spec.train_args), volumes)
-        environment = {"HOME": "/tmp", "TORCH_HOME": "/tmp/torch"}
-        hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch") / "hub"
-        if (hub / "checkpoints").is_dir():
-            volumes[str(hub)] = {"bind": f"{TORCH_CACHE}/hub", "mode": "ro"}
-            environment["TORCH_HOME"] = TORCH_CACHE
-        run_options = {}
-        if options["cpus"]:
-            run_options["nano_cpus"] = int(options["cpus"] * 1e9)
-        if options["memory"]:
-            run_options["mem_limit"] = options["memory"]
-        if hasattr(os, "getuid"):
-            run_options["user"] = f"{os.getuid()}:{os.getgid()}"
+        command, settings = container_settings(spec, options)
         # create and start separately (not containers.run): a start that fails (a mount or a device
         # request the engine cannot satisfy) leaves a `created` container, which must go, not linger.
         try:
             container = self.client.containers.create(
-                image_tag(options["base_image"]),
-                ["python3", "/code/train.py", "--data", "/data", "--output", "/outputs",
-                 "--checkpoint-dir", "/checkpoints", *train_args],
-                name=f"orchestrate-{spec.run_id}", labels={RUN_LABEL: spec.run_id, RUN_DIR_LABEL: str(run_dir)},
-                init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",
-                volumes=volumes, environment=environment,
-                device_requests=device_requests(self.client, options["gpus"]), **run_options)
+                image_tag(options["base_image"]), command,
+                device_requests=device_requests(self.client, options["gpus"]), **settings)
         except docker.errors.APIError as exc:
             raise UserError(f"docker could not create the job's container: {_reason(exc)}")
         try:
@@ -185,7 +172,8 @@ class DockerBackend(Backend):
         except docker.errors.APIError as exc:
             _remove(container)
             raise UserError(f"docker could not start the job: {_reason(exc)}")
-        return RunRef(run_id=spec.run_id, backend=self.name, run_dir=run_dir, remote_id=container.id)
+        return RunRef(run_id=spec.run_id, backend=self.name, run_dir=Path(spec.run_dir).resolve(),
+                      remote_id=container.id)
 
     def log_lines(self, run, cursor=0, follow=True):
         import docker.errors
@@ -282,6 +270,76 @@ class DockerBackend(Backend):
             return None
 
 
+def container_settings(spec, options):
+    """(command, keyword arguments of containers.create but the image and GPUs) for the job's container.
+
+    Everything submit gives the engine is decided here, in one place, so the hardening test runs its
+    probes under exactly these settings. Creates the host folders it mounts, as the invoking user:
+    docker would create missing ones owned by root.
+    """
+    run_dir = Path(spec.run_dir).resolve()
+    for folder in (spec.output_dir, run_dir / "checkpoints", spec.log_path.parent):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    volumes = {
+        str(Path(spec.data).resolve()): {"bind": "/data", "mode": "ro"},
+        str(Path(spec.output_dir).resolve()): {"bind": "/outputs", "mode": "rw"},
+        str(run_dir / "checkpoints"): {"bind": "/checkpoints", "mode": "rw"},
+        str(remote_scripts_dir()): {"bind": "/code", "mode": "ro"},
+    }
+    train_args = _mount_image_cache(_mount_weights(list(spec.train_args), volumes), volumes)
+    environment = {"HOME": "/tmp", "TORCH_HOME": "/tmp/torch"}
+    hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch") / "hub"
+    if (hub / "checkpoints").is_dir():
+        volumes[str(hub)] = {"bind": f"{TORCH_CACHE}/hub", "mode": "ro"}
+        environment["TORCH_HOME"] = TORCH_CACHE
+    settings = {}
+    if options["cpus"]:
+        settings["nano_cpus"] = int(options["cpus"] * 1e9)
+        # A CPU quota does not change os.cpu_count() (nor the cores torch and OpenMP detect) inside
+        # the container: without a thread count, torch starts a thread per host core and they fight
+        # over the quota's share of time, which is slower than fewer threads that each get a core.
+        threads = str(max(1, math.floor(options["cpus"])))
+        environment.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    if options["memory"]:
+        settings["mem_limit"] = options["memory"]
+    if hasattr(os, "getuid"):
+        settings["user"] = f"{os.getuid()}:{os.getgid()}"
+    command = ["python3", "/code/train.py", "--data", "/data", "--output", "/outputs",
+               "--checkpoint-dir", "/checkpoints", *train_args]
+    return command, dict(
+        settings, name=f"orchestrate-{spec.run_id}", labels={RUN_LABEL: spec.run_id, RUN_DIR_LABEL: str(run_dir)},
+        init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",
+        volumes=volumes, environment=environment,
+        # Hardening: the job runs third-party code (torch, pillow decoding untrusted images) next to
+        # the user's files, so it gets no more than it needs: no privilege gain through setuid
+        # binaries, no capabilities, a bounded number of processes, and nothing writable but its
+        # mounts and a scratch /tmp.
+        security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=PIDS_LIMIT,
+        read_only=True, tmpfs={"/tmp": TMP_OPTIONS})
+
+
+def _mount_image_cache(train_args, volumes):
+    """Mount the decoded-image cache read-write at /cache and point the job's --cache-dir at it.
+
+    The host folder is the user's own --cache-dir when the train arguments carry one, else the
+    user's cache folder (paths.image_cache_dir), so a later run, a resume or a local run on the same
+    data finds the images already decoded; the container's root stays read-only.
+    """
+    if "--cache-dir" in train_args[:-1]:
+        index = train_args.index("--cache-dir") + 1
+        host = Path(train_args[index]).expanduser()
+        train_args[index] = CACHE_MOUNT
+    else:
+        host = image_cache_dir()
+        train_args += ["--cache-dir", CACHE_MOUNT]
+    try:
+        host.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the image cache folder {host}: {exc.strerror or exc}")
+    volumes[str(host.resolve())] = {"bind": CACHE_MOUNT, "mode": "rw"}
+    return train_args
+
+
 def _mount_weights(train_args, volumes):
     """Rewrite `--weights PATH` (a host file) to its read-only mount under /weights."""
     for index, arg in enumerate(train_args[:-1]):
@@ -348,8 +406,8 @@ def _finalize(run_dir, container):
         except docker.errors.NotFound:  # a concurrent finalizer got there first: its record stands
             return _read_exit(run_dir) or record
         _log_path(run_dir).parent.mkdir(exist_ok=True)
-        _write_atomic(_log_path(run_dir), log)
-        _write_atomic(run_dir / EXIT_FILE, json.dumps(record, indent=2).encode())
+        write_atomically(_log_path(run_dir), log)
+        write_atomically(run_dir / EXIT_FILE, json.dumps(record, indent=2))
     except OSError as exc:
         raise UserError(f"cannot save the finished run into {run_dir}: {exc.strerror or exc}")
     _remove(container)
@@ -379,9 +437,3 @@ def _reason(exc):
     """The engine's one-line reason for a failed API call."""
     text = str(exc.explanation or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _write_atomic(path, data):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

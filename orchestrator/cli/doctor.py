@@ -20,7 +20,7 @@ def run_checks(base_image):
     """(check, result, detail) rows; stops after the engine check when there is no engine."""
     from ..backends.docker import connect, gpu_runtime
     from ..errors import UserError
-    from ..images import image_exists, image_tag
+    from ..images import host_debian_mirror, image_exists, image_tag
 
     try:
         client = connect(timeout=5)
@@ -50,9 +50,16 @@ def run_checks(base_image):
                                           "on the CPU"))
 
     can_build = shutil.which("debootstrap") and os.geteuid() == 0
-    rows.append(("offline builder", OK if can_build else WARN,
-                 "debootstrap and root available" if can_build else
-                 "image build-base --offline needs debootstrap (apt-get install debootstrap) and root"))
+    mirror = host_debian_mirror()
+    if not can_build:
+        rows.append(("offline builder", WARN, "image build-base --offline needs debootstrap "
+                                              "(apt-get install debootstrap) and root"))
+    elif mirror is None:
+        rows.append(("offline builder", WARN, "debootstrap and root available; no Debian archive in "
+                                              "this host's apt sources: build-base needs --mirror URL"))
+    else:
+        rows.append(("offline builder", OK, f"debootstrap and root available; Debian archive {mirror} "
+                                            "(from this host's apt sources)"))
     return rows
 
 

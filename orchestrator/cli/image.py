@@ -5,7 +5,7 @@ air-gapped hosts (build the base once) and for CI (build before the timed part o
 """
 import click
 
-from ..images import DEBIAN_MIRROR, DEFAULT_BASE_IMAGE, OFFLINE_BASE_TAG
+from ..images import DEFAULT_BASE_IMAGE, OFFLINE_BASE_TAG
 
 
 @click.group()
@@ -22,12 +22,14 @@ def image():
 @image.command("build-base")
 @click.option("--offline", is_flag=True, help="Build from a Debian mirror with debootstrap (no registry needed).")
 @click.option("--tag", default=OFFLINE_BASE_TAG, show_default=True, help="Tag of the base image.")
-@click.option("--mirror", default=DEBIAN_MIRROR, show_default=True, help="Debian mirror to bootstrap from.")
+@click.option("--mirror", metavar="URL",
+              help="Debian archive to bootstrap from (default: the one this host's apt sources use).")
 @click.option("--force", is_flag=True, help="Rebuild even if the tag exists.")
 def build_base(offline, tag, mirror, force):
     """Build a base image with Python 3 and Debian's torch, without any container registry.
 
-    Needs root and debootstrap; takes a few minutes.
+    Needs root and debootstrap; takes a few minutes. The Debian mirror is the one this host's apt
+    already uses (/etc/apt/sources.list and sources.list.d/), unless --mirror names another.
 
     \b
     Example:

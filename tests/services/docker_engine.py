@@ -31,7 +31,8 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def offline_base(docker_client):
-    """The offline base image's tag; built with debootstrap (minutes) only when it is missing."""
+    """The offline base image's tag; built with debootstrap (minutes, from the Debian mirror of this
+    host's apt sources) only when it is missing."""
     from orchestrator.images import OFFLINE_BASE_TAG, build_offline_base, image_exists
 
     if not image_exists(docker_client, OFFLINE_BASE_TAG):
