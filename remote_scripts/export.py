@@ -7,16 +7,18 @@ The file holds input `image` (float32 [batch, 3, H, W], batch axis dynamic), out
 import copy
 import inspect
 import json
-import os
 import warnings
 
+import onnx
 import torch
 import torch.nn as nn
 
 try:  # imported as remote_scripts.export (tests)
     from . import imaging
+    from .atomic import write_atomically
 except ImportError:  # beside train.py, started as a script
     import imaging
+    from atomic import write_atomically
 
 # The newest opset torch 1.13's exporter writes; ONNX Runtime >= 1.13 runs it.
 ONNX_OPSET = 17
@@ -33,31 +35,6 @@ class Probabilities(nn.Module):
 
     def forward(self, image):
         return torch.softmax(self.model(image), dim=1)
-
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _length_delimited(field_number, payload):
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def metadata_bytes(props):
-    """ModelProto.metadata_props entries, serialized (field 14; StringStringEntryProto: key 1, value 2).
-
-    Protobuf merges fields appended to a serialized message, so appending these bytes to a model
-    file adds its metadata. Why not the onnx package: the job runs in images that have only
-    torch, torchvision, pillow and numpy (DESIGN.md 3); tests check the result with onnx and ORT.
-    """
-    return b"".join(
-        _length_delimited(14, _length_delimited(1, key.encode()) + _length_delimited(2, value.encode()))
-        for key, value in props.items())
 
 
 def export_onnx(model, path, classes, spec, arch, mode):
@@ -77,12 +54,15 @@ def export_onnx(model, path, classes, spec, arch, mode):
         # torch >= 2.9 defaults to the dynamo exporter, which needs onnxscript; the TorchScript
         # exporter needs nothing more and behaves the same from torch 1.13 on.
         kwargs["dynamo"] = False
-    tmp = path + ".tmp"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(exportable, (example,), tmp, **kwargs)
-    with open(tmp, "ab") as f:
-        f.write(metadata_bytes({imaging.LABELS_KEY: json.dumps(list(classes)),
-                                imaging.PREPROCESS_KEY: json.dumps(spec),
-                                ARCH_KEY: arch, MODE_KEY: mode}))
-    os.replace(tmp, path)
+    metadata = {imaging.LABELS_KEY: json.dumps(list(classes)), imaging.PREPROCESS_KEY: json.dumps(spec),
+                ARCH_KEY: arch, MODE_KEY: mode}
+
+    def write(tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(exportable, (example,), tmp, **kwargs)
+        exported = onnx.load(tmp)
+        onnx.helper.set_model_props(exported, metadata)
+        onnx.save(exported, tmp)
+
+    write_atomically(path, write)

@@ -16,11 +16,6 @@ class DatasetError(ValueError):
     """Bad data: the job exits 2 with this message, the client prints it in one line."""
 
 
-# train.py's defaults; the client checks a dataset against the same numbers before a job starts.
-DEFAULT_VAL_FRACTION = 0.1
-DEFAULT_TEST_FRACTION = 0.1
-
-
 class Scan:
     """What a scan found: sorted class names and (relative path, class index) samples."""
 

@@ -13,6 +13,9 @@ def classification_metrics(y_true, probabilities, labels):
 
     - accuracy (ML.NET MicroAccuracy): fraction of samples predicted right.
     - macro_accuracy: mean per-class recall over the classes present, so small classes count.
+    - macro_f1: mean per-class F1 over the classes present: unlike macro accuracy it also drops
+      when a large class swallows a small one's images (precision), the usual figure for
+      imbalanced sets such as SDNET2018.
     - log_loss: mean of -ln p(true class); log_loss_reduction: 1 - log_loss / log_loss of
       always predicting the test-set class frequencies (1 is perfect, <= 0 no better than prior).
     - per_class_log_loss, per_class precision/recall/f1/support, confusion_matrix[true][pred].
@@ -53,6 +56,7 @@ def classification_metrics(y_true, probabilities, labels):
         "num_samples": int(n),
         "accuracy": float(correct.sum() / n),
         "macro_accuracy": float((correct[present] / support[present]).mean()),
+        "macro_f1": float(np.mean([per_class[label]["f1"] for i, label in enumerate(labels) if present[i]])),
         "log_loss": log_loss,
         "log_loss_reduction": float(1.0 - log_loss / prior_loss) if prior_loss > 0 else None,
         "per_class_log_loss": per_class_log_loss,

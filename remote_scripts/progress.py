@@ -82,3 +82,10 @@ class ProgressThrottle:
         if (self.last and done >= self.total) or now - self._last >= self.interval:
             self._last = now
             emit("progress", phase=self.phase, done=done, total=self.total, **self.fields)
+
+
+class NoProgress:
+    """What the processes other than rank 0 get instead of a ProgressThrottle: they report nothing."""
+
+    def update(self, done, **fields):
+        pass

@@ -1,24 +1,121 @@
-"""The client and the job stay in step: training flags and event types (DESIGN.md 4.1, 4.2)."""
-import subprocess
-import sys
+"""The client and the job stay in step: training options and event types (DESIGN.md 4.1, 4.2).
 
-from orchestrator.cli.training_options import TRAINING_OPTIONS, to_train_args
+The options are compared parser against parser, in both directions: names, kinds, choices,
+defaults, and each range probed at its bounds on both sides."""
+import argparse
+import math
+
+import click
+import pytest
+
 from orchestrator.events import KNOWN_TYPES, PREFIX, parse_line
-from orchestrator.paths import remote_scripts_dir
 from orchestrator.render import EventRenderer
 from remote_scripts import progress
+from remote_scripts.options import ARCHS, BY_DEST, OPTIONS, to_arguments
 
 
-def test_every_training_option_is_a_train_py_flag():
-    help_text = subprocess.run([sys.executable, str(remote_scripts_dir() / "train.py"), "--help"],
-                               capture_output=True, text=True, check=True).stdout
-    missing = [flag for flag, _, _ in TRAINING_OPTIONS if flag not in help_text]
-    assert not missing, f"train.py does not accept {missing}"
+JOB_PATHS = {"data", "output", "checkpoint_dir", "help"}  # chosen by each backend, not by the user
+
+
+def job_parser():
+    from remote_scripts.train import get_args_parser
+    return get_args_parser()
+
+
+def job_actions():
+    return {a.dest: a for a in job_parser()._actions if a.dest not in JOB_PATHS}
+
+
+def client_params():
+    from orchestrator.cli.train import train
+    names = {option.dest for option in OPTIONS}
+    return {p.name: p for p in train.params if p.name in names}
+
+
+def kind_of_action(action):
+    if isinstance(action, argparse._StoreTrueAction):
+        return "flag"
+    if action.choices:
+        return "choice"
+    return {int: "int", float: "float", None: "str", str: "str"}[action.type]
+
+
+def kind_of_param(param):
+    if param.is_flag:
+        return "flag"
+    if isinstance(param.type, click.Choice):
+        return "choice"
+    return {"int": "int", "float": "float", "text": "str"}[param.type.name]
+
+
+def test_the_client_and_the_job_accept_the_same_options_in_both_directions():
+    job, client = job_actions(), client_params()
+    assert set(job) == set(client), f"only in train.py: {set(job) - set(client)}; only in the CLI: {set(client) - set(job)}"
+    for dest, action in job.items():
+        param = client[dest]
+        assert param.opts == list(action.option_strings), dest
+        assert kind_of_action(action) == kind_of_param(param), dest
+        if action.choices:
+            assert tuple(action.choices) == tuple(param.type.choices), dest
+        default = False if kind_of_action(action) == "flag" else action.default
+        assert default == BY_DEST[dest].default, dest  # the job's default is the table's ...
+        if default not in (None, False):  # ... and the CLI's help says it
+            assert f"[default: {default}]" in param.help, dest
+
+
+def number_probes(option):
+    """Values at and around each bound, and the non-finite ones."""
+    values = [math.nan, math.inf, -math.inf] if option.kind == "float" else []
+    step = 1 if option.kind == "int" else 1e-6
+    for bound in (option.low, option.high):
+        if bound is not None:
+            values += [bound - step, bound, bound + step]
+    return values
+
+
+# probed alone: the two fractions are also checked together (their sum), on both sides
+ALONE = {"--val-fraction": ["--test-fraction", "0"], "--test-fraction": ["--val-fraction", "0"]}
+
+
+def accepted_by_job(flag, value):
+    from remote_scripts.train import UsageError, parse_args
+    try:
+        parse_args(["--data", "d", "--output", "o", *ALONE.get(flag, []), flag, str(value)])
+        return True
+    except UsageError:
+        return False
+
+
+def accepted_by_client(param, value):
+    try:
+        param.type.convert(str(value), param, None)
+        return True
+    except click.BadParameter:
+        return False
+
+
+@pytest.mark.parametrize("option", [o for o in OPTIONS if o.kind in ("int", "float")], ids=lambda o: o.flag)
+def test_ranges_are_the_same_on_both_sides(option):
+    param = client_params()[option.dest]
+    for value in number_probes(option):
+        assert accepted_by_job(option.flag, value) == accepted_by_client(param, value), (option.flag, value)
+
+
+def test_a_range_error_reads_the_same_on_both_sides(cli, tmp_path):
+    result = cli("train", tmp_path, "--image-size", "4096")
+    assert result.returncode == 2 and "--image-size must be between 16 and 2048" in result.stderr
 
 
 def test_options_become_flags_in_table_order_and_unset_ones_are_left_to_train_py():
-    args = to_train_args({"epochs": 3, "arch": "resnet18", "lr": None, "seed": 0})
-    assert args == ["--arch", "resnet18", "--epochs", "3", "--seed", "0"]
+    args = to_arguments({"epochs": 3, "arch": "resnet18", "lr": None, "seed": 0, "balance": True,
+                         "no_hflip": False})
+    assert args == ["--arch", "resnet18", "--epochs", "3", "--balance", "--seed", "0"]
+    assert accepted_by_job("--arch", "resnet18")
+
+
+def test_every_architecture_has_torchvision_weights():
+    from remote_scripts.models import ARCHS as WEIGHT_ENUMS
+    assert set(WEIGHT_ENUMS) == set(ARCHS)
 
 
 def test_client_understands_every_event_type_the_script_emits():

@@ -154,6 +154,49 @@ def test_onnx_runtime_reproduces_the_metrics_pytorch_computed(resumed, data):
     assert recomputed["log_loss"] == pytest.approx(saved["log_loss"], abs=1e-4)
 
 
+def test_evaluate_on_the_test_split_gives_metrics_json(resumed, data, cli, tmp_path):
+    """`orchestrate evaluate` (ONNX Runtime) on the test split's files reproduces the job's numbers:
+    the head is fitted and tested on float32 features, the arithmetic of the exported model."""
+    found = folder_dataset.scan(str(data))
+    usable = [s for s in found.samples if readable(data, s[0])]
+    _, _, test = folder_dataset.stratified_split(usable, found.classes, 0.2, 0.25, seed=0)
+    holdout = tmp_path / "holdout"
+    for path, label in test:
+        target = holdout / found.classes[label] / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((data / path).read_bytes())
+    result = cli("evaluate", resumed["out"] / "model.onnx", holdout, "--json")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    saved = json.loads((resumed["out"] / "metrics.json").read_text())
+    assert evaluated["confusion_matrix"] == saved["confusion_matrix"]
+    for key in ("accuracy", "macro_accuracy", "macro_f1", "log_loss"):
+        assert evaluated[key] == pytest.approx(saved[key], abs=1e-5), key
+
+
+def test_cpu_runs_in_float32_when_it_has_no_native_bf16(resumed):
+    from remote_scripts.runtime import native_bf16_cpu
+    expected = "bf16" if native_bf16_cpu() else "fp32"
+    start = of_type(resumed["first"].events, "run_start")[0]
+    assert start["config"]["precision"] == "fp32"  # linear mode's features are float32 on any device
+    assert train.Precision(torch.device("cpu"), "auto").describe() == expected
+
+
+def test_balance_weights_each_class_by_its_rarity():
+    dataset = imagecache.DecodedDataset(["big", "small", "none"], [], np.array([0] * 8 + [1] * 2), None,
+                              np.arange(10), np.array([], np.int64), np.array([], np.int64), [], None)
+    weights = train.class_weights(dataset, torch.device("cpu"))
+    assert weights.tolist() == pytest.approx([10 / (3 * 8), 10 / (3 * 2), 0.0])
+
+
+def test_balance_trains_with_a_weighted_loss(data, tmp_path, capsys):
+    code, err, events = run_main(capsys, "--data", data, "--output", tmp_path / "out", "--mode", "linear",
+                                 "--epochs", "1", "--balance", *FAST, *SPLIT)
+    assert code == 0, err
+    assert of_type(events, "run_start")[0]["config"]["balance"] is True
+    assert "macro_f1" in json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints: resume, refuse another run's checkpoint, re-export a finished run
 
@@ -218,25 +261,43 @@ def test_head_mode_trains_the_head_on_augmented_images(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_cancels_cleanly_after_a_checkpoint(data, tmp_path):
+def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
+    """SIGTERM between two steps saves the epoch's position; the resumed run takes the very next
+    batch with the same augmentation, so its weights equal those of a run never stopped."""
+    data = make_dataset(tmp_path / "data", per_class=40)  # 48 steps an epoch: seconds, not a blink
+    job = ["--mode", "full", "--epochs", "2", "--patience", "0", "--arch", "resnet18", "--weights", "none",
+           "--image-size", "32", "--batch-size", "2", *SPLIT]
     ckpt = tmp_path / "ckpt"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--data", str(data), "--output", str(tmp_path / "out"),
-                             "--checkpoint-dir", str(ckpt), "--mode", "full", "--epochs", "500",
-                             "--patience", "0", *FAST, *SPLIT],
+                             "--checkpoint-dir", str(ckpt), *job],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
             event = parse_line(line)
-            if event and event["type"] == "checkpoint":
+            if event and event["type"] == "progress" and event["phase"] == "train" and event.get("epoch") == 2:
                 proc.send_signal(signal.SIGTERM)
                 break
         rest, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, stderr
-    ends = [e for e in map(parse_line, rest.splitlines()) if e and e["type"] == "run_end"]
+    later = [e for e in map(parse_line, rest.splitlines()) if e]
+    ends = of_type(later, "run_end")
     assert ends == [dict(ends[0], status="canceled", exit_code=143)]
-    assert (ckpt / "last.pt").exists()
+    assert of_type(later, "checkpoint")[-1]["partial"] is True
+    position = torch.load(ckpt / "last.pt", weights_only=False)["position"]
+    assert position["epoch"] == 2 and 0 < position["step"]
+
+    resumed = run_script("--data", data, "--output", tmp_path / "out", "--checkpoint-dir", ckpt, *job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [e["epoch"] for e in of_type(resumed.events, "epoch_end")] == [2]
+    assert f"in epoch 2 at step {position['step']}" in resumed.stdout
+    straight = run_script("--data", data, "--output", tmp_path / "straight", "--checkpoint-dir",
+                          tmp_path / "straight-ckpt", *job)
+    assert straight.returncode == 0, straight.stderr
+    ours = torch.load(ckpt / "last.pt", weights_only=False)["weights"]
+    reference = torch.load(tmp_path / "straight-ckpt" / "last.pt", weights_only=False)["weights"]
+    assert all(torch.allclose(ours[k].float(), reference[k].float(), atol=1e-5) for k in reference)
 
 
 def free_port():
@@ -346,12 +407,13 @@ def assert_usage_error(code, err, events, message):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--image-size", "8"], "--image-size must be between 16 and 2048"),
     (["--lr", "-1"], "--lr must be positive"),
-    (["--lr", "inf"], "--lr must be positive and finite"),
-    (["--lr", "nan"], "--lr must be positive and finite"),
+    (["--lr", "inf"], "--lr must be finite and positive"),
+    (["--lr", "nan"], "--lr must be finite and positive"),
     (["--weight-decay", "nan"], "--weight-decay must be finite"),
+    (["--precision", "fp16"], "--precision fp16 needs a CUDA GPU"),
     (["--arch", "vgg16"], "invalid choice: 'vgg16'"),
     (["--epochs", "two"], "--epochs: invalid int value: 'two'"),
-    (["--time-budget", "-5"], "--time-budget must not be negative"),
+    (["--time-budget", "-5"], "--time-budget must be zero or more"),
     (["--val-fraction", "0.6", "--test-fraction", "0.5"], "sum to less than 1"),
     (["--test-fraction", "1"], "must be in [0, 1)"),
     (["--mode", "full", "--batch-size", "1"], "--mode full needs --batch-size 2 or more"),
@@ -464,7 +526,7 @@ def test_cached_pixels_normalize_exactly_as_imaging_preprocess(data):
     paths = [p for p, _ in found.samples if readable(data, p)]
     assert any("_mode" in p for p in paths)  # grayscale, RGBA, palette, CMYK, 16-bit are among them
     images = np.stack([imagecache.decode(str(data / p), spec) for p in paths])
-    cached = imagecache.Data(found.classes, paths, np.zeros(len(paths), np.int64), images, None, None, None, [], spec)
+    cached = imagecache.DecodedDataset(found.classes, paths, np.zeros(len(paths), np.int64), images, None, None, None, [], spec)
     ours = imagecache.Batches(cached, torch.device("cpu"), channels_last=False).images(np.arange(len(paths))).numpy()
     reference = np.stack([imaging.preprocess(imaging.load_rgb(str(data / p)), spec) for p in paths])
     assert np.array_equal(ours, reference)
@@ -539,11 +601,3 @@ def test_epoch_order_is_reproducible_so_a_resumed_epoch_is_the_same_epoch():
 def test_no_single_image_batch_reaches_batchnorm():
     batches = train.epoch_batches(np.arange(9), 0, 1, train.Dist(), 4, drop_single=True)
     assert [len(b) for b in batches] == [4, 4]
-
-
-def test_the_cache_folder_is_removed(data, tmp_path, capsys):
-    cache = tmp_path / "cache"
-    code, err, _ = run_main(capsys, "--data", data, "--output", tmp_path / "out", "--mode", "linear",
-                            "--epochs", "1", "--cache-dir", cache, *FAST, *SPLIT)
-    assert code == 0, err
-    assert cache.exists() and not list(cache.iterdir())

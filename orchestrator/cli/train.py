@@ -5,7 +5,7 @@ import click
 
 from ..errors import UserError
 from .azure_options import workspace_options
-from .training_options import pop_training_values, to_train_args, training_options
+from .training_options import pop_training_values, training_options
 
 BACKEND_CHOICES = ("auto", "local", "docker", "azure")
 
@@ -17,9 +17,10 @@ def validate_dataset(data, values):
     are the job's.
     """
     from remote_scripts import folder_dataset as fd
+    from remote_scripts.options import BY_DEST
 
-    val = fd.DEFAULT_VAL_FRACTION if values["val_fraction"] is None else values["val_fraction"]
-    test = fd.DEFAULT_TEST_FRACTION if values["test_fraction"] is None else values["test_fraction"]
+    val, test = (BY_DEST[name].default if values[name] is None else values[name]
+                 for name in ("val_fraction", "test_fraction"))
     try:
         found = fd.scan(str(data))
         fd.stratified_split(found.samples, found.classes, val, test, seed=0)
@@ -46,6 +47,25 @@ def choose_backend(name):
     return "local"
 
 
+def fetch_imagenet_weights(train_args):
+    """Put the ImageNet weights the job will load into this machine's torch hub cache, with a
+    progress bar on stderr: a container has no network and a workspace may have no outbound
+    access, so the client fetches them (orchestrator.weights). Nothing to do for --weights none|PATH."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from ..weights import ensure_imagenet_weights, wanted_imagenet_arch
+
+    arch = wanted_imagenet_arch(train_args)
+    if arch is None:
+        return
+    console = Console(stderr=True)
+    with Progress(TextColumn(f"{arch} ImageNet weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("download", total=None)
+        ensure_imagenet_weights(arch, lambda done, total: bar.update(task, completed=done, total=total))
+
+
 def dry_run_azure(backend, spec, export_path):
     """Show (and optionally export) the Azure ML job without any cloud call or credential."""
     if backend not in ("auto", "azure"):
@@ -57,12 +77,14 @@ def dry_run_azure(backend, spec, export_path):
         check_export_path(export_path)
     click.echo(describe_plan(spec))
     if export_path:
+        if spec.backend_options.get("weights_upload"):  # the YAML names the file az ml job create uploads
+            fetch_imagenet_weights(spec.train_args)
         export_job_yaml(spec, export_path)
         click.echo(f"wrote {export_path} (submit it with: az ml job create -f {export_path})")
 
 
 @click.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Where the job runs. auto: azure when a workspace is configured, else docker when an engine "
                    "answers, else local.")
@@ -79,10 +101,16 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--low-priority", is_flag=True, default=None, help="azure: low-priority nodes (cheaper, preemptible; "
               "the job resumes from its checkpoint).")
 @click.option("--experiment", help="azure: experiment name. [default: orchestrate]")
+@click.option("--weights-upload", is_flag=True, default=None,
+              help="azure: send the ImageNet weights with the job, for workspaces without outbound access "
+                   "(a --weights file is always sent).")
 @workspace_options(location=False, prefix="azure: ")
 @click.option("--dry-run", is_flag=True, help="azure: print what would be created and run; no cloud calls.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
               help="azure, with --dry-run: write the job as Azure ML YAML (az ml job create -f FILE).")
+@click.option("--resume", "resume_run", metavar="RUN",
+              help="Continue a killed, canceled or failed local or docker run in its own folder from its last "
+                   "checkpoint, with its own data and settings (no DATA).")
 @click.option("--detach", is_flag=True, help="Start the job and return at once with its run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
@@ -96,7 +124,18 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
       orchestrate train ./digits --backend local --weights none --image-size 64 --json
       orchestrate train ./EuroSAT --compute gpu-nc12 --epochs 10
       orchestrate train ./EuroSAT --backend azure --dry-run --export job.yml
+      orchestrate train --resume digits-20261123-101500-ab12
     """
+    resume_run = kwargs.pop("resume_run")
+    if resume_run:
+        from .common import resume_and_follow
+
+        resume_and_follow(click.get_current_context(), resume_run, detach, as_json, verbose)
+        return
+    if data is None:
+        raise UserError("DATA is missing: the dataset folder to train on (or --resume RUN to continue a run)")
+    from remote_scripts.options import to_arguments
+
     from .. import runner
     from ..backends import get_backend
     from ..ledger import Ledger
@@ -106,10 +145,12 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     validate_dataset(data, values)
     backend_options = {k: v for k, v in kwargs.items() if v is not None}
     name = name or data.resolve().name
-    spec = runner.make_spec(data, to_train_args(values), backend_options, name, runs_dir)
+    spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir)
     if dry_run or export_path:
         return dry_run_azure(backend, spec, export_path)
     engine = get_backend(choose_backend(backend))
+    if engine.name in ("local", "docker") or spec.backend_options.get("weights_upload"):
+        fetch_imagenet_weights(spec.train_args)
     run = runner.start(engine, Ledger(), spec, name)
     if detach:
         if as_json:

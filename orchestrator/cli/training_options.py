@@ -1,54 +1,59 @@
-"""The training options of `orchestrate train`, each mapped one-to-one to a train.py flag.
+"""The training options of `orchestrate train`: click options generated from the job's own table.
 
-One table drives both the click options and the job's command line, so the two cannot drift
-apart; tests/test_contract.py checks every flag against `train.py --help`.
+remote_scripts/options.py declares every train.py option once (type, range, choices, default,
+help); train.py's argparse is generated from it too, so the client accepts exactly what the job
+accepts, with the same messages. tests/test_contract.py compares the two parsers both ways.
 """
 import click
 
-ARCHITECTURES = ("resnet50", "resnet18", "resnet34", "resnet101", "mobilenet_v3_large", "efficientnet_b0")
-MODES = ("linear", "head", "full")
-
-# (flag, click type, help). Defaults are train.py's: the client passes only what the user set.
-TRAINING_OPTIONS = (
-    ("--arch", click.Choice(ARCHITECTURES), "Backbone network. [default: resnet50]"),
-    ("--weights", str, "Initial weights: imagenet, none, or a state_dict file. [default: imagenet]"),
-    ("--mode", click.Choice(MODES),
-     "linear: frozen backbone, cached features + linear head; head: frozen backbone, head trained with "
-     "augmentation; full: fine-tune everything. [default: full on GPU, linear on CPU]"),
-    ("--epochs", click.IntRange(min=1), "Training epochs. [default: 10]"),
-    ("--batch-size", click.IntRange(min=1), "Images per batch. [default: 32]"),
-    ("--lr", click.FloatRange(min=0, min_open=True), "Learning rate. [default: depends on --mode]"),
-    ("--image-size", click.IntRange(min=16, max=1024), "Input size in pixels (square). [default: 224]"),
-    ("--val-fraction", click.FloatRange(0, 1, max_open=True), "Share of each class for validation. [default: 0.1]"),
-    ("--test-fraction", click.FloatRange(0, 1, max_open=True), "Share of each class for the test metrics. [default: 0.1]"),
-    ("--seed", int, "Seed of the split and the training. [default: 0]"),
-    ("--time-budget", click.FloatRange(min=0, min_open=True), "Stop cleanly after this many seconds."),
-    ("--patience", click.IntRange(min=0), "Early-stop after this many epochs without a better validation loss. [default: 5]"),
-    ("--workers", click.IntRange(min=0), "Data loading processes. [default: min(4, CPUs)]"),
-)
+from remote_scripts.options import OPTIONS
 
 
-def _param_name(flag):
-    return flag.lstrip("-").replace("-", "_")
+class JobNumber(click.ParamType):
+    """An int or float option checked by the job's own range check (one message on both sides)."""
+
+    def __init__(self, option):
+        self.option = option
+        self.name = option.kind
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = (int if self.option.kind == "int" else float)(value)
+            except ValueError:
+                self.fail(f"invalid {self.option.kind} value: {value!r}", param, ctx)
+        problem = self.option.check(number)
+        if problem:
+            self.fail(problem, param, ctx)
+        return number
+
+
+def click_option(option):
+    """The click option for one job option. Defaults stay None (click's): the client passes only
+    what the user set, so the job's defaults apply, and the help shows them."""
+    help_ = option.help[0].upper() + option.help[1:] + "."
+    if option.default not in (None, False):
+        help_ += f" [default: {option.default}]"
+    if option.kind == "flag":
+        return click.option(option.flag, option.dest, is_flag=True, default=None, help=help_)
+    if option.kind == "choice":
+        type_ = click.Choice(option.choices)
+    elif option.kind == "str":
+        type_ = str
+    else:
+        type_ = JobNumber(option)
+    return click.option(option.flag, option.dest, type=type_, default=None, metavar=option.metavar, help=help_)
 
 
 def training_options(command):
     """Decorator adding every training option to a click command (all default to None)."""
-    for flag, type_, help_ in reversed(TRAINING_OPTIONS):
-        command = click.option(flag, type=type_, default=None, help=help_)(command)
+    for option in reversed(OPTIONS):
+        command = click_option(option)(command)
     return command
 
 
-def to_train_args(values):
-    """train.py arguments for the options the user set, in table order."""
-    args = []
-    for flag, _, _ in TRAINING_OPTIONS:
-        value = values.get(_param_name(flag))
-        if value is not None:
-            args += [flag, str(value)]
-    return args
-
-
 def pop_training_values(kwargs):
-    """Remove the training options from a command's kwargs and return them as a dict."""
-    return {_param_name(flag): kwargs.pop(_param_name(flag)) for flag, _, _ in TRAINING_OPTIONS}
+    """Remove the training options from a command's kwargs and return them as {dest: value}."""
+    return {option.dest: kwargs.pop(option.dest) for option in OPTIONS}

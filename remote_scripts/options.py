@@ -1,0 +1,146 @@
+"""The training job's options, declared once: train.py's argparse and `orchestrate train`'s click
+options are both generated from OPTIONS, so the client and the job cannot drift apart (names,
+types, choices, ranges, defaults and help are the same on both sides; tests/test_contract.py
+compares the two parsers in both directions).
+
+Torch-free on purpose: the client imports this module without torch. The paths the backends map
+(--data, --output, --checkpoint-dir) are not here: each backend chooses them, the user does not.
+"""
+import math
+from dataclasses import dataclass
+
+ARCHS = ("resnet50", "resnet18", "resnet34", "resnet101", "mobilenet_v3_large", "efficientnet_b0")
+MODES = ("linear", "head", "full")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BACKBONE_LR_FACTOR = 0.1  # full mode: a pretrained backbone learns at lr * this, the new head at lr
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Option:
+    """One job flag. kind: int | float | str | choice | flag (a switch, off unless given).
+
+    low/high bound the value; low_open/high_open exclude the bound itself. A default of None means
+    "decided by the job at run time", which the help text then explains.
+    """
+    flag: str
+    kind: str
+    default: object
+    help: str
+    choices: tuple = ()
+    low: float = None
+    high: float = None
+    low_open: bool = False
+    high_open: bool = False
+    metavar: str = None
+
+    @property
+    def dest(self):
+        """The attribute name in argparse's namespace and click's parameters (--no-hflip: no_hflip)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def check(self, value):
+        """The problem with `value` as a one-line message, or None when it is acceptable."""
+        if value is None or self.kind not in ("int", "float"):
+            return None
+        if not math.isfinite(value):
+            return f"{self.flag} must be finite and {self.describe_range()}"
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if low_ok and high_ok:
+            return None
+        return f"{self.flag} must be {self.describe_range()}"
+
+    def describe_range(self):
+        """'between 16 and 2048', 'at least 1', 'in [0, 1)', 'positive' ..."""
+        def number(v):
+            return f"{v:g}" if isinstance(v, float) else str(v)
+        if self.low is not None and self.high is not None:
+            if not self.low_open and not self.high_open:
+                return f"between {number(self.low)} and {number(self.high)}"
+            return (f"in {'(' if self.low_open else '['}{number(self.low)}, "
+                    f"{number(self.high)}{')' if self.high_open else ']'}")
+        if self.low is None and self.high is None:
+            return "a number"
+        if self.low is not None:
+            if self.low == 0:
+                return "positive" if self.low_open else "zero or more"
+            return f"more than {number(self.low)}" if self.low_open else f"at least {number(self.low)}"
+        return f"less than {number(self.high)}" if self.high_open else f"at most {number(self.high)}"
+
+
+OPTIONS = (
+    Option("--arch", "choice", "resnet50", "backbone network", choices=ARCHS),
+    Option("--weights", "str", "imagenet",
+           "initial weights: imagenet (torchvision's published file), none (random init) or the path "
+           "of a state_dict file"),
+    Option("--mode", "choice", None,
+           "linear: frozen backbone, its features computed once, a linear head trained on them; "
+           "head: frozen backbone, head trained on augmented images; full: fine-tune everything "
+           "(default: full on a GPU, linear on a CPU)", choices=MODES),
+    Option("--epochs", "int", 10, "training epochs", low=1),
+    Option("--batch-size", "int", 32, "images per step and process", low=1),
+    Option("--lr", "float", 1e-3,
+           "peak learning rate of the head (AdamW, linear warmup then cosine decay); in full mode a "
+           f"pretrained backbone gets lr x {BACKBONE_LR_FACTOR}", low=0, low_open=True),
+    Option("--weight-decay", "float", 1e-4, "AdamW weight decay", low=0),
+    Option("--label-smoothing", "float", 0.0, "label smoothing of the cross-entropy loss",
+           low=0, high=1, high_open=True),
+    Option("--balance", "flag", False,
+           "weight the loss by inverse class frequency, so small classes count as much as large "
+           "ones (imbalanced sets such as crack detection)"),
+    Option("--image-size", "int", 224, "the model's input is image-size x image-size pixels",
+           low=16, high=2048),
+    Option("--no-hflip", "flag", False,
+           "no random horizontal flips in augmentation (text, digits, anything not mirror-symmetric)"),
+    Option("--val-fraction", "float", DEFAULT_VAL_FRACTION,
+           "share of each class held out for validation (early stopping, best epoch)",
+           low=0, high=1, high_open=True),
+    Option("--test-fraction", "float", DEFAULT_TEST_FRACTION,
+           "share of each class held out for the final test metrics", low=0, high=1, high_open=True),
+    Option("--seed", "int", 0, "seeds the split, the shuffling and the augmentation", low=0),
+    Option("--time-budget", "float", None,
+           "stop after the epoch during which the job has run this long (earlier attempts of a "
+           "resumed run count); 0: one epoch", low=0, metavar="SECONDS"),
+    Option("--patience", "int", 5,
+           "stop after this many epochs without a lower validation loss (0: never stop early)", low=0),
+    Option("--precision", "choice", "auto",
+           "arithmetic of the forward and backward passes; auto: bf16 on GPUs that run it natively "
+           "(compute capability 8.0 and newer), fp16 with loss scaling on older GPUs, fp32 on CPUs",
+           choices=PRECISIONS),
+    Option("--device", "str", "auto", "auto, cpu, cuda or cuda:N"),
+    Option("--workers", "int", None,
+           "threads decoding images (0: decode in the main thread; default: the CPUs this process "
+           "may use)", low=0),
+    Option("--cache-dir", "str", None,
+           "folder of the decoded-image cache, kept across runs and shared by runs on the same data "
+           "(default: the user's cache folder, ~/.cache/orchestrate/images)", metavar="DIR"),
+    Option("--cache-size-gb", "float", 20.0,
+           "size cap of the decoded-image cache; the least recently used entries go first",
+           low=0, low_open=True),
+)
+
+BY_DEST = {option.dest: option for option in OPTIONS}
+
+
+def problems(values):
+    """One-line problems of the parsed `values` ({dest: value}), checked across options too."""
+    found = [message for option in OPTIONS if (message := option.check(values.get(option.dest)))]
+    val = values.get("val_fraction", DEFAULT_VAL_FRACTION)
+    test = values.get("test_fraction", DEFAULT_TEST_FRACTION)
+    if val is not None and test is not None and val + test >= 1:
+        found.append("--val-fraction and --test-fraction must sum to less than 1")
+    return found
+
+
+def to_arguments(values):
+    """The job's command-line arguments for the options set in `values` ({dest: value}; None and
+    False mean unset), in table order, so unset options keep the job's defaults."""
+    arguments = []
+    for option in OPTIONS:
+        value = values.get(option.dest)
+        if value is None or value is False:
+            continue
+        arguments += [option.flag] if option.kind == "flag" else [option.flag, str(value)]
+    return arguments
