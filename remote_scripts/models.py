@@ -13,17 +13,16 @@ import torch
 import torch.nn as nn
 import torchvision
 
-# --arch choices and the torchvision weights enum of each. IMAGENET1K_V1 exists for all six, and
-# its plain cross-entropy training also gives the better frozen features (Kornblith et al. 2021,
+try:  # imported as remote_scripts.models (tests)
+    from .weights_catalog import IMAGENET1K_V1
+except ImportError:  # train.py started as a script
+    from weights_catalog import IMAGENET1K_V1
+
+# --arch choices and the torchvision weights enum of each, from the torch-free catalogue the client
+# fetches the same files with. IMAGENET1K_V1 exists for all six, and its plain cross-entropy
+# training also gives the better frozen features (Kornblith et al. 2021,
 # shared/notes/training-performance.md section 1).
-ARCHS = {
-    "resnet50": "ResNet50_Weights",
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet101": "ResNet101_Weights",
-    "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
-    "efficientnet_b0": "EfficientNet_B0_Weights",
-}
+ARCHS = {arch: published.enum for arch, published in IMAGENET1K_V1.items()}
 
 
 class WeightsError(ValueError):
@@ -94,7 +93,7 @@ def load_weights(arch, weights):
         try:
             return enum.get_state_dict(progress=False)
         except Exception as exc:  # offline, a proxy, a truncated download: all the same to the user
-            cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
+            cached = os.path.join(torch.hub.get_dir(), "checkpoints", IMAGENET1K_V1[arch].file_name)
             raise WeightsError(
                 f"cannot fetch the ImageNet weights for {arch} from {enum.url} "
                 f"({type(exc).__name__}: {one_line(str(exc), 120)}). Offline? Use --weights none to train from "

@@ -27,6 +27,7 @@ COMMANDS = {
     "data": ("orchestrator.cli.data", "data", "Upload a dataset to Azure Blob storage, incrementally."),
     "image": ("orchestrator.cli.image", "image", "Build the docker backend's training or offline base image."),
     "doctor": ("orchestrator.cli.doctor", "doctor", "Check what the docker backend needs on this host."),
+    "cache": ("orchestrator.cli.cache", "cache", "List or clear the decoded-image cache of training runs."),
 }
 
 

@@ -65,7 +65,7 @@ class OnnxClassifier:
 
     def _load(self, path):
         try:
-            return imaging.preprocess(imaging.load_rgb(path), self.preprocess)
+            return imaging.preprocess_file(path, self.preprocess)
         except imaging.DECODE_ERRORS as exc:
             return "cannot read image: " + imaging.describe_decode_error(exc)
 
