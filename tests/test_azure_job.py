@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.azure.job import build_job, dataset_prefix, describe, plan_from_spec
 from orchestrator.azure.provision import compute_entity
@@ -39,7 +40,8 @@ def test_single_node_job(tmp_path):
     assert job.compute == "gpu-a100" and job.resources.instance_count == 1
     assert job.distribution is None  # one GPU, one process: no launcher needed
     assert job.command == ("python train.py --data ${{inputs.data}} --output ${{outputs.model}} "
-                           "--checkpoint-dir ${{outputs.checkpoints}} --epochs 3 --lr 0.001 --arch resnet50")
+                           "--checkpoint-dir ${{outputs.checkpoints}} --cache-dir image-cache --epochs 3 --lr 0.001 "
+                           "--arch resnet50")
     assert job.name == "eurosat-20261123-142500-ab12" and job.experiment_name == "eurosat"
     assert job.display_name == "eurosat-20261123-142500-ab12"
     # azure-ai-ml does not check bindings offline: every one must name a real input or output
@@ -175,3 +177,63 @@ def test_sdk_validation_exceptions_become_one_line_user_errors():
         command(command="echo", environment="img:1", compute="c", environment_variables=3)
     assert str(exc.value).startswith("invalid Azure ML job: Expecting <class 'dict'> for environment_variables")
     assert "\n" not in str(exc.value)
+
+
+# weights the node cannot fetch: a --weights file of this machine, or --weights-upload ----------
+def with_weights(s, *args):
+    s.train_args = [*s.train_args, *args]
+    return s
+
+
+def assert_weights_input(job, path):
+    weights = job.inputs["weights"]
+    assert (weights.type, weights.mode, weights.path) == ("uri_file", "download", str(path))
+    assert job.command.count("--weights") == 1 and "--weights ${{inputs.weights}}" in job.command
+    for kind, name in re.findall(r"\$\{\{(inputs|outputs)\.(\w+)\}\}", job.command):
+        assert name in getattr(job, kind)
+
+
+def test_a_weights_file_of_this_machine_is_sent_as_a_job_input(tmp_path, monkeypatch):
+    (tmp_path / "w.pt").write_bytes(b"state")
+    monkeypatch.chdir(tmp_path)
+    job = build_job(plan_from_spec(with_weights(spec(tmp_path), "--weights", "w.pt", "--seed", "1")))
+    assert_weights_input(job, tmp_path / "w.pt")
+    assert job.command.endswith("--weights ${{inputs.weights}} --epochs 3 --lr 0.001 --arch resnet50 --seed 1")
+
+
+def test_weights_upload_sends_the_imagenet_file_of_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    s = with_weights(spec(tmp_path, weights_upload=True), "--weights", "imagenet", "--arch", "resnet18")
+    assert_weights_input(build_job(plan_from_spec(s)), tmp_path / "torch/hub/checkpoints/resnet18-f37072fd.pth")
+    default = spec(tmp_path, weights_upload=True)  # --weights imagenet is the default
+    assert_weights_input(build_job(plan_from_spec(default)),
+                         tmp_path / "torch/hub/checkpoints/resnet50-0676ba61.pth")
+    text = describe_plan(default)
+    assert f"weights:     {tmp_path}/torch/hub/checkpoints/resnet50-0676ba61.pth (downloaded there first)" in text
+
+
+def test_without_weights_upload_the_node_fetches_imagenet_itself(tmp_path):
+    job = build_job(plan_from_spec(with_weights(spec(tmp_path), "--weights", "imagenet")))
+    assert set(job.inputs) == {"data"} and job.command.endswith("--arch resnet50 --weights imagenet")
+
+
+def test_exported_yaml_names_the_local_weights_file_for_az_ml_to_upload(tmp_path):
+    """azure-ai-ml would dump the local path as `azureml:/...`, an asset reference (notes, gotcha 2)."""
+    (tmp_path / "w.pt").write_bytes(b"state")
+    path = tmp_path / "job.yml"
+    export_job_yaml(with_weights(spec(tmp_path, compute="gpu-t4"), "--weights", str(tmp_path / "w.pt")), path)
+    assert yaml.safe_load(path.read_text())["inputs"]["weights"]["path"] == str(tmp_path / "w.pt")
+    job = load(path)
+    assert (job.inputs["weights"].type, job.inputs["weights"].path) == ("uri_file", str(tmp_path / "w.pt"))
+    assert job.inputs["data"].path.startswith("azureml://datastores/workspaceblobstore/paths/orchestrate/datasets/")
+    assert "--weights ${{inputs.weights}}" in job.command and job._validate().passed
+
+
+@pytest.mark.parametrize("args,options,match", [
+    (["--weights", "none"], {"weights_upload": True}, "nothing to send with --weights none"),
+    (["--weights", "missing.pt"], {}, "--weights missing.pt: no such file"),
+])
+def test_weights_that_cannot_be_sent_are_user_errors(tmp_path, monkeypatch, args, options, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=match):
+        plan_from_spec(with_weights(spec(tmp_path, **options), *args))

@@ -17,14 +17,19 @@ from .. import compute as catalogue
 from ..errors import UserError
 from ..paths import docker_context_dir, remote_scripts_dir
 from ..secrets import redact
+from ..weights import cached_weights_path, train_arg
 from . import load_sdk
 
 DEFAULT_DATASTORE = "workspaceblobstore"  # the name of every workspace's default blob datastore
 DEFAULT_COMPUTE = "gpu-t4"
 DEFAULT_EXPERIMENT = "orchestrate"
 SHM_SIZE = "16g"  # DataLoader workers pass batches through /dev/shm; Docker's 64 MB default fails
+# --cache-dir is relative to the job's working folder, which Azure ML keeps on the node's local
+# temporary disk (/mnt): the decoded images are read every epoch, so not from a network mount.
 COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.model}} "
-           "--checkpoint-dir ${{outputs.checkpoints}}")
+           "--checkpoint-dir ${{outputs.checkpoints}} --cache-dir image-cache")
+WEIGHTS_BINDING = "--weights ${{inputs.weights}}"  # a weights file sent along as the job input `weights`
+REMOTE_PATH = re.compile(r"^(azureml|https?|wasbs?|file):")  # what azure-ai-ml does not take for a local path
 
 
 def dataset_prefix(data_dir):
@@ -61,6 +66,7 @@ class JobPlan:
     low_priority: bool = False
     experiment: str = DEFAULT_EXPERIMENT
     datastore: str = DEFAULT_DATASTORE
+    weights_file: Path = None  # a file of this machine the job receives as its input `weights`
 
     @property
     def name(self):
@@ -80,19 +86,55 @@ class JobPlan:
         Azure ML would substitute (and which azure-ai-ml does not check offline)."""
         if any("${{" in arg for arg in self.train_args):
             raise UserError("training arguments must not contain '${{' (Azure ML bindings)")
-        return " ".join([COMMAND, shlex.join(self.train_args)]).strip()
+        fixed = f"{COMMAND} {WEIGHTS_BINDING}" if self.weights_file else COMMAND
+        return " ".join([fixed, shlex.join(self.train_args)]).strip()
+
+
+def split_weights_input(train_args, upload):
+    """(train args, weights file or None): the local file the job receives as its input `weights`,
+    its --weights flag then taken out of the train args (the command binds it to the input).
+
+    A --weights PATH is a file of this machine, which the node does not have: always an input.
+    `imagenet` with --weights-upload (workspaces without outbound access): the published file in
+    this machine's torch hub cache, which `orchestrate train` fills before it submits.
+    """
+    weights = train_arg(train_args, "--weights")
+    if weights == "none":
+        if upload:
+            raise UserError("--weights-upload sends the ImageNet weights or a --weights file: "
+                            "there is nothing to send with --weights none")
+        return train_args, None
+    if weights == "imagenet":
+        if not upload:
+            return train_args, None  # the node downloads them itself
+        path = cached_weights_path(train_arg(train_args, "--arch"))
+    else:
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"--weights {weights}: no such file (it is uploaded with the job)")
+    kept = []
+    pairs = iter(train_args)
+    for arg in pairs:
+        if arg == "--weights":
+            next(pairs, None)
+        else:
+            kept.append(arg)
+    return kept, path
 
 
 def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
-    """A JobPlan from a JobSpec's backend_options (compute, nodes, low_priority, experiment)."""
+    """A JobPlan from a JobSpec's backend_options (compute, nodes, low_priority, experiment,
+    weights_upload)."""
     options = spec.backend_options
     nodes = int(options["nodes"]) if options.get("nodes") is not None else 1
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
-    return JobPlan(run_id=spec.run_id, data_dir=Path(spec.data), train_args=list(spec.train_args),
+    train_args, weights_file = split_weights_input(list(spec.train_args), bool(options.get("weights_upload")))
+    return JobPlan(run_id=spec.run_id, data_dir=Path(spec.data), train_args=train_args,
                    compute=catalogue.resolve(options.get("compute") or DEFAULT_COMPUTE),
                    nodes=nodes, low_priority=bool(options.get("low_priority")),
-                   experiment=options.get("experiment") or DEFAULT_EXPERIMENT, datastore=datastore)
+                   experiment=options.get("experiment") or DEFAULT_EXPERIMENT, datastore=datastore,
+                   weights_file=weights_file)
 
 
 def build_job(plan):
@@ -105,6 +147,9 @@ def build_job(plan):
                           path=datastore_uri(plan.datastore, run_prefix(plan.run_id, output)))
 
     distributed = plan.nodes > 1 or plan.processes_per_node > 1
+    inputs = {"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")}
+    if plan.weights_file:  # the SDK uploads a local path at submit (LocalUpload/<content hash>/)
+        inputs["weights"] = sdk.Input(type="uri_file", path=str(plan.weights_file), mode="download")
     with sdk_validation_errors():
         job = sdk.command(
             name=plan.name,
@@ -116,7 +161,7 @@ def build_job(plan):
             command=plan.command(),
             # anonymous: its version is the build context's hash, so unchanged images are reused
             environment=Environment(build=BuildContext(path=str(docker_context_dir()))),
-            inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")},
+            inputs=inputs,
             outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
             compute=plan.compute.cluster,
             instance_count=plan.nodes,
@@ -160,11 +205,20 @@ def export_yaml(job, path):
     """Write `job` as Azure ML job YAML that `az ml job create -f` and `load_job` accept.
 
     `Command.dump()` writes the node format that load_job rejects; the CommandJob form reloads
-    (notes section 9, gotcha 1). The caller checks `path` first (check_export_path).
+    (notes section 9, gotcha 1). A local input path (the uploaded weights file) would be written
+    as `azureml:/local/path`, an asset reference (gotcha 2): it is written as the plain path,
+    which az ml job create uploads. The caller checks `path` first (check_export_path).
     """
+    from azure.ai.ml._utils.utils import dump_yaml_to_file
+
     with sdk_validation_errors():
+        command_job = job._to_job()
+        data = command_job._to_dict()
+        for name, value in command_job.inputs.items():
+            if not REMOTE_PATH.match(value.path):
+                data["inputs"][name]["path"] = value.path
         try:
-            job._to_job().dump(str(path))
+            dump_yaml_to_file(str(path), data, default_flow_style=False)
         except OSError as exc:
             raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
@@ -175,6 +229,10 @@ def describe(plan, settings=None):
     ws = settings.public() if settings else {}
     tier = "low-priority" if plan.low_priority else "dedicated"
     gpus = f"{size.gpus}x {size.gpu_type}" if size.gpus else "no GPU"
+    weights = []
+    if plan.weights_file:
+        fetched = "" if plan.weights_file.is_file() else " (downloaded there first)"
+        weights.append(f"weights:     {plan.weights_file}{fetched} -> uploaded as the input 'weights'")
     lines = [
         f"workspace:   {ws.get('workspace_name', '(not configured)')}"
         + (f" (resource group {ws['resource_group']})" if ws.get("resource_group") else ""),
@@ -185,6 +243,7 @@ def describe(plan, settings=None):
         f"environment: built from {docker_context_dir()} (Dockerfile)",
         f"code:        {remote_scripts_dir()}",
         f"dataset:     {plan.data_dir} -> {plan.data_uri}",
+        *weights,
         f"outputs:     model -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'model'))}",
         f"             checkpoints -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'checkpoints'))}",
         f"experiment:  {plan.experiment}, job {plan.name}",

@@ -1,0 +1,162 @@
+"""Put the published ImageNet weights of an --arch into the torch hub cache, without torch.
+
+Why the client fetches them: `--weights imagenet` is the default, yet a Docker container has no
+network, an Azure workspace may have no outbound access, and the client has no torch. torch hub
+loads <hub dir>/checkpoints/<file name> when it exists instead of downloading, so the file put
+there here is what the job's torchvision loader uses: in a local process directly, in a container
+through the read-only mount of the host's hub cache, on Azure as an uploaded job input.
+
+Plain HTTPS with urllib (proxies from the usual https_proxy variables); the file is streamed to a
+temporary file beside its final name and renamed only once its sha256 starts as the name says
+(torch hub's convention), so an interrupted or corrupt download never looks like a cached file.
+"""
+import base64
+import hashlib
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path
+
+from remote_scripts import weights_catalog as catalog
+from remote_scripts.atomic import write_atomically
+from remote_scripts.options import OPTIONS
+
+from .errors import UserError
+from .secrets import redact
+
+# A mirror of the published files (a corporate artifact store, or a test server): the base URL
+# under which the same file names are served.
+BASE_URL_ENV = "ORCHESTRATE_WEIGHTS_URL"
+CHUNK_BYTES = 1 << 20
+TIMEOUT_S = 30  # per connection attempt and per read: a stalled transfer fails instead of hanging
+
+_DEFAULTS = {option.flag: option.default for option in OPTIONS}
+
+
+def train_arg(train_args, flag):
+    """The value train.py will see for `flag`: the last one in `train_args` (train.py flags as
+    `orchestrate train` passes them, flag then value), else the option table's default."""
+    value = _DEFAULTS[flag]
+    for given, following in zip(train_args, train_args[1:]):
+        if given == flag:
+            value = following
+    return value
+
+
+def wanted_imagenet_arch(train_args):
+    """The --arch whose published ImageNet weights the job will load, or None (--weights none|PATH)."""
+    if train_arg(train_args, "--weights") != "imagenet":
+        return None
+    return train_arg(train_args, "--arch")
+
+
+def hub_dir():
+    """torch.hub.get_dir() without torch: $TORCH_HOME/hub, TORCH_HOME defaulting to
+    $XDG_CACHE_HOME/torch and XDG_CACHE_HOME to ~/.cache (the same rule, to the character, so the
+    job run by the same user finds the file)."""
+    torch_home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(torch_home)) / "hub"
+
+
+def cached_weights_path(arch):
+    """Where torch hub keeps (and the job looks for) the ImageNet weights of `arch`."""
+    return hub_dir() / "checkpoints" / catalog.IMAGENET1K_V1[arch].file_name
+
+
+def ensure_imagenet_weights(arch, on_progress=None):
+    """The path of `arch`'s ImageNet weights in the torch hub cache, downloaded first if missing.
+
+    on_progress(done_bytes, total_bytes or None) is called as the download proceeds (not at all on
+    a cache hit). Raises UserError, in one line that says how to proceed offline, when the file
+    cannot be fetched, is not the published file, or cannot be written.
+    """
+    return ensure_hub_file(catalog.IMAGENET1K_V1[arch].file_name, on_progress)
+
+
+def ensure_hub_file(file_name, on_progress=None):
+    """The path of the weights file `file_name` (name-<sha256 prefix>.pth) in the torch hub cache,
+    fetched from the base URL (catalog.BASE_URL, or $ORCHESTRATE_WEIGHTS_URL) when missing."""
+    path = hub_dir() / "checkpoints" / file_name
+    if path.is_file():
+        return path
+    url = (os.environ.get(BASE_URL_ENV) or catalog.BASE_URL).rstrip("/") + "/" + file_name
+    expected = catalog.sha256_prefix(file_name)
+    offline = (f"Offline? Train with --weights none (random initialization) or --weights PATH (a "
+               f"state_dict file), or put {file_name} at {path} (or name a mirror in {BASE_URL_ENV})")
+    shown = redact(_without_credentials(url))  # no mirror password or token in a message
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: _download(url, tmp, expected, on_progress))
+    except _Unreachable as exc:
+        raise UserError(f"cannot download {shown}: {exc}. {offline}") from None
+    except _Corrupt as exc:
+        raise UserError(f"{shown} is not the published file (its sha256 {exc} does not start with "
+                        f"{expected}); nothing was kept. {offline}") from None
+    except OSError as exc:  # the cache folder: read-only, full, not a folder
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}. {offline}") from None
+    return path
+
+
+class _Unreachable(Exception):
+    """The server did not answer, refused, or broke the transfer off: the reason, in one line."""
+
+
+class _Corrupt(Exception):
+    """The whole body arrived, but its sha256 (the message) is not the one the file name promises."""
+
+
+def _download(url, tmp, expected, on_progress):
+    """Stream `url` into the file `tmp`; raise _Corrupt unless its sha256 starts with `expected`."""
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        try:  # a new opener: the https_proxy/no_proxy variables as they are now
+            response = urllib.request.build_opener().open(_request(url), timeout=TIMEOUT_S)
+        except (OSError, HTTPException, ValueError) as exc:  # ValueError: a malformed mirror URL
+            raise _Unreachable(_reason(exc)) from None
+        with response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            done = 0
+            while True:
+                try:
+                    chunk = response.read(CHUNK_BYTES)
+                except (OSError, HTTPException) as exc:  # reset, timeout, IncompleteRead
+                    raise _Unreachable(_reason(exc)) from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if on_progress:
+                    on_progress(done, total)
+    if not digest.hexdigest().startswith(expected):
+        raise _Corrupt(digest.hexdigest()[:len(expected) + 4] + "...")
+
+
+def _request(url):
+    """A GET of `url`; a mirror's user:password in it (urllib would take it for a port) goes as
+    HTTP Basic authorization instead."""
+    parts = urllib.parse.urlsplit(url)
+    request = urllib.request.Request(_without_credentials(url))
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        # unredirected: a redirect to another host does not carry the credentials along
+        request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    return request
+
+
+def _without_credentials(url):
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _reason(exc):
+    """One line saying why a transfer failed: 'HTTP 404 Not Found', '[Errno 111] Connection refused'."""
+    if isinstance(exc, urllib.error.HTTPError):
+        text = f"HTTP {exc.code} {exc.reason}"
+    elif isinstance(exc, urllib.error.URLError):
+        text = str(exc.reason)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()))
