@@ -160,10 +160,10 @@ def freeze_backbone(model):
         p.requires_grad_(False)
 
 
-def set_train_mode(model, mode):
-    """full: everything trains. linear/head: the frozen backbone stays in eval mode (BatchNorm
-    statistics and dropout fixed, as at export), only the head trains."""
-    if mode == "full":
+def set_train_mode(model, trains_backbone):
+    """Training mode for what learns: everything, or only the head while the frozen backbone stays
+    in eval mode (BatchNorm statistics and dropout fixed, as at export)."""
+    if trains_backbone:
         model.train()
     else:
         model.eval()

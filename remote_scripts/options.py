@@ -107,7 +107,9 @@ OPTIONS = (
            "stop after this many epochs without a lower validation loss (0: never stop early)", low=0),
     Option("--precision", "choice", "auto",
            "arithmetic of the forward and backward passes; auto: bf16 on GPUs that run it natively "
-           "(compute capability 8.0 and newer), fp16 with loss scaling on older GPUs, fp32 on CPUs",
+           "(compute capability 8.0 and newer), fp16 with loss scaling on older GPUs; on CPUs bf16 where "
+           "the CPU has it in hardware (AMX, AVX-512 BF16), else fp32; linear mode always computes its "
+           "features in fp32",
            choices=PRECISIONS),
     Option("--device", "str", "auto", "auto, cpu, cuda or cuda:N"),
     Option("--workers", "int", None,

@@ -804,7 +804,7 @@ def run(args, dist, report, started, stop):
         while state["stopped"] is None and state["epoch"] < args.epochs:
             epoch = state["epoch"] + 1
             epoch_started = time.time()
-            set_train_mode(model, "full" if mode.trains_backbone else "head")
+            set_train_mode(model, mode.trains_backbone)
             partial = resume_position if resume_position and resume_position["epoch"] == epoch else None
             position = Position(epoch, batches_of(epoch), epoch_seed(args.seed, epoch, dist.rank), device, partial)
             resume_position = None

@@ -59,7 +59,7 @@ def test_the_client_and_the_job_accept_the_same_options_in_both_directions():
             assert tuple(action.choices) == tuple(param.type.choices), dest
         default = False if kind_of_action(action) == "flag" else action.default
         assert default == BY_DEST[dest].default, dest  # the job's default is the table's ...
-        if default not in (None, False):  # ... and the CLI's help says it
+        if default is not None and default is not False:  # ... and the CLI's help says it
             assert f"[default: {default}]" in param.help, dest
 
 

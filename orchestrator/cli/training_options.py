@@ -34,7 +34,7 @@ def click_option(option):
     """The click option for one job option. Defaults stay None (click's): the client passes only
     what the user set, so the job's defaults apply, and the help shows them."""
     help_ = option.help[0].upper() + option.help[1:] + "."
-    if option.default not in (None, False):
+    if option.default is not None and option.kind != "flag":
         help_ += f" [default: {option.default}]"
     if option.kind == "flag":
         return click.option(option.flag, option.dest, is_flag=True, default=None, help=help_)
