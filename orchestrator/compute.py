@@ -1,12 +1,14 @@
 """The Azure ML compute catalogue: NC-series sizes, short aliases, and retired-size substitutes.
 
 Why a catalogue of our own: the original tutorials say `Standard_NC12`/`Standard_NC24` (Tesla K80),
-which Azure retired in 2023, and the V100 NCv3 sizes followed in 2025. Users (and old scripts) keep
-typing those names, so they still resolve -- to a current size with the same GPU count -- and the
-resolution prints one line saying so, instead of a provisioning failure minutes later. The table
-also tells `--nodes` how many processes to start per node (one per GPU). Figures come from the
-Azure size pages (see /work/shared/notes/orchestration-peers.md section 5). No Azure import here:
-`orchestrate compute sizes` and alias checks must stay instant.
+which Azure retired in 2023, and the P100 NCv2 and V100 NCv3 sizes followed. Users (and old
+scripts) keep typing those names, so they still resolve -- to the size Microsoft's N-series
+migration guide names for each (notes/azure-rest-shapes.md) -- and the resolution prints one line
+saying so, including a change in GPU count, instead of a provisioning failure minutes later. The
+table also tells `--nodes` how many processes to start per node (one per GPU) and the plan how much
+GPU memory a node has. Figures come from the Azure size pages (see
+/work/shared/notes/orchestration-peers.md section 5). No Azure import here: `orchestrate compute
+sizes` and alias checks must stay instant.
 """
 from dataclasses import asdict, dataclass
 
@@ -46,6 +48,7 @@ SIZES = {s.name.lower(): s for s in [
     Size("Standard_NC6", 1, "K80", 12, 6, _NC_V1),
     Size("Standard_NC12", 2, "K80", 24, 12, _NC_V1),
     Size("Standard_NC24", 4, "K80", 48, 24, _NC_V1),
+    Size("Standard_NC24r", 4, "K80", 48, 24, _NC_V1),
     Size("Standard_NC6s_v2", 1, "P100", 16, 6, _NC_V2),
     Size("Standard_NC12s_v2", 2, "P100", 32, 12, _NC_V2),
     Size("Standard_NC24s_v2", 4, "P100", 64, 24, _NC_V2),
@@ -70,10 +73,22 @@ ALIASES = {
     "gpu-nc24": "Standard_NC24",
 }
 
-# GPU count -> the current size a retired one becomes: the A100 v4 family is Microsoft's
-# recommended replacement for the NC, NCv2 and NCv3 series, and it has a 1-, 2- and 4-GPU size.
-SUBSTITUTES = {1: "Standard_NC24ads_A100_v4", 2: "Standard_NC48ads_A100_v4",
-               4: "Standard_NC96ads_A100_v4"}
+# retired size -> its substitute, as Microsoft's N-series migration guide advises: the K80 NC sizes
+# move to NC T4 v3 (where the guide offers NC4as or NC8as for NC6, NC8as keeps NC6's vCPUs and
+# memory), the P100 NCv2 and V100 NCv3 sizes to NC A100 v4. NC12 -> NC16as_T4_v3 halves the GPU
+# count (2 K80 halves -> 1 T4): the notice says so.
+SUBSTITUTES = {
+    "Standard_NC6": "Standard_NC8as_T4_v3",
+    "Standard_NC12": "Standard_NC16as_T4_v3",
+    "Standard_NC24": "Standard_NC64as_T4_v3",
+    "Standard_NC24r": "Standard_NC64as_T4_v3",
+    "Standard_NC6s_v2": "Standard_NC24ads_A100_v4",
+    "Standard_NC12s_v2": "Standard_NC48ads_A100_v4",
+    "Standard_NC24s_v2": "Standard_NC96ads_A100_v4",
+    "Standard_NC6s_v3": "Standard_NC24ads_A100_v4",
+    "Standard_NC12s_v3": "Standard_NC48ads_A100_v4",
+    "Standard_NC24s_v3": "Standard_NC96ads_A100_v4",
+}
 
 
 @dataclass(frozen=True)
@@ -109,12 +124,23 @@ def resolve(value):
                         f"Azure size name such as Standard_NC24ads_A100_v4 "
                         f"(see `orchestrate compute sizes`)")
     if size.retired:
-        current = SIZES[SUBSTITUTES[size.gpus].lower()]
-        notice = (f"notice: {size.name} ({size.gpus}x {size.gpu_type}) was retired on "
-                  f"{size.retired}; using {current.name} ({current.gpus}x {current.gpu_type}) "
-                  f"instead")
-        return Resolved(_alias_of(current.name), current, notice)
-    return Resolved(_alias_of(size.name) or cluster_name_for(size.name), size)
+        current = SIZES[SUBSTITUTES[size.name].lower()]
+        return Resolved(_cluster_of(current), current, _retirement_notice(size, current))
+    return Resolved(_cluster_of(size), size)
+
+
+def _cluster_of(size):
+    """The size's alias when it has one (so an alias and its raw size share one cluster)."""
+    return _alias_of(size.name) or cluster_name_for(size.name)
+
+
+def _retirement_notice(retired, current):
+    """One line: the retired size, its substitute, and what changes in GPUs."""
+    gpus = f"; GPUs per node: {retired.gpus} -> {current.gpus}" if current.gpus != retired.gpus else ""
+    return (f"notice: {retired.name} ({retired.gpus}x {retired.gpu_type}) was retired on "
+            f"{retired.retired}; using {current.name} ({current.gpus}x {current.gpu_type}, "
+            f"{current.gpu_memory_gib} GiB GPU memory) instead, as Microsoft's N-series migration "
+            f"guide advises{gpus}")
 
 
 def catalogue():
@@ -130,5 +156,5 @@ def catalogue():
 def _row(alias, size):
     row = {"alias": alias, **asdict(size), "status": size.status}
     if size.retired:
-        row["substitute"] = SUBSTITUTES[size.gpus]
+        row["substitute"] = SUBSTITUTES[size.name]
     return row

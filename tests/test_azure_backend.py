@@ -1,14 +1,18 @@
 """The Azure backend around the seam: provisioning, quota, upload, submit, log tailing, status,
 cancel, download. Only the Azure ML control plane is a stand-in (RecordingSeam); the job entities,
-the quota arithmetic, the tailer and the blob transfers (to Azurite) are real.
+the quota arithmetic, the tailer and the blob transfers (to Azurite) are real. Its sizes and usages
+are the service's wire bodies (tests/azure_transport.py), read through the SDK's own entities and
+the seam's translation; the quota rules themselves are tested through the real MLClient in
+test_compute_plan.py.
 """
 import json
 
 import pytest
+from azure_transport import DS3_V2, GPU_SIZES, family_usage, regional_usage
 from PIL import Image
 
 from orchestrator.azure.job import dataset_prefix
-from orchestrator.azure.provision import check_quota, ensure_compute, ensure_workspace
+from orchestrator.azure.provision import ensure_compute, ensure_workspace
 from orchestrator.azure.tailer import map_status, rank0_log, tail
 from orchestrator.backends.azure import AzureBackend
 from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
@@ -30,12 +34,11 @@ class World:
         self.resource_group = True
         self.workspace = {"name": "ws", "location": "eastus"}
         self.computes = {}
-        self.sizes = [{"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY, "vcpus": 24},
-                      {"name": "Standard_NC48ads_A100_v4", "family": A100_FAMILY, "vcpus": 48},
-                      {"name": "Standard_NC4as_T4_v3", "family": "standardNCASv3_T4Family", "vcpus": 4}]
-        self.usage = [{"name": A100_FAMILY, "current": 24, "limit": 96},
-                      {"name": "standardNCASv3_T4Family", "current": 0, "limit": 0},
-                      {"name": "lowPriorityCores", "current": 0, "limit": 100}]
+        self.sizes = [DS3_V2, *GPU_SIZES]  # vmSizes bodies
+        self.usage = [regional_usage("Dedicated", 24, 200), regional_usage("LowPriority", 0, 100),
+                      family_usage("NCADSA100v4", "Dedicated", 24, 96),
+                      family_usage("NCASv3_T4", "Dedicated", 0, 0),
+                      family_usage("NCASv3_T4", "LowPriority", 0, -1)]  # usages bodies
         self.datastore = {"name": "workspaceblobstore", "account": "devstoreaccount1",
                           "container": "azureml-blobstore-test", "endpoint": "core.windows.net"}
         self.container = None
@@ -90,12 +93,24 @@ class RecordingSeam:
         del self.world.computes[name]
 
     def list_sizes(self, location):
+        """The wire bodies through the SDK's VmSize and the seam's size_row, as the real seam."""
+        from azure.ai.ml._restclient.arm_ml_service.models import VirtualMachineSize
+        from azure.ai.ml.entities import VmSize
+
+        from orchestrator.azure.seam import size_row
+
         self._call("list_sizes", location)
-        return self.world.sizes
+        return [size_row(VmSize._from_rest_object(VirtualMachineSize(body))) for body in self.world.sizes]
 
     def list_usage(self, location):
+        """The wire bodies through the SDK's Usage and the seam's usage_row, as the real seam."""
+        from azure.ai.ml._restclient.arm_ml_service.models import Usage as RestUsage
+        from azure.ai.ml.entities import Usage
+
+        from orchestrator.azure.seam import usage_row
+
         self._call("list_usage", location)
-        return self.world.usage
+        return [usage_row(Usage._from_rest_object(RestUsage(body))) for body in self.world.usage]
 
     def default_datastore(self):
         self._call("default_datastore")
@@ -168,52 +183,36 @@ def test_workspace_create_makes_the_resource_group_first_and_is_idempotent(world
 
 def test_compute_is_created_after_the_quota_check_and_only_once(world):
     seam = world.seam(settings())
-    lines = ensure_compute(seam, resolve("gpu-nc12"), max_nodes=1, low_priority=True)
-    assert lines[0].startswith("notice: Standard_NC12")
+    said = []
+    ensure_compute(seam, resolve("gpu-nc12"), say=said.append, max_nodes=1, low_priority=True)
+    assert said[0].startswith("notice: Standard_NC12")
     created = next(c[1] for c in world.calls if c[0] == "create_compute")
     assert (created.name, created.size, created.tier, created.min_instances, created.max_instances) == \
-        ("gpu-a100x2", "Standard_NC48ads_A100_v4", "low_priority", 0, 1)
+        ("nc16as-t4-v3", "Standard_NC16as_T4_v3", "low_priority", 0, 1)
     assert created.idle_time_before_scale_down == 600
     assert names(world).index("list_usage") < names(world).index("create_compute")
     world.calls.clear()
-    lines = ensure_compute(seam, resolve("gpu-a100x2"))
-    assert "already exists" in lines[0]
-    assert lines[1] == ("warning: gpu-a100x2 has low-priority nodes, not dedicated; "
-                        "delete it to change its tier")
+    said.clear()
+    ensure_compute(seam, resolve("Standard_NC16as_T4_v3"), say=said.append)
+    assert "already exists" in said[0]
+    assert said[1] == ("warning: nc16as-t4-v3 has low-priority nodes, not dedicated; "
+                       "delete it to change its tier")
     with pytest.raises(UserError, match="scales to at most 1 node\\(s\\), 2 needed"):
-        ensure_compute(seam, resolve("gpu-a100x2"), max_nodes=2)
+        ensure_compute(seam, resolve("Standard_NC16as_T4_v3"), say=said.append, max_nodes=2)
     assert "create_compute" not in names(world)
 
 
 def test_compute_create_stops_before_creating_when_quota_is_short(world):
     seam = world.seam(settings())
+    said = []
     with pytest.raises(UserError) as exc:
-        ensure_compute(seam, resolve("gpu-a100x2"), max_nodes=2)
+        ensure_compute(seam, resolve("gpu-a100x2"), say=said.append, max_nodes=2)
     message = str(exc.value)
-    assert "family standardNCADSA100v4Family needs 96 vCPUs (2 x 48), 72 available" in message
-    assert "use --max-nodes 1" in message and "eastus" in message
+    assert ("'Standard NCADSA100v4 Family Cluster Dedicated vCPUs' needs 96 vCPUs, 72 available "
+            "(limit 96, in use 24)") in message
+    assert "(or use --max-nodes 1)" in message and "in eastus" in message
+    assert said[0] == "plan: compute gpu-a100x2 in eastus"  # the plan came first
     assert "create_compute" not in names(world)
-
-
-@pytest.mark.parametrize("size,nodes,low,expect", [
-    ("Standard_NC24ads_A100_v4", 3, False, ""),                          # 72 of 72 free: fits
-    ("Standard_NC24ads_A100_v4", 4, False, "needs 96 vCPUs (4 x 24), 72 available"),
-    ("Standard_NC4as_T4_v3", 1, False, "needs 4 vCPUs (1 x 4), 0 available (limit 0, in use 0); request"),
-    ("Standard_NC4as_T4_v3", 1, True, ""),                                # low priority: own quota
-    ("Standard_NC48ads_A100_v4", 3, True, "low-priority vCPUs needs 144 vCPUs (3 x 48), 100 available"),
-    ("Standard_NC40ads_H100_v5", 1, False, "not offered for Azure ML compute in eastus"),
-])
-def test_quota_messages(world, size, nodes, low, expect):
-    if not expect:
-        assert check_quota(world.sizes, world.usage, size, nodes, low, "eastus") == ""
-        return
-    with pytest.raises(UserError, match=expect.replace("(", r"\(").replace(")", r"\)")):
-        check_quota(world.sizes, world.usage, size, nodes, low, "eastus")
-
-
-def test_unknown_quota_entry_is_a_note_not_a_failure(world):
-    note = check_quota(world.sizes, [], "Standard_NC24ads_A100_v4", 1, False, "eastus")
-    assert note == "note: no quota entry for family standardNCADSA100v4Family in eastus; quota not checked"
 
 
 def test_sdk_usage_and_size_objects_are_read_despite_the_camelcase_bug():
@@ -224,13 +223,15 @@ def test_sdk_usage_and_size_objects_are_read_despite_the_camelcase_bug():
     from orchestrator.azure.seam import size_row, usage_row
 
     # the service's wire JSON, through the SDK's own conversion (what list_usage/list_sizes return)
-    usage = Usage._from_rest_object(RestUsage({"name": {"value": A100_FAMILY, "localizedValue": "NCADS A100 v4"},
-                                               "currentValue": 24, "limit": 96, "unit": "Count"}))
-    vm = VmSize._from_rest_object(VirtualMachineSize({"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY,
-                                                      "vCPUs": 24, "gpus": 1}))
+    body = family_usage("NCADSA100v4", "LowPriority", 24, -1)
+    usage = Usage._from_rest_object(RestUsage(body))
+    vm = VmSize._from_rest_object(VirtualMachineSize(GPU_SIZES[4]))
     # in azure-ai-ml 1.35 usage.current_value and vm.v_cp_us stay None here (notes section 2)
-    assert usage_row(usage) == {"name": A100_FAMILY, "current": 24, "limit": 96}
-    assert size_row(vm) == {"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY, "vcpus": 24}
+    assert usage_row(usage) == {"id": body["id"], "name": "Standard NCADSA100v4 Family Cluster LowPriority vCPUs",
+                                "current": 24, "limit": -1}
+    assert size_row(vm) == {"name": "Standard_NC24ads_A100_v4", "family": A100_FAMILY, "vcpus": 24, "gpus": 1,
+                            "low_priority_capable": True,
+                            "prices": {"currency": "USD", "dedicated": 3.673, "low_priority": 0.735}}
 
 
 # status and log tailing -----------------------------------------------------------------------

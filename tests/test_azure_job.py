@@ -60,7 +60,7 @@ def test_single_node_job(tmp_path):
                             f"eurosat-20261123-142500-ab12/{name}/")
 
 
-@pytest.mark.parametrize("compute,nodes,per_node", [("gpu-a100x4", 2, 4), ("gpu-t4", 3, 1), ("gpu-nc12", 1, 2)])
+@pytest.mark.parametrize("compute,nodes,per_node", [("gpu-a100x4", 2, 4), ("gpu-t4", 3, 1), ("gpu-nc24", 1, 4)])
 def test_multi_gpu_and_multi_node_jobs_use_the_pytorch_distribution(tmp_path, compute, nodes, per_node):
     job = build_job(plan_from_spec(spec(tmp_path, compute=compute, nodes=nodes)))
     assert job.resources.instance_count == nodes
@@ -109,9 +109,9 @@ def test_dry_run_plan_names_what_would_be_created(tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_RESOURCE_GROUP", "rg1")
     text = describe_plan(spec(tmp_path, compute="gpu-nc24", nodes=2, low_priority=True))
     first, *rest = text.splitlines()
-    assert first.startswith("notice: Standard_NC24 ") and "Standard_NC96ads_A100_v4" in first
+    assert first.startswith("notice: Standard_NC24 ") and "Standard_NC64as_T4_v3" in first
     body = "\n".join(rest)
-    for expected in ("ws1 (resource group rg1)", "gpu-a100x4 = Standard_NC96ads_A100_v4 (4x A100 80GB",
+    for expected in ("ws1 (resource group rg1)", "gpu-t4x4 = Standard_NC64as_T4_v3 (4x T4",
                      "low-priority", "2 x 4 process(es) (PyTorch distribution)", "infra/docker",
                      "orchestrate/datasets/EuroSAT-", "--checkpoint-dir ${{outputs.checkpoints}}"):
         assert expected in body
@@ -138,7 +138,7 @@ def test_describe_without_a_workspace_still_works(tmp_path):
                                                           (False, "dedicated", "Dedicated")])
 def test_compute_entity_spells_the_tier_the_way_the_service_wants(tmp_path, low_priority, tier, vm_priority):
     entity = compute_entity(resolve("gpu-nc12"), max_nodes=3, idle_minutes=15, low_priority=low_priority)
-    assert (entity.name, entity.size, entity.tier) == ("gpu-a100x2", "Standard_NC48ads_A100_v4", tier)
+    assert (entity.name, entity.size, entity.tier) == ("nc16as-t4-v3", "Standard_NC16as_T4_v3", tier)
     props = entity._to_rest_object().as_dict()["properties"]["properties"]
     assert props["vmPriority"] == vm_priority  # "LowPriority" would have gone out as "Lowpriority"
     assert props["scaleSettings"] == {"minNodeCount": 0, "maxNodeCount": 3,

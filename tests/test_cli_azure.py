@@ -85,7 +85,7 @@ def test_compute_sizes_table_and_json():
     result = invoke("compute", "sizes")
     assert result.exit_code == 0
     row = next(line for line in result.output.splitlines() if line.startswith("gpu-nc12"))
-    assert "Standard_NC12" in row and "K80" in row and "retired 2023-09-06 -> Standard_NC48ads_A100_v4" in row
+    assert "Standard_NC12" in row and "K80" in row and "retired 2023-09-06 -> Standard_NC16as_T4_v3" in row
     rows = json.loads(invoke("compute", "sizes", "--json").output)
     a100 = next(r for r in rows if r["alias"] == "gpu-a100")
     assert a100 == {"alias": "gpu-a100", "name": "Standard_NC24ads_A100_v4", "gpus": 1, "gpu_type": "A100 80GB",
@@ -97,13 +97,13 @@ def test_compute_create_with_a_retired_alias(world, secrets_in_env):
                     "--idle-minutes", 5, *WS)
     assert result.exit_code == 0, result.output
     notices = [l for l in result.stderr.splitlines() if l.startswith("notice:")]
-    assert len(notices) == 1 and "Standard_NC12" in notices[0] and "Standard_NC48ads_A100_v4" in notices[0]
+    assert len(notices) == 1 and "Standard_NC12" in notices[0] and "Standard_NC16as_T4_v3" in notices[0]
     assert "notice" not in result.stdout
-    assert "created compute gpu-a100x2: Standard_NC48ads_A100_v4, 0-1 nodes (low-priority)" in result.stdout
-    created = world.computes["gpu-a100x2"]
+    assert "created compute nc16as-t4-v3: Standard_NC16as_T4_v3, 0-1 nodes (low-priority)" in result.stdout
+    created = world.computes["nc16as-t4-v3"]
     assert (created["tier"], created["idle_seconds"], created["min_instances"]) == ("low_priority", 300, 0)
     assert_clean(result)
-    again = invoke("compute", "create", "--compute", "gpu-a100x2", *WS)
+    again = invoke("compute", "create", "--compute", "Standard_NC16as_T4_v3", *WS)
     assert again.exit_code == 0 and "already exists" in again.output
 
 
@@ -112,7 +112,7 @@ def test_compute_create_short_of_quota_exits_2_with_one_line(world):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: not enough quota in eastus for 1 x Standard_NC4as_T4_v3")
-    assert "family standardNCASv3_T4Family needs 4 vCPUs (1 x 4), 0 available" in lines[0]
+    assert "'Standard NCASv3_T4 Family Cluster Dedicated vCPUs' needs 4 vCPUs, 0 available" in lines[0]
     assert world.computes == {}
 
 

@@ -1,15 +1,34 @@
-"""Workspace and compute provisioning: idempotent, quota-checked, scale-to-zero by default.
+"""Workspace and compute provisioning: idempotent, quota-checked, priced, scale-to-zero by default.
 
-Why check quota first: an AmlCompute create succeeds even with zero quota for its VM family, and
-the failure only shows when a job waits forever for nodes. Comparing the family's regional vCPU
-quota with `vCPUs x max nodes` up front turns that into one clear line (family, needed, available).
+Why a plan before a cluster: an AmlCompute create succeeds even with zero quota for its VM family,
+and the failure only shows when a job waits forever for nodes; and a GPU size's price is easy to
+misjudge. So before anything is created the user sees one plan -- size, GPUs, the service's own
+hourly price estimates, the cost at max nodes, and every quota the cluster draws on -- and a
+shortfall stops there with one line naming the quota to request.
+
+The quota rules follow the service's documented shapes (notes/azure-rest-shapes.md), not guesses:
+usage rows name a family in prose ("Standard NCASv3_T4 Family Cluster Dedicated vCPUs") where
+`VmSize.family` says `standardNCASv3_T4Family`, so both are normalised before comparing; the quota
+is the subscription-level row (the same name also appears per workspace and per cluster); the
+regional total binds too; a family with no row has no quota (new subscriptions); limit -1 means
+no family-level limit (the low-priority family rows).
 """
+import re
+from dataclasses import dataclass
+
+from ..compute import Size, catalogue
 from ..config import studio_url
 from ..errors import UserError
 from . import load_sdk
 
 QUOTA_URL = "https://portal.azure.com/#view/Microsoft_Azure_Capacity/QuotaMenuBlade/~/myQuotas"
 DEFAULT_IDLE_MINUTES = 10
+# the regional totals, as the service names them (usage rows of type dedicatedCores/lowPriorityCores)
+REGIONAL_QUOTA = {False: "Total Cluster Dedicated Regional vCPUs",
+                  True: "Total Cluster LowPriority Regional vCPUs"}
+# the subscription's own rows: id /subscriptions/SUB/usages[/Family_Row]; workspace and cluster
+# rows (ids under resourceGroups/...) repeat a family's name with their share of the usage
+_SUBSCRIPTION_ROW = re.compile(r"/subscriptions/[^/]+/usages(/[^/]+)?", re.IGNORECASE)
 
 
 def ensure_workspace(seam, location=None):
@@ -59,46 +78,151 @@ def compute_entity(resolved, max_nodes=1, min_nodes=0, idle_minutes=DEFAULT_IDLE
                       tier="low_priority" if low_priority else "dedicated")
 
 
-def check_quota(sizes, usage, size_name, nodes, low_priority, location):
-    """Raise UserError when the region's quota cannot hold `nodes` nodes of `size_name`.
+def _normal(text):
+    """Lower case without spaces and underscores: how a family's two spellings become equal."""
+    return re.sub(r"[\s_]", "", (text or "").lower())
 
-    `sizes`/`usage` are the seam's list_sizes/list_usage rows. Returns a line to print when the
-    quota could not be read, else "".
-    """
-    size = next((r for r in sizes if (r["name"] or "").lower() == size_name.lower()), None)
-    if size is None:
-        raise UserError(f"{size_name} is not offered for Azure ML compute in {location}; "
-                        "pick another region or size (`orchestrate compute sizes`)")
-    vcpus = int(size["vcpus"] or 0)
-    if low_priority:
-        family = next((u["name"] for u in usage if "lowpriority" in (u["name"] or "").lower()), None)
-        label = "low-priority vCPUs"
-    else:
-        family = size["family"]
-        label = f"family {family}"
-    row = next((u for u in usage if family and (u["name"] or "").lower() == family.lower()), None)
+
+def family_quota_name(family, low_priority):
+    """The usage row name of a VM family's cluster quota: standardNCASv3_T4Family ->
+    "Standard NCASv3_T4 Family Cluster Dedicated vCPUs" (the name to request when it has no row)."""
+    core = re.fullmatch(r"standard(.+?)family", family or "", re.IGNORECASE)
+    tier = "LowPriority" if low_priority else "Dedicated"
+    return f"Standard {core.group(1) if core else family} Family Cluster {tier} vCPUs"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One quota a cluster draws on, in vCPUs; limit None is no limit (-1), and a quota the
+    subscription lists no row for counts as limit 0 (`listed` False)."""
+    name: str
+    needed: int
+    used: int
+    limit: int | None
+    listed: bool = True
+
+    @property
+    def available(self):
+        return None if self.limit is None else max(self.limit - self.used, 0)
+
+    @property
+    def short(self):
+        return self.limit is not None and self.needed > self.available
+
+
+def _quota(usage, name, needed):
+    """The Quota named `name` among the seam's usage rows: the subscription-level row of that name
+    (prose compared after _normal), or limit 0 when the subscription lists none."""
+    wanted = _normal(name)
+    row = next((u for u in usage if _normal(u["name"]) == wanted
+                and _SUBSCRIPTION_ROW.fullmatch(u["id"] or "")), None)
     if row is None:
-        return f"note: no quota entry for {label} in {location}; quota not checked"
-    needed = vcpus * nodes
-    available = int(row["limit"]) - int(row["current"])
-    if needed > available:
-        fits = available // vcpus if vcpus else 0
-        hint = f"use --max-nodes {fits} or " if fits >= 1 else ""
-        raise UserError(f"not enough quota in {location} for {nodes} x {size_name}: {label} needs "
-                        f"{needed} vCPUs ({nodes} x {vcpus}), {max(available, 0)} available "
-                        f"(limit {row['limit']}, in use {row['current']}); {hint}request more "
-                        f"at {QUOTA_URL}")
-    return ""
+        return Quota(name, needed, 0, 0, listed=False)
+    limit = int(row["limit"])
+    return Quota(row["name"], needed, int(row["current"]), None if limit < 0 else limit)
 
 
-def ensure_compute(seam, resolved, max_nodes=1, min_nodes=0, idle_minutes=DEFAULT_IDLE_MINUTES,
-                   low_priority=False):
-    """Create the cluster for `resolved` unless it exists; quota-checked. Returns lines to print.
+@dataclass(frozen=True)
+class ComputePlan:
+    """What a cluster will be, what it costs per hour and which quotas it needs; printed before
+    it is created (`lines`), and refused when a quota is short (`require_quota`)."""
+    cluster: str
+    size: Size
+    location: str
+    max_nodes: int
+    low_priority: bool
+    vcpus: int
+    prices: dict  # seam.size_row's: currency, dedicated, low_priority (Linux, per node-hour)
+    quotas: tuple
 
+    @property
+    def tier(self):
+        return "low-priority" if self.low_priority else "dedicated"
+
+    def _price(self, value):
+        return "no estimate" if value is None else f"{value:.2f} {self.prices['currency']}/h"
+
+    def lines(self):
+        """The plan as printed: size and GPUs, prices per node, cost at max nodes, quota table."""
+        size, prices = self.size, self.prices
+        gpus = (f"{size.gpus}x {size.gpu_type}, {size.gpu_memory_gib} GiB GPU memory"
+                if size.gpus else "no GPU")
+        hourly = prices["low_priority" if self.low_priority else "dedicated"]
+        total = self._price(None if hourly is None else hourly * self.max_nodes)
+        width = max(len(q.name) for q in self.quotas)
+        lines = [f"plan: compute {self.cluster} in {self.location}",
+                 f"  size:    {size.name}: {gpus}, {self.vcpus} vCPUs per node",
+                 f"  price:   {self._price(prices['dedicated'])} dedicated, "
+                 f"{self._price(prices['low_priority'])} low-priority per node (Linux, Azure's "
+                 f"estimate)",
+                 f"  cost:    {total} at {self.max_nodes} {self.tier} node(s), the most it scales to",
+                 f"  quota (vCPUs):{'':{width - 10}}needed    used   limit"]
+        for q in self.quotas:
+            limit = "none" if q.limit is None else str(q.limit)
+            note = "" if q.listed else "  (no quota row: none granted)"
+            mark = "  SHORT" if q.short else ""
+            lines.append(f"    {q.name:{width}}  {q.needed:6}  {q.used:6}  {limit:>6}{note}{mark}")
+        return lines
+
+    def require_quota(self):
+        """Raise UserError (one line) naming each short quota, what it needs and what to request."""
+        short = [q for q in self.quotas if q.short]
+        if not short:
+            return
+        fits = min(q.available // self.vcpus for q in self.quotas if q.limit is not None)
+        hint = f" (or use --max-nodes {fits})" if 1 <= fits < self.max_nodes else ""
+        found = " and ".join(
+            f"{q.name!r} needs {q.needed} vCPUs, {q.available} available (limit {q.limit}, in use "
+            f"{q.used}{'' if q.listed else ', no quota row'})" for q in short)
+        request = ", ".join(f"{q.name!r} to at least {q.used + q.needed}" for q in short)
+        raise UserError(f"not enough quota in {self.location} for {self.max_nodes} x "
+                        f"{self.size.name} ({self.tier}): {found}; request {request} in "
+                        f"{self.location} at {QUOTA_URL}{hint}")
+
+
+def plan_compute(seam, resolved, max_nodes, low_priority, location):
+    """The ComputePlan of `max_nodes` nodes of `resolved` in `location`, from the service's sizes
+    (vCPUs, prices, low-priority capability) and usages. Raises UserError when the size is not
+    offered there or cannot run low-priority."""
+    name = resolved.size.name
+    vm = next((r for r in seam.list_sizes(location) if (r["name"] or "").lower() == name.lower()),
+              None)
+    if vm is None:
+        raise UserError(f"{name} is not offered for Azure ML compute in {location}; "
+                        "pick another region or size (`orchestrate compute sizes`)")
+    if low_priority and vm["low_priority_capable"] is False:
+        raise UserError(f"{name} cannot run low-priority nodes in {location}; drop --low-priority")
+    vcpus = int(vm["vcpus"] or resolved.size.vcpus)
+    needed = vcpus * max_nodes
+    usage = seam.list_usage(location)
+    quotas = (_quota(usage, family_quota_name(vm["family"], low_priority), needed),
+              _quota(usage, REGIONAL_QUOTA[low_priority], needed))
+    return ComputePlan(resolved.cluster, resolved.size, location, max_nodes, low_priority, vcpus,
+                       vm["prices"], quotas)
+
+
+def priced_catalogue(seam):
+    """(region, catalogue rows with a `prices` field) for `compute sizes`: the workspace region's
+    Linux estimates per node-hour; prices None for a size the region does not offer."""
+    workspace = seam.get_workspace()
+    if workspace is None:
+        raise UserError(f"workspace {seam.settings.workspace_name!r} does not exist")
+    location = workspace["location"]
+    offered = {r["name"].lower(): r["prices"] for r in seam.list_sizes(location) if r["name"]}
+    return location, [{**row, "prices": offered.get(row["name"].lower())} for row in catalogue()]
+
+
+def ensure_compute(seam, resolved, *, say, max_nodes=1, min_nodes=0,
+                   idle_minutes=DEFAULT_IDLE_MINUTES, low_priority=False, approve=None):
+    """Create the cluster for `resolved` unless it exists, saying each step as it happens.
+
+    Before a create: the plan (ComputePlan.lines), then the quota check (UserError before anything
+    is created), then `approve()` when given (the CLI's confirmation; it raises to stop).
     An existing cluster is left as it is, but one that cannot scale to `max_nodes` is an error:
     a job asking for more nodes than its cluster allows would only fail later.
     """
-    lines = [resolved.notice] if resolved.notice else []
+    if resolved.notice:
+        say(resolved.notice)
     entity = compute_entity(resolved, max_nodes, min_nodes, idle_minutes, low_priority)
     existing = seam.get_compute(resolved.cluster)
     if existing:
@@ -106,29 +230,29 @@ def ensure_compute(seam, resolved, max_nodes=1, min_nodes=0, idle_minutes=DEFAUL
             raise UserError(f"compute {resolved.cluster} scales to at most "
                             f"{existing['max_instances']} node(s), {max_nodes} needed; delete it "
                             "(`orchestrate compute delete`) and create it with more --max-nodes")
-        lines.append(f"compute {resolved.cluster} already exists ({existing['size']}, "
-                     f"{existing['min_instances']}-{existing['max_instances']} nodes)")
+        say(f"compute {resolved.cluster} already exists ({existing['size']}, "
+            f"{existing['min_instances']}-{existing['max_instances']} nodes)")
         if (existing["size"] or "").lower() != resolved.size.name.lower():
-            lines.append(f"warning: {resolved.cluster} is {existing['size']}, not "
-                         f"{resolved.size.name}; delete it to change its size")
+            say(f"warning: {resolved.cluster} is {existing['size']}, not {resolved.size.name}; "
+                "delete it to change its size")
         if _tier_word(existing["tier"]) != _tier_word(entity.tier):
-            lines.append(f"warning: {resolved.cluster} has {_tier_word(existing['tier'])} nodes, "
-                         f"not {_tier_word(entity.tier)}; delete it to change its tier")
-        return lines
+            say(f"warning: {resolved.cluster} has {_tier_word(existing['tier'])} nodes, "
+                f"not {_tier_word(entity.tier)}; delete it to change its tier")
+        return
     workspace = seam.get_workspace()
     if workspace is None:
         raise UserError(f"workspace {seam.settings.workspace_name!r} does not exist; run "
                         "`orchestrate workspace create` first")
-    where = workspace["location"]  # clusters live in their workspace's region
-    note = check_quota(seam.list_sizes(where), seam.list_usage(where), resolved.size.name,
-                       max_nodes, low_priority, where)
-    if note:
-        lines.append(note)
+    # clusters live in their workspace's region
+    plan = plan_compute(seam, resolved, max_nodes, low_priority, workspace["location"])
+    for line in plan.lines():
+        say(line)
+    plan.require_quota()
+    if approve:
+        approve()
     seam.create_compute(entity)
-    lines.append(f"created compute {resolved.cluster}: {resolved.size.name}, {min_nodes}-"
-                 f"{max_nodes} nodes ({_tier_word(entity.tier)}), scales down after "
-                 f"{idle_minutes} idle minutes")
-    return lines
+    say(f"created compute {resolved.cluster}: {resolved.size.name}, {min_nodes}-{max_nodes} nodes "
+        f"({_tier_word(entity.tier)}), scales down after {idle_minutes} idle minutes")
 
 
 def _tier_word(tier):

@@ -1,11 +1,13 @@
 """The one place that talks to Azure: a thin wrapper over MLClient and ResourceManagementClient.
 
-Why a seam: the control plane cannot run without an Azure account, so tests swap this class for a
-recording stand-in with the same methods and test everything around it for real. Keep it thin --
+Why a seam: the control plane cannot run without an Azure account, so tests either swap this class
+for a recording stand-in with the same methods, or run it for real with an HTTP transport that
+answers in the service's documented shapes (tests/azure_transport.py). Keep it thin --
 no decisions here, only calls and the translation of SDK objects into plain values (including the
 azure-ai-ml 1.35 bug where list_usage/list_sizes leave snake_case fields None: notes section 2).
 """
 import logging
+from collections.abc import Mapping
 from functools import cached_property
 
 from ..errors import UserError
@@ -18,28 +20,62 @@ def _field(obj, snake, camel):
     return value if value is not None else obj.__dict__.get(camel)
 
 
+def _key(obj, snake, camel):
+    """A field of a wire mapping (camelCase keys) or of an SDK entity (snake_case attribute)."""
+    if isinstance(obj, Mapping):
+        return obj.get(camel)
+    return getattr(obj, snake, None)
+
+
 def usage_row(usage):
-    """{name, current, limit} from an azure.ai.ml Usage, whichever shape the SDK filled in."""
+    """{id, name, current, limit} from an azure.ai.ml Usage, whichever shape the SDK filled in.
+
+    `id` tells the subscription-level quota row from the workspace and compute rows that carry the
+    same name; `name` is the prose of name.value (localizedValue when value is missing); a limit of
+    -1 (no family-level limit) is passed on as it is.
+    """
     name = usage.name
-    name = name.get("value") if isinstance(name, dict) else getattr(name, "value", name)
-    return {"name": name, "current": _field(usage, "current_value", "currentValue") or 0,
-            "limit": _field(usage, "limit", "limit") or 0}
+    if not isinstance(name, str):  # a {"value", "localizedValue"} dict in 1.35, else a UsageName
+        name = _key(name, "value", "value") or _key(name, "localized_value", "localizedValue")
+    limit = _field(usage, "limit", "limit")
+    return {"id": _field(usage, "id", "id"), "name": name,
+            "current": _field(usage, "current_value", "currentValue") or 0,
+            "limit": 0 if limit is None else limit}
 
 
 def size_row(vm):
-    """{name, family, vcpus} from an azure.ai.ml VmSize."""
+    """{name, family, vcpus, gpus, low_priority_capable, prices} from an azure.ai.ml VmSize.
+
+    prices: {"currency", "dedicated", "low_priority"}: the Linux hourly estimates of
+    estimatedVMPrices (our jobs run Linux images), None where the service gives none.
+    """
+    estimates = _field(vm, "estimated_vm_prices", "estimatedVMPrices") or {}
+    linux = {(_key(p, "vm_tier", "vmTier") or "").lower(): _key(p, "retail_price", "retailPrice")
+             for p in _key(estimates, "values", "values") or []
+             if (_key(p, "os_type", "osType") or "").lower() == "linux"}
+    prices = {"currency": _key(estimates, "billing_currency", "billingCurrency"),
+              "dedicated": linux.get("standard"), "low_priority": linux.get("lowpriority")}
     return {"name": vm.name, "family": _field(vm, "family", "family"),
-            "vcpus": _field(vm, "v_cp_us", "vCPUs")}
+            "vcpus": _field(vm, "v_cp_us", "vCPUs"), "gpus": _field(vm, "gpus", "gpus"),
+            "low_priority_capable": _field(vm, "low_priority_capable", "lowPriorityCapable"),
+            "prices": prices}
 
 
 class AzureSeam:
     """Network calls for one workspace (settings: orchestrator.config.Settings)."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, credential=None, transport=None):
+        """credential: DefaultAzureCredential when None. transport: the azure-core HttpTransport
+        the management clients send through (None: azure-core's default); the tests pass one that
+        answers like the service, so the SDK's own serialization and polling run."""
         self.settings = settings
+        self._credential = credential
+        self._pipeline = {"transport": transport} if transport else {}
 
     @cached_property
     def credential(self):
+        if self._credential is not None:
+            return self._credential
         from azure.identity import DefaultAzureCredential
 
         # it logs every failed attempt of its chain at WARNING; azure_errors says it in one line
@@ -51,7 +87,7 @@ class AzureSeam:
         sdk = load_sdk()
         s = self.settings
         return sdk.MLClient(self.credential, s.subscription_id, s.resource_group,
-                            s.workspace_name, show_progress=False)
+                            s.workspace_name, show_progress=False, **self._pipeline)
 
     # resource group -----------------------------------------------------------------------
     def resource_group_exists(self):
@@ -65,7 +101,8 @@ class AzureSeam:
     def _resources(self):
         from azure.mgmt.resource.resources import ResourceManagementClient
 
-        return ResourceManagementClient(self.credential, self.settings.subscription_id)
+        return ResourceManagementClient(self.credential, self.settings.subscription_id,
+                                        **self._pipeline)
 
     # workspace ----------------------------------------------------------------------------
     def get_workspace(self):
@@ -108,7 +145,9 @@ class AzureSeam:
         self.ml.compute.begin_delete(name).result()
 
     def list_sizes(self, location):
-        return [size_row(v) for v in self.ml.compute.list_sizes(location=location)]
+        """The sizes an AmlCompute cluster can use in `location`, with their prices (size_row)."""
+        return [size_row(v) for v in self.ml.compute.list_sizes(location=location,
+                                                                 compute_type="AmlCompute")]
 
     def list_usage(self, location):
         return [usage_row(u) for u in self.ml.compute.list_usage(location=location)]

@@ -49,9 +49,8 @@ class AzureBackend(Backend):
         build_job(plan)  # an invalid job fails before anything is created or uploaded
         seam = self._spec_seam(spec)
         with azure_errors():
-            for line in ensure_compute(seam, plan.compute, max_nodes=plan.nodes,
-                                       low_priority=plan.low_priority):
-                self.say(line)
+            ensure_compute(seam, plan.compute, say=self.say, max_nodes=plan.nodes,
+                           low_priority=plan.low_priority)
             datastore = seam.default_datastore()
             container = seam.container_client(datastore)
         with UploadProgress() as bars:

@@ -1,11 +1,14 @@
 """`orchestrate compute sizes|create|show|delete`: the NC-series catalogue and the GPU cluster.
 
-`sizes` needs no Azure at all (orchestrator.compute); the others go through the seam.
+`sizes` needs no Azure when no workspace is configured (orchestrator.compute); with one, it adds
+the region's prices. The others go through the seam.
 """
+import sys
+
 import click
 
 from ..errors import UserError
-from .azure_options import with_settings
+from .azure_options import with_settings, workspace_flags, workspace_options
 from .workspace import make_seam
 
 COMPUTE_HELP = "Alias (gpu-t4, gpu-a100, ...) or Azure size name; see `orchestrate compute sizes`."
@@ -18,31 +21,70 @@ def compute():
     \b
     Example:
       orchestrate compute sizes
-      orchestrate compute create --compute gpu-a100 --max-nodes 2 --low-priority
+      orchestrate compute create --compute gpu-t4 --max-nodes 2 --low-priority
     """
 
 
 @compute.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def sizes(as_json):
-    """List the compute aliases and sizes: GPUs, GPU memory, vCPUs, status."""
+@workspace_options(location=False)
+def sizes(as_json, profile, **flags):
+    """List the compute aliases and sizes: GPUs, GPU memory, vCPUs, status, and -- when a
+    workspace is configured and reachable -- the hourly prices in its region.
+
+    \b
+    Example:
+      orchestrate compute sizes --json
+    """
     from ..compute import catalogue
+    from ..config import load_settings
     from .common import print_json
 
-    rows = catalogue()
+    settings = load_settings(workspace_flags(flags), profile=profile)
+    location, rows = None, catalogue()
+    if settings.subscription_id and settings.resource_group and settings.workspace_name:
+        location, rows = _priced(settings) or (location, rows)
     if as_json:
         print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("alias", "Azure size", "GPUs", "GPU", "GPU mem (GiB)", "vCPUs", "status",
-                  box=None, pad_edge=False)
+    columns = ["alias", "Azure size", "GPUs", "GPU", "GPU mem (GiB)", "vCPUs", "status"]
+    currency = next((r["prices"]["currency"] for r in rows if r.get("prices")), None)
+    if location:
+        columns += [f"{currency}/h dedicated", f"{currency}/h low-pri"]
+    table = Table(*columns, box=None, pad_edge=False)
     for r in rows:
         status = r["status"] + (f" -> {r['substitute']}" if r.get("substitute") else "")
-        table.add_row(r["alias"], r["name"], str(r["gpus"]), r["gpu_type"],
-                      str(r["gpu_memory_gib"]), str(r["vcpus"]), status)
-    Console(width=140).print(table)
+        cells = [r["alias"], r["name"], str(r["gpus"]), r["gpu_type"], str(r["gpu_memory_gib"]),
+                 str(r["vcpus"]), status]
+        if location:
+            prices = r["prices"] or {}
+            cells += [_money(prices.get("dedicated")), _money(prices.get("low_priority"))]
+        table.add_row(*cells)
+    Console(width=160).print(table)
+    if location:
+        click.echo(f"prices: {location}, Linux, per node-hour, Azure's estimate "
+                   "(- = not offered there or no estimate)")
+
+
+def _priced(settings):
+    """(region, rows with prices) for the configured workspace, or None (with a note on stderr)
+    when it cannot be reached: the catalogue alone is still worth showing."""
+    from ..azure.provision import priced_catalogue
+    from ..azure.seam import azure_errors
+
+    try:
+        with azure_errors():
+            return priced_catalogue(make_seam(settings))
+    except UserError as exc:
+        click.echo(f"note: no prices ({exc}); showing the catalogue only", err=True)
+        return None
+
+
+def _money(value):
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _resolve(value):
@@ -63,17 +105,32 @@ def _resolve(value):
               help="Idle minutes before a node is released.")
 @click.option("--low-priority", is_flag=True,
               help="Low-priority (preemptible, much cheaper) nodes; runs resume from checkpoints.")
+@click.option("--yes", is_flag=True, help="Create without asking (asked only on a terminal).")
 @with_settings
-def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_priority):
-    """Create the cluster unless it exists, after checking the region's vCPU quota."""
+def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_priority, yes):
+    """Create the cluster unless it exists: first a plan (size, GPUs, price per hour, cost at
+    max nodes, quota), then a confirmation on a terminal; short quota stops before anything is
+    created.
+
+    \b
+    Example:
+      orchestrate compute create --compute gpu-t4 --max-nodes 2 --low-priority --yes
+    """
     from ..azure.provision import ensure_compute
     from ..azure.seam import azure_errors
+    from ..compute import resolve
 
-    resolved = _resolve(compute_name)
+    resolved = resolve(compute_name)
     seam = make_seam(settings)
+
+    def approve():
+        click.confirm(f"create compute {resolved.cluster}?", abort=True)
+    ask = not yes and sys.stdin.isatty()  # a script or a pipe has nobody to answer
     with azure_errors():
-        lines = ensure_compute(seam, resolved, max_nodes, min_nodes, idle_minutes, low_priority)
-    click.echo("\n".join(line for line in lines if line != resolved.notice))
+        ensure_compute(seam, resolved, max_nodes=max_nodes, min_nodes=min_nodes,
+                       idle_minutes=idle_minutes, low_priority=low_priority,
+                       approve=approve if ask else None,
+                       say=lambda line: click.echo(line, err=line == resolved.notice))
 
 
 @compute.command()
