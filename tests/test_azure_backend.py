@@ -11,13 +11,13 @@ import pytest
 from azure_transport import DS3_V2, GPU_SIZES, family_usage, regional_usage
 from PIL import Image
 
-from orchestrator.azure.job import dataset_prefix
-from orchestrator.azure.provision import ensure_compute, ensure_workspace
-from orchestrator.azure.tailer import map_status, rank0_log, tail
 from orchestrator.backends.azure import AzureBackend
+from orchestrator.backends.azure.catalogue import resolve
+from orchestrator.backends.azure.job import dataset_prefix
+from orchestrator.backends.azure.provision import ensure_compute, ensure_workspace
+from orchestrator.backends.azure.settings import Settings
+from orchestrator.backends.azure.tailer import map_status, rank0_log, tail
 from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
-from orchestrator.compute import resolve
-from orchestrator.config import Settings
 from orchestrator.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -49,7 +49,7 @@ class World:
 
 
 class RecordingSeam:
-    """Same methods as orchestrator.azure.seam.AzureSeam; records every call."""
+    """Same methods as orchestrator.backends.azure.seam.AzureSeam; records every call."""
 
     def __init__(self, settings, world):
         self.settings, self.world = settings, world
@@ -97,7 +97,7 @@ class RecordingSeam:
         from azure.ai.ml._restclient.arm_ml_service.models import VirtualMachineSize
         from azure.ai.ml.entities import VmSize
 
-        from orchestrator.azure.seam import size_row
+        from orchestrator.backends.azure.seam import size_row
 
         self._call("list_sizes", location)
         return [size_row(VmSize._from_rest_object(VirtualMachineSize(body))) for body in self.world.sizes]
@@ -107,7 +107,7 @@ class RecordingSeam:
         from azure.ai.ml._restclient.arm_ml_service.models import Usage as RestUsage
         from azure.ai.ml.entities import Usage
 
-        from orchestrator.azure.seam import usage_row
+        from orchestrator.backends.azure.seam import usage_row
 
         self._call("list_usage", location)
         return [usage_row(Usage._from_rest_object(RestUsage(body))) for body in self.world.usage]
@@ -220,7 +220,7 @@ def test_sdk_usage_and_size_objects_are_read_despite_the_camelcase_bug():
     from azure.ai.ml._restclient.arm_ml_service.models import VirtualMachineSize
     from azure.ai.ml.entities import Usage, VmSize
 
-    from orchestrator.azure.seam import size_row, usage_row
+    from orchestrator.backends.azure.seam import size_row, usage_row
 
     # the service's wire JSON, through the SDK's own conversion (what list_usage/list_sizes return)
     body = family_usage("NCADSA100v4", "LowPriority", 24, -1)
@@ -425,7 +425,7 @@ class NoCredential:
 
 
 def test_real_seam_builds_its_clients_lazily_and_offline():
-    from orchestrator.azure.seam import AzureSeam
+    from orchestrator.backends.azure.seam import AzureSeam
 
     seam = AzureSeam(Settings(subscription_id="sub", resource_group="rg", workspace_name="ws",
                               storage_connection_string=None))
@@ -442,7 +442,7 @@ def test_real_seam_reads_log_bytes_by_range_from_a_sas_url(world, container, azu
     from azure.storage.blob import BlobSasPermissions, generate_blob_sas
     from services.azurite import ACCOUNT, ACCOUNT_KEY
 
-    from orchestrator.azure.seam import AzureSeam
+    from orchestrator.backends.azure.seam import AzureSeam
 
     seam = AzureSeam(Settings(storage_connection_string=azurite.connection_string))
     client = seam.container_client(world.datastore)  # the connection string wins over Azure AD
@@ -460,7 +460,7 @@ def test_real_seam_reads_log_bytes_by_range_from_a_sas_url(world, container, azu
 def test_sign_in_failures_become_one_line():
     from azure.core.exceptions import ClientAuthenticationError
 
-    from orchestrator.azure.seam import azure_errors
+    from orchestrator.backends.azure.seam import azure_errors
 
     with pytest.raises(UserError, match="^Azure sign-in failed: run `az login`"):
         with azure_errors():

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.azure.job import build_job, dataset_prefix, describe, plan_from_spec
-from orchestrator.azure.provision import compute_entity
-from orchestrator.backends.azure import describe_plan, export_job_yaml
+from orchestrator.backends.azure.backend import describe_plan, export_job_yaml
+from orchestrator.backends.azure.catalogue import resolve
+from orchestrator.backends.azure.job import build_job, dataset_prefix, describe, plan_from_spec
+from orchestrator.backends.azure.provision import compute_entity
+from orchestrator.backends.azure.settings import load_settings
 from orchestrator.backends.base import JobSpec
-from orchestrator.compute import resolve
-from orchestrator.config import load_settings
 from orchestrator.errors import UserError
 from orchestrator.paths import remote_scripts_dir
 
@@ -171,7 +171,7 @@ def test_export_to_a_missing_folder_is_a_user_error_before_anything_else(tmp_pat
 def test_sdk_validation_exceptions_become_one_line_user_errors():
     from azure.ai.ml import command
 
-    from orchestrator.azure.job import sdk_validation_errors
+    from orchestrator.backends.azure.job import sdk_validation_errors
 
     with pytest.raises(UserError) as exc, sdk_validation_errors():
         command(command="echo", environment="img:1", compute="c", environment_variables=3)

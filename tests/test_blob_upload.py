@@ -292,7 +292,7 @@ def test_cli_bad_input_exits_2_with_one_line(dataset, azurite, run, tmp_path, ar
 def test_redact_removes_every_kind_of_secret(text, secrets, kept):
     """One redact for storage and the Azure ML seam: the union of what either used to remove."""
     from orchestrator import secrets as secrets_module
-    from orchestrator.azure import seam
+    from orchestrator.backends.azure import seam
 
     assert blob.redact is seam.redact is secrets_module.redact
     out = blob.redact(text)

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from orchestrator.compute import ALIASES, SIZES, SUBSTITUTES, catalogue, cluster_name_for, resolve
+from orchestrator.backends.azure.catalogue import (ALIASES, SIZES, SUBSTITUTES, catalogue, cluster_name_for,
+                                                  resolve)
 from orchestrator.errors import UserError
 
 

@@ -15,12 +15,12 @@ from azure_transport import (DOCUMENTED_USAGES, DS3_V2, SUB, TOKEN, ManagementPl
                              family_usage, regional_usage, vm_size)
 from click.testing import CliRunner
 
-from orchestrator.azure.provision import ensure_compute, family_quota_name
-from orchestrator.azure.seam import AzureSeam
+from orchestrator.backends.azure.catalogue import catalogue, resolve
+from orchestrator.backends.azure.provision import ensure_compute, family_quota_name
+from orchestrator.backends.azure.seam import AzureSeam
+from orchestrator.backends.azure.settings import Settings
 from orchestrator.cli import compute as compute_cli
 from orchestrator.cli.main import main
-from orchestrator.compute import catalogue, resolve
-from orchestrator.config import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from orchestrator.config import (config_path, find_azureml_config, load_settings, save_profile,
-                                 workspace_configured)
+from orchestrator.backends.azure.settings import (config_path, find_azureml_config, load_settings,
+                                                 save_profile, workspace_configured)
 from orchestrator.errors import UserError
 
 CONN = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.windows.net"

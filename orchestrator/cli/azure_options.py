@@ -2,16 +2,17 @@
 
 Why one place: `init`, `workspace`, `compute` and `train` all name a workspace the same way; a flag
 declared per command drifts (a missing short form, another help text, another parameter name).
-The parameter names are the fields of orchestrator.config.Settings, so the flags pass straight
-to load_settings as its highest-precedence layer.
+The parameter names are the fields of orchestrator.backends.azure.settings.Settings, so the
+flags pass straight to load_settings as its highest-precedence layer. Only the click declarations
+live here (they are CLI code); what the flags mean is the settings module's.
 """
 import functools
 
 import click
 
-from ..config import ENV_VARS, FLAGS, PROFILE_FIELDS, load_settings
+from ..backends.azure.settings import ENV_VARS, FLAGS, PROFILE_FIELDS, load_settings
 
-# the long flags and the variables come from config (its error messages name them too)
+# the long flags and the variables come from settings (its error messages name them too)
 SHORT = {"resource_group": "-g", "workspace_name": "-w", "location": "-l"}
 HELP = {"subscription_id": "Azure subscription.", "resource_group": "Resource group.",
         "workspace_name": "Azure ML workspace.", "location": "Azure region, e.g. eastus."}

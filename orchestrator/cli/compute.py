@@ -1,7 +1,7 @@
 """`orchestrate compute sizes|create|show|delete`: the NC-series catalogue and the GPU cluster.
 
-`sizes` needs no Azure when no workspace is configured (orchestrator.compute); with one, it adds
-the region's prices. The others go through the seam.
+`sizes` needs no Azure when no workspace is configured (backends.azure.catalogue); with one, it
+adds the region's prices. The others go through the seam.
 """
 import sys
 
@@ -36,8 +36,8 @@ def sizes(as_json, profile, **flags):
     Example:
       orchestrate compute sizes --json
     """
-    from ..compute import catalogue
-    from ..config import load_settings
+    from ..backends.azure.catalogue import catalogue
+    from ..backends.azure.settings import load_settings
     from .common import print_json
 
     settings = load_settings(workspace_flags(flags), profile=profile)
@@ -72,8 +72,8 @@ def sizes(as_json, profile, **flags):
 def _priced(settings):
     """(region, rows with prices) for the configured workspace, or None (with a note on stderr)
     when it cannot be reached: the catalogue alone is still worth showing."""
-    from ..azure.provision import priced_catalogue
-    from ..azure.seam import azure_errors
+    from ..backends.azure.provision import priced_catalogue
+    from ..backends.azure.seam import azure_errors
 
     try:
         with azure_errors():
@@ -88,7 +88,7 @@ def _money(value):
 
 
 def _resolve(value):
-    from ..compute import resolve
+    from ..backends.azure.catalogue import resolve
 
     resolved = resolve(value)
     if resolved.notice:
@@ -116,9 +116,9 @@ def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_prior
     Example:
       orchestrate compute create --compute gpu-t4 --max-nodes 2 --low-priority --yes
     """
-    from ..azure.provision import ensure_compute
-    from ..azure.seam import azure_errors
-    from ..compute import resolve
+    from ..backends.azure.catalogue import resolve
+    from ..backends.azure.provision import ensure_compute
+    from ..backends.azure.seam import azure_errors
 
     resolved = resolve(compute_name)
     seam = make_seam(settings)
@@ -139,7 +139,7 @@ def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_prior
 @with_settings
 def show(settings, compute_name, as_json):
     """Show the cluster: size, node range, tier, state."""
-    from ..azure.seam import azure_errors
+    from ..backends.azure.seam import azure_errors
     from .common import print_json
 
     resolved = _resolve(compute_name)
@@ -162,7 +162,7 @@ def show(settings, compute_name, as_json):
 @with_settings
 def delete(settings, compute_name, yes):
     """Delete the cluster (running jobs on it fail)."""
-    from ..azure.seam import azure_errors
+    from ..backends.azure.seam import azure_errors
 
     resolved = _resolve(compute_name)
     seam = make_seam(settings)

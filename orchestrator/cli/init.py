@@ -5,7 +5,7 @@ DefaultAzureCredential at run time and never written.
 """
 import click
 
-from ..config import DEFAULT_PROFILE, PROFILE_FIELDS, load_settings, save_profile
+from ..backends.azure.settings import DEFAULT_PROFILE, PROFILE_FIELDS, load_settings, save_profile
 from ..errors import UserError
 from .azure_options import workspace_flags, workspace_options
 

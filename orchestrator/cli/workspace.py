@@ -1,7 +1,7 @@
 """`orchestrate workspace create|show|delete`.
 
-The commands are thin: settings come from orchestrator.config (flags > env > profile >
-config.json), the work from orchestrator.azure.provision, the network from the seam.
+The commands are thin: settings come from orchestrator.backends.azure.settings (flags > env >
+profile > config.json), the work from its provision module, the network from its seam.
 """
 import click
 
@@ -11,7 +11,7 @@ from .azure_options import with_settings
 
 def make_seam(settings):
     """The network seam for `settings`; tests replace this function."""
-    from ..azure.seam import AzureSeam
+    from ..backends.azure.seam import AzureSeam
 
     return AzureSeam(settings.require("subscription_id", "resource_group", "workspace_name"))
 
@@ -30,8 +30,8 @@ def workspace():
 @with_settings
 def create(settings):
     """Create the workspace (and its resource group when missing); idempotent."""
-    from ..azure.provision import ensure_workspace
-    from ..azure.seam import azure_errors
+    from ..backends.azure.provision import ensure_workspace
+    from ..backends.azure.seam import azure_errors
 
     seam = make_seam(settings)
     with azure_errors():
@@ -44,8 +44,8 @@ def create(settings):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(settings, as_json):
     """Show the workspace, where its settings came from, and its Studio URL."""
-    from ..azure.seam import azure_errors
-    from ..config import studio_url
+    from ..backends.azure.seam import azure_errors
+    from ..backends.azure.settings import studio_url
     from .common import print_json
 
     seam = make_seam(settings)
@@ -72,7 +72,7 @@ def show(settings, as_json):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(settings, delete_dependent_resources, yes):
     """Delete the workspace (its jobs, models and clusters go with it)."""
-    from ..azure.seam import azure_errors
+    from ..backends.azure.seam import azure_errors
 
     seam = make_seam(settings)
     if not yes:

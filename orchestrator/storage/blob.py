@@ -21,7 +21,7 @@ from hashlib import sha256
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlsplit
 
-from ..config import CONNECTION_STRING_ENV
+from ..backends.azure.settings import CONNECTION_STRING_ENV
 from ..errors import UserError
 from ..secrets import redact
 

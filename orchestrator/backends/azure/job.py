@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import compute as catalogue
-from ..errors import UserError
-from ..paths import docker_context_dir, remote_scripts_dir
-from ..secrets import redact
-from ..weights import cached_weights_path, train_arg
-from . import load_sdk
+from ...errors import UserError
+from ...paths import docker_context_dir, remote_scripts_dir
+from ...secrets import redact
+from ...weights import cached_weights_path, train_arg
+from . import catalogue
+from .seam import job_validation_errors, job_yaml_data, load_sdk, write_yaml
 
 DEFAULT_DATASTORE = "workspaceblobstore"  # the name of every workspace's default blob datastore
 DEFAULT_COMPUTE = "gpu-t4"
@@ -170,9 +170,9 @@ def build_job(plan):
             shm_size=SHM_SIZE,
             environment_variables={"PYTHONUNBUFFERED": "1"},
         )
-    result = job._validate()
-    if not result.passed:
-        raise UserError(f"invalid Azure ML job: {result.error_messages}")
+    errors = job_validation_errors(job)
+    if errors is not None:
+        raise UserError(f"invalid Azure ML job: {errors}")
     return job
 
 
@@ -205,20 +205,18 @@ def export_yaml(job, path):
     """Write `job` as Azure ML job YAML that `az ml job create -f` and `load_job` accept.
 
     `Command.dump()` writes the node format that load_job rejects; the CommandJob form reloads
-    (notes section 9, gotcha 1). A local input path (the uploaded weights file) would be written
-    as `azureml:/local/path`, an asset reference (gotcha 2): it is written as the plain path,
-    which az ml job create uploads. The caller checks `path` first (check_export_path).
+    (notes section 9, gotcha 1; seam.job_yaml_data). A local input path (the uploaded weights
+    file) would be written as `azureml:/local/path`, an asset reference (gotcha 2): it is written
+    as the plain path, which az ml job create uploads. The caller checks `path` first
+    (check_export_path).
     """
-    from azure.ai.ml._utils.utils import dump_yaml_to_file
-
     with sdk_validation_errors():
-        command_job = job._to_job()
-        data = command_job._to_dict()
-        for name, value in command_job.inputs.items():
-            if not REMOTE_PATH.match(value.path):
-                data["inputs"][name]["path"] = value.path
+        data, input_paths = job_yaml_data(job)
+        for name, input_path in input_paths.items():
+            if not REMOTE_PATH.match(input_path):
+                data["inputs"][name]["path"] = input_path
         try:
-            dump_yaml_to_file(str(path), data, default_flow_style=False)
+            write_yaml(path, data)
         except OSError as exc:
             raise UserError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -8,7 +8,7 @@ nothing twice, and each poll fetches only the new bytes (HTTP Range via the seam
 import re
 import time
 
-from ..backends.base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, LogLine
+from ..base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, LogLine
 
 # Only the service's own terminal states map to ours. CancelRequested is not one: the job may still
 # write its checkpoint and even complete, so declaring it canceled would stop the follower and

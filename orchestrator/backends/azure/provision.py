@@ -16,10 +16,10 @@ no family-level limit (the low-priority family rows).
 import re
 from dataclasses import dataclass
 
-from ..compute import Size, catalogue
-from ..config import studio_url
-from ..errors import UserError
-from . import load_sdk
+from ...errors import UserError
+from .catalogue import Size, catalogue
+from .seam import load_sdk
+from .settings import studio_url
 
 QUOTA_URL = "https://portal.azure.com/#view/Microsoft_Azure_Capacity/QuotaMenuBlade/~/myQuotas"
 DEFAULT_IDLE_MINUTES = 10

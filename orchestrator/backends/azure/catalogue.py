@@ -12,7 +12,7 @@ sizes` and alias checks must stay instant.
 """
 from dataclasses import asdict, dataclass
 
-from .errors import UserError
+from ...errors import UserError
 
 
 @dataclass(frozen=True)

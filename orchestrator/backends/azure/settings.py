@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ...errors import UserError
 
 # field -> environment variable (MLClient itself reads none of these)
 ENV_VARS = {

@@ -2,7 +2,7 @@
 
 prepare: create the cluster when missing (quota-checked) and upload the dataset to the workspace's
 default datastore (only changed files are sent: storage.blob). submit: the command job of
-orchestrator.azure.job. log_lines/status/cancel/download: by the Azure ML job name.
+job.py. log_lines/status/cancel/download: by the Azure ML job name (tailer.py, seam.py).
 
 Why runs/<id>/azure.json: `orchestrate logs/status/download RUN` may run in another process,
 directory or shell than the submit; the file holds the workspace coordinates and the datastore of
@@ -16,9 +16,9 @@ import json
 import sys
 import time
 
-from ..config import PROFILE_FIELDS, Settings, load_settings
-from ..errors import UserError
-from .base import TERMINAL, Backend, RunRef
+from ...errors import UserError
+from ..base import TERMINAL, Backend, RunRef
+from .settings import PROFILE_FIELDS, Settings, load_settings
 
 STATE_FILE = "azure.json"
 
@@ -28,7 +28,7 @@ class AzureBackend(Backend):
 
     def __init__(self, seam_factory=None, sleep=time.sleep, say=None):
         if seam_factory is None:
-            from ..azure.seam import AzureSeam as seam_factory
+            from .seam import AzureSeam as seam_factory
         self.seam_factory = seam_factory
         self.sleep = sleep
         self.say = say or (lambda line: print(line, file=sys.stderr))
@@ -40,10 +40,10 @@ class AzureBackend(Backend):
         return self.seam_factory(settings.require("subscription_id", "resource_group", "workspace_name"))
 
     def prepare(self, spec):
-        from ..azure.job import build_job, dataset_prefix, plan_from_spec
-        from ..azure.provision import ensure_compute
-        from ..azure.seam import azure_errors
-        from ..storage.upload_progress import UploadProgress
+        from ...storage.upload_progress import UploadProgress
+        from .job import build_job, dataset_prefix, plan_from_spec
+        from .provision import ensure_compute
+        from .seam import azure_errors
 
         plan = plan_from_spec(spec)
         build_job(plan)  # an invalid job fails before anything is created or uploaded
@@ -59,8 +59,8 @@ class AzureBackend(Backend):
         self._datastores[spec.run_id] = datastore
 
     def submit(self, spec):
-        from ..azure.job import build_job, plan_from_spec
-        from ..azure.seam import azure_errors
+        from .job import build_job, plan_from_spec
+        from .seam import azure_errors
 
         seam = self._spec_seam(spec)
         with azure_errors():
@@ -89,8 +89,8 @@ class AzureBackend(Backend):
         return self.seam_factory(Settings(**state["workspace"], storage_connection_string=secret))
 
     def log_lines(self, run, cursor=0, follow=True):
-        from ..azure.seam import azure_errors
-        from ..azure.tailer import tail
+        from .seam import azure_errors
+        from .tailer import tail
 
         seam = self._run_seam(run)
         with azure_errors():
@@ -98,23 +98,23 @@ class AzureBackend(Backend):
                             on_status=lambda status: self.say(f"Azure ML job: {status}"))
 
     def status(self, run):
-        from ..azure.seam import azure_errors
-        from ..azure.tailer import map_status
+        from .seam import azure_errors
+        from .tailer import map_status
 
         with azure_errors():
             return map_status(self._run_seam(run).job_status(run.remote_id))
 
     def cancel(self, run):
-        from ..azure.seam import azure_errors
+        from .seam import azure_errors
 
         with azure_errors():
             self._run_seam(run).cancel(run.remote_id)
 
     def download(self, run, dest):
         """The `model` output (model.onnx, labels.json, metrics.json, history.jsonl) into dest."""
-        from ..azure.job import run_prefix
-        from ..azure.seam import azure_errors
-        from ..storage.blob import download_prefix
+        from ...storage.blob import download_prefix
+        from .job import run_prefix
+        from .seam import azure_errors
 
         if (dest / "model.onnx").exists():
             return
@@ -135,7 +135,7 @@ def _spec_settings(spec):
 
 def describe_plan(spec):
     """What a submit of `spec` would create and run, as printable lines (the notice line first)."""
-    from ..azure.job import describe, plan_from_spec
+    from .job import describe, plan_from_spec
 
     return describe(plan_from_spec(spec), _spec_settings(spec))
 
@@ -143,7 +143,7 @@ def describe_plan(spec):
 def export_job_yaml(spec, path):
     """Write the job of `spec` as Azure ML YAML (`az ml job create -f`, `azure.ai.ml.load_job`);
     the path is checked first, so a bad one fails before the job is planned."""
-    from ..azure.job import build_job, check_export_path, export_yaml, plan_from_spec
+    from .job import build_job, check_export_path, export_yaml, plan_from_spec
 
     check_export_path(path)
     export_yaml(build_job(plan_from_spec(spec)), path)

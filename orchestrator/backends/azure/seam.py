@@ -1,18 +1,28 @@
-"""The one place that talks to Azure: a thin wrapper over MLClient and ResourceManagementClient.
+"""The one place that talks to Azure: a thin wrapper over MLClient and ResourceManagementClient,
+and the one place that touches azure-ai-ml's private API.
 
 Why a seam: the control plane cannot run without an Azure account, so tests either swap this class
 for a recording stand-in with the same methods, or run it for real with an HTTP transport that
 answers in the service's documented shapes (tests/azure_transport.py). Keep it thin --
 no decisions here, only calls and the translation of SDK objects into plain values (including the
 azure-ai-ml 1.35 bug where list_usage/list_sizes leave snake_case fields None: notes section 2).
+Why the private API here too (`_runs_operations`, `_validate`, `_to_job`, `dump_yaml_to_file`):
+an SDK release may move any of it, and then this module is the one to fix.
 """
 import logging
 from collections.abc import Mapping
 from functools import cached_property
 
-from ..errors import UserError
-from ..secrets import redact
-from . import load_sdk
+from ...errors import UserError
+from ...secrets import redact
+
+
+def load_sdk():
+    """Import azure.ai.ml and silence its INFO/"experimental class" chatter on stderr."""
+    import azure.ai.ml as sdk
+
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    return sdk
 
 
 def _field(obj, snake, camel):
@@ -61,8 +71,29 @@ def size_row(vm):
             "prices": prices}
 
 
+# offline, but private API: the SDK's own job validation and YAML form ------------------------
+def job_validation_errors(job):
+    """None when azure-ai-ml's offline validation of `job` passes, else its error messages."""
+    result = job._validate()
+    return None if result.passed else result.error_messages
+
+
+def job_yaml_data(job):
+    """(YAML-ready dict, {input name: path}) of a Command node's CommandJob form: `Command.dump()`
+    writes the node format that load_job rejects; the CommandJob form reloads (notes section 9)."""
+    command_job = job._to_job()
+    return command_job._to_dict(), {name: value.path for name, value in command_job.inputs.items()}
+
+
+def write_yaml(path, data):
+    """Write `data` as the SDK writes its YAML files (OSError when `path` cannot be written)."""
+    from azure.ai.ml._utils.utils import dump_yaml_to_file
+
+    dump_yaml_to_file(str(path), data, default_flow_style=False)
+
+
 class AzureSeam:
-    """Network calls for one workspace (settings: orchestrator.config.Settings)."""
+    """Network calls for one workspace (settings: settings.Settings)."""
 
     def __init__(self, settings, credential=None, transport=None):
         """credential: DefaultAzureCredential when None. transport: the azure-core HttpTransport
