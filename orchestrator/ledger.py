@@ -26,9 +26,12 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     exit_code INTEGER,
-    metrics TEXT NOT NULL DEFAULT '{}'
+    metrics TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 1
 )
 """
+# Columns added after the first release, with their definitions: added to older ledgers on open.
+ADDED_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 1"}
 
 
 @dataclass
@@ -45,6 +48,7 @@ class RunRecord:
     updated_at: float = field(default_factory=time.time)
     exit_code: int = None
     metrics: dict = field(default_factory=dict)
+    attempts: int = 1  # 1 + how many times `orchestrate train --resume` started the run again
 
     @property
     def output_dir(self):
@@ -66,6 +70,14 @@ class Ledger:
             raise UserError(f"cannot create the state folder {self.path.parent}: {exc.strerror}") from None
         with self._connect() as db:
             db.execute(SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            for name, definition in ADDED_COLUMNS.items():
+                if name not in present:
+                    try:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {definition}")
+                    except sqlite3.OperationalError as exc:  # another client added it meanwhile
+                        if "duplicate column" not in str(exc):
+                            raise
 
     @contextmanager
     def _connect(self):

@@ -11,21 +11,24 @@ from rich.markup import escape as _escape
 from rich.table import Table
 
 LOG_TAIL_LINES = 30  # ordinary log lines kept to explain a failure
+# The phase every attempt of the job reports first, before its run_start (train.py scans the
+# dataset before it knows the classes): where a resumed run's next attempt begins in its log.
+FIRST_PHASE = "scan"
 
 
 def metrics_table(metrics, title="Test metrics"):
     """The ML.NET-style summary: overall numbers, then per class."""
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("class")
-    for name in ("precision", "recall", "log-loss", "support"):
+    for name in ("precision", "recall", "F1", "log-loss", "support"):
         table.add_column(name, justify="right")
     for label, row in metrics.get("per_class", {}).items():
         loss = metrics.get("per_class_log_loss", {}).get(label)
-        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       "-" if loss is None else f"{loss:.3f}", str(row["support"]))
     parts = [f"{name} {metrics[key]:.4f}" for key, name in (
-        ("accuracy", "accuracy"), ("macro_accuracy", "macro accuracy"), ("log_loss", "log-loss"),
-        ("log_loss_reduction", "log-loss reduction")) if isinstance(metrics.get(key), (int, float))]
+        ("accuracy", "accuracy"), ("macro_accuracy", "macro accuracy"), ("macro_f1", "macro F1"),
+        ("log_loss", "log-loss"), ("log_loss_reduction", "log-loss reduction")) if isinstance(metrics.get(key), (int, float))]
     table.caption = "   ".join(parts + [f"samples {metrics.get('num_samples', '?')}"])
     return table
 
@@ -37,6 +40,12 @@ class EventRenderer:
         self.log_tail = deque(maxlen=LOG_TAIL_LINES)
         self.progress = None
         self.task = None
+        # A resumed run's log holds every attempt of the job, each earlier one ending with its
+        # run_end (canceled, failed) or with nothing at all (killed).
+        self.attempts = 0
+        self.attempt_ended = False
+        self.attempt_announced = False  # the current attempt began with FIRST_PHASE, run_start is to come
+        self.epochs_shown = set()
 
     def line(self, text):
         """An ordinary log line: kept for failure reports, shown only with --verbose."""
@@ -53,17 +62,33 @@ class EventRenderer:
         self._stop_progress()
 
     # -- event handlers -------------------------------------------------------------------
+    def _begin_attempt(self):
+        """A job's attempt starts: in a resumed run's log, say how the one before it ended."""
+        self.attempts += 1
+        if self.attempts > 1:
+            if not self.attempt_ended:  # killed with no chance to say so (SIGKILL, a crash, a reboot)
+                self._print("[yellow]job stopped without reporting why (killed?)[/yellow]")
+            self._print(f"[bold]attempt {self.attempts}[/bold]")
+        self.attempt_ended = False
+        self.attempt_announced = True
+
     def _on_run_start(self, ev):
+        if not self.attempt_announced:  # a job that reported no FIRST_PHASE before its run_start
+            self._begin_attempt()
+        self.attempt_announced = False
         classes = ev.get("classes", [])
         split = ev.get("split", {})
         shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
-        resumed = f", resumed after epoch {ev['resumed_from_epoch']}" if ev.get("resumed_from_epoch") else ""
+        resumed = (f", resumed after epoch {ev['resumed_from_epoch']}" if ev.get("resumed_from_epoch") is not None
+                   else ", no checkpoint: from the start" if self.attempts > 1 else "")
         self._print(f"[bold]{len(classes)} classes[/bold] ({_escape(shown)}); "
                     f"train/val/test = {split.get('train', '?')}/{split.get('val', '?')}/{split.get('test', '?')} "
                     f"images; device {ev.get('device', '?')}{resumed}")
 
     def _on_phase(self, ev):
         self._stop_progress()
+        if ev.get("name") == FIRST_PHASE:
+            self._begin_attempt()
         self._print(f"[cyan]>[/cyan] {ev.get('name')}")
 
     def _on_progress(self, ev):
@@ -88,7 +113,11 @@ class EventRenderer:
         if ev.get("seconds") is not None:
             parts.append(f"{ev['seconds']:.1f}s")
         best = " [green]*best[/green]" if ev.get("best") else ""
-        self._print("  " + "  ".join(parts) + best)
+        # An attempt killed after an epoch ended but before its checkpoint was written: the next
+        # attempt trains that epoch again, and says so rather than look like a duplicated line.
+        repeated = " [yellow](repeated)[/yellow]" if ev.get("epoch") in self.epochs_shown else ""
+        self.epochs_shown.add(ev.get("epoch"))
+        self._print("  " + "  ".join(parts) + best + repeated)
 
     def _on_checkpoint(self, ev):
         if self.verbose:
@@ -115,6 +144,7 @@ class EventRenderer:
 
     def _on_run_end(self, ev):
         self._stop_progress()
+        self.attempt_ended = True
         status = ev.get("status")
         colour = {"completed": "green", "canceled": "yellow"}.get(status, "red")
         seconds = ev.get("seconds")

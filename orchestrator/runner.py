@@ -3,6 +3,7 @@
 Backends only start jobs and hand back raw log lines; this module writes the run folder and
 the ledger row, parses events, renders them, detaches on Ctrl-C and records the outcome.
 """
+import fcntl
 import json
 import re
 import secrets
@@ -10,11 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.base import COMPLETED, FAILED, QUEUED, TERMINAL, JobSpec, RunRef
+from .backends.base import COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
+from .errors import UserError
 from .events import parse_line
 from .ledger import RunRecord
 
-SUMMARY_METRICS = ("accuracy", "macro_accuracy", "log_loss")
+SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
 
 
 class Detached(Exception):
@@ -49,8 +51,9 @@ def start(backend, ledger, spec, name):
     row says so.
     """
     backend.prepare(spec)
+    planned = backend.planned_remote_id(spec)
     ledger.add(RunRecord(run_id=spec.run_id, name=name, backend=backend.name, status=QUEUED,
-                         dataset=str(spec.data), run_dir=str(spec.run_dir),
+                         dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=planned or "",
                          params={"train_args": spec.train_args, "backend_options": spec.backend_options}))
     try:
         (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -58,7 +61,11 @@ def start(backend, ledger, spec, name):
             json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
         run = backend.submit(spec)
     except BaseException:
-        ledger.update(spec.run_id, status=FAILED)
+        # With a planned remote id (Azure: the job name) the job may exist although the submit
+        # was interrupted: the row stays queued with that id, and the next `status` asks the
+        # service (a job that was never created is recorded as failed then).
+        if not planned:
+            ledger.update(spec.run_id, status=FAILED)
         raise
     ledger.update(spec.run_id, remote_id=run.remote_id)
     return run
@@ -68,12 +75,65 @@ def run_ref(record):
     return RunRef(record.run_id, record.backend, Path(record.run_dir), record.remote_id)
 
 
+def read_spec(run_dir, run_id):
+    """The JobSpec that runs/<id>/spec.json recorded when the run started."""
+    path = Path(run_dir) / "spec.json"
+    try:
+        return JobSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UserError(f"run {run_id} cannot be resumed: {path} is missing") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"run {run_id} cannot be resumed: {path} is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def resume(backend, ledger, record):
+    """Start a killed, canceled or failed run again in its own folder; the new attempt's RunRef.
+
+    Same spec.json (data, split, hyperparameters, checkpoints folder), so train.py continues from
+    its last checkpoint. A completed run and a live one are refused. The ledger keeps one row for
+    the run: status back to running, one more attempt, the earlier attempt's exit code cleared.
+    The spec file stays locked meanwhile, so two concurrent resumes cannot start two jobs on the
+    same checkpoints (the second one finds the first one's job running).
+    """
+    if not backend.resumable:
+        raise UserError(f"--resume works for local and docker runs, not {backend.name} ones (Azure ML "
+                        "restarts a preempted job by itself, from the run's checkpoint output)")
+    if record.status == COMPLETED:
+        raise UserError(f"run {record.run_id} has completed: there is nothing to resume")
+    run = run_ref(record)
+    spec = read_spec(run.run_dir, record.run_id)
+    with open(run.run_dir / "spec.json") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run {record.run_id} is being resumed by another client") from None
+        status = backend.status(run)
+        if status == COMPLETED:
+            raise UserError(f"run {record.run_id} has completed: there is nothing to resume")
+        if status not in TERMINAL:
+            raise UserError(f"run {record.run_id} is still {status}: follow it with 'orchestrate logs {record.run_id}'")
+        if not spec.data.is_dir():
+            raise UserError(f"the dataset of run {record.run_id} is gone: {spec.data}")
+        backend.prepare(spec)
+        try:
+            resumed = backend.resume(spec, run)
+        except BaseException:
+            ledger.update(record.run_id, status=FAILED)
+            raise
+        ledger.update(record.run_id, status=RUNNING, remote_id=resumed.remote_id, exit_code=None,
+                      attempts=record.attempts + 1)
+    return resumed
+
+
 def follow(backend, run, ledger, renderer, until_end=True):
     """Render the run's events until it ends, then record and return its Outcome.
 
     Every follower renders the log from its start (cursor 0), so a client that re-attaches
     shows the whole run, each event exactly once; Ctrl-C raises Detached and leaves the job
     running. Without `until_end`, it renders what is logged so far and returns the current state.
+    A resumed run's log holds every attempt: the backend follows until the last attempt ends, and
+    only the last attempt's run_end tells the outcome (a later run_start voids an earlier run_end,
+    so a killed last attempt, which wrote none, is not reported with the canceled one's exit code).
     """
     run_end = None
     try:
@@ -83,7 +143,9 @@ def follow(backend, run, ledger, renderer, until_end=True):
                 renderer.line(line.text)
                 continue
             renderer.event(event)
-            if event.get("type") == "run_end":
+            if event.get("type") == "run_start":
+                run_end = None
+            elif event.get("type") == "run_end":
                 run_end = event
     except KeyboardInterrupt:
         raise Detached(run.run_id) from None

@@ -6,10 +6,12 @@ The file holds input `image` (float32 [batch, 3, H, W], batch axis dynamic), out
 """
 import copy
 import inspect
+import io
 import json
 import warnings
 
 import onnx
+import onnx.compose
 import torch
 import torch.nn as nn
 
@@ -24,6 +26,8 @@ except ImportError:  # beside train.py, started as a script
 ONNX_OPSET = 17
 ARCH_KEY = "orchestrate.arch"
 MODE_KEY = "orchestrate.mode"
+FEATURES_NAME = "features"  # the backbone's output, inside a linear-mode graph
+HEAD_PREFIX = "head/"
 
 
 class Probabilities(nn.Module):
@@ -37,32 +41,71 @@ class Probabilities(nn.Module):
         return torch.softmax(self.model(image), dim=1)
 
 
-def export_onnx(model, path, classes, spec, arch, mode):
-    """Write softmax(model) to `path` as ONNX with a dynamic batch axis and our metadata.
+def exportable(module):
+    """A float32 CPU copy of `module` in eval mode and contiguous layout, for the exporter.
 
-    Exports a float32 CPU copy in eval mode, so the trained model (maybe on a GPU, channels_last,
-    and put back into train mode by the exporter) is left as it was.
+    A copy, so that the trained module (maybe on a GPU, channels_last, and put back into train
+    mode by the exporter) is left as it was.
     """
-    exportable = Probabilities(copy.deepcopy(model)).cpu().float().eval()
-    exportable = exportable.to(memory_format=torch.contiguous_format)
-    height, width = spec["size"]
-    example = torch.zeros(2, 3, height, width)  # batch 2: an exporter may specialize a batch of 1
-    kwargs = dict(input_names=[imaging.INPUT_NAME], output_names=[imaging.OUTPUT_NAME],
-                  dynamic_axes={imaging.INPUT_NAME: {0: "batch"}, imaging.OUTPUT_NAME: {0: "batch"}},
+    return copy.deepcopy(module).cpu().float().eval().to(memory_format=torch.contiguous_format)
+
+
+def to_onnx(module, example, input_name, output_name):
+    """`module` traced on `example` -> onnx.ModelProto with a dynamic batch axis.
+
+    Built in memory: the metadata is added before the one write to disk, and linear mode runs
+    the frozen backbone's graph in ONNX Runtime without a file (train.featurize).
+    """
+    kwargs = dict(input_names=[input_name], output_names=[output_name],
+                  dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                   opset_version=ONNX_OPSET, do_constant_folding=True)
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         # torch >= 2.9 defaults to the dynamo exporter, which needs onnxscript; the TorchScript
         # exporter needs nothing more and behaves the same from torch 1.13 on.
         kwargs["dynamo"] = False
-    metadata = {imaging.LABELS_KEY: json.dumps(list(classes)), imaging.PREPROCESS_KEY: json.dumps(spec),
-                ARCH_KEY: arch, MODE_KEY: mode}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, (example,), buffer, **kwargs)
+    return onnx.load_from_string(buffer.getvalue())
 
-    def write(tmp):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(exportable, (example,), tmp, **kwargs)
-        exported = onnx.load(tmp)
-        onnx.helper.set_model_props(exported, metadata)
-        onnx.save(exported, tmp)
 
-    write_atomically(path, write)
+def export_backbone(backbone, spec):
+    """The frozen backbone alone as ONNX: image [batch, 3, H, W] -> features [batch, D].
+
+    Linear mode computes its cached features with this graph (in ONNX Runtime) and export_onnx
+    puts the trained head behind the very same graph, so metrics.json is computed from exactly
+    the features model.onnx computes, and the backbone is traced once per run instead of twice.
+    """
+    height, width = spec["size"]
+    example = torch.zeros(2, 3, height, width)  # batch 2: an exporter may specialize a batch of 1
+    return to_onnx(exportable(backbone), example, imaging.INPUT_NAME, FEATURES_NAME)
+
+
+def export_onnx(model, path, classes, spec, arch, mode, backbone=None):
+    """Write softmax(model) to `path` as ONNX with a dynamic batch axis and our metadata.
+
+    `backbone`: export_backbone's graph of model.backbone, when the run has it already (linear
+    mode in ONNX Runtime); only the head is traced then, and joined behind it.
+    """
+    if backbone is None:
+        height, width = spec["size"]
+        graph = to_onnx(Probabilities(exportable(model)), torch.zeros(2, 3, height, width),
+                        imaging.INPUT_NAME, imaging.OUTPUT_NAME)
+    else:
+        features = backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+        head = to_onnx(Probabilities(exportable(model.head)), torch.zeros(2, features),
+                       FEATURES_NAME, imaging.OUTPUT_NAME)
+        # Both graphs name their constants onnx::<op>_<n>: the head's inner names get a prefix.
+        onnx.compose.add_prefix(head, HEAD_PREFIX, rename_inputs=False, rename_outputs=False, inplace=True)
+        # merge_graphs, not merge_models: that one also runs the checker over the whole model
+        # (a third of a second for ResNet50) and lists the shared opset twice.
+        joined = onnx.compose.merge_graphs(backbone.graph, head.graph, io_map=[(FEATURES_NAME, FEATURES_NAME)],
+                                           name=backbone.graph.name)
+        graph = onnx.helper.make_model(joined, opset_imports=backbone.opset_import, ir_version=backbone.ir_version,
+                                       producer_name=backbone.producer_name,
+                                       producer_version=backbone.producer_version)
+    onnx.helper.set_model_props(graph, {
+        imaging.LABELS_KEY: json.dumps(list(classes)), imaging.PREPROCESS_KEY: json.dumps(spec),
+        ARCH_KEY: arch, MODE_KEY: mode})
+    write_atomically(path, graph.SerializeToString())

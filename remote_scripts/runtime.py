@@ -4,30 +4,124 @@ Kept apart from train.py so that the loop there reads as the algorithm. Works on
 """
 import contextlib
 import datetime
+import json
 import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.distributed
 
+# The longest a collective (a training step's all-reduce, a gather, a broadcast) waits for the other
+# ranks. They arrive within seconds of each other -- the slowest is a step behind rank 0 writing a
+# checkpoint (hundreds of MB, maybe to a mounted disk) -- so minutes, not hours: this is how soon a
+# rank that died without a word (an OOM kill, no torchrun agent to notice) ends the others' wait.
+# The waits that can be long (local rank 0 downloading weights or decoding, rank 0 exporting) are
+# Dist.barrier, which has no timeout.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+STORE_TIMEOUT = datetime.timedelta(minutes=1)  # connecting to the job's store, one request to it
+BOARD_PREFIX = "orchestrate/"
+WATCH_SECONDS = 1.0   # how often the watcher thread reads the board
+# How long the main thread has to end the run itself once a failure is known (its cleanup may wait
+# for a checkpoint write in flight); torchrun's agent kills a worker 30 s after its SIGTERM.
+GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What ended a rank: the exit code and one-line message it ends with. `rank` is None in a
+    single process, where the message needs no rank to be understood."""
+    rank: Optional[int]
+    code: int
+    message: str
+
+    @property
+    def error(self):
+        """The run_end event's error: which rank failed, and why."""
+        return self.message if self.rank is None else f"rank {self.rank}: {self.message}"
+
+
+class PeerFailed(Exception):
+    """Another rank failed: this one stops too, with that rank's exit code and message."""
+
+    def __init__(self, failure):
+        super().__init__(failure.error)
+        self.failure = failure
+
+
+class Board:
+    """The job's notice board: a few keys in the TCPStore that every rank of a torch.distributed job
+    already shares (MASTER_ADDR:MASTER_PORT, served by torchrun's agent, else by rank 0).
+
+    Why a store and not a collective: any rank can post to it at any moment and read it without
+    the others taking part, so a rank that fails tells the others even while they are busy in
+    other work or blocked in a collective, and a barrier on it can wait for hours with no timeout.
+    Only the operations torch 1.13's store has: set-if-absent (compare_set) and counters (add).
+    """
+
+    def __init__(self):
+        self.store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                                None, False, STORE_TIMEOUT)
+
+    def post_failure(self, failure):
+        """Record `failure` unless a rank has already recorded one; the first failure recorded."""
+        first = self.store.compare_set(BOARD_PREFIX + "failure", "", json.dumps(asdict(failure)))
+        self.store.add(BOARD_PREFIX + "failures", 1)  # after the record, so that readers find it
+        return Failure(**json.loads(first))
+
+    def failure(self):
+        """The first failure any rank has recorded, or None."""
+        if not self.count("failures"):
+            return None
+        return Failure(**json.loads(self.store.get(BOARD_PREFIX + "failure")))
+
+    def arrive(self, key):
+        self.store.add(BOARD_PREFIX + key, 1)
+
+    def count(self, key):
+        return int(self.store.add(BOARD_PREFIX + key, 0))
+
 
 class Dist:
-    """This process's place in a (maybe) distributed run, and the few collectives used.
+    """This process's place in a (maybe) distributed run, the few collectives used, and how the
+    ranks learn that one of them failed.
 
     Local rank 0 of each machine decodes the images for the processes there; every process
     trains its share of each epoch and evaluates its share of the validation and test splits;
     rank 0 alone checkpoints, exports and prints events, and every process takes its decision to
     go on or stop.
+
+    Any failure on any rank ends every rank within seconds, with the first failing rank's message
+    and exit code: the failing rank posts it to the Board (fail) before it exits; the others
+    find it at the next barrier (PeerFailed), or see their collective fail as the failing rank's
+    connections close (gloo) and read the board then (failure), or are stopped by torchrun's
+    agent with SIGTERM and read it then; and a watcher thread ends, GRACE_SECONDS after a failure
+    is posted, a rank that none of these reached (blocked in an NCCL collective that only the
+    timeout would end, or busy in long work of its own without torchrun's agent).
     """
 
     def __init__(self, world=1, rank=0, local_rank=0):
         self.world, self.rank, self.local_rank = world, rank, local_rank
+        self.on_failure = None  # see watch()
+        self.watcher = None
         self.enabled = False
         self.device = torch.device("cpu")
+        self.board = None
+        self.barriers = 0
+        self.closed = threading.Event()
 
     @classmethod
     def from_env(cls):
+        """From the variables torchrun and Azure ML set. Under torchrun's agent, which serves the
+        store before it starts the workers, the board is connected at once, so that even a failure
+        before the process group exists (bad arguments, no GPU for this rank) reaches rank 0."""
         env = os.environ
-        return cls(int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)))
+        dist = cls(int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)))
+        if dist.world > 1 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            dist.board = Board()
+        return dist
 
     @property
     def main(self):
@@ -35,14 +129,97 @@ class Dist:
 
     def init(self, device):
         self.device = device
-        # Local rank 0 decodes the dataset while the others wait: allow hours.
+        if device.type == "cuda" and torch.__version__.startswith("1."):
+            # Without it torch 1.13's NCCL collectives never time out (torch 2 and torchrun's agent set it).
+            os.environ.setdefault("NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                             timeout=datetime.timedelta(hours=3))
+                                             timeout=COLLECTIVE_TIMEOUT)
+        if self.board is None:  # rank 0 serves the store: it exists from now on
+            self.board = Board()
         self.enabled = True
+        self._start_watcher()
+
+    def watch(self, on_failure):
+        """Once any rank has posted a failure, end this process with on_failure(failure) (which
+        must not return) unless it has ended by itself within GRACE_SECONDS.
+
+        This is for the process that nothing else reaches: one blocked in C++ -- an NCCL
+        collective, or creating the process group while a rank fails at start -- where Python
+        runs no signal handler, not even for torchrun's SIGTERM, or one busy in long work of
+        its own without torchrun's agent to stop it. A thread of its own, with its own connection to
+        the store: the main thread's may be mid-request. It starts once the board is connected.
+        """
+        self.on_failure = on_failure
+        self._start_watcher()
+
+    def _start_watcher(self):
+        if self.on_failure and self.board is not None and self.watcher is None and self.world > 1:
+            self.watcher = threading.Thread(target=self._watch, name="failure-watcher", daemon=True)
+            self.watcher.start()
 
     def barrier(self):
-        if self.enabled:
-            torch.distributed.barrier()
+        """Wait until every rank gets here; raise PeerFailed as soon as a rank has failed instead.
+
+        Not a collective, so it may wait for hours (local rank 0 downloading the weights or decoding
+        the images, rank 0 exporting) with no timeout to outlast. Rank 0 leaves last: it may serve
+        the store, which must outlive every rank's last request.
+        """
+        if not self.enabled:
+            return
+        self.barriers += 1
+        name = f"barrier/{self.barriers}"
+        self.board.arrive(name + "/in")
+        self._wait_for_all(name + "/in")
+        self.board.arrive(name + "/out")
+        if self.main:
+            self._wait_for_all(name + "/out")
+
+    def _wait_for_all(self, key):
+        pause = 0.005
+        while self.board.count(key) < self.world:
+            failure = self.board.failure()
+            if failure is not None:
+                raise PeerFailed(failure)
+            time.sleep(pause)
+            pause = min(2 * pause, 0.2)
+
+    def fail(self, code, message):
+        """Post this rank's failure for the others; the failure the run ends with: the first posted,
+        or this rank's own when every rank failed alike (bad arguments, a diverged loss) or the
+        board does not answer (rank 0 served the store and has ended)."""
+        own = Failure(self.rank if self.world > 1 else None, code, message)
+        if self.board is None or self.world == 1:
+            return own
+        try:
+            first = self.board.post_failure(own)
+        except Exception:
+            return own
+        return own if first.message == own.message else first
+
+    def failure(self):
+        """The first failure a rank has posted, or None (also when the board does not answer)."""
+        if self.board is None or self.world == 1:
+            return None
+        try:
+            return self.board.failure()
+        except Exception:
+            return None
+
+    def _watch(self):
+        try:
+            board = Board()
+            while not self.closed.wait(WATCH_SECONDS):
+                failure = board.failure()
+                if failure is not None:
+                    if not self.closed.wait(GRACE_SECONDS):
+                        self.on_failure(failure)
+                    return
+        except Exception:  # the store has gone
+            if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                # torchrun's agent served it, and has died (killed): its workers must not train on
+                # as orphans, since torch 2 starts them in sessions of their own, out of its reach.
+                os._exit(1)
+            return  # rank 0 served it and has ended: nothing left to watch
 
     def broadcast(self, value):
         """Rank 0's number, on every rank."""
@@ -51,6 +228,18 @@ class Dist:
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         torch.distributed.broadcast(tensor, 0)
         return tensor.item()
+
+    def share(self, tensors):
+        """Copy rank 0's values into `tensors` (a module's parameters and buffers) on every rank."""
+        if not self.enabled:
+            return
+        for tensor in tensors:
+            if tensor.is_contiguous():
+                torch.distributed.broadcast(tensor, 0)
+            else:  # channels_last weights: torch 1.13 broadcasts contiguous tensors only
+                buffer = tensor.contiguous()
+                torch.distributed.broadcast(buffer, 0)
+                tensor.copy_(buffer)
 
     def all_sum(self, tensor):
         if self.enabled:
@@ -66,9 +255,12 @@ class Dist:
         return gathered
 
     def close(self):
+        """Leave the process group, then stop the watcher: a destroy that hangs (NCCL after a
+        failure) is still ended by the watcher."""
         if self.enabled:
             torch.distributed.destroy_process_group()
             self.enabled = False
+        self.closed.set()
 
 
 def native_bf16_cpu():

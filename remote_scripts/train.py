@@ -36,30 +36,38 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
+
+# Started as the job, a SIGTERM during the imports below (torch takes seconds) is kept for main(),
+# which ends the run with its run_end event: torchrun's agent stops every process that early when
+# one fails at once (bad arguments, no GPU for it).
+STARTUP_SIGNALS = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: STARTUP_SIGNALS.append(signum))
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 try:  # imported as remote_scripts.train (by the tests)
-    from . import folder_dataset, imagecache, metrics, options, progress
+    from . import folder_dataset, imagecache, imaging, metrics, options, progress
     from .atomic import write_atomically
-    from .export import export_onnx
+    from .export import export_backbone, export_onnx
     from .imagecache import SKIPPED_IN_EVENTS, Batches, augment
     from .models import WeightsError, build_model, freeze_backbone, load_weights, set_train_mode, torch_load
-    from .runtime import Dist, Precision, PrecisionError
+    from .runtime import Dist, PeerFailed, Precision, PrecisionError
 except ImportError:  # started as a script: the sibling modules are top-level modules
     import folder_dataset
     import imagecache
+    import imaging
     import metrics
     import options
     import progress
     from atomic import write_atomically
-    from export import export_onnx
+    from export import export_backbone, export_onnx
     from imagecache import SKIPPED_IN_EVENTS, Batches, augment
     from models import WeightsError, build_model, freeze_backbone, load_weights, set_train_mode, torch_load
-    from runtime import Dist, Precision, PrecisionError
+    from runtime import Dist, PeerFailed, Precision, PrecisionError
 
 OUTPUT_FILES = ("model.onnx", "labels.json", "metrics.json", "history.jsonl")
 CHECKPOINT_FORMAT = 2
@@ -163,6 +171,10 @@ def resolve_device(name, dist):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name}: CUDA is not available here (use --device cpu)")
         if device.index is None:
+            count = torch.cuda.device_count()
+            if dist.local_rank >= count:
+                raise UsageError(f"process {dist.local_rank} of this machine has no GPU of its own ({count} "
+                                 "visible): start at most one process per GPU, or use --device cpu")
             device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
@@ -170,19 +182,18 @@ def resolve_device(name, dist):
     return device
 
 
-def compute_threads():
-    """Threads for torch's CPU kernels: the CPUs this process may use, shared by the processes of
-    its machine.
+def compute_threads(processes):
+    """Threads for torch's CPU kernels: the CPUs this process may use, shared by the `processes`
+    computing on its machine.
 
     Why not torch's default: it counts the machine's cores, not a container's CPU quota (docker
-    --cpus) or affinity mask, and oversubscribed threads run slower than fewer ones. One
-    process honours an explicit OMP_NUM_THREADS; under torchrun (LOCAL_WORLD_SIZE) torchrun's own
-    OMP_NUM_THREADS=1 would leave cores idle, so the quota is divided instead.
+    --cpus) or affinity mask, and oversubscribed threads run slower than fewer ones. A job not
+    started by torchrun honours an explicit OMP_NUM_THREADS; under torchrun (LOCAL_WORLD_SIZE is
+    set) torchrun's own OMP_NUM_THREADS=1 would leave cores idle, so the quota is divided instead.
     """
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if local_processes == 1 and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+    if "LOCAL_WORLD_SIZE" not in os.environ and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, imagecache.available_cpus() // local_processes)
+    return max(1, imagecache.available_cpus() // processes)
 
 
 def describe_device(device):
@@ -315,40 +326,69 @@ class Forward:
 
 @torch.no_grad()
 def featurize(model, batches, indices, batch_size, report):
-    """Linear mode: the frozen backbone's features [N, D] on the CPU, rows `indices` filled.
+    """Linear mode: (the frozen backbone's features [N, D] on the CPU, rows `indices` filled; the
+    backbone's ONNX graph that computed them, or None when torch did).
 
     Always float32, so that the head is fitted and tested on exactly the features the exported
-    (float32) ONNX model computes: metrics.json is what model.onnx gives.
+    (float32) ONNX model computes: metrics.json is what model.onnx gives. On a CPU with
+    onnxruntime installed, ONNX Runtime runs export_backbone's graph, which export_onnx then
+    reuses: on the 2-core build machine it featurizes ~1.4x faster than torch's eager kernels
+    (channels_last and inference_mode included; benchmarks/train_throughput.py), and the
+    backbone is traced once per run instead of twice. Elsewhere (a GPU, no onnxruntime: it is
+    optional in the job) torch computes them.
     """
     report.event("phase", name="featurize")
     model.eval()
+    graph, session = backbone_in_onnx_runtime(model, batches)
     throttle = report.throttle("featurize", len(indices))
     features, done = None, 0
     for idx, pixels, _ in batches.prefetch([indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]):
-        with torch.inference_mode():
-            out = model.backbone(batches.normalize(pixels)).float().cpu()
+        x = batches.normalize(pixels)
+        if session is not None:
+            out = torch.from_numpy(session.run(None, {imaging.INPUT_NAME: x.contiguous().numpy()})[0])
+        else:
+            with torch.inference_mode():
+                out = model.backbone(x).float().cpu()
         if features is None:
             features = torch.zeros(len(batches.data.paths), out.shape[1])
         features[torch.from_numpy(idx)] = out
         done += len(idx)
         throttle.update(done)
-    return features
+    return features, graph
+
+
+def backbone_in_onnx_runtime(model, batches):
+    """(ONNX graph of the frozen backbone, an ONNX Runtime session running it on torch's CPU
+    threads), or (None, None) on a GPU or without onnxruntime."""
+    if batches.device.type != "cpu":
+        return None, None
+    try:
+        import onnxruntime
+    except ImportError:
+        return None, None
+    graph = export_backbone(model.backbone, batches.data.spec)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return graph, session
 
 
 def cached_features(args, model, dataset, batches, fingerprint, report):
-    """Linear mode's backbone features, from the checkpoint folder when an earlier attempt made them."""
+    """Linear mode's (backbone features, their ONNX graph or None): see featurize; from the
+    checkpoint folder when an earlier attempt made them (no graph then)."""
     path = os.path.join(args.checkpoint_dir, "features.pt") if args.checkpoint_dir else None
     key = {k: fingerprint[k] for k in ("arch", "weights", "image_size", "data")}
     if path and os.path.exists(path):
         saved = torch_load(path, own=True)
         if saved.get("key") == key:
             report.log(f"features loaded from {path}")
-            return saved["features"]
+            return saved["features"], None
     usable = np.sort(np.concatenate([dataset.train, dataset.val, dataset.test]))
-    features = featurize(model, batches, usable, args.batch_size, report)
+    features, graph = featurize(model, batches, usable, args.batch_size, report)
     if path:
         write_atomically(path, lambda tmp: torch.save({"key": key, "features": features}, tmp))
-    return features
+    return features, graph
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,6 +398,9 @@ def cached_features(args, model, dataset, batches, fingerprint, report):
 def warmup_cosine(optimizer, total_steps, warmup_steps):
     """Linear warmup from lr / warmup_steps to lr, then cosine decay to zero, stepped per batch."""
     lr = torch.optim.lr_scheduler
+    # torch 1.13's SequentialLR steps its second scheduler with an epoch argument it deprecates
+    # itself, warning in every process at the milestone; the schedule is right.
+    warnings.filterwarnings("ignore", message="The epoch parameter in `scheduler.step", category=UserWarning)
     warmup = lr.LinearLR(optimizer, start_factor=1 / warmup_steps, total_iters=max(1, warmup_steps - 1))
     decay = lr.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
     return lr.SequentialLR(optimizer, [warmup, decay], milestones=[warmup_steps])
@@ -365,10 +408,19 @@ def warmup_cosine(optimizer, total_steps, warmup_steps):
 
 def epoch_batches(train, seed, epoch, dist, batch_size, drop_single):
     """This process's batches of one epoch: one seeded shuffle shared by all processes, dealt out
-    round-robin (what DistributedSampler does), padded so that every process takes as many steps."""
+    round-robin (what DistributedSampler does), padded so that every process takes as many steps.
+
+    With `drop_single` (BatchNorm trains) no batch holds one image: a last batch of one is left
+    out (by every process alike, as their shares are equal), and a share of one image is a
+    UsageError, since it would be the only batch.
+    """
+    share = math.ceil(len(train) / dist.world)
+    if drop_single and share < 2:
+        raise UsageError(f"{len(train)} training image(s) cannot be shared by {dist.world} processes: BatchNorm "
+                         "needs at least 2 per process (add images or start fewer processes)")
     order = np.random.default_rng([seed, epoch]).permutation(train)
     if dist.world > 1:
-        order = np.resize(order, math.ceil(len(order) / dist.world) * dist.world)[dist.rank::dist.world]
+        order = np.resize(order, share * dist.world)[dist.rank::dist.world]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if drop_single and len(batches) > 1 and len(batches[-1]) == 1:
         batches.pop()  # BatchNorm cannot train on a batch of one
@@ -622,9 +674,10 @@ def writable_folder(path, flag):
         raise UsageError(f"{flag} {path} is not a writable folder ({exc.strerror or exc})") from None
 
 
-def evaluate_and_export(args, mode, model, forward, dataset, progress_state, stopped, dist, report):
+def evaluate_and_export(args, mode, model, forward, dataset, progress_state, stopped, dist, report,
+                        backbone_graph=None):
     """Test metrics of the kept weights -> metrics.json (every process scores its share), then
-    rank 0 exports the model and writes the other files."""
+    rank 0 exports the model (behind `backbone_graph` when featurize made one) and writes the other files."""
     report.event("phase", name="evaluate")
     evaluated_on, indices = "test", dataset.test
     if not len(indices):
@@ -653,7 +706,8 @@ def evaluate_and_export(args, mode, model, forward, dataset, progress_state, sto
 
     report.event("phase", name="export")
     out = args.output
-    export_onnx(model, os.path.join(out, "model.onnx"), dataset.classes, dataset.spec, args.arch, mode.name)
+    export_onnx(model, os.path.join(out, "model.onnx"), dataset.classes, dataset.spec, args.arch, mode.name,
+                backbone=backbone_graph)
     write_json(os.path.join(out, "labels.json"), list(dataset.classes))
     write_json(os.path.join(out, "metrics.json"), result)
     write_history(out, progress_state["history"])
@@ -689,7 +743,8 @@ def run(args, dist, report, started, stop):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_num_threads(compute_threads())
+        # linear mode under torchrun computes in rank 0 alone (dist.world was set to 1 above)
+        torch.set_num_threads(compute_threads(int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if dist.world > 1 else 1))
     if dist.main:  # rank 0 writes them: found unwritable now, not after the training
         writable_folder(args.output, "--output")
         if args.checkpoint_dir:
@@ -704,6 +759,7 @@ def run(args, dist, report, started, stop):
     if dist.local_rank == 0:
         dist.barrier()
     dataset = load_data(args, dist, report)
+    dist.barrier()  # every process has its data: one whose loading failed ends them all here
     model = create_model(args, mode, dataset, state, device, report)
     del state
     batches = Batches(dataset, device, channels_last=True)
@@ -723,11 +779,16 @@ def run(args, dist, report, started, stop):
         report.warn("no validation split (--val-fraction 0): no early stopping, and the last "
                     "epoch's weights are kept")
 
-    features = None
+    features = backbone_graph = None
     if mode.cached_features:
-        features = cached_features(args, model, dataset, batches, fingerprint, report)
+        features, backbone_graph = cached_features(args, model, dataset, batches, fingerprint, report)
         model.head[0].fit(features[torch.from_numpy(dataset.train)].to(device))
         features = features.to(device)
+        if device.type == "cpu":
+            # The head's steps are ops of microseconds, where synchronizing OpenMP threads costs
+            # more than sharing the work saves: 1 thread trains an epoch 3.5x faster than 2 on the
+            # 2-core build machine while other processes hold a core (benchmarks/train_throughput.py).
+            torch.set_num_threads(1)
 
     # What trains, how it is stepped and scheduled.
     trainable = model if mode.trains_backbone else model.head
@@ -819,6 +880,9 @@ def run(args, dist, report, started, stop):
                    "lr": optimizer.param_groups[-1]["lr"], "best": False}
             if has_val:
                 model.eval()
+                # DDP keeps the parameters equal, not the BatchNorm statistics: each process's last
+                # step updated its own. Validate with rank 0's, the ones checkpointed and exported.
+                dist.share(trainable.buffers())
                 _, row["val_loss"], row["val_accuracy"] = evaluate(
                     forward, dataset.val, dataset.labels[dataset.val], args.batch_size, dist)
             decision = None
@@ -837,7 +901,10 @@ def run(args, dist, report, started, stop):
         writer.wait()
     if best_weights is not None:
         trainable.load_state_dict(best_weights)
-    evaluate_and_export(args, mode, model, forward, dataset, state, state["stopped"], dist, report)
+    # Only rank 0 keeps the best epoch's weights: every process scores its share of the test
+    # split with them, so that metrics.json is what the exported model gives.
+    dist.share(trainable.state_dict().values())
+    evaluate_and_export(args, mode, model, forward, dataset, state, state["stopped"], dist, report, backbone_graph)
     dist.barrier()
 
 
@@ -870,35 +937,72 @@ def end_of_epoch(args, row, state, has_val, epoch_started, elapsed, report):
     return None
 
 
+class RunEnd:
+    """Reports the run_end event once, from whichever thread ends the run first: the main thread,
+    or Dist's watcher thread ending a process that a failure elsewhere left blocked."""
+
+    def __init__(self, report, started):
+        self.report, self.started = report, started
+        self.lock = threading.Lock()
+        self.code = None
+
+    def __call__(self, status, code, error=None):
+        """Report the end unless it has been reported; the exit code that was reported."""
+        with self.lock:
+            if self.code is None:
+                self.code = code
+                self.report.event("run_end", status=status, seconds=round(time.time() - self.started, 3),
+                                  exit_code=code, error=error)
+        return self.code
+
+
+def outcome_of(exc, dist, report):
+    """(status, exit code, error) of the run_end event for the exception that ends this process.
+
+    Distributed, a failure is the first one any process posted (Dist.fail): the one that made the
+    others fail or stop. Bad data or arguments exit 2 and a diverged loss 1, with one line on
+    stderr; anything else (a bug, the machine) exits 1 with its traceback.
+    """
+    if isinstance(exc, Canceled):
+        failure = dist.failure()  # torchrun's agent stops every process once one has failed
+        if failure is None:
+            report.log(f"canceled by signal {exc.signum}")
+            return "canceled", 128 + exc.signum, str(exc)
+    elif isinstance(exc, PeerFailed):
+        failure = exc.failure
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    else:
+        expected = isinstance(exc, (UsageError, WeightsError, folder_dataset.DatasetError, Diverged))
+        code = 1 if not expected or isinstance(exc, Diverged) else 2
+        message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        failure = dist.fail(code, message)
+        if failure.message != message:  # e.g. a collective broken by the failed process's exit
+            print(f"error: {failure.error} (then here: {message})", file=sys.stderr, flush=True)
+        elif expected:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
+            sys.stderr.flush()
+    return "failed", failure.code, failure.error
+
+
 def main(argv=None):
     started = time.time()
     dist = Dist.from_env()
     report = Reporter(dist.main)
+    end = RunEnd(report, started)
+    dist.watch(lambda failure: os._exit(end("failed", failure.code, failure.error)))
     stop = Stop()
     previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def end(status, code, error=None):
-        report.event("run_end", status=status, seconds=round(time.time() - started, 3),
-                     exit_code=code, error=error)
-        return code
-
     try:
+        if STARTUP_SIGNALS:
+            stop.handle(STARTUP_SIGNALS[0], None)
         args = parse_args(argv)
         run(args, dist, report, started, stop)
         return end("completed", 0)
-    except (UsageError, WeightsError, folder_dataset.DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return end("failed", 2, str(exc))
-    except Diverged as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return end("failed", 1, str(exc))
-    except Canceled as exc:
-        report.log(f"canceled by signal {exc.signum}")
-        return end("canceled", 128 + exc.signum, str(exc))
     except Exception as exc:
-        traceback.print_exc()
-        sys.stderr.flush()
-        return end("failed", 1, f"{type(exc).__name__}: {exc}")
+        stop.deferred = True  # a SIGTERM now (torchrun stopping every process) must not cut the report short
+        return end(*outcome_of(exc, dist, report))
     finally:
         dist.close()
         for signum, handler in previous.items():

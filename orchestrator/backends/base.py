@@ -1,8 +1,9 @@
 """The backend interface (DESIGN.md 4.3), in the style of SkyPilot's Backend.
 
 Lifecycle: prepare(spec) -> submit(spec) -> RunRef -> log_lines(run, cursor) -> status /
-cancel / download. Backends differ only where the world differs: event parsing, rendering,
-the ledger and the output layout are shared (orchestrator/runner.py).
+cancel / download, and resume(spec, run) where a backend can start an ended run again.
+Backends differ only where the world differs: event parsing, rendering, the ledger and the
+output layout are shared (orchestrator/runner.py).
 """
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,12 @@ class JobSpec:
         data["data"], data["run_dir"] = str(self.data), str(self.run_dir)
         return data
 
+    @classmethod
+    def from_json(cls, data):
+        """The spec that runs/<id>/spec.json records (the inverse of to_json; other keys ignored)."""
+        return cls(run_id=data["run_id"], data=Path(data["data"]), run_dir=Path(data["run_dir"]),
+                   train_args=list(data["train_args"]), backend_options=dict(data.get("backend_options") or {}))
+
 
 @dataclass
 class RunRef:
@@ -59,6 +66,8 @@ class LogLine:
 
 class Backend(ABC):
     name = ""
+    # Whether resume() can start an ended run again in its own folder (`orchestrate train --resume`).
+    resumable = False
 
     @abstractmethod
     def prepare(self, spec):
@@ -70,6 +79,11 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, spec):
         """Start the job and return its RunRef without waiting for it."""
+
+    def planned_remote_id(self, spec):
+        """The remote id the submit of `spec` will use, when it is known beforehand (else None):
+        the ledger records it before the submit, so an interrupted submit leaves a findable job."""
+        return None
 
     @abstractmethod
     def log_lines(self, run, cursor=0, follow=True):
@@ -95,6 +109,29 @@ class Backend(ABC):
     def cancel(self, run):
         """Stop the run (graceful, then forced) and record it as canceled."""
 
+    def resume(self, spec, run):
+        """Start the job of `run`, which has ended without completing, again in its run folder.
+
+        train.py finds its last checkpoint in the run's checkpoints folder and continues from it.
+        Whatever marks the earlier attempt as ended (an exit code, a cancel marker) is cleared
+        first, so the new attempt is not taken for ended, and log_lines yields the earlier
+        attempts' lines before the new ones, cursors continuing. Returns the new attempt's RunRef.
+        Called by runner.resume only where `resumable`, after it checked that the run has ended.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot resume runs")
+
     @abstractmethod
     def download(self, run, dest):
         """Put the job's outputs (job contract 4.1) into `dest`; no-op when already there."""
+
+
+def launch_command(python, scripts_dir, job_args, nproc=None, gpus=None):
+    """The command of a local or Docker job: remote_scripts/launch.py in `scripts_dir`, which runs
+    train.py with `job_args` in one process, or in one per GPU (or `nproc`) under torch's elastic
+    agent. The job decides, not this client: only it can count the GPUs it was given."""
+    command = [python, "-u", f"{str(scripts_dir).rstrip('/')}/launch.py"]
+    if nproc is not None:
+        command += ["--nproc", str(nproc)]
+    if gpus is not None:
+        command += ["--gpus", str(gpus)]
+    return [*command, "--", *job_args]

@@ -15,7 +15,11 @@ next submit (which reaps every exited orchestrate container), removes it, and `o
 re-renders the run from the persisted log after the container is gone. A run folder the user deleted
 is never recreated: its container is just removed. A container left `created` by a client that died
 between create and start is finalized (as failed) by the reap once it is ORPHAN_AGE_SECONDS old.
+A resumed run (`orchestrate train --resume RUN`) gets a new container of the same name on the same
+folders, after its earlier one is finalized; its log keeps the earlier attempts' lines first.
 """
+import dataclasses
+import itertools
 import json
 import math
 import os
@@ -29,12 +33,15 @@ from remote_scripts.atomic import write_atomically
 from ..errors import UserError
 from ..images import DEFAULT_BASE_IMAGE, build_progress, ensure_training_image
 from ..paths import image_cache_dir, remote_scripts_dir
-from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef
+from ..weights import hub_dir
+from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef, launch_command
 from .local import CANCEL_MARKER  # the same marker name in every run folder, whichever backend ran it
 
 RUN_LABEL = "orchestrate.run_id"
 RUN_DIR_LABEL = "orchestrate.run_dir"
 EXIT_FILE = "container.json"        # {"exit_code", "status", "container_id", "oom_killed"}
+# logs/ of a resumed run whose new container is not finalized yet: the earlier attempts' log lines
+EARLIER_LOG = "earlier_attempts.log"
 ORPHAN_AGE_SECONDS = 60             # a `created` container this old was never started: its client died
 STOP_GRACE_SECONDS = 10             # SIGTERM, then SIGKILL: train.py checkpoints on SIGTERM
 SHM_SIZE = "2g"                     # DataLoader workers share batches through /dev/shm
@@ -133,6 +140,7 @@ def device_requests(client, gpus):
 
 class DockerBackend(Backend):
     name = "docker"
+    resumable = True
 
     def __init__(self):
         self._client = None
@@ -176,20 +184,26 @@ class DockerBackend(Backend):
                       remote_id=container.id)
 
     def log_lines(self, run, cursor=0, follow=True):
+        """The live container's log, or the persisted one once finalized, as numbered lines.
+
+        A resumed run's earlier attempts (logs/EARLIER_LOG) come before its live container's lines,
+        so one line cursor spans every attempt. That file is read first: it is deleted only after
+        the container it precedes is gone, so a live container is never seen without it.
+        """
         import docker.errors
 
+        earlier = _read_bytes(_log_path(run.run_dir).with_name(EARLIER_LOG)) or b""
         container = self._container(run)
         try:
             stream = container.logs(stream=True, follow=follow, stdout=True, stderr=True) if container else None
         except docker.errors.NotFound:  # finalized between the lookup and this call
             stream = None
         if stream is None:
-            log_path = _log_path(run.run_dir)
-            chunks = [log_path.read_bytes()] if log_path.exists() else []
-            yield from _numbered_lines(chunks, cursor)
+            persisted = _read_bytes(_log_path(run.run_dir))
+            yield from _numbered_lines([earlier if persisted is None else persisted], cursor)
             return
         try:
-            yield from _numbered_lines(stream, cursor)
+            yield from _numbered_lines(itertools.chain([earlier], stream), cursor)
         finally:
             stream.close()
 
@@ -235,6 +249,34 @@ class DockerBackend(Backend):
             container.stop(timeout=STOP_GRACE_SECONDS)
             container.reload()
         _finalize(Path(run.run_dir), container)
+
+    def resume(self, spec, run):
+        """A new container of the same name on the same folders; the earlier one is finalized first.
+
+        Finalizing persists the earlier attempt's log and frees the name orchestrate-<run_id>. That
+        log (every earlier attempt) becomes logs/EARLIER_LOG, which log_lines and the next finalize
+        put before the new container's lines, closed with a newline so that half a line written by
+        a killed job does not swallow the new attempt's first one. The earlier attempt's exit record
+        and cancel marker go, so the new attempt is not taken for ended.
+        """
+        run_dir = Path(run.run_dir)
+        earlier_container = self._container(dataclasses.replace(run, remote_id=""))  # by name
+        if earlier_container is not None:
+            _finalize(run_dir, earlier_container)
+        log, earlier = _log_path(run_dir), _log_path(run_dir).with_name(EARLIER_LOG)
+        try:
+            if log.exists():
+                os.replace(log, earlier)
+            if earlier.exists() and earlier.stat().st_size:
+                with open(earlier, "rb+") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+            for name in (EXIT_FILE, CANCEL_MARKER):
+                (run_dir / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot prepare run folder {run_dir} for the resumed job: {exc.strerror or exc}")
+        return self.submit(spec)
 
     def download(self, run, dest):
         self.status(run)  # finalizes (persists log and exit, removes the container) once terminal
@@ -288,7 +330,7 @@ def container_settings(spec, options):
     }
     train_args = _mount_image_cache(_mount_weights(list(spec.train_args), volumes), volumes)
     environment = {"HOME": "/tmp", "TORCH_HOME": "/tmp/torch"}
-    hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch") / "hub"
+    hub = hub_dir()  # where the client fetched --weights imagenet (orchestrator.weights)
     if (hub / "checkpoints").is_dir():
         volumes[str(hub)] = {"bind": f"{TORCH_CACHE}/hub", "mode": "ro"}
         environment["TORCH_HOME"] = TORCH_CACHE
@@ -304,8 +346,10 @@ def container_settings(spec, options):
         settings["mem_limit"] = options["memory"]
     if hasattr(os, "getuid"):
         settings["user"] = f"{os.getuid()}:{os.getgid()}"
-    command = ["python3", "/code/train.py", "--data", "/data", "--output", "/outputs",
-               "--checkpoint-dir", "/checkpoints", *train_args]
+    # --gpus is the engine's device request: launch.py counts what the container was given.
+    command = launch_command("python3", "/code", ["--data", "/data", "--output", "/outputs",
+                                                  "--checkpoint-dir", "/checkpoints", *train_args],
+                             nproc=spec.backend_options.get("nproc"))
     return command, dict(
         settings, name=f"orchestrate-{spec.run_id}", labels={RUN_LABEL: spec.run_id, RUN_DIR_LABEL: str(run_dir)},
         init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",
@@ -380,6 +424,14 @@ def _log_path(run_dir):
     return Path(run_dir) / "logs" / "train.log"
 
 
+def _read_bytes(path):
+    """The file's content, or None when there is no such file."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _finalize(run_dir, container):
     """Persist an ended container's log and exit status into its run dir, then remove it; the record.
 
@@ -401,16 +453,21 @@ def _finalize(run_dir, container):
         record = {"status": _outcome(code, oom_killed, canceled=(run_dir / CANCEL_MARKER).exists()),
                   "exit_code": code, "oom_killed": oom_killed, "container_id": container.id,
                   "finished_at": state.get("FinishedAt")}
+        # The earlier attempts' lines before the container's log: read first, since a concurrent
+        # finalizer deletes that file only after it removed the container (then logs() fails here).
+        earlier = _log_path(run_dir).with_name(EARLIER_LOG)
+        earlier_lines = _read_bytes(earlier) or b""
         try:
             log = container.logs(stdout=True, stderr=True)
         except docker.errors.NotFound:  # a concurrent finalizer got there first: its record stands
             return _read_exit(run_dir) or record
         _log_path(run_dir).parent.mkdir(exist_ok=True)
-        write_atomically(_log_path(run_dir), log)
+        write_atomically(_log_path(run_dir), earlier_lines + log)
         write_atomically(run_dir / EXIT_FILE, json.dumps(record, indent=2))
     except OSError as exc:
         raise UserError(f"cannot save the finished run into {run_dir}: {exc.strerror or exc}")
     _remove(container)
+    earlier.unlink(missing_ok=True)  # train.log holds those lines now
     return record
 
 

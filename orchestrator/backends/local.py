@@ -2,7 +2,8 @@
 
 The job writes everything to runs/<id>/logs/train.log and its outputs straight into
 runs/<id>/outputs; the client follows the log file, so a client can die and another one can
-re-attach from a byte offset without showing anything twice.
+re-attach from a byte offset without showing anything twice. A resumed run's new attempt appends
+to the same log file, so the byte cursor spans every attempt.
 """
 import importlib.util
 import os
@@ -13,7 +14,7 @@ import time
 
 from ..errors import UserError
 from ..paths import remote_scripts_dir
-from .base import CANCELED, COMPLETED, FAILED, RUNNING, Backend, LogLine, RunRef
+from .base import CANCELED, COMPLETED, FAILED, RUNNING, Backend, LogLine, RunRef, launch_command
 from .local_job import EXIT_CODE_FILE, write_exit_code
 
 CANCEL_MARKER = "cancel_requested"
@@ -23,6 +24,7 @@ CANCEL_GRACE_SECONDS = 10
 
 class LocalBackend(Backend):
     name = "local"
+    resumable = True
 
     def prepare(self, spec):
         missing = [m for m in ("torch", "torchvision", "onnx") if importlib.util.find_spec(m) is None]
@@ -34,13 +36,12 @@ class LocalBackend(Backend):
     def submit(self, spec):
         for sub in ("logs", "outputs", "checkpoints"):
             (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-u", str(remote_scripts_dir() / "train.py"),
+        command = launch_command(sys.executable, remote_scripts_dir(), [
             "--data", str(spec.data.resolve()),
             "--output", str(spec.output_dir.resolve()),
             "--checkpoint-dir", str((spec.run_dir / "checkpoints").resolve()),
             *spec.train_args,
-        ]
+        ], nproc=spec.backend_options.get("nproc"), gpus=spec.backend_options.get("gpus"))
         with open(spec.log_path, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator.backends.local_job", str(spec.run_dir.resolve()), "--",
@@ -103,7 +104,31 @@ class LocalBackend(Backend):
             time.sleep(POLL_SECONDS)
         if self._exit_code(run) is None:
             self._send_signal(pgid, signal.SIGKILL)
+            for pid in job_processes(run):  # ranks in sessions of their own (see job_processes)
+                self._send_signal(pid, signal.SIGKILL, group=False)
             write_exit_code(run.run_dir, -signal.SIGKILL)
+
+    def resume(self, spec, run):
+        """A new supervisor and train.py in the same folder, appending to the same log file.
+
+        A supervisor killed alone (not with its process group) leaves train.py running, unseen by
+        status(): a second job on the same checkpoints would corrupt the run, so that is refused.
+        A killed job may have left half a line at the end of the log: it is closed with a newline,
+        so the new attempt's first line is not glued to it and lost to the event parser.
+        """
+        self._require_run_dir(run)
+        leftovers = job_processes(run)
+        if leftovers:
+            raise UserError(f"the earlier job of run {run.run_id} still runs without its supervisor "
+                            f"(pid {', '.join(map(str, leftovers))}): stop it (kill -- -{_pid(run)}), then resume")
+        for marker in (EXIT_CODE_FILE, CANCEL_MARKER):
+            (run.run_dir / marker).unlink(missing_ok=True)
+        if spec.log_path.is_file() and spec.log_path.stat().st_size:
+            with open(spec.log_path, "rb+") as log:
+                log.seek(-1, os.SEEK_END)
+                if log.read(1) != b"\n":
+                    log.write(b"\n")
+        return self.submit(spec)
 
     def download(self, run, dest):
         """Outputs are written in place by the job: nothing to fetch."""
@@ -155,6 +180,30 @@ def _proc_stat(pid):
             return stat.read().rpartition(")")[2].split()
     except OSError:
         return None
+
+
+def job_processes(run):
+    """Live processes (not zombies) of the run's job, whatever their process group: every one
+    names the run folder on its command line (the supervisor, the launcher, train.py's ranks),
+    and that absolute path, with the run id in it, names one run only.
+
+    Why not the supervisor's process group: torch's elastic launcher (several processes) starts
+    each rank in a session of its own, out of the group's reach."""
+    found = []
+    marker = str(run.run_dir.resolve()).encode()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        stat = _proc_stat(int(entry))
+        if stat is None or stat[0] == "Z":
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker in cmdline.read():
+                    found.append(int(entry))
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def _start_time(pid):

@@ -5,21 +5,19 @@ client never reaches the job (the same as a container or a cloud job). It runs t
 command, forwards SIGTERM to it, and records the exit code in RUN_DIR/exit_code: that file is
 how any later client process learns that the run has ended and how.
 """
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from remote_scripts.atomic import write_atomically
 
 EXIT_CODE_FILE = "exit_code"
 
 
 def write_exit_code(run_dir, code):
     """Atomically record the job's exit code (readers never see a half-written file)."""
-    path = Path(run_dir) / EXIT_CODE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{code}\n")
-    os.replace(tmp, path)
+    write_atomically(Path(run_dir) / EXIT_CODE_FILE, f"{code}\n")
 
 
 def main(argv):

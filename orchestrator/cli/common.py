@@ -23,6 +23,47 @@ def find_run(run_id):
     return ledger, record, get_backend(record.backend), run_ref(record)
 
 
+RESUME_KEEPS = ("resume_run", "detach", "as_json", "verbose")  # what may accompany `train --resume RUN`
+
+
+def resume_and_follow(ctx, run_id, detach=False, as_json=False, verbose=False):
+    """`orchestrate train --resume RUN`: start the run again in its folder, then follow it as train does.
+
+    The run continues with what its spec.json recorded (data, split, hyperparameters, backend):
+    the checkpoint would not match other settings, so any other argument given is refused.
+    """
+    from click.core import ParameterSource
+
+    from ..runner import resume
+
+    given = [param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+             for param in ctx.command.params if param.name not in RESUME_KEEPS
+             and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if given:
+        raise UserError(f"--resume continues run {run_id} with its recorded data and settings: drop {', '.join(given)}")
+    ledger, record, backend, _ = find_run(run_id)
+    run = resume(backend, ledger, record)
+    detach_or_follow(backend, run, detach, as_json, verbose, started="resumed",
+                     banner=f"run {run.run_id} resumed on {backend.name} backend (attempt {record.attempts + 1}); "
+                            f"folder {run.run_dir}")
+
+
+def detach_or_follow(backend, run, detach, as_json, verbose, started, banner):
+    """A run just started (`started`: submitted, resumed): with --detach print its id (one JSON
+    object with --json) and return None; else say `banner` on stderr and follow it to its end,
+    returning its Outcome."""
+    if detach:
+        if as_json:
+            print_json({"run_id": run.run_id, "status": started, "backend": backend.name,
+                        "run_dir": str(run.run_dir)})
+        else:
+            click.echo(f"{started} {run.run_id} ({backend.name}); follow with: orchestrate logs {run.run_id}")
+        return None
+    if not as_json:
+        click.echo(banner, err=True)
+    return follow_and_report(backend, run, as_json=as_json, verbose=verbose)
+
+
 def run_summary(record, outcome):
     out = record.output_dir
     return {

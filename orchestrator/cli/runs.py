@@ -52,18 +52,34 @@ def show_run(run_id, as_json):
     _, record, _, _ = find_run(run_id)
     data = record.to_json()
     data["test_metrics"] = read_metrics(record.run_dir)
+    cost = _azure_cost(record)
+    if cost is not None:
+        data["cost_estimate"] = cost
     if as_json:
         print_json(data)
         return
-    for key in ("run_id", "name", "backend", "status", "exit_code", "dataset", "run_dir", "remote_id"):
+    for key in ("run_id", "name", "backend", "status", "exit_code", "attempts", "dataset", "run_dir", "remote_id"):
         click.echo(f"{key:10} {data[key]}")
     click.echo(f"{'params':10} {' '.join(record.params.get('train_args', [])) or '(defaults)'}")
+    if cost is not None:
+        from ..backends.azure.assets import cost_line
+
+        click.echo(cost_line(cost))
     if data["test_metrics"]:
         from rich.console import Console
 
         from ..render import metrics_table
 
         Console().print(metrics_table(data["test_metrics"]))
+
+
+def _azure_cost(record):
+    """The estimated cost of an Azure run (duration x nodes x hourly price), None for other runs."""
+    if record.backend != "azure":
+        return None
+    from .register import cost_of
+
+    return cost_of(record)
 
 
 @click.command()
