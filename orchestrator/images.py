@@ -56,7 +56,9 @@ def image_tag(base_image, context=None):
     """`orchestrate/train:<hash>`, the hash covering every file of the build context and the base."""
     context = context or docker_context_dir()
     digest = hashlib.sha256(base_image.encode())
-    for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
+    # bytecode is not part of the definition: pip compiles the installed copy's .py files
+    for path in sorted(p for p in Path(context).rglob("*")
+                       if p.is_file() and "__pycache__" not in p.relative_to(context).parts):
         digest.update(b"\0" + path.relative_to(context).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return f"{IMAGE_REPOSITORY}:{digest.hexdigest()[:12]}"

@@ -20,17 +20,21 @@ def image_cache_dir():
 
 
 def docker_context_dir():
-    """infra/docker beside remote_scripts/: the one image definition of Docker and Azure ML jobs.
+    """The one image definition of Docker and Azure ML jobs (Dockerfile and its files).
 
-    It lives in the source tree, not in the package, so a non-editable install cannot find it.
+    In a source checkout (or an editable install) it is infra/docker beside remote_scripts/; an
+    installed wheel carries the same files as the package data of `orchestrator.infra_docker`
+    (pyproject.toml maps that package to infra/docker, so there is one copy of the Dockerfile).
     """
     from .errors import UserError
 
-    path = remote_scripts_dir().parent / "infra" / "docker"
-    if not (path / "Dockerfile").is_file():
-        raise UserError(f"the training image definition {path}/Dockerfile is missing; "
-                        "install orchestrate from a source checkout (pip install -e .)")
-    return path
+    source = remote_scripts_dir().parent / "infra" / "docker"
+    installed = Path(__file__).resolve().parent / "infra_docker"
+    for path in (source, installed):
+        if (path / "Dockerfile").is_file():
+            return path
+    raise UserError(f"the training image definition is missing ({source}/Dockerfile, "
+                    f"{installed}/Dockerfile): reinstall orchestrate")
 
 
 def remote_scripts_dir():

@@ -246,6 +246,8 @@ class ManagementPlane(HttpTransport):
         url = urlsplit(request.url)
         path, method = url.path, request.method
         self.requests.append((method, path))
+        if path.endswith("/discovery") and method == "GET":  # unauthenticated, like the service's
+            return serve_discovery(self, request)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return Response(request, 401, {"error": {"code": "AuthenticationFailed",
                                                      "message": "Authentication failed."}})
@@ -266,6 +268,15 @@ class ManagementPlane(HttpTransport):
             return self._create_compute(request, compute.group(1))
         if not self.workspace and path.startswith(f"/subscriptions/{SUB}/resourceGroups/"):
             return _not_found(request, path.rsplit("/", 1)[-1])
+        job_route = serve_jobs(self, request, method, path) if self.workspace else None
+        if job_route is not None:
+            return job_route
+        datastore_route = serve_datastores(self, request, method, path) if self.workspace else None
+        if datastore_route is not None:
+            return datastore_route
+        asset_route = serve_assets(self, request, method, path) if self.workspace else None
+        if asset_route is not None:
+            return asset_route
         raise AssertionError(f"the test's management plane does not serve {method} {request.url}")
 
     def _workspace_body(self):
@@ -312,3 +323,271 @@ class ManagementPlane(HttpTransport):
         self.computes[name]["properties"]["provisioningState"] = "Succeeded"
         return Response(request, 200, {"id": operation, "name": operation, "status": "Succeeded",
                                        "startTime": "2026-11-23T14:25:01Z", "endTime": "2026-11-23T14:25:40Z"})
+
+
+# --- jobs, run history, compute allocation (the job lifecycle) -------------------------------------
+# Bodies in the shapes of Job/CommandJob/createOrUpdate.json and get.json (2024-04-01 examples), of
+# Compute/get/AmlCompute.json (allocationState, currentNodeCount, targetNodeCount, nodeStateCounts,
+# errors) and of run history's RunDetails (runs/{id}/details: status, error = ErrorResponse
+# {"error": {"code", "message", ...}}, logFiles = {name: SAS URL}). State lives on the plane:
+# plane.jobs (name -> body), plane.run_errors (name -> error body), plane.log_files (name -> dict).
+def aml_compute(name, size="STANDARD_NC16AS_T4_V3", state="Succeeded", allocation="Steady",
+                current=0, target=0, errors=None, max_nodes=1, tier="Dedicated", preparing=0, running=0,
+                resource_group="rg", workspace="ws"):
+    """A compute GET body (Compute/get/AmlCompute.json): provisioningState, allocationState, node
+    counts, errors (a list of {"error": {"code", "message"}}, as provisioningErrors are written)."""
+    return {
+        "id": f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/{ML}/workspaces/{workspace}/computes/{name}",
+        "name": name, "type": f"{ML}/workspaces/computes", "location": "eastus",
+        "properties": {
+            "computeType": "AmlCompute", "provisioningState": state, "provisioningErrors": errors,
+            "isAttachedCompute": False, "createdOn": "2026-11-23T14:25:00.0000000+00:00",
+            "properties": {
+                "vmSize": size, "vmPriority": tier, "osType": "Linux",
+                "scaleSettings": {"maxNodeCount": max_nodes, "minNodeCount": 0,
+                                  "nodeIdleTimeBeforeScaleDown": "PT10M"},
+                "allocationState": allocation, "allocationStateTransitionTime": "2026-11-23T14:30:00Z",
+                "errors": errors, "currentNodeCount": current, "targetNodeCount": target,
+                "nodeStateCounts": {"preparingNodeCount": preparing, "runningNodeCount": running,
+                                    "idleNodeCount": 0, "unusableNodeCount": 0, "leavingNodeCount": 0,
+                                    "preemptedNodeCount": 0}}}}
+
+
+def compute_error(code, message):
+    """One entry of a compute's provisioningErrors / errors (ErrorResponse)."""
+    return {"error": {"code": code, "message": message}}
+
+
+def run_error(code, message):
+    """Run history's ErrorResponse of a failed run (RunDetails.error)."""
+    return {"error": {"code": code, "severity": None, "message": message, "messageFormat": None,
+                      "messageParameters": {}, "referenceCode": None, "detailsUri": None,
+                      "target": None, "details": [], "innerError": None, "additionalInfo": []},
+            "correlation": {"operation": "ab12", "request": "cd34"}, "environment": "eastus",
+            "location": "eastus", "time": "2026-11-23T15:00:00Z", "componentName": "CommonRuntime"}
+
+
+def _job_state(plane):
+    for attr, empty in (("jobs", dict), ("run_errors", dict), ("log_files", dict), ("job_puts", list)):
+        if not hasattr(plane, attr):
+            setattr(plane, attr, empty())
+    return plane
+
+
+def serve_jobs(plane, request, method, path):
+    """The job routes of the management plane and of run history; None for any other request.
+
+    PUT/GET .../workspaces/ws/jobs/{name} (GET 404 before the create: ResourceNotFound), POST
+    .../jobs/{name}/cancel (202 with a Location the poller follows), the discovery document, and
+    run history's GET .../runs/{name}/details.
+    """
+    _job_state(plane)
+    prefix = re.escape(plane._workspace_path)
+    job = re.fullmatch(prefix + r"/jobs/([^/]+)", path)
+    if job and method == "GET":
+        found = plane.jobs.get(job.group(1))
+        return Response(request, 200, found) if found else _not_found(request, job.group(1))
+    if job and method == "PUT":
+        return _create_job(plane, request, job.group(1))
+    cancel = re.fullmatch(prefix + r"/jobs/([^/]+)/cancel", path)
+    if cancel and method == "POST":
+        name = cancel.group(1)
+        if name not in plane.jobs:
+            return _not_found(request, name)
+        plane.jobs[name]["properties"]["status"] = "CancelRequested"
+        location = (f"https://management.azure.com/subscriptions/{SUB}/providers/{ML}/locations/"
+                    f"{plane.location}/mfeOperationResults/jc:{name}?api-version=2023-02-01-preview")
+        return Response(request, 202, None, {"Location": location, "Retry-After": "0"})
+    if re.fullmatch(rf"/subscriptions/{SUB}/providers/{ML}/locations/[^/]+/mfeOperationResults/.+", path):
+        return Response(request, 200, None)
+    details = re.fullmatch(r"/history/v1\.0" + prefix + r"/runs/([^/]+)/details", path, re.IGNORECASE)
+    if details and method == "GET":
+        name = details.group(1)
+        if name not in plane.jobs:
+            return _not_found(request, name)
+        body = {"runId": name, "runUuid": "0b8c3a2e-6a4f-4c1e-9b8d-1a2b3c4d5e6f", "target": "gpu",
+                "status": plane.jobs[name]["properties"]["status"], "warnings": [], "tags": {},
+                "properties": {}, "logFiles": plane.log_files.get(name, {})}
+        if name in plane.run_errors:
+            body["error"] = plane.run_errors[name]
+        return Response(request, 200, body)
+    return None
+
+
+def serve_discovery(plane, request):
+    """The workspace's discoveryUrl document: the regional base URLs (run history's is `api`);
+    the SDK fetches it without a bearer token."""
+    base = f"https://{plane.location}.api.azureml.ms"
+    return Response(request, 200, {"api": base, "catalog": base, "experimentation": base,
+                                   "history": base, "modelmanagement": base, "pipelines": base,
+                                   "studiometadata": base})
+
+
+def _create_job(plane, request, name):
+    """Job/CommandJob/createOrUpdate.json: the body as sent, with status NotStarted, an id and the
+    Studio service endpoint; 201 for a new job, 200 for an existing one (the service accepts a PUT
+    on an existing name: a second create is not a no-op)."""
+    sent = json.loads(request.content)
+    plane.job_puts.append((name, sent))
+    properties = {**sent["properties"], "status": "NotStarted",
+                  "services": {"Studio": {"jobServiceType": "Studio", "endpoint":
+                                          f"https://ml.azure.com/runs/{name}?wsid={plane._workspace_path}"}}}
+    created = name not in plane.jobs
+    plane.jobs[name] = {"id": f"{plane._workspace_path}/jobs/{name}", "name": name,
+                        "type": f"{ML}/workspaces/jobs", "properties": properties,
+                        "systemData": {"createdAt": "2026-11-23T14:40:00Z", "createdBy": "user",
+                                       "createdByType": "User"}}
+    return Response(request, 201 if created else 200, plane.jobs[name])
+
+
+def set_job_status(plane, name, status, error=None):
+    """What the service would report next for job `name` (and its run's error, when Failed)."""
+    plane.jobs[name]["properties"]["status"] = status
+    if error is not None:
+        plane.run_errors[name] = error
+
+
+# --- datastores (storage access) -----------------------------------------------------------------
+# Bodies in the shapes of Datastore/get.json (credentials carry only their type: the secret itself
+# is never in a GET) and Datastore/listSecrets.json ({"secretsType": "AccountKey", "key": ...};
+# a SAS datastore answers {"secretsType": "Sas", "sasToken": ...}). An identity-based datastore has
+# credentials {"credentialsType": "None"}, and the SDK asks no secrets for it.
+# State lives on the plane: plane.datastores (name -> body), plane.datastore_secrets (name -> the
+# listSecrets body), plane.secret_requests (the names whose secrets were asked for).
+def datastore_body(name, account, container, kind="AccountKey", default=True, protocol="https",
+                   endpoint="core.windows.net", resource_group="rg", workspace="ws"):
+    """A blob datastore GET body; kind: "AccountKey", "Sas" or "None" (identity-based)."""
+    credentials = {"credentialsType": kind}
+    if kind != "None":
+        credentials["secrets"] = {"secretsType": kind}
+    return {
+        "id": f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/{ML}/workspaces/{workspace}"
+              f"/datastores/{name}",
+        "name": name, "type": f"{ML}/workspaces/datastores",
+        "properties": {"description": None, "tags": {}, "isDefault": default, "properties": None,
+                       "credentials": credentials, "datastoreType": "AzureBlob", "accountName": account,
+                       "containerName": container, "endpoint": endpoint, "protocol": protocol,
+                       "serviceDataAccessAuthIdentity": "None"},
+        "systemData": {"createdAt": "2026-11-23T14:00:00.000Z", "createdBy": "someone@example.com",
+                       "createdByType": "User", "lastModifiedAt": "2026-11-23T14:00:00.000Z",
+                       "lastModifiedBy": "someone@example.com", "lastModifiedByType": "User"}}
+
+
+def add_datastore(plane, body, key=None, sas_token=None):
+    """Serve `body` (datastore_body) and, for a key or SAS datastore, its listSecrets answer."""
+    _datastore_state(plane)
+    plane.datastores[body["name"]] = body
+    if key is not None:
+        plane.datastore_secrets[body["name"]] = {"secretsType": "AccountKey", "key": key}
+    if sas_token is not None:
+        plane.datastore_secrets[body["name"]] = {"secretsType": "Sas", "sasToken": sas_token}
+
+
+def _datastore_state(plane):
+    for attr, empty in (("datastores", dict), ("datastore_secrets", dict), ("secret_requests", list)):
+        if not hasattr(plane, attr):
+            setattr(plane, attr, empty())
+    return plane
+
+
+def serve_datastores(plane, request, method, path):
+    """GET .../datastores (the SDK's get_default lists with isDefault=true), GET
+    .../datastores/{name}, POST .../datastores/{name}/listSecrets; None for any other request."""
+    _datastore_state(plane)
+    base = re.escape(plane._workspace_path) + r"/datastores"
+    if re.fullmatch(base, path) and method == "GET":
+        default = "isDefault=true" in (urlsplit(request.url).query or "").lower()
+        rows = [b for b in plane.datastores.values() if b["properties"]["isDefault"] or not default]
+        return Response(request, 200, {"value": rows})
+    one = re.fullmatch(base + r"/([^/]+)", path)
+    if one and method == "GET":
+        found = plane.datastores.get(one.group(1))
+        return Response(request, 200, found) if found else _not_found(request, one.group(1))
+    secrets = re.fullmatch(base + r"/([^/]+)/listSecrets", path)
+    if secrets and method == "POST":
+        plane.secret_requests.append(secrets.group(1))
+        found = plane.datastore_secrets.get(secrets.group(1))
+        return Response(request, 200, found) if found else _not_found(request, secrets.group(1))
+    return None
+
+
+# --- model and data assets, the compute list (after the run) --------------------------------------
+# Bodies in the shapes of Workspace/ModelVersion/createOrUpdate.json ({"properties": {"modelType":
+# "CustomModel", "modelUri", "tags", "description", "isAnonymous"}, "systemData"}), ModelContainer/
+# get.json ({"properties": {"latestVersion", "nextVersion"}}), DataVersionBase/createOrUpdate.json
+# ({"properties": {"dataType": "uri_folder", "dataUri", ...}}) and Compute/list.json ({"value":
+# [compute GET bodies]}). State on the plane: plane.asset_versions ((kind, name) -> {version: body}),
+# plane.asset_puts ((kind, name, version, body sent)).
+def _asset_state(plane):
+    for attr, empty in (("asset_versions", dict), ("asset_puts", list)):
+        if not hasattr(plane, attr):
+            setattr(plane, attr, empty())
+    return plane
+
+
+def serve_assets(plane, request, method, path):
+    """models/data containers and versions, and GET .../computes (the list); None otherwise."""
+    _asset_state(plane)
+    prefix = re.escape(plane._workspace_path)
+    if re.fullmatch(prefix + r"/computes", path) and method == "GET":
+        return Response(request, 200, {"value": list(plane.computes.values())})
+    container = re.fullmatch(prefix + r"/(models|data)/([^/]+)", path)
+    if container and method == "GET":
+        kind, name = container.groups()
+        versions = plane.asset_versions.get((kind, name))
+        if not versions:
+            return _not_found(request, name)
+        latest = max(versions, key=int)
+        return Response(request, 200, {"id": f"{plane._workspace_path}/{kind}/{name}", "name": name,
+                                       "type": f"{ML}/workspaces/{kind}",
+                                       "properties": {"latestVersion": latest, "nextVersion": str(int(latest) + 1),
+                                                      "isArchived": False, "tags": {}, "properties": {}}})
+    listing = re.fullmatch(prefix + r"/(models|data)/([^/]+)/versions", path)
+    if listing and method == "GET":
+        kind, name = listing.groups()
+        versions = plane.asset_versions.get((kind, name), {})
+        rows = [versions[v] for v in sorted(versions, key=int, reverse=True)]
+        return Response(request, 200, {"value": rows})
+    version = re.fullmatch(prefix + r"/(models|data)/([^/]+)/versions/([^/]+)", path)
+    if version and method == "PUT":
+        kind, name, number = version.groups()
+        sent = json.loads(request.content)
+        plane.asset_puts.append((kind, name, number, sent))
+        body = {"id": f"{plane._workspace_path}/{kind}/{name}/versions/{number}", "name": number,
+                "type": f"{ML}/workspaces/{kind}/versions", "properties": {"flavors": {}, **sent["properties"], "isAnonymous": False},
+                "systemData": {"createdAt": "2026-11-23T16:00:00Z", "createdBy": "user", "createdByType": "User"}}
+        created = number not in plane.asset_versions.setdefault((kind, name), {})
+        plane.asset_versions[(kind, name)][number] = body
+        return Response(request, 201 if created else 200, body)
+    if version and method == "GET":
+        kind, name, number = version.groups()
+        found = plane.asset_versions.get((kind, name), {}).get(number)
+        return Response(request, 200, found) if found else _not_found(request, name)
+    return None
+
+
+def command_job(name, status="Completed", compute="gpu-t4", nodes=1, data_uri=None, model_uri=None,
+                command=None, display_name=None, experiment="orchestrate"):
+    """A command job GET body (Job/CommandJob/get.json), as a job started elsewhere has it."""
+    ws = f"/subscriptions/{SUB}/resourceGroups/rg/providers/{ML}/workspaces/ws"
+    outputs = {}
+    if model_uri is not None:
+        outputs["model"] = {"jobOutputType": "uri_folder", "mode": "ReadWriteMount", "uri": model_uri}
+    inputs = {}
+    if data_uri is not None:
+        inputs["data"] = {"jobInputType": "uri_folder", "mode": "ReadOnlyMount", "uri": data_uri}
+    return {"id": f"{ws}/jobs/{name}", "name": name, "type": f"{ML}/workspaces/jobs",
+            "properties": {"description": "started in Studio", "tags": {}, "properties": {},
+                           "displayName": display_name or name, "status": status, "experimentName": experiment,
+                           "services": {"Studio": {"jobServiceType": "Studio",
+                                                   "endpoint": f"https://ml.azure.com/runs/{name}?wsid={ws}"}},
+                           "computeId": f"{ws}/computes/{compute}", "jobType": "Command",
+                           "resources": {"instanceCount": nodes},
+                           "codeId": f"{ws}/codes/abc/versions/1",
+                           "command": command or "python train.py", "environmentId": f"{ws}/environments/e/versions/1",
+                           "inputs": inputs, "outputs": outputs,
+                           "limits": {"timeout": "PT24H", "jobLimitsType": "Command"},
+                           "environmentVariables": {}, "identity": None},
+            "systemData": {"createdAt": "2026-11-23T14:40:00Z", "createdBy": "someone", "createdByType": "User",
+                           "lastModifiedAt": "2026-11-23T15:40:00Z", "lastModifiedBy": "someone",
+                           "lastModifiedByType": "User"}}

@@ -141,8 +141,9 @@ def test_workspace_create_show_delete(world, secrets_in_env):
     info = json.loads(shown.output)
     assert info["workspace_name"] == "ws" and info["sources"]["workspace_name"] == "flag"
     assert_clean(shown)
-    deleted = invoke("workspace", "delete", *WS, "--yes")
+    deleted = invoke("workspace", "delete", *WS, "--yes", "--permanently")
     assert deleted.exit_code == 0 and world.workspace is None
+    assert ("delete_workspace", False, True) in world.calls and "deleted workspace ws permanently" in deleted.output
     missing = invoke("workspace", "show", *WS)
     assert missing.exit_code == 2 and "not found" in missing.stderr
 
@@ -200,3 +201,50 @@ def test_init_without_profile_writes_the_default_one(tmp_path, monkeypatch):
     assert invoke("init", "-g", "rg1").exit_code == 0
     stored = json.loads((tmp_path / "config" / "orchestrate" / "config.json").read_text())
     assert stored["profiles"]["default"]["resource_group"] == "rg1"
+
+
+# --------------------------------------------------------------------------------------------
+# Backend choice (issue 7, story 1): an Azure-only option means Azure, never a silent local run
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    from imagegen import make_dataset
+    return make_dataset(tmp_path / "data", per_class=4, size=16)
+
+
+def test_an_azure_option_without_a_workspace_exits_2_naming_init(cli, dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no Azure ML config.json up the tree either
+    result = cli("train", dataset, "--compute", "gpu-nc12", "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "orchestrate init" in result.stderr
+    assert "AZURE_SUBSCRIPTION_ID" in result.stderr and "AZUREML_WORKSPACE_NAME" in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started, on any backend
+
+
+def test_an_azure_option_with_another_backend_is_refused(cli, dataset, tmp_path):
+    result = cli("train", dataset, "--backend", "local", "--nodes", "2", "--low-priority",
+                 "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--nodes, --low-priority: Azure ML option(s), which --backend local has not" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_auto_names_the_workspace_it_found_and_where(monkeypatch, tmp_path):
+    from orchestrator.cli.train import choose_backend
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "0000-sub")
+    monkeypatch.setenv("AZURE_RESOURCE_GROUP", "rg-ml")
+    monkeypatch.setenv("AZUREML_WORKSPACE_NAME", "ws-ml")
+    backend, line = choose_backend("auto", {})
+    assert backend == "azure"
+    assert line == "Azure ML workspace ws-ml (resource group rg-ml, subscription 0000-sub) from environment"
+    backend, line = choose_backend("auto", {"workspace_name": "other"})  # a flag wins and is named
+    assert "workspace other" in line and line.endswith("from environment, flag")
+
+
+def test_auto_without_azure_options_or_workspace_stays_on_this_machine(monkeypatch, tmp_path):
+    from orchestrator.cli.train import choose_backend
+    monkeypatch.chdir(tmp_path)
+    backend, line = choose_backend("auto", {"cpus": 2})
+    assert backend in ("docker", "local") and line is None

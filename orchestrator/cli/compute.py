@@ -174,3 +174,40 @@ def delete(settings, compute_name, yes):
             return
         seam.delete_compute(resolved.cluster)
     click.echo(f"deleted compute {resolved.cluster}")
+
+
+@compute.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_settings
+def list_clusters(settings, as_json):
+    """List every AmlCompute cluster of the workspace with its size, tier, node range and the
+    nodes it holds now (current, idle, busy): a node that is up bills, busy or idle.
+
+    \b
+    Example:
+      orchestrate compute list --json
+    """
+    from ..backends.azure.seam import azure_errors
+    from .common import print_json
+
+    seam = make_seam(settings)
+    with azure_errors():
+        rows = seam.list_clusters()
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo(f"no AmlCompute clusters in workspace {settings.workspace_name}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("cluster", "size", "tier", "nodes min-max", "current", "idle", "busy", "allocation", "state",
+                  box=None, pad_edge=False)
+    for r in rows:
+        table.add_row(r["name"], str(r["size"]), str(r["tier"]), f"{r['min_nodes']}-{r['max_nodes']}",
+                      str(r["current_nodes"]), str(r["idle_nodes"]), str(r["busy_nodes"]),
+                      str(r["allocation"] or "-"), str(r["state"]))
+    Console(width=160).print(table)
+    up = sum(r["current_nodes"] for r in rows)
+    click.echo(f"{up} node(s) up (billing, idle or busy)" if up else "no node up: nothing bills")

@@ -28,6 +28,8 @@ COMMANDS = {
     "image": ("orchestrator.cli.image", "image", "Build the docker backend's training or offline base image."),
     "doctor": ("orchestrator.cli.doctor", "doctor", "Check what the docker backend needs on this host."),
     "cache": ("orchestrator.cli.cache", "cache", "List or clear the decoded-image cache of training runs."),
+    "register": ("orchestrator.cli.register", "register", "Register an Azure run's model and dataset as Azure ML assets."),
+    "attach": ("orchestrator.cli.register", "attach", "Adopt an Azure ML job started elsewhere into the run ledger."),
 }
 
 

@@ -28,23 +28,49 @@ def validate_dataset(data, values):
         raise UserError(str(exc)) from None
 
 
-def choose_backend(name):
-    """`auto`: the local process backend until a cloud or container backend is configured."""
+# Options that only an Azure ML job has: any of them means the azure backend (a user who names a
+# compute cluster wants the cloud, not a silent run on the laptop).
+AZURE_ONLY = {"compute": "--compute", "nodes": "--nodes", "low_priority": "--low-priority",
+              "experiment": "--experiment", "max_hours": "--max-hours", "weights_upload": "--weights-upload",
+              "register": "--register", "subscription_id": "--subscription-id",
+              "resource_group": "--resource-group", "workspace_name": "--workspace", "profile": "--profile"}
+WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
+
+
+def choose_backend(name, options):
+    """(backend name, the line saying which workspace an Azure run uses, or None).
+
+    auto: azure when an Azure-only option is given or a workspace is configured, else docker when
+    an engine answers, else local. Azure without a workspace is a one-line error naming
+    `orchestrate init` and the variables, before anything is created or uploaded.
+    """
     from ..backends import BACKENDS
 
-    if name != "auto":
-        return name
-    if "azure" in BACKENDS:
-        from ..config import workspace_configured
+    azure_flags = [flag for key, flag in AZURE_ONLY.items() if options.get(key) is not None]
+    if azure_flags and name not in ("auto", "azure"):
+        raise UserError(f"{', '.join(azure_flags)}: Azure ML option(s), which --backend {name} has not; "
+                        "drop them or use --backend azure")
+    if azure_flags:
+        name = "azure"
+    if name in ("auto", "azure") and "azure" in BACKENDS:
+        from ..backends.azure.settings import load_settings
 
-        if workspace_configured():
-            return "azure"
+        settings = load_settings({f: options.get(f) for f in WORKSPACE_FIELDS}, profile=options.get("profile"))
+        if all(getattr(settings, f) for f in WORKSPACE_FIELDS):
+            sources = sorted({settings.sources[f] for f in WORKSPACE_FIELDS})
+            return "azure", (f"Azure ML workspace {settings.workspace_name} (resource group "
+                             f"{settings.resource_group}, subscription {settings.subscription_id}) from "
+                             f"{', '.join(sources)}")
+        if name == "azure":
+            settings.require(*WORKSPACE_FIELDS)  # one line naming each missing setting and `orchestrate init`
+    if name != "auto":
+        return name, None
     if "docker" in BACKENDS:
         from ..backends.docker import engine_available
 
         if engine_available():
-            return "docker"
-    return "local"
+            return "docker", None
+    return "local", None
 
 
 def fetch_imagenet_weights(train_args):
@@ -70,8 +96,8 @@ def dry_run_azure(backend, spec, export_path):
     """Show (and optionally export) the Azure ML job without any cloud call or credential."""
     if backend not in ("auto", "azure"):
         raise UserError("--dry-run and --export describe an Azure ML job: use them with --backend azure")
-    from ..azure.job import check_export_path
-    from ..backends.azure import describe_plan, export_job_yaml
+    from ..backends.azure.backend import describe_plan, export_job_yaml
+    from ..backends.azure.job import check_export_path
 
     if export_path:
         check_export_path(export_path)
@@ -93,7 +119,10 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Where run folders are created.")
 @click.option("--base-image", help="docker: base image of the training image.")
-@click.option("--gpus", help="docker: all, N or none. [default: all when a GPU runtime is present]")
+@click.option("--gpus", help="local, docker: all, N or none; one training process per GPU when more than one. "
+                             "[default: all (docker: when a GPU runtime is present)]")
+@click.option("--nproc", type=click.IntRange(min=1),
+              help="local, docker: training processes (DDP; on CPUs too). [default: one per GPU, at least one]")
 @click.option("--cpus", type=click.FloatRange(min=0, min_open=True), help="docker: CPU limit.")
 @click.option("--memory", help="docker: memory limit, e.g. 8g.")
 @click.option("--compute", help="azure: compute alias or VM size (see 'orchestrate compute sizes'). [default: gpu-t4]")
@@ -101,9 +130,14 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--low-priority", is_flag=True, default=None, help="azure: low-priority nodes (cheaper, preemptible; "
               "the job resumes from its checkpoint).")
 @click.option("--experiment", help="azure: experiment name. [default: orchestrate]")
+@click.option("--max-hours", type=click.FloatRange(min=0, min_open=True),
+              help="azure: the job's timeout; the service cancels it after this many hours. [default: 24]")
 @click.option("--weights-upload", is_flag=True, default=None,
               help="azure: send the ImageNet weights with the job, for workspaces without outbound access "
                    "(a --weights file is always sent).")
+@click.option("--register", is_flag=True, default=None,
+              help="azure: when the run completes, register its ONNX model (labels, test metrics as tags) and "
+                   "its dataset as Azure ML assets (later: orchestrate register RUN).")
 @workspace_options(location=False, prefix="azure: ")
 @click.option("--dry-run", is_flag=True, help="azure: print what would be created and run; no cloud calls.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -139,7 +173,7 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     from .. import runner
     from ..backends import get_backend
     from ..ledger import Ledger
-    from .common import follow_and_report, print_json
+    from .common import detach_or_follow
 
     values = pop_training_values(kwargs)
     validate_dataset(data, values)
@@ -148,17 +182,26 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir)
     if dry_run or export_path:
         return dry_run_azure(backend, spec, export_path)
-    engine = get_backend(choose_backend(backend))
+    chosen, workspace_line = choose_backend(backend, spec.backend_options)
+    if workspace_line:
+        click.echo(workspace_line, err=True)
+    engine = get_backend(chosen)
+    if spec.backend_options.get("register") and detach:
+        raise UserError("--register waits for the run to complete: without --detach, or later with "
+                        "`orchestrate register RUN`")
     if engine.name in ("local", "docker") or spec.backend_options.get("weights_upload"):
         fetch_imagenet_weights(spec.train_args)
     run = runner.start(engine, Ledger(), spec, name)
-    if detach:
-        if as_json:
-            print_json({"run_id": run.run_id, "status": "submitted", "backend": engine.name,
-                        "run_dir": str(run.run_dir)})
-        else:
-            click.echo(f"submitted {run.run_id} ({engine.name}); follow with: orchestrate logs {run.run_id}")
-        return
-    if not as_json:
-        click.echo(f"run {run.run_id} on {engine.name} backend; folder {run.run_dir}", err=True)
-    follow_and_report(engine, run, as_json=as_json, verbose=verbose)
+    outcome = detach_or_follow(engine, run, detach, as_json, verbose, started="submitted",
+                               banner=f"run {run.run_id} on {engine.name} backend; folder {run.run_dir}")
+    if spec.backend_options.get("register"):
+        register_completed(run.run_id, outcome, as_json)
+
+
+def register_completed(run_id, outcome, as_json):
+    """`train --register`: the completed run's model and dataset as Azure ML assets."""
+    from ..backends.base import COMPLETED
+    from .register import register_and_report
+
+    if outcome is not None and outcome.status == COMPLETED:
+        register_and_report(run_id, err=as_json)  # --json: stdout keeps its one JSON object

@@ -69,9 +69,17 @@ def show(settings, as_json):
 @with_settings
 @click.option("--delete-dependent-resources", is_flag=True,
               help="Also delete its storage account, key vault and Application Insights.")
+@click.option("--permanently", is_flag=True,
+              help="No soft delete: the name is free again at once (else Azure keeps the workspace "
+                   "recoverable, and its name taken, for 14 days).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(settings, delete_dependent_resources, yes):
-    """Delete the workspace (its jobs, models and clusters go with it)."""
+def delete(settings, delete_dependent_resources, permanently, yes):
+    """Delete the workspace (its jobs, models and clusters go with it).
+
+    \b
+    Example:
+      orchestrate workspace delete -g rg -w ws --permanently --yes
+    """
     from ..backends.azure.seam import azure_errors
 
     seam = make_seam(settings)
@@ -81,5 +89,6 @@ def delete(settings, delete_dependent_resources, yes):
         if seam.get_workspace() is None:
             click.echo(f"workspace {settings.workspace_name} does not exist")
             return
-        seam.delete_workspace(delete_dependent_resources)
-    click.echo(f"deleted workspace {settings.workspace_name}")
+        seam.delete_workspace(delete_dependent_resources, permanently=permanently)
+    click.echo(f"deleted workspace {settings.workspace_name}"
+               + (" permanently" if permanently else " (soft delete: recoverable, name taken, for 14 days)"))

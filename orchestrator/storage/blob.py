@@ -14,6 +14,7 @@ status, the error code and the endpoint's host, and passed through `redact` for 
 import mimetypes
 import re
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,6 +32,8 @@ SHA256_KEY = "sha256"
 PREFIX_KEY = "orchestrate_prefix"
 MANIFEST_NAME = "manifest.json"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
+# the data-plane role an Azure AD sign-in needs to upload and download (Owner/Contributor lack it)
+DATA_ROLE = "Storage Blob Data Contributor"
 # requests keeps at most 10 connections per host; more threads than that would just reconnect.
 WORKERS = 8
 # Files up to this size are read into memory and checked against the manifest before sending,
@@ -72,30 +75,55 @@ def parse_uri(uri, default_prefix=""):
     return BlobTarget(m["account"], m["container"], prefix)
 
 
-def connect(target, environ):
-    """A ContainerClient for `target`, authenticated from AZURE_STORAGE_CONNECTION_STRING in
-    `environ` (how Azurite is reached) or else DefaultAzureCredential (az login, managed identity,
-    service principal env vars)."""
+def container_client(container, *, account_url=None, credential=None, connection_string=None,
+                     role_scope=None):
+    """The one ContainerClient factory of the product, with the tuned retry policy.
+
+    Either `connection_string` (AZURE_STORAGE_CONNECTION_STRING: how Azurite is reached) or
+    `account_url` with `credential`: an account key ({"account_name", "account_key"}), a SAS token
+    (str), or an Azure AD TokenCredential. `role_scope`: the storage account's resource id, named
+    in the message of a 403 that an Azure AD credential without a data role gets (None: the
+    message says how to look it up).
+    """
     from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
     options = {"retry_policy": ExponentialRetry(initial_backoff=RETRY_INITIAL_BACKOFF, increment_base=2,
                                                 retry_total=RETRY_TOTAL, random_jitter_range=1),
                "connection_timeout": CONNECTION_TIMEOUT}
-    if environ.get(CONNECTION_STRING_ENV):
-        service = _from_connection_string(environ[CONNECTION_STRING_ENV], **options)
-        if service.account_name and service.account_name != target.account:
-            raise UserError(f"{CONNECTION_STRING_ENV} is for account '{service.account_name}', "
-                            f"not '{target.account}' named in {target.uri}")
+    if connection_string:
+        service = _from_connection_string(connection_string, **options)
     else:
-        from azure.identity import DefaultAzureCredential
+        service = BlobServiceClient(account_url, credential=credential, **options)
+    client = service.get_container_client(container)
+    if hasattr(credential, "get_token"):
+        _AZURE_AD[client] = role_scope or (f"$(az storage account show --name {client.account_name} "
+                                           "--query id -o tsv)")
+    return client
 
-        credential = DefaultAzureCredential()
-        service = BlobServiceClient(f"https://{target.account}.blob.core.windows.net", credential=credential,
-                                    **options)
-        # Ask for a token now: inside the pipeline a missing login is retried with back-off.
-        with _azure_errors(service.get_container_client(target.container), "signing in"):
-            credential.get_token(STORAGE_SCOPE)
-    return service.get_container_client(target.container)
+
+# ContainerClient -> the role scope to name when Azure AD access is refused (see container_client)
+_AZURE_AD = weakref.WeakKeyDictionary()
+
+
+def connect(target, environ):
+    """A ContainerClient for `target`, authenticated from AZURE_STORAGE_CONNECTION_STRING in
+    `environ` (how Azurite is reached) or else DefaultAzureCredential (az login, managed identity,
+    service principal env vars)."""
+    if environ.get(CONNECTION_STRING_ENV):
+        client = container_client(target.container, connection_string=environ[CONNECTION_STRING_ENV])
+        if client.account_name and client.account_name != target.account:
+            raise UserError(f"{CONNECTION_STRING_ENV} is for account '{client.account_name}', "
+                            f"not '{target.account}' named in {target.uri}")
+        return client
+    from azure.identity import DefaultAzureCredential
+
+    credential = DefaultAzureCredential()
+    client = container_client(target.container, account_url=f"https://{target.account}.blob.core.windows.net",
+                              credential=credential)
+    # Ask for a token now: inside the pipeline a missing login is retried with back-off.
+    with _azure_errors(client, "signing in"):
+        credential.get_token(STORAGE_SCOPE)
+    return client
 
 
 def default_account(environ):
@@ -239,16 +267,21 @@ def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
     """Download every blob under `prefix` into `dest`, keeping the relative layout.
 
     Each blob is streamed to a temporary file and renamed into place, so an interrupted download
-    never leaves a truncated file under its final name. Returns the written paths, sorted.
+    never leaves a truncated file under its final name. Resumes file by file: a file already in
+    place with its blob's size is kept, so an interrupted download completes when run again.
+    Returns the paths (fetched or kept), sorted.
     """
     dest = Path(dest)
     start = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
 
-    def fetch(name):
+    def fetch(blob):
+        name = blob.name
         rel = PurePosixPath(name[len(start):])
         if rel.is_absolute() or ".." in rel.parts:
             raise UserError(f"refusing to download blob {name!r}: it would land outside {dest}")
         target = dest.joinpath(*rel.parts)
+        if target.is_file() and target.stat().st_size == blob.size:
+            return target
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         with open(partial, "wb") as f:
@@ -257,10 +290,10 @@ def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
         return target
 
     with _azure_errors(container_client, "downloading"), ThreadPoolExecutor(workers) as pool:
-        names = [b.name for b in container_client.list_blobs(name_starts_with=start or None, include=["metadata"])
+        blobs = [b for b in container_client.list_blobs(name_starts_with=start or None, include=["metadata"])
                  # folder markers of accounts with a hierarchical namespace
                  if (b.metadata or {}).get("hdi_isfolder") != "true"]
-        return sorted(pool.map(fetch, names))
+        return sorted(pool.map(fetch, blobs))
 
 
 @contextmanager
@@ -271,22 +304,31 @@ def _azure_errors(container_client, doing):
 
     parts = urlsplit(container_client.url)
     endpoint = f"{parts.scheme}://{parts.netloc}"
+    role_scope = _AZURE_AD.get(container_client)
     try:
         yield
     except ClientAuthenticationError as exc:
         if exc.response is None:  # raised by azure.identity: no credential found
             raise UserError(redact(f"no Azure credentials for {endpoint}: set {CONNECTION_STRING_ENV} or "
                                    "sign in with `az login`")) from None
-        raise _refused(exc, endpoint, doing, container_client.container_name) from None
+        raise _refused(exc, endpoint, doing, container_client.container_name, role_scope) from None
     except HttpResponseError as exc:
-        raise _refused(exc, endpoint, doing, container_client.container_name) from None
+        raise _refused(exc, endpoint, doing, container_client.container_name, role_scope) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
         raise UserError(redact(f"cannot reach blob storage at {endpoint} while {doing} "
                                f"({type(exc).__name__}); check the account name and the network")) from None
 
 
-def _refused(exc, endpoint, doing, container_name):
+def _refused(exc, endpoint, doing, container_name, role_scope=None):
     code = getattr(exc.error_code, "value", exc.error_code)  # azure gives a StorageErrorCode enum
+    if code == "AuthorizationPermissionMismatch" and role_scope:
+        # Owner and Contributor carry no blob data access: an Azure AD sign-in needs a data role
+        return UserError(redact(
+            f"{endpoint} refused {doing} in container '{container_name}' (HTTP {exc.status_code} {code}): "
+            f"your Azure AD sign-in lacks the role \"{DATA_ROLE}\" on the storage account {role_scope}; "
+            f"grant it with `az role assignment create --assignee $(az ad signed-in-user show --query id -o tsv) "
+            f"--role \"{DATA_ROLE}\" --scope {role_scope}` (a service principal: --assignee its client id; "
+            "roles take a few minutes to apply)"))
     hint = (f": check the credentials in {CONNECTION_STRING_ENV} or your Azure login, and their permissions"
             if exc.status_code in (401, 403) else "")
     return UserError(redact(f"{endpoint} refused {doing} in container '{container_name}' "

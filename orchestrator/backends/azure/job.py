@@ -23,6 +23,10 @@ from .seam import job_validation_errors, job_yaml_data, load_sdk, write_yaml
 DEFAULT_DATASTORE = "workspaceblobstore"  # the name of every workspace's default blob datastore
 DEFAULT_COMPUTE = "gpu-t4"
 DEFAULT_EXPERIMENT = "orchestrate"
+DEFAULT_MAX_HOURS = 24  # the job's timeout: a hung job must not bill without end
+# Azure ML builds the image from infra/docker with this Dockerfile (BuildContext takes no build
+# arguments): a Microsoft Container Registry base with mlflow and azureml-mlflow, no Docker Hub pull
+AZUREML_DOCKERFILE = "azureml.Dockerfile"
 SHM_SIZE = "16g"  # DataLoader workers pass batches through /dev/shm; Docker's 64 MB default fails
 # --cache-dir is relative to the job's working folder, which Azure ML keeps on the node's local
 # temporary disk (/mnt): the decoded images are read every epoch, so not from a network mount.
@@ -67,6 +71,11 @@ class JobPlan:
     experiment: str = DEFAULT_EXPERIMENT
     datastore: str = DEFAULT_DATASTORE
     weights_file: Path = None  # a file of this machine the job receives as its input `weights`
+    max_hours: float = DEFAULT_MAX_HOURS
+
+    @property
+    def timeout_seconds(self):
+        return int(round(self.max_hours * 3600))
 
     @property
     def name(self):
@@ -129,12 +138,15 @@ def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
     nodes = int(options["nodes"]) if options.get("nodes") is not None else 1
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
+    max_hours = float(options["max_hours"]) if options.get("max_hours") is not None else DEFAULT_MAX_HOURS
+    if max_hours <= 0:
+        raise UserError("--max-hours must be more than 0")
     train_args, weights_file = split_weights_input(list(spec.train_args), bool(options.get("weights_upload")))
     return JobPlan(run_id=spec.run_id, data_dir=Path(spec.data), train_args=train_args,
                    compute=catalogue.resolve(options.get("compute") or DEFAULT_COMPUTE),
                    nodes=nodes, low_priority=bool(options.get("low_priority")),
                    experiment=options.get("experiment") or DEFAULT_EXPERIMENT, datastore=datastore,
-                   weights_file=weights_file)
+                   weights_file=weights_file, max_hours=max_hours)
 
 
 def build_job(plan):
@@ -160,7 +172,8 @@ def build_job(plan):
             code=str(remote_scripts_dir()),
             command=plan.command(),
             # anonymous: its version is the build context's hash, so unchanged images are reused
-            environment=Environment(build=BuildContext(path=str(docker_context_dir()))),
+            environment=Environment(build=BuildContext(path=str(docker_context_dir()),
+                                                       dockerfile_path=AZUREML_DOCKERFILE)),
             inputs=inputs,
             outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
             compute=plan.compute.cluster,
@@ -168,6 +181,7 @@ def build_job(plan):
             distribution=(sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_node)
                           if distributed else None),
             shm_size=SHM_SIZE,
+            timeout=plan.timeout_seconds,  # limits.timeout: the service cancels the job after it
             environment_variables={"PYTHONUNBUFFERED": "1"},
         )
     errors = job_validation_errors(job)
@@ -238,7 +252,9 @@ def describe(plan, settings=None):
         f"scales to 0 when idle; created if missing",
         f"nodes:       {plan.nodes} x {plan.processes_per_node} process(es)"
         + (" (PyTorch distribution)" if plan.nodes > 1 or plan.processes_per_node > 1 else ""),
-        f"environment: built from {docker_context_dir()} (Dockerfile)",
+        f"environment: built from {docker_context_dir()} ({AZUREML_DOCKERFILE}: Microsoft Container "
+        "Registry base with MLflow)",
+        f"timeout:     {plan.max_hours:g} h (--max-hours), then the service cancels the job",
         f"code:        {remote_scripts_dir()}",
         f"dataset:     {plan.data_dir} -> {plan.data_uri}",
         *weights,

@@ -226,6 +226,11 @@ def ensure_compute(seam, resolved, *, say, max_nodes=1, min_nodes=0,
     entity = compute_entity(resolved, max_nodes, min_nodes, idle_minutes, low_priority)
     existing = seam.get_compute(resolved.cluster)
     if existing:
+        if existing.get("state") == "Failed":
+            errors = "; ".join(existing.get("errors") or []) or "the service gives no error details"
+            raise UserError(f"compute {resolved.cluster} is in provisioning state Failed: {errors}; "
+                            f"delete it (`orchestrate compute delete --compute {resolved.cluster}`) and "
+                            "create it again")
         if (existing["max_instances"] or 0) < max_nodes:
             raise UserError(f"compute {resolved.cluster} scales to at most "
                             f"{existing['max_instances']} node(s), {max_nodes} needed; delete it "

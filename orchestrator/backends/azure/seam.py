@@ -10,11 +10,25 @@ Why the private API here too (`_runs_operations`, `_validate`, `_to_job`, `dump_
 an SDK release may move any of it, and then this module is the one to fix.
 """
 import logging
+import re
 from collections.abc import Mapping
 from functools import cached_property
 
 from ...errors import UserError
 from ...secrets import redact
+
+
+def terminal_statuses():
+    """The job statuses azure-ai-ml itself treats as the end of a job (its stream() stops there):
+    RunHistoryConstants.TERMINAL_STATUSES, private, hence here."""
+    from azure.ai.ml.operations._run_history_constants import RunHistoryConstants
+
+    return frozenset(_text(s) for s in RunHistoryConstants.TERMINAL_STATUSES)
+
+
+def _text(value):
+    """An SDK string enum (JobStatus.RUNNING, ProvisioningState.SUCCEEDED) as the service spells it."""
+    return getattr(value, "value", value)
 
 
 def load_sdk():
@@ -95,13 +109,16 @@ def write_yaml(path, data):
 class AzureSeam:
     """Network calls for one workspace (settings: settings.Settings)."""
 
-    def __init__(self, settings, credential=None, transport=None):
+    def __init__(self, settings, credential=None, transport=None, blob_endpoint=None):
         """credential: DefaultAzureCredential when None. transport: the azure-core HttpTransport
         the management clients send through (None: azure-core's default); the tests pass one that
-        answers like the service, so the SDK's own serialization and polling run."""
+        answers like the service, so the SDK's own serialization and polling run. blob_endpoint:
+        the account URL of the datastores' blob service (None: from the datastore, e.g.
+        https://ACCOUNT.blob.core.windows.net); the tests point it at Azurite."""
         self.settings = settings
         self._credential = credential
         self._pipeline = {"transport": transport} if transport else {}
+        self._blob_endpoint = blob_endpoint
 
     @cached_property
     def credential(self):
@@ -149,10 +166,12 @@ class AzureSeam:
     def create_workspace(self, workspace):
         self.ml.workspaces.begin_create(workspace).result()
 
-    def delete_workspace(self, delete_dependent_resources):
+    def delete_workspace(self, delete_dependent_resources, permanently=False):
+        """permanently: no soft delete, so the name is free again at once (else it stays taken,
+        recoverable, for 14 days)."""
         self.ml.workspaces.begin_delete(
-            self.settings.workspace_name,
-            delete_dependent_resources=delete_dependent_resources).result()
+            self.settings.workspace_name, delete_dependent_resources=delete_dependent_resources,
+            permanently_delete=permanently).result()
 
     # compute ------------------------------------------------------------------------------
     def get_compute(self, name):
@@ -167,7 +186,33 @@ class AzureSeam:
         keys = {"size": "size", "min_instances": "min_instances", "max_instances": "max_instances",
                 "tier": "tier", "idle_seconds": "idle_time_before_scale_down",
                 "state": "provisioning_state"}
-        return {"name": c.name, **{k: getattr(c, attr, None) for k, attr in keys.items()}}
+        found = {"name": c.name, **{k: getattr(c, attr, None) for k, attr in keys.items()}}
+        found["state"] = _text(found["state"])
+        if found["state"] == "Failed":  # the entity keeps only the codes: read the messages
+            found["errors"] = self.compute_state(name)["errors"]
+        return found
+
+    def compute_state(self, name):
+        """What a cluster is doing now, from the compute GET (the AmlCompute entity drops it):
+        {state, allocation, current, target, nodes: {preparing, running, ...}, errors: [text]}.
+        Private API: ComputeOperations._operation (the REST client) and its as_dict()."""
+        ops = self.ml.compute
+        rest = ops._operation.get(resource_group_name=ops._operation_scope.resource_group_name,
+                                  workspace_name=ops._workspace_name, compute_name=name).as_dict()
+        outer = rest.get("properties") or {}
+        inner = outer.get("properties") or {}
+        errors = [*(outer.get("provisioningErrors") or []), *(inner.get("errors") or [])]
+        texts = []
+        for entry in errors:
+            err = entry.get("error") or entry
+            text = f"{err.get('code') or 'Error'}: {err.get('message') or ''}".rstrip(": ")
+            if text not in texts:
+                texts.append(redact(text))
+        counts = inner.get("nodeStateCounts") or {}
+        return {"state": outer.get("provisioningState"), "allocation": inner.get("allocationState"),
+                "current": inner.get("currentNodeCount"), "target": inner.get("targetNodeCount"),
+                "nodes": {k.removesuffix("NodeCount"): v for k, v in counts.items() if v},
+                "errors": texts}
 
     def create_compute(self, compute):
         self.ml.compute.begin_create_or_update(compute).result()
@@ -191,23 +236,88 @@ class AzureSeam:
                 "endpoint": ds.endpoint}
 
     def container_client(self, datastore):
-        """A ContainerClient on the datastore: the connection string when set, else Azure AD."""
-        from azure.storage.blob import ContainerClient
+        """A ContainerClient on the datastore (storage.blob.container_client, the one factory).
+
+        AZURE_STORAGE_CONNECTION_STRING is used when it names the datastore's own account (Azurite,
+        a private endpoint); one for another account is refused, since the data would go elsewhere
+        than the job reads. Otherwise the datastore's own credential: its account key or SAS
+        (`datastores.get(include_secrets=True)`, as the SDK itself uploads code), which works for
+        the workspace's creator without any data role; an identity-based datastore (no secrets)
+        uses the Azure AD credential, which needs "Storage Blob Data Contributor".
+        The secret stays inside the client: never in `datastore`, which runs/<id>/azure.json keeps.
+        """
+        from ...storage.blob import _from_connection_string, container_client
+        from .settings import CONNECTION_STRING_ENV
 
         conn = self.settings.storage_connection_string
         if conn:
-            return ContainerClient.from_connection_string(conn, datastore["container"])
-        url = f"https://{datastore['account']}.blob.{datastore['endpoint']}"
-        return ContainerClient(url, datastore["container"], credential=self.credential)
+            account = _from_connection_string(conn).account_name
+            if account and account != datastore["account"]:
+                raise UserError(f"{CONNECTION_STRING_ENV} is for storage account '{account}', but the "
+                                f"workspace datastore '{datastore['name']}' is in '{datastore['account']}': "
+                                f"unset it (the datastore's own credential is used)")
+            return container_client(datastore["container"], connection_string=conn)
+        ds = self.ml.datastores.get(datastore["name"], include_secrets=True)
+        key = getattr(ds.credentials, "account_key", None)
+        sas = getattr(ds.credentials, "sas_token", None)
+        url = self._account_url(ds)
+        if key:
+            return container_client(ds.container_name, account_url=url,
+                                    credential={"account_name": ds.account_name, "account_key": key})
+        if sas:
+            return container_client(ds.container_name, account_url=url, credential=sas)
+        return container_client(ds.container_name, account_url=url, credential=self.credential,
+                                role_scope=self._storage_account_id(ds.account_name))
+
+    def _account_url(self, ds):
+        if self._blob_endpoint:
+            return self._blob_endpoint
+        return f"{ds.protocol or 'https'}://{ds.account_name}.blob.{ds.endpoint}"
+
+    def _storage_account_id(self, account):
+        """The ARM id of the workspace's storage account when it is `account` (the role's scope)."""
+        storage = getattr(self.ml.workspaces.get(self.settings.workspace_name), "storage_account", None)
+        return storage if storage and storage.rstrip("/").rsplit("/", 1)[-1] == account else None
 
     # jobs ---------------------------------------------------------------------------------
     def submit(self, job):
-        """Submit a command job; returns {name, studio_url}."""
-        submitted = self.ml.jobs.create_or_update(job)
-        return {"name": submitted.name, "studio_url": submitted.studio_url}
+        """Submit a command job unless one of its name exists; returns {name, studio_url, created}.
+
+        Get-then-create: create_or_update on an existing name PUTs the job again (it is not a
+        no-op), so a retried or repeated submit first asks for the job by its name, and creates
+        it only when the service says ResourceNotFound.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            found = self.ml.jobs.get(job.name)
+        except ResourceNotFoundError:
+            submitted = self.ml.jobs.create_or_update(job)
+            return {"name": submitted.name, "studio_url": submitted.studio_url, "created": True}
+        return {"name": found.name, "studio_url": found.studio_url, "created": False}
 
     def job_status(self, name):
-        return self.ml.jobs.get(name).status
+        """The job's status as the service spells it ("Running"); the SDK hands out a JobStatus
+        enum whose str() would be "JobStatus.RUNNING"."""
+        return _text(self.ml.jobs.get(name).status)
+
+    def job_exists(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.ml.jobs.get(name)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def job_error(self, name):
+        """{code, message} of a failed job's run (run history's RunDetails.error), or None.
+        Private API: JobOperations._runs_operations."""
+        error = self.ml.jobs._runs_operations.get_run_details(name).error
+        root = getattr(error, "error", None)
+        if root is None:
+            return None
+        return {"code": getattr(root, "code", None), "message": redact(getattr(root, "message", None) or "")}
 
     def log_urls(self, name):
         """{log file name: SAS URL}; the URLs carry secrets and must never be printed."""
@@ -231,6 +341,91 @@ class AzureSeam:
 
     def cancel(self, name):
         self.ml.jobs.begin_cancel(name).result()
+
+
+    # after the run: attach, register, compute list (assets.py) -----------------------------
+    def get_job(self, name):
+        """{name, status, display_name, experiment, compute, instance_count, command, inputs,
+        outputs ({name: {type, path}}), studio_url, created_at (epoch seconds)} or None."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            job = self.ml.jobs.get(name)
+        except ResourceNotFoundError:
+            return None
+        return job_row(job)
+
+    def list_clusters(self):
+        """Every AmlCompute cluster of the workspace with its node counts (cluster_row).
+
+        Private API: the Compute entity drops currentNodeCount and nodeStateCounts, so the REST
+        objects of the SDK's own list call are read as well (ComputeOperations._operation)."""
+        from azure.ai.ml.entities import Compute
+
+        ops = self.ml.compute
+        pages = ops._operation.list(self.settings.resource_group, self.settings.workspace_name,
+                                    cls=lambda objs: [(Compute._from_rest_object(o), o) for o in objs])
+        return [cluster_row(entity, rest) for entity, rest in pages
+                if str(entity.type).lower() == "amlcompute"]
+
+    def register_model(self, name, path, tags, description):
+        """A custom_model asset at `path` (the job's output URI); {name, version, path}."""
+        from azure.ai.ml.entities import Model
+
+        model = self.ml.models.create_or_update(Model(name=name, path=path, type="custom_model",
+                                                      tags=tags, description=description))
+        return {"name": model.name, "version": model.version, "path": model.path}
+
+    def register_data(self, name, path, tags, description):
+        """A uri_folder data asset at `path` (an azureml://datastores/... URI); {name, version, path}."""
+        from azure.ai.ml.entities import Data
+
+        data = self.ml.data.create_or_update(Data(name=name, path=path, type="uri_folder",
+                                                  tags=tags, description=description))
+        return {"name": data.name, "version": data.version, "path": data.path}
+
+
+def job_row(job):
+    """Plain values of an azure.ai.ml Job (get_job)."""
+    def ports(items):
+        return {k: {"type": getattr(v, "type", None), "path": getattr(v, "path", None)}
+                for k, v in (items or {}).items() if hasattr(v, "path")}
+    compute = getattr(job, "compute", None)
+    if compute and "/computes/" in compute:  # an ARM id: the cluster is its last segment
+        compute = compute.rsplit("/", 1)[-1]
+    created = getattr(getattr(job, "creation_context", None), "created_at", None)
+    resources = getattr(job, "resources", None)
+    return {"name": job.name, "status": _plain(job.status), "display_name": job.display_name,
+            "experiment": job.experiment_name, "compute": compute,
+            "instance_count": getattr(resources, "instance_count", None),
+            "command": getattr(job, "command", None),
+            "inputs": ports(getattr(job, "inputs", None)), "outputs": ports(getattr(job, "outputs", None)),
+            "studio_url": job.studio_url, "created_at": created.timestamp() if created else None}
+
+
+def cluster_row(entity, rest):
+    """{name, size, tier, min_nodes, max_nodes, current_nodes, idle_nodes, busy_nodes, allocation,
+    state} of an AmlCompute (entity: the SDK's; rest: its wire object, for the node counts)."""
+    wire = rest.as_dict() if hasattr(rest, "as_dict") else {}
+    inner = (wire.get("properties") or {}).get("properties") or {}
+    counts = inner.get("nodeStateCounts") or inner.get("node_state_counts") or {}
+
+    def count(camel):
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
+        value = counts.get(camel, counts.get(snake))
+        return value if value is not None else 0
+    current = inner.get("currentNodeCount", inner.get("current_node_count"))
+    return {"name": entity.name, "size": getattr(entity, "size", None), "tier": getattr(entity, "tier", None),
+            "min_nodes": getattr(entity, "min_instances", None), "max_nodes": getattr(entity, "max_instances", None),
+            "current_nodes": current or 0, "idle_nodes": count("idleNodeCount"),
+            "busy_nodes": count("runningNodeCount") + count("preparingNodeCount"),
+            "allocation": inner.get("allocationState", inner.get("allocation_state")),
+            "state": _plain(getattr(entity, "provisioning_state", None))}
+
+
+def _plain(value):
+    """The string of an SDK enum member (JobStatus.COMPLETED -> "Completed")."""
+    return getattr(value, "value", value)
 
 
 class azure_errors:
