@@ -443,15 +443,19 @@ class Position:
         self.generator = torch.Generator().manual_seed(seed)  # augmentation boxes
         torch.manual_seed(seed)                                # dropout
         self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+        self.device = device
         if saved:
             self.step = saved["step"]
             self.generator.set_state(saved["generator"])
             torch.set_rng_state(saved["rng"])
+            if saved.get("cuda_rng") is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(saved["cuda_rng"], device)  # dropout on the GPU
             self.totals = torch.tensor(saved["totals"], dtype=torch.float64, device=device)
 
     def state(self):
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {"epoch": self.epoch, "step": self.step, "generator": self.generator.get_state(),
-                "rng": torch.get_rng_state(), "totals": self.totals.tolist()}
+                "rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "totals": self.totals.tolist()}
 
 
 def train_one_epoch(forward, criterion, optimizer, scheduler, precision, position, stop, throttle):
@@ -534,6 +538,12 @@ class Stop:
                 self.on_stop(self.requested)
             raise Canceled(self.requested)
 
+    def undefer(self):
+        """Back to stopping at once; a signal that came after the last safe point stops now."""
+        self.deferred, self.on_stop = False, None
+        if self.requested is not None:
+            raise Canceled(self.requested)
+
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
@@ -575,6 +585,10 @@ class CheckpointWriter:
         self.directory, self.report = directory, report
         self.thread = None
         self.error = None
+        # A kill -9 in the middle of a write leaves its temporary file (hundreds of MB): not kept.
+        for name in os.listdir(directory) if directory else ():
+            if name.startswith((".last.pt.", ".best.pt.")) and name.endswith(".tmp"):
+                os.unlink(os.path.join(directory, name))
 
     def save(self, checkpoint, best=None, wait=False):
         if not self.directory:
@@ -873,7 +887,8 @@ def run(args, dist, report, started, stop):
                 stop.deferred = True
                 stop.on_stop = lambda signum: checkpoint(position, wait=True)
             totals = train_one_epoch(forward, criterion, optimizer, scheduler, precision, position, stop, throttle)
-            stop.deferred, stop.on_stop = False, None
+            stop.at_safe_point()  # a signal during the epoch's last moments (the prefetcher's end)
+            stop.undefer()
             loss_sum, correct, seen = dist.all_sum(totals).tolist()
             row = {"epoch": epoch, "epochs": args.epochs, "train_loss": loss_sum / seen,
                    "train_accuracy": correct / seen, "val_loss": None, "val_accuracy": None,
@@ -897,8 +912,10 @@ def run(args, dist, report, started, stop):
             checkpoint(best=row["best"])
         state["stopped"] = state["stopped"] or "completed"
     finally:
-        stop.deferred, stop.on_stop = False, None
+        stop.deferred, stop.on_stop = True, None  # an in-flight checkpoint lands whole, then a signal counts
         writer.wait()
+        stop.deferred = False
+    stop.undefer()
     if best_weights is not None:
         trainable.load_state_dict(best_weights)
     # Only rank 0 keeps the best epoch's weights: every process scores its share of the test

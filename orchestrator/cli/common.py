@@ -1,6 +1,7 @@
 """Pieces shared by the commands: following a run and reporting its outcome."""
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -42,6 +43,12 @@ def resume_and_follow(ctx, run_id, detach=False, as_json=False, verbose=False):
     if given:
         raise UserError(f"--resume continues run {run_id} with its recorded data and settings: drop {', '.join(given)}")
     ledger, record, backend, _ = find_run(run_id)
+    if backend.resumable and record.status != COMPLETED:
+        from ..runner import read_spec
+        from .train import fetch_imagenet_weights
+
+        # train.py loads the ImageNet weights again before its checkpoint; a container has no network
+        fetch_imagenet_weights(read_spec(Path(record.run_dir), record.run_id).train_args)
     run = resume(backend, ledger, record)
     detach_or_follow(backend, run, detach, as_json, verbose, started="resumed",
                      banner=f"run {run.run_id} resumed on {backend.name} backend (attempt {record.attempts + 1}); "
