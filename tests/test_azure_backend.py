@@ -347,9 +347,11 @@ def test_prepare_submit_follow_download(tmp_path, world, container, workspace_en
     run_dir = tmp_path / "runs" / "colors-1"
     spec = JobSpec(run_id="colors-1", data=data, run_dir=run_dir, train_args=["--epochs", "1"],
                    backend_options={"compute": "gpu-a100", "nodes": 2, "experiment": "colors"})
-    said = []
-    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append)
+    said, asked = [], []
+    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append,
+                           approve=lambda: asked.append(dict(world.computes)))
     backend.prepare(spec)
+    assert asked == [{}]  # the CLI's confirmation came after the plan and before the cluster existed
     prefix = dataset_prefix(data)
     assert {b.name for b in container.list_blobs()} >= {f"{prefix}/red/0.png", f"{prefix}/blue/2.png"}
     assert world.computes["gpu-a100"]["max_instances"] == 2

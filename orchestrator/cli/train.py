@@ -1,4 +1,5 @@
 """`orchestrate train`: validate the dataset, start the job on a backend, follow it."""
+import sys
 from pathlib import Path
 
 import click
@@ -138,6 +139,8 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--register", is_flag=True, default=None,
               help="azure: when the run completes, register its ONNX model (labels, test metrics as tags) and "
                    "its dataset as Azure ML assets (later: orchestrate register RUN).")
+@click.option("--yes", is_flag=True, help="azure: create a missing compute cluster without asking (asked only "
+                                            "on a terminal, after its plan: size, price, quota).")
 @workspace_options(location=False, prefix="azure: ")
 @click.option("--dry-run", is_flag=True, help="azure: print what would be created and run; no cloud calls.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -148,7 +151,7 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--detach", is_flag=True, help="Start the job and return at once with its run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
-def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, **kwargs):
+def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, yes, **kwargs):
     """Train a classifier on DATA, a folder with one sub-folder of images per label.
 
     \b
@@ -186,6 +189,8 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     if workspace_line:
         click.echo(workspace_line, err=True)
     engine = get_backend(chosen)
+    if engine.name == "azure" and not yes and sys.stdin.isatty():  # a script or a pipe has nobody to answer
+        engine.approve = lambda: click.confirm("create this compute cluster?", abort=True)
     if spec.backend_options.get("register") and detach:
         raise UserError("--register waits for the run to complete: without --detach, or later with "
                         "`orchestrate register RUN`")

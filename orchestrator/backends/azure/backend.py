@@ -26,13 +26,16 @@ STATE_FILE = "azure.json"
 class AzureBackend(Backend):
     name = "azure"
 
-    def __init__(self, seam_factory=None, sleep=time.sleep, say=None, clock=time.monotonic):
+    def __init__(self, seam_factory=None, sleep=time.sleep, say=None, clock=time.monotonic, approve=None):
         if seam_factory is None:
             from .seam import AzureSeam as seam_factory
         self.seam_factory = seam_factory
         self.sleep = sleep
         self.clock = clock
         self.say = say or (lambda line: print(line, file=sys.stderr))
+        # Called once the plan of a cluster to create is shown, before it is created: the CLI's
+        # confirmation on a terminal (it raises to stop); None creates without asking.
+        self.approve = approve
         self._datastores = {}  # run_id -> datastore resolved by prepare()
 
     # submit side --------------------------------------------------------------------------
@@ -54,7 +57,7 @@ class AzureBackend(Backend):
             datastore = seam.default_datastore()
             container = seam.container_client(datastore)
             ensure_compute(seam, plan.compute, say=self.say, max_nodes=plan.nodes,
-                           low_priority=plan.low_priority)
+                           low_priority=plan.low_priority, approve=self.approve)
         with UploadProgress() as bars:
             result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container)
         self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
