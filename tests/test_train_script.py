@@ -277,7 +277,7 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_ends_as_an_uninterrup
             if event and event["type"] == "progress" and event["phase"] == "train" and event.get("epoch") == 2:
                 proc.send_signal(signal.SIGTERM)
                 break
-        rest, stderr = proc.communicate(timeout=120)
+        rest, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -288,12 +288,12 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resumed_run_ends_as_an_uninterrup
     position = torch.load(ckpt / "last.pt", weights_only=False)["position"]
     assert position["epoch"] == 2 and 0 < position["step"]
 
-    resumed = run_script("--data", data, "--output", tmp_path / "out", "--checkpoint-dir", ckpt, *job)
+    resumed = run_script("--data", data, "--output", tmp_path / "out", "--checkpoint-dir", ckpt, *job, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert [e["epoch"] for e in of_type(resumed.events, "epoch_end")] == [2]
     assert f"in epoch 2 at step {position['step']}" in resumed.stdout
     straight = run_script("--data", data, "--output", tmp_path / "straight", "--checkpoint-dir",
-                          tmp_path / "straight-ckpt", *job)
+                          tmp_path / "straight-ckpt", *job, timeout=900)  # a loaded machine is slow
     assert straight.returncode == 0, straight.stderr
     ours = torch.load(ckpt / "last.pt", weights_only=False)["weights"]
     reference = torch.load(tmp_path / "straight-ckpt" / "last.pt", weights_only=False)["weights"]
