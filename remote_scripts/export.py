@@ -51,10 +51,10 @@ def exportable(module):
 
 
 def to_onnx(module, example, input_name, output_name):
-    """`module` traced on `example` -> onnx.ModelProto with a dynamic batch axis.
+    """`module` traced on `example` -> the ONNX model (serialized bytes) with a dynamic batch axis.
 
     Built in memory: the metadata is added before the one write to disk, and linear mode runs
-    the frozen backbone's graph in ONNX Runtime without a file (train.featurize).
+    the frozen backbone's graph in ONNX Runtime from these bytes (train.featurize).
     """
     kwargs = dict(input_names=[input_name], output_names=[output_name],
                   dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
@@ -66,12 +66,16 @@ def to_onnx(module, example, input_name, output_name):
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(module, (example,), buffer, **kwargs)
-    return onnx.load_from_string(buffer.getvalue())
+        # The tracer runs the module once on the example. oneDNN would first build a kernel for
+        # each convolution shape, for that one use (0.6 s for ResNet50 on the build machine);
+        # the reference kernels compute a batch of 2 in a tenth of that. The graph is the same.
+        with torch.backends.mkldnn.flags(enabled=False):
+            torch.onnx.export(module, (example,), buffer, **kwargs)
+    return buffer.getvalue()
 
 
 def export_backbone(backbone, spec):
-    """The frozen backbone alone as ONNX: image [batch, 3, H, W] -> features [batch, D].
+    """The frozen backbone alone as ONNX (serialized): image [batch, 3, H, W] -> features [batch, D].
 
     Linear mode computes its cached features with this graph (in ONNX Runtime) and export_onnx
     puts the trained head behind the very same graph, so metrics.json is computed from exactly
@@ -90,18 +94,25 @@ def export_onnx(model, path, classes, spec, arch, mode, backbone=None):
     """
     if backbone is None:
         height, width = spec["size"]
-        graph = to_onnx(Probabilities(exportable(model)), torch.zeros(2, 3, height, width),
-                        imaging.INPUT_NAME, imaging.OUTPUT_NAME)
+        graph = onnx.load_from_string(to_onnx(Probabilities(exportable(model)), torch.zeros(2, 3, height, width),
+                                              imaging.INPUT_NAME, imaging.OUTPUT_NAME))
     else:
+        backbone = onnx.load_from_string(backbone)
         features = backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-        head = to_onnx(Probabilities(exportable(model.head)), torch.zeros(2, features),
-                       FEATURES_NAME, imaging.OUTPUT_NAME)
-        # Both graphs name their constants onnx::<op>_<n>: the head's inner names get a prefix.
-        onnx.compose.add_prefix(head, HEAD_PREFIX, rename_inputs=False, rename_outputs=False, inplace=True)
-        # merge_graphs, not merge_models: that one also runs the checker over the whole model
-        # (a third of a second for ResNet50) and lists the shared opset twice.
-        joined = onnx.compose.merge_graphs(backbone.graph, head.graph, io_map=[(FEATURES_NAME, FEATURES_NAME)],
-                                           name=backbone.graph.name)
+        head = onnx.load_from_string(to_onnx(Probabilities(exportable(model.head)), torch.zeros(2, features),
+                                             FEATURES_NAME, imaging.OUTPUT_NAME))
+        # Both graphs name their constants onnx::<op>_<n>, so every name of the head gets a prefix
+        # (add_prefix's options to spare inputs and outputs mean other things in onnx 1.12), and
+        # its output takes back its own name once joined. merge_graphs, not merge_models: that
+        # one also runs the checker over the whole model (a third of a second for ResNet50).
+        onnx.compose.add_prefix(head, HEAD_PREFIX, inplace=True)
+        joined = onnx.compose.merge_graphs(backbone.graph, head.graph, name=backbone.graph.name,
+                                           io_map=[(FEATURES_NAME, HEAD_PREFIX + FEATURES_NAME)])
+        for node in joined.node:
+            for i, name in enumerate(node.output):
+                if name == HEAD_PREFIX + imaging.OUTPUT_NAME:
+                    node.output[i] = imaging.OUTPUT_NAME
+        joined.output[0].name = imaging.OUTPUT_NAME
         graph = onnx.helper.make_model(joined, opset_imports=backbone.opset_import, ir_version=backbone.ir_version,
                                        producer_name=backbone.producer_name,
                                        producer_version=backbone.producer_version)

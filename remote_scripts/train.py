@@ -27,6 +27,7 @@ Azure ML's PyTorch distribution set WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, M
 """
 import argparse
 import copy
+import gc
 import hashlib
 import math
 import os
@@ -332,33 +333,42 @@ def featurize(model, batches, indices, batch_size, report):
     Always float32, so that the head is fitted and tested on exactly the features the exported
     (float32) ONNX model computes: metrics.json is what model.onnx gives. On a CPU with
     onnxruntime installed, ONNX Runtime runs export_backbone's graph, which export_onnx then
-    reuses: on the 2-core build machine it featurizes ~1.4x faster than torch's eager kernels
-    (channels_last and inference_mode included; benchmarks/train_throughput.py), and the
-    backbone is traced once per run instead of twice. Elsewhere (a GPU, no onnxruntime: it is
-    optional in the job) torch computes them.
+    reuses for model.onnx, so the backbone is traced once per run: on the 2-core build machine
+    (AVX-512) its loop runs 1.5x the images/s of a plain torch loop, where torch's own
+    channels_last and inference_mode gain about 5% (benchmarks/train_throughput.py). Elsewhere
+    (a GPU, no onnxruntime: it is optional in the job) torch computes them.
     """
     report.event("phase", name="featurize")
     model.eval()
-    graph, session = backbone_in_onnx_runtime(model, batches)
+    threads = torch.get_num_threads()
+    graph, session = backbone_in_onnx_runtime(model, batches, threads)
+    if session is not None:
+        # ONNX Runtime computes on threads of its own. torch's small ops between its runs (the
+        # batch's conversion and normalization) take one thread, so that torch's OpenMP threads,
+        # which spin a while after each op, do not hold the cores ONNX Runtime is computing on.
+        torch.set_num_threads(1)
     throttle = report.throttle("featurize", len(indices))
     features, done = None, 0
-    for idx, pixels, _ in batches.prefetch([indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]):
-        x = batches.normalize(pixels)
-        if session is not None:
-            out = torch.from_numpy(session.run(None, {imaging.INPUT_NAME: x.contiguous().numpy()})[0])
-        else:
-            with torch.inference_mode():
-                out = model.backbone(x).float().cpu()
-        if features is None:
-            features = torch.zeros(len(batches.data.paths), out.shape[1])
-        features[torch.from_numpy(idx)] = out
-        done += len(idx)
-        throttle.update(done)
+    try:
+        for idx, pixels, _ in batches.prefetch([indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]):
+            x = batches.normalize(pixels)
+            if session is not None:
+                out = torch.from_numpy(session.run(None, {imaging.INPUT_NAME: x.contiguous().numpy()})[0])
+            else:
+                with torch.inference_mode():
+                    out = model.backbone(x).float().cpu()
+            if features is None:
+                features = torch.zeros(len(batches.data.paths), out.shape[1])
+            features[torch.from_numpy(idx)] = out
+            done += len(idx)
+            throttle.update(done)
+    finally:
+        torch.set_num_threads(threads)
     return features, graph
 
 
-def backbone_in_onnx_runtime(model, batches):
-    """(ONNX graph of the frozen backbone, an ONNX Runtime session running it on torch's CPU
+def backbone_in_onnx_runtime(model, batches, threads):
+    """(ONNX graph of the frozen backbone, an ONNX Runtime session running it on `threads` CPU
     threads), or (None, None) on a GPU or without onnxruntime."""
     if batches.device.type != "cpu":
         return None, None
@@ -368,9 +378,9 @@ def backbone_in_onnx_runtime(model, batches):
         return None, None
     graph = export_backbone(model.backbone, batches.data.spec)
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     return graph, session
 
 
@@ -799,9 +809,9 @@ def run(args, dist, report, started, stop):
         model.head[0].fit(features[torch.from_numpy(dataset.train)].to(device))
         features = features.to(device)
         if device.type == "cpu":
-            # The head's steps are ops of microseconds, where synchronizing OpenMP threads costs
-            # more than sharing the work saves: 1 thread trains an epoch 3.5x faster than 2 on the
-            # 2-core build machine while other processes hold a core (benchmarks/train_throughput.py).
+            # The head's steps are ops of microseconds, where a second OpenMP thread saves nothing
+            # (50 ms an epoch on 1 or 2 threads on the 2-core build machine) and, while another
+            # process holds a core, its synchronization costs a lot (0.14 s on 1 thread, 0.5 s on 2).
             torch.set_num_threads(1)
 
     # What trains, how it is stepped and scheduled.
@@ -1027,4 +1037,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # The imports leave some 340,000 objects (torch, torchvision with torch._dynamo and sympy,
+    # onnx) that are never garbage. Frozen, the collector no longer walks them in each full
+    # collection, nor in the ones the interpreter's exit runs: 1.1 s less at the end of every
+    # run on the build machine.
+    gc.freeze()
     sys.exit(main())

@@ -21,7 +21,7 @@ import torch
 from imagegen import make_dataset, readable
 from orchestrator.events import parse_line
 from remote_scripts import folder_dataset, imagecache, imaging, metrics, progress, train
-from remote_scripts.export import ARCH_KEY, MODE_KEY, export_onnx
+from remote_scripts.export import ARCH_KEY, MODE_KEY, export_backbone, export_onnx
 from remote_scripts.models import WeightsError, build_model, load_weights
 
 SCRIPT = Path(train.__file__)
@@ -551,6 +551,49 @@ def test_exported_onnx_agrees_with_pytorch(data, tmp_path, arch):
     assert (got.argmax(1) == expected.argmax(1)).all()
     single = session.run(None, {imaging.INPUT_NAME: batch[:1]})[0]  # any batch size
     assert np.abs(single - expected[:1]).max() < 1e-4
+
+
+def test_a_model_exported_behind_its_backbone_graph_is_the_whole_model(tmp_path):
+    """Linear mode featurizes with export_backbone's graph and exports the head behind it: the
+    file has the names, dynamic batch and metadata of a whole-model export, and its outputs."""
+    spec = imaging.preprocess_spec(32)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, standardize=True).eval()
+    model.head[0].fit(torch.randn(16, model.head[1].in_features) * 3 + 1)
+    export_onnx(model, str(tmp_path / "whole.onnx"), CLASSES, spec, "resnet18", "linear")
+    export_onnx(model, str(tmp_path / "joined.onnx"), CLASSES, spec, "resnet18", "linear",
+                backbone=export_backbone(model.backbone, spec))
+    batch = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    outputs, metadata = [], []
+    for name in ("whole", "joined"):
+        onnx.checker.check_model(str(tmp_path / f"{name}.onnx"))
+        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"))
+        assert [(i.name, i.shape) for i in session.get_inputs()] == [(imaging.INPUT_NAME, ["batch", 3, 32, 32])]
+        assert [(o.name, o.shape) for o in session.get_outputs()] == [(imaging.OUTPUT_NAME, ["batch", 3])]
+        metadata.append(session.get_modelmeta().custom_metadata_map)
+        outputs.append(session.run(None, {imaging.INPUT_NAME: batch})[0])
+    assert metadata[0] == metadata[1]
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-6
+
+
+def test_a_cpu_linear_run_reports_what_model_onnx_gives_to_the_last_digits(data, tmp_path, capsys):
+    """With onnxruntime installed a CPU run featurizes in ONNX Runtime with the backbone graph
+    that model.onnx then holds: the model, fed the test files, gives metrics.json's numbers."""
+    out = tmp_path / "out"
+    code, err, _ = run_main(capsys, "--data", data, "--output", out, "--mode", "linear", "--epochs", "2",
+                            *FAST, *SPLIT, "--cache-dir", tmp_path / "cache")
+    assert code == 0, err
+    found = folder_dataset.scan(str(data))
+    usable = [s for s in found.samples if readable(data, s[0])]
+    _, _, test = folder_dataset.stratified_split(usable, found.classes, 0.2, 0.25, seed=0)
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    spec = json.loads(session.get_modelmeta().custom_metadata_map[imaging.PREPROCESS_KEY])
+    batch = np.stack([imaging.preprocess_file(str(data / path), spec) for path, _ in test])
+    recomputed = metrics.classification_metrics([label for _, label in test],
+                                                session.run(None, {imaging.INPUT_NAME: batch})[0], found.classes)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert recomputed["confusion_matrix"] == saved["confusion_matrix"]
+    assert recomputed["log_loss"] == pytest.approx(saved["log_loss"], abs=1e-6)
 
 
 def test_a_weights_file_initializes_the_backbone_and_drops_the_old_classifier(tmp_path):
