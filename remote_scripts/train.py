@@ -334,7 +334,7 @@ def featurize(model, batches, indices, batch_size, report):
     (float32) ONNX model computes: metrics.json is what model.onnx gives. On a CPU with
     onnxruntime installed, ONNX Runtime runs export_backbone's graph, which export_onnx then
     reuses for model.onnx, so the backbone is traced once per run: on the 2-core build machine
-    (AVX-512) its loop runs 1.5x the images/s of a plain torch loop, where torch's own
+    (AVX-512) its loop runs 1.6x the images/s of a plain torch loop, where torch's own
     channels_last and inference_mode gain about 5% (benchmarks/train_throughput.py). Elsewhere
     (a GPU, no onnxruntime: it is optional in the job) torch computes them.
     """
