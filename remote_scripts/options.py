@@ -100,6 +100,13 @@ OPTIONS = (
     Option("--test-fraction", "float", DEFAULT_TEST_FRACTION,
            "share of each class held out for the final test metrics", low=0, high=1, high_open=True),
     Option("--seed", "int", 0, "seeds the split, the shuffling and the augmentation", low=0),
+    Option("--labels", "str", "folder",
+           "where the labels come from: folder (DATA/<label>/**/<image>), filename (the leading letters "
+           "of each image's file name, CD7001-220.jpg -> CD) or a .tsv/.csv file inside DATA with a path "
+           "and a label column (paths relative to DATA, header row optional)", metavar="SOURCE"),
+    Option("--sample-fraction", "float", 1.0,
+           "train on this stratified, seeded share of each class's images (a quick try on a big set)",
+           low=0, low_open=True, high=1),
     Option("--time-budget", "float", None,
            "stop after the epoch during which the job has run this long (earlier attempts of a "
            "resumed run count); 0: one epoch", low=0, metavar="SECONDS"),

@@ -260,9 +260,17 @@ def load_data(args, dist, report):
     once unreadable files are left out. Returns imagecache's decoded dataset.
     """
     report.event("phase", name="scan")
-    scan = folder_dataset.scan(args.data)
+    scan = folder_dataset.scan(args.data, labels=args.labels)
     for name in scan.empty_classes:
         report.warn(f"folder '{name}' has no images and is not a class")
+    # Every unusable row or file is in the log; a table with thousands of them gets one warning.
+    for problem in scan.problems:
+        report.log(f"no label: {problem}")
+    if scan.problems:
+        report.warn(f"{len(scan.problems)} file(s) or row(s) gave no usable label and are left out, e.g. "
+                    f"{scan.problems[0]} (all are listed in the log)")
+    scan.samples = folder_dataset.sample_fraction(scan.samples, args.sample_fraction, args.seed,
+                                                  args.val_fraction, args.test_fraction)
     need = folder_dataset.minimum_per_class(args.val_fraction, args.test_fraction)
     counts = np.bincount([label for _, label in scan.samples], minlength=len(scan.classes))
     for name, count in zip(scan.classes, counts):

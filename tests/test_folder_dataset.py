@@ -5,7 +5,7 @@ import pytest
 
 from imagegen import make_dataset
 from remote_scripts import imaging
-from remote_scripts.folder_dataset import DatasetError, scan, stratified_split
+from remote_scripts.folder_dataset import DatasetError, label_source_for_job, sample_fraction, scan, stratified_split
 
 
 def touch(path, data=b"x"):
@@ -122,3 +122,99 @@ def test_too_small_class_is_named_with_its_count():
 def test_bad_fractions_are_rejected(val, test):
     with pytest.raises(DatasetError, match="--val-fraction and --test-fraction"):
         stratified_split(samples_of({"a": 10, "b": 10}), ["a", "b"], val, test, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Label sources and the sample fraction
+
+
+def test_filename_labels_are_the_leading_letters_as_in_ml_net(tmp_path):
+    for name in ("CD7001-220.jpg", "CD7002.png", "UD13.jpg", "sub/UD14-x.jpg", "Écorce7.jpg", "123.jpg", "notes.txt"):
+        touch(tmp_path / name)
+    found = scan(str(tmp_path), labels="filename")
+    assert found.classes == ["CD", "UD", "Écorce"]
+    assert sorted((path, found.classes[label]) for path, label in found.samples) == [
+        ("CD7001-220.jpg", "CD"), ("CD7002.png", "CD"), ("UD13.jpg", "UD"), ("sub/UD14-x.jpg", "UD"),
+        ("Écorce7.jpg", "Écorce")]
+    assert found.problems == ["123.jpg: the file name does not begin with a letter, so it gives no label"]
+
+
+@pytest.mark.parametrize("name, delimiter, header", [("tags.tsv", "\t", ""), ("tags.tsv", "\t", "path\tlabel\n"),
+                                                      ("labels.csv", ",", "ImagePath,Label\n")])
+def test_a_label_table_gives_each_listed_image_its_label(tmp_path, name, delimiter, header):
+    for path in ("broccoli.jpg", "pizza.png", "deep/teddy.jpg"):
+        touch(tmp_path / path)
+    rows = [("broccoli.jpg", "food"), ("pizza.png", "food"), ("deep/teddy.jpg", "toy")]
+    (tmp_path / name).write_text(header + "".join(f"{p}{delimiter}{label}\n" for p, label in rows))
+    found = scan(str(tmp_path), labels=name)
+    assert found.classes == ["food", "toy"]
+    assert sorted((path, found.classes[label]) for path, label in found.samples) == sorted(rows)
+    assert found.problems == []
+
+
+def test_every_bad_row_of_a_label_table_is_reported_with_its_line_and_left_out(tmp_path):
+    for path in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        touch(tmp_path / path)
+    touch(tmp_path.parent / "outside.jpg")
+    (tmp_path / "tags.tsv").write_text("\n".join([
+        "a.jpg\tcat",         # 1
+        "b.jpg\t",            # 2 empty label
+        "missing.jpg\tcat",   # 3
+        "../outside.jpg\tcat",  # 4
+        "tags.tsv\tcat",      # 5 not an image
+        "a.jpg\tdog",         # 6 listed again
+        "",                   # 7 blank: ignored
+        "c.jpg",              # 8 no label column
+        "d.jpg\tdog",         # 9
+    ]) + "\n")
+    found = scan(str(tmp_path), labels="tags.tsv")
+    assert found.classes == ["cat", "dog"]
+    assert sorted(path for path, _ in found.samples) == ["a.jpg", "d.jpg"]
+    assert found.problems == [
+        "tags.tsv line 2: no label for 'b.jpg'",
+        "tags.tsv line 3: no such file missing.jpg",
+        "tags.tsv line 4: ../outside.jpg is not a path inside the data folder",
+        "tags.tsv line 5: tags.tsv is not an image file name",
+        "tags.tsv line 6: a.jpg is listed again (first on line 1)",
+        "tags.tsv line 8: no label for 'c.jpg'",
+    ]
+
+
+def test_label_sources_that_cannot_work_are_one_clear_error(tmp_path):
+    touch(tmp_path / "a.jpg")
+    with pytest.raises(DatasetError, match=r"--labels takes folder, filename or a \.tsv/\.csv file"):
+        scan(str(tmp_path), labels="labels.json")
+    with pytest.raises(DatasetError, match="cannot read the label table"):
+        scan(str(tmp_path), labels="absent.tsv")
+    (tmp_path / "bad.tsv").write_bytes(b"a.jpg\t\xff\xfe\n")
+    with pytest.raises(DatasetError, match="is not UTF-8 text"):
+        scan(str(tmp_path), labels="bad.tsv")
+    (tmp_path / "none.tsv").write_text("a.jpg\t\n")
+    with pytest.raises(DatasetError, match=r"no images found .* first problem: none.tsv line 1: no label"):
+        scan(str(tmp_path), labels="none.tsv")
+
+
+def test_the_job_receives_a_label_table_as_its_path_inside_the_data_folder(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    touch(data / "sub" / "tags.tsv", b"")
+    touch(tmp_path / "elsewhere.tsv", b"")
+    monkeypatch.chdir(tmp_path)
+    assert label_source_for_job(str(data), "data/sub/tags.tsv") == "sub/tags.tsv"   # from the working folder
+    assert label_source_for_job(str(data), "sub/tags.tsv") == "sub/tags.tsv"        # relative to DATA
+    assert label_source_for_job(str(data), str(data / "sub" / "tags.tsv")) == "sub/tags.tsv"
+    assert label_source_for_job(str(data), "filename") == "filename"
+    with pytest.raises(DatasetError, match="outside the data folder"):
+        label_source_for_job(str(data), "elsewhere.tsv")
+    with pytest.raises(DatasetError, match="no such file absent.tsv"):
+        label_source_for_job(str(data), "absent.tsv")
+
+
+def test_a_sample_fraction_is_stratified_seeded_and_keeps_what_the_split_needs():
+    samples = [(f"a/{i:03}.jpg", 0) for i in range(100)] + [(f"b/{i:03}.jpg", 1) for i in range(10)] + \
+              [(f"c/{i}.jpg", 2) for i in range(3)]
+    kept = sample_fraction(samples, 0.2, 0, 0.1, 0.1)
+    assert collections.Counter(label for _, label in kept) == {0: 20, 1: 3, 2: 3}  # b: round(2) < 3 needed
+    assert set(kept) <= set(samples) and kept == sorted(kept)
+    assert sample_fraction(list(reversed(samples)), 0.2, 0, 0.1, 0.1) == kept      # input order does not matter
+    assert sample_fraction(samples, 0.2, 1, 0.1, 0.1) != kept                      # the seed does
+    assert sample_fraction(samples, 1.0, 0, 0.1, 0.1) is samples

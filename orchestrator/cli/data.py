@@ -31,9 +31,12 @@ def data():
 @click.option("--to", "to", envvar=URI_ENV, metavar="az://ACCOUNT/CONTAINER[/PREFIX]",
               help=f"Where to upload (env {URI_ENV}). Default prefix: NAME. Without it, the account "
                    f"of AZURE_STORAGE_CONNECTION_STRING and container '{DEFAULT_CONTAINER}' are used.")
+@click.option("--labels", default="folder", show_default=True, metavar="SOURCE",
+              help="folder, filename or a .tsv/.csv label table inside DATA (as `orchestrate train --labels`); "
+                   "a table is uploaded with the images.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def upload(data_dir, name, to, as_json):
-    """Upload a folder-per-label dataset (DATA/<label>/<image>) to Azure Blob storage.
+def upload(data_dir, name, to, labels, as_json):
+    """Upload a labeled image dataset (DATA/<label>/<image>, or see --labels) to Azure Blob storage.
 
     Files already uploaded with the same sha256 are skipped, so running the command again after an
     interruption sends only what is missing. Credentials: AZURE_STORAGE_CONNECTION_STRING, or
@@ -43,6 +46,8 @@ def upload(data_dir, name, to, as_json):
     Example:
       orchestrate data upload ./EuroSAT --to az://myaccount/datasets --json
     """
+    from remote_scripts.folder_dataset import DatasetError, label_source_for_job
+
     from ..errors import UserError
     from ..storage.blob import connect, default_account, parse_uri
     from ..storage.upload_progress import UploadProgress
@@ -57,9 +62,14 @@ def upload(data_dir, name, to, as_json):
                             "(or AZURE_STORAGE_CONNECTION_STRING to use its account)")
         to = f"az://{account}/{DEFAULT_CONTAINER}"
     target = parse_uri(to, default_prefix=name)
+    try:
+        labels = label_source_for_job(data_dir, labels)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
     with UploadProgress() as bars:
         try:
-            result = bars.upload(data_dir, target.prefix, lambda: connect(target, os.environ), name=name)
+            result = bars.upload(data_dir, target.prefix, lambda: connect(target, os.environ), name=name,
+                                 labels=labels)
         except KeyboardInterrupt:
             bars.stop()
             click.echo(f"interrupted ({bars.sent} file(s) confirmed sent); run the same command again to resume "

@@ -14,17 +14,24 @@ BACKEND_CHOICES = ("auto", "local", "docker", "azure")
 def validate_dataset(data, values):
     """Reject unusable data here, in one line, before any job starts or any byte is uploaded.
 
-    Runs the job's own scan and split (no image is decoded), so the checks and their messages
-    are the job's.
+    Runs the job's own scan, sample and split (no image is decoded), so the checks and their
+    messages are the job's. A `--labels` table is handed to the job as its path inside DATA
+    (the only folder a container or an Azure ML job sees), so `values` is updated with it.
     """
     from remote_scripts import folder_dataset as fd
     from remote_scripts.options import BY_DEST
 
-    val, test = (BY_DEST[name].default if values[name] is None else values[name]
-                 for name in ("val_fraction", "test_fraction"))
+    def given(name):
+        return BY_DEST[name].default if values[name] is None else values[name]
+
+    val, test, labels = given("val_fraction"), given("test_fraction"), given("labels")
     try:
-        found = fd.scan(str(data))
-        fd.stratified_split(found.samples, found.classes, val, test, seed=0)
+        labels = fd.label_source_for_job(str(data), labels)
+        if values["labels"] is not None:
+            values["labels"] = labels
+        found = fd.scan(str(data), labels=labels)
+        samples = fd.sample_fraction(found.samples, given("sample_fraction"), given("seed"), val, test)
+        fd.stratified_split(samples, found.classes, val, test, seed=0)
     except fd.DatasetError as exc:
         raise UserError(str(exc)) from None
 

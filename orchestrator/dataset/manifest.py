@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from remote_scripts.folder_dataset import DatasetError, scan
+from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
 
 from ..errors import UserError
 from ..paths import state_dir
@@ -98,17 +98,22 @@ class HashCache:
         self._db.close()
 
 
-def build_manifest(root, name=None, *, workers=8, cache=None, progress=None):
-    """Scan `root` (a folder-per-label tree) and hash its images into a Manifest.
+def build_manifest(root, name=None, *, labels=FOLDER, workers=8, cache=None, progress=None):
+    """Scan `root` (labels: the job's --labels, relative to `root` for a table) and hash its
+    images into a Manifest. A label table is an entry too (label ""): the job reads it from the
+    uploaded folder.
 
     cache: a HashCache, None for the default one in the state dir, False for none.
     progress: optional callable(entry) called on this thread as each file is done.
-    Raises UserError for a missing folder or one that is not a folder-per-label tree.
+    Raises UserError for a missing folder or one that gives no usable dataset.
     """
     try:
-        found = scan(str(root))
+        found = scan(str(root), labels=labels)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
+    files = [(path, found.classes[label]) for path, label in found.samples]
+    if labels not in (FOLDER, FILENAME):
+        files.append((labels, ""))
     root = Path(root).resolve()
     own_cache = cache is None
     if own_cache:
@@ -117,24 +122,24 @@ def build_manifest(root, name=None, *, workers=8, cache=None, progress=None):
         except (OSError, sqlite3.Error):  # read-only home, locked file: hash everything instead
             cache = own_cache = False
     try:
-        entries = _hash_entries(root, found, workers, cache or None, progress)
+        entries = _hash_entries(root, files, workers, cache or None, progress)
     finally:
         if own_cache:
             cache.close()
     return Manifest(name or root.name, list(found.classes), sorted(entries, key=lambda e: e.path))
 
 
-def _hash_entries(root, found, workers, cache, progress):
-    """Entries for the scanned samples: cached digests first, the rest hashed in a thread pool."""
+def _hash_entries(root, files, workers, cache, progress):
+    """Entries for (relative path, label) files: cached digests first, the rest hashed in a thread pool."""
     racy_after = time.time_ns() - int(RACY_SECONDS * 1e9)
     entries, todo = [], []  # todo: (entry without digest, absolute path, mtime_ns)
-    for relpath, label_index in found.samples:
+    for relpath, label in files:
         full = root / relpath
         try:
             st = full.stat()
         except OSError as exc:
             raise UserError(f"cannot read {full}: {exc.strerror}") from None
-        entry = Entry(Path(relpath).as_posix(), st.st_size, "", found.classes[label_index])
+        entry = Entry(Path(relpath).as_posix(), st.st_size, "", label)
         digest = cache.get(str(full), st.st_size, st.st_mtime_ns) if cache else None
         if digest:
             entries.append(replace(entry, sha256=digest))

@@ -45,6 +45,7 @@ class AzureBackend(Backend):
 
     def prepare(self, spec):
         from ...storage.upload_progress import UploadProgress
+        from ...weights import train_arg
         from .job import build_job, dataset_prefix, plan_from_spec
         from .provision import ensure_compute
         from .seam import azure_errors
@@ -59,7 +60,8 @@ class AzureBackend(Backend):
             ensure_compute(seam, plan.compute, say=self.say, max_nodes=plan.nodes,
                            low_priority=plan.low_priority, approve=self.approve)
         with UploadProgress() as bars:
-            result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container)
+            result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container,
+                                 labels=train_arg(spec.train_args, "--labels"))
         self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 
