@@ -23,6 +23,7 @@ demo: venv
 test: venv
 	bash scripts/setup_azurite.sh
 	sh scripts/setup_docker.sh
+	bash scripts/setup_browser.sh
 	$(PY) -m pytest -q
 
 clean:

@@ -240,10 +240,11 @@ def build_progress():
     Milestones (build steps, debootstrap phases, warnings) stay on screen; debootstrap's
     hundreds of per-package "I: Unpacking libfoo..." lines only flash by in a status line.
     """
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(stderr=True)
+    from .render import console_for
+
+    console = console_for(stderr=True)
     with console.status("starting") as status:
         def on_line(line):
             if not line.startswith("I: ") or DEBOOTSTRAP_PHASE.search(line):

@@ -1,8 +1,16 @@
-"""Renders a job's event stream for people: progress bars, a line per epoch, a metrics table.
+"""Renders for people: a job's event stream (progress, a line per epoch, a metrics table), and
+the tables of the commands that show runs.
 
 One renderer for every backend and for `orchestrate logs`, so a re-rendered run looks exactly
 like the live one. It writes to stderr: stdout is kept for results (`--json`).
+
+On a terminal rich draws live progress bars and fits tables to the window. Off one (a CI log,
+`| tee`, a notebook cell) nothing can be redrawn and nobody resizes the window: every line comes
+out whole (rich would cut tables and wrap lines at 80 columns), and a long phase reports a plain
+progress line every PLAIN_PROGRESS_SECONDS, timed by the job's own event clock so that
+`orchestrate logs` prints the same lines as the live run did.
 """
+import time
 from collections import deque
 
 from rich.console import Console
@@ -14,6 +22,87 @@ LOG_TAIL_LINES = 30  # ordinary log lines kept to explain a failure
 # The phase every attempt of the job reports first, before its run_start (train.py scans the
 # dataset before it knows the classes): where a resumed run's next attempt begins in its log.
 FIRST_PHASE = "scan"
+PLAIN_PROGRESS_SECONDS = 10  # off a terminal: a long phase's progress line, at most this often
+# Columns of a console that is not a terminal. Text lines are never wrapped or cut there (soft
+# wrap); tables are as wide as their content up to this. Nothing that fills the whole width
+# (a rule, an expanding panel) belongs on such a console.
+OFF_TERMINAL_WIDTH = 4096
+
+
+def console_for(stderr=False):
+    """A rich Console on stdout (results, tables) or stderr (progress) that, off a terminal,
+    neither wraps nor cuts lines. Rich would take 80 columns there, or the width of a terminal it
+    finds on another standard stream, and cut a table's cells ("comple…") or wrap a line."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = OFF_TERMINAL_WIDTH
+        console.soft_wrap = True
+    return console
+
+
+def progress_bars(console, *columns, clock=time.monotonic, **options):
+    """The client's own progress (hashing, uploading, scoring, downloading weights): rich's live
+    bars with `columns` on a terminal; elsewhere PlainProgress, with the same task calls."""
+    if console.is_terminal:
+        return Progress(*columns, console=console, transient=True, **options)
+    return PlainProgress(console, clock)
+
+
+class PlainProgress:
+    """rich.progress.Progress's task calls (add_task, update, advance, start, stop) for a console
+    that is not a terminal, where a bar is either nothing or thousands of redrawn lines: each
+    task that goes on prints a progress_line at most every PLAIN_PROGRESS_SECONDS."""
+
+    def __init__(self, console, clock=time.monotonic):
+        self.console = console
+        self.clock = clock
+        self.tasks = []
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def add_task(self, description, total=None, completed=0, **fields):
+        now = self.clock()
+        self.tasks.append({"description": description, "total": total, "completed": completed,
+                           "started": now, "printed": now, "unit": fields.get("unit", "")})
+        return len(self.tasks) - 1
+
+    def update(self, task_id, completed=None, total=None, advance=None, description=None, **fields):
+        task = self.tasks[task_id]
+        task["total"] = task["total"] if total is None else total
+        task["description"] = task["description"] if description is None else description
+        task["completed"] = (task["completed"] if completed is None else completed) + (advance or 0)
+        now = self.clock()
+        if now - task["printed"] >= PLAIN_PROGRESS_SECONDS and task["description"] and (
+                task["total"] is None or task["completed"] < task["total"]):
+            task["printed"] = now
+            elapsed = now - task["started"]
+            rate = task["completed"] / elapsed if elapsed > 0 else 0.0
+            self.console.print(_escape(progress_line(task["description"], task["completed"], task["total"], rate,
+                                                     task["unit"])), soft_wrap=True)
+
+    def advance(self, task_id, advance=1):
+        self.update(task_id, advance=advance)
+
+
+def progress_line(label, done, total, rate, unit=""):
+    """"featurize: 4500/27000 (17%)  98.1/s  3m49s left": a phase's progress off a terminal."""
+    unit = f" {unit}" if unit else ""
+    parts = [f"{label}: {done:.0f}/{total:.0f}{unit} ({done / total:.0%})" if total else f"{label}: {done:.0f}{unit}"]
+    if rate > 0:
+        parts.append(f"{rate:.1f}/s")
+        if total:
+            parts.append(f"{duration(max(total - done, 0) / rate)} left")
+    return "  ".join(parts)
 
 
 def metrics_table(metrics, title="Test metrics"):
@@ -34,9 +123,16 @@ def metrics_table(metrics, title="Test metrics"):
 
 
 class EventRenderer:
-    def __init__(self, console=None, verbose=False):
-        self.console = console or Console(stderr=True, highlight=False)
+    """Turns log lines and events into what a person reads, on `console` (default: stderr).
+
+    `clock` times progress events that carry no "time" of their own (the job stamps every event;
+    a test or an older job may not).
+    """
+
+    def __init__(self, console=None, verbose=False, clock=time.time):
+        self.console = console or console_for(stderr=True)
         self.verbose = verbose
+        self.clock = clock
         self.log_tail = deque(maxlen=LOG_TAIL_LINES)
         self.progress = None
         self.task = None
@@ -46,6 +142,11 @@ class EventRenderer:
         self.attempt_ended = False
         self.attempt_announced = False  # the current attempt began with FIRST_PHASE, run_start is to come
         self.epochs_shown = set()
+        # Off a terminal: when the last progress line of the current phase was printed (at its
+        # start: the phase's own line), and (phase, epoch, time, done) of the progress event the
+        # current stretch began with, to measure the rate.
+        self.progress_line_at = None
+        self.stretch = None
 
     def line(self, text):
         """An ordinary log line: kept for failure reports, shown only with --verbose."""
@@ -87,12 +188,14 @@ class EventRenderer:
 
     def _on_phase(self, ev):
         self._stop_progress()
+        self.progress_line_at, self.stretch = self._time_of(ev), None
         if ev.get("name") == FIRST_PHASE:
             self._begin_attempt()
         self._print(f"[cyan]>[/cyan] {ev.get('name')}")
 
     def _on_progress(self, ev):
         if not self.console.is_terminal:  # bars only make sense on a live terminal
+            self._plain_progress(ev)
             return
         phase = ev.get("phase", "")
         label = f"{phase} epoch {ev['epoch']}/{ev['epochs']}" if "epoch" in ev and "epochs" in ev else phase
@@ -102,6 +205,34 @@ class EventRenderer:
             self.progress.start()
             self.task = self.progress.add_task(label, total=ev.get("total"))
         self.progress.update(self.task, description=label, completed=ev.get("done", 0), total=ev.get("total"))
+
+    def _plain_progress(self, ev):
+        """Off a terminal, a line for a phase that goes on: "featurize: 4500/27000 (17%)  98.1/s
+        3m49s left", at most every PLAIN_PROGRESS_SECONDS and, while events come, about that often.
+
+        The training phase says "train, epoch 3 of 10:", not "epoch 3/10", which is how the epoch's
+        own line begins: a log holds that once per epoch, for people and scripts that look for it.
+        """
+        now, done, total = self._time_of(ev), ev.get("done", 0), ev.get("total")
+        label = ev.get("phase", "") + (f", epoch {ev['epoch']} of {ev['epochs']}" if "epoch" in ev and "epochs" in ev
+                                       else "")
+        stretch = (ev.get("phase"), ev.get("epoch"))
+        # The rate is measured from the first event of this phase and epoch (done counts again from
+        # zero in each epoch of the training phase).
+        if self.stretch is None or self.stretch[:2] != stretch or done < self.stretch[3]:
+            self.stretch = (*stretch, now, done)
+        if self.progress_line_at is None:  # progress with no phase event before it
+            self.progress_line_at = now
+        if now - self.progress_line_at < PLAIN_PROGRESS_SECONDS:
+            return
+        self.progress_line_at = now
+        elapsed, advanced = now - self.stretch[2], done - self.stretch[3]
+        rate = advanced / elapsed if elapsed > 0 and advanced > 0 else 0.0
+        self._print("  " + _escape(progress_line(label, done, total, rate)))
+
+    def _time_of(self, ev):
+        stamp = ev.get("time")
+        return stamp if isinstance(stamp, (int, float)) else self.clock()
 
     def _on_epoch_end(self, ev):
         self._stop_progress()
@@ -159,3 +290,86 @@ class EventRenderer:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def duration(seconds):
+    """45s, 3m49s, 2h05m: a time left, at the precision a person plans by."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def comparison_table(comparison):
+    """`runs compare`: one column per run; status, the parameters that differ, then the metrics
+    with each one's best value marked "*". Parameters every run shares and notes come after it
+    (comparison_notes), so that the table stays as narrow as the differences."""
+    from .compare import METRICS
+
+    runs = [run["run_id"] for run in comparison["runs"]]
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("")
+    for run_id in runs:
+        table.add_column(run_id, justify="right", overflow="fold")
+    table.add_row("status", *(run["status"] for run in comparison["runs"]))
+    table.add_row("outputs", *(run["outputs"] or "-" for run in comparison["runs"]))
+    table.add_section()
+    differing = {name: entry for name, entry in comparison["parameters"].items() if entry["differs"]}
+    if differing:
+        table.add_row("[bold]parameters that differ[/bold]")
+        for name, entry in differing.items():
+            table.add_row(f"  {_escape(name)}",
+                          *(f"[yellow]{_escape(_parameter_text(entry['values'][r]))}[/yellow]" for r in runs))
+        table.add_section()
+    shown = [m for m in METRICS if any(v is not None for v in comparison["metrics"][m.key]["values"].values())]
+    if shown:
+        table.add_row("[bold]metrics[/bold]")
+    for metric in shown:
+        entry = comparison["metrics"][metric.key]
+        best = comparison["best"].get(metric.key, {}).get("runs", ())
+        cells = []
+        for run_id in runs:
+            value = entry["values"][run_id]
+            text = "-" if value is None else _escape(_metric_text(value, metric, entry.get("unit")))
+            cells.append(f"[bold green]{text} *[/bold green]" if run_id in best else text)
+        table.add_row(f"  {metric.label}", *cells)
+    return table
+
+
+def comparison_notes(comparison):
+    """The lines under the comparison table: what every run shares, what "*" means, and which runs'
+    outputs are not on this machine."""
+    from .compare import LOWER, METRICS, OUTPUTS_NOT_DOWNLOADED
+
+    notes = []
+    same = [f"{name} {_parameter_text(next(iter(entry['values'].values())))}"
+            for name, entry in comparison["parameters"].items() if not entry["differs"]]
+    if same:
+        notes.append("[dim]same in every run: " + _escape(", ".join(same)) + "[/dim]")
+    marked = [m for m in METRICS if m.key in comparison["best"]]
+    if marked:
+        lower = [m.label for m in marked if m.better == LOWER]
+        notes.append("* the best value of each metric: the highest" +
+                     (f", the lowest for {', '.join(lower)}" if lower else ""))
+    for run in comparison["runs"]:
+        if run["outputs"] == OUTPUTS_NOT_DOWNLOADED:
+            notes.append(_escape(f"{run['run_id']}: outputs not downloaded (orchestrate download {run['run_id']}); "
+                                 "its metrics are the ledger's summary, where it has one"))
+    return notes
+
+
+def _parameter_text(value):
+    if value is None:
+        return "(default)"
+    if value is True:
+        return "yes"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _metric_text(value, metric, unit):
+    text = f"{value:.{metric.digits}f}"
+    return f"{text} {unit}" if metric.key == "cost" and unit else text

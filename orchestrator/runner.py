@@ -179,9 +179,70 @@ def finish(backend, run, ledger, run_end=None, download=True):
     return Outcome(status, exit_code, run_end.get("error") or "", metrics)
 
 
-def read_metrics(run_dir):
-    path = Path(run_dir) / "outputs" / "metrics.json"
+def read_metrics(run_dir, strict=False):
+    """outputs/metrics.json as a dict; None when it is missing, or unreadable or not a JSON object
+    (with `strict`: a UserError naming the file instead)."""
+    return read_json_object(Path(run_dir) / "outputs" / "metrics.json", strict)
+
+
+def read_json_object(path, strict=False):
+    """The JSON object in the file `path`; None when the file is missing, or unreadable or not an
+    object (with `strict`: a UserError naming the file instead)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:  # a bad UTF-8 byte is a ValueError too
+        if strict:
+            raise UserError(f"{path} is unreadable: {exc}") from None
+        return None
+    if not isinstance(value, dict):
+        if strict:
+            raise UserError(f"{path} is damaged: it holds a JSON {type(value).__name__}, not an object")
+        return None
+    return value
+
+
+def read_history(run_dir):
+    """outputs/history.jsonl's rows, one JSON object per epoch with its epoch number; [] when the
+    file is missing. UserError naming the file (and line) when it is damaged."""
+    path = Path(run_dir) / "outputs" / "history.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable: {exc}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path} is unreadable: line {number}: {exc}") from None
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise UserError(f"{path} is damaged: line {number} is not an epoch's row (a JSON object with an "
+                            "integer \"epoch\")")
+        rows.append(row)
+    return rows
+
+
+def read_log_events(run_dir):
+    """The progress events of logs/train.log in order, every attempt of a resumed run; None when
+    the run folder has no log (an Azure ML run's log stays in the workspace)."""
+    try:
+        with open(Path(run_dir) / "logs" / "train.log", encoding="utf-8", errors="replace") as log:
+            return [event for event in map(parse_line, log) if event]
+    except OSError:
+        return None
+
+
+def job_seconds(events):
+    """How long the job ran, in seconds: the run_end events' seconds of every attempt of a resumed
+    run together (the time the job was given, not the wall clock from the first start to the last
+    end); None when no attempt reported its end."""
+    seconds = [event["seconds"] for event in events or () if event.get("type") == "run_end"
+               and isinstance(event.get("seconds"), (int, float)) and not isinstance(event["seconds"], bool)]
+    return round(sum(seconds), 3) if seconds else None

@@ -12,6 +12,9 @@ import os
 def write_atomically(path, content):
     """Replace `path` with `content`: bytes, str (UTF-8), or a callable that writes a given path.
 
+    A str is encoded with surrogateescape: a file name that is not UTF-8 (os.walk names it with
+    surrogate escapes) is written as its own bytes instead of failing the write (predictions.csv).
+
     The callable form serves writers that insist on a file name (torch.save, torch.onnx.export).
     """
     path = os.fspath(path)
@@ -22,7 +25,7 @@ def write_atomically(path, content):
             content(tmp)
         else:
             with open(tmp, "wb") as f:
-                f.write(content.encode() if isinstance(content, str) else content)
+                f.write(content.encode(errors="surrogateescape") if isinstance(content, str) else content)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -15,9 +15,9 @@ import os
 import random
 
 try:  # imported as remote_scripts.folder_dataset by the client
-    from .imaging import is_image_name
+    from .image_names import is_image_name
 except ImportError:  # imported as a top-level module by train.py
-    from imaging import is_image_name
+    from image_names import is_image_name
 
 FOLDER, FILENAME = "folder", "filename"
 TABLE_EXTENSIONS = {".tsv": "\t", ".csv": ","}
@@ -72,7 +72,8 @@ def _images_under(root, folder):
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable_folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.relpath(os.path.join(dirpath, f), root)
+        relative = os.path.relpath(dirpath, root)  # once per folder: relpath per file is slow
+        found.extend(os.path.join(relative, f) if relative != os.curdir else f
                      for f in sorted(filenames) if is_image_name(f))
     return found
 

@@ -121,15 +121,16 @@ def decode(path, spec):
     return imaging.decode_pixels(path, spec)
 
 
-def decode_all(root, relpaths, write, spec, workers, on_done):
+def decode_all(root, relpaths, write, spec, workers, on_done, packed=None):
     """Decode every image and write(i, pixels) it; return a reason per file that cannot be read,
     else None. Memory stays at a few images per thread, whatever the number of images.
 
     Threads are enough: Pillow releases the GIL while it decodes and resizes.
+    packed: a packed_dataset.PackedDataset whose shards hold the files (else they lie under root).
     """
     def work(i):
         try:
-            pixels = decode(os.path.join(root, relpaths[i]), spec)
+            pixels = decode(packed.open(relpaths[i]) if packed else os.path.join(root, relpaths[i]), spec)
         except imaging.DECODE_ERRORS as exc:
             # PIL names the file as opened; the report names it relative to --data, like `path`.
             return imaging.describe_decode_error(exc).replace(os.path.join(root, relpaths[i]), relpaths[i])
@@ -178,14 +179,15 @@ def load_data(args, scan, dist, report):
     labels = np.array([label for _, label in samples], dtype=np.int64)
     spec = imaging.preprocess_spec(args.image_size)
     size = args.image_size
+    packed = getattr(scan, "packed", None)  # a packed_dataset.PackedDataset's scan carries it
     workers = available_cpus() if args.workers is None else args.workers
     report.log(f"found {len(relpaths)} images in {len(scan.classes)} classes under {args.data}")
 
     if dist.local_rank == 0:
-        lease, metadata = fill_entry(args, relpaths, spec, cache_dir, workers, report)
+        lease, metadata = fill_entry(args, relpaths, spec, cache_dir, workers, report, packed)
     dist.barrier()
     if dist.local_rank != 0:
-        digests = cache_store.content_digests(cache_dir, args.data, relpaths, workers)
+        digests = content_digests(packed, cache_dir, args.data, relpaths, workers)
         lease = cache_store.Lease.acquire(cache_dir, cache_store.entry_key(spec, relpaths, digests))
         metadata = lease.metadata()
         if metadata is None:
@@ -215,11 +217,19 @@ def load_data(args, scan, dist, report):
                           skipped, spec, lease)
 
 
-def fill_entry(args, relpaths, spec, cache_dir, workers, report):
+def content_digests(packed, cache_dir, data, relpaths, workers, on_done=None):
+    """The content sha256 of each file: a packed dataset's index has them, loose files are hashed."""
+    if packed:
+        return packed.digests(relpaths)
+    return cache_store.content_digests(cache_dir, data, relpaths, workers, on_done)
+
+
+def fill_entry(args, relpaths, spec, cache_dir, workers, report, packed=None):
     """(lease, metadata) of the cache entry of these files, decoded here unless a complete one
-    exists; least-recently-used entries are evicted down to --cache-size-gb first."""
-    digests = cache_store.content_digests(cache_dir, args.data, relpaths, workers,
-                                          report.throttle("scan", len(relpaths), step="hash").update)
+    exists; least-recently-used entries are evicted down to --cache-size-gb first.
+    packed: the PackedDataset the files come from (None: loose files under --data)."""
+    digests = content_digests(packed, cache_dir, args.data, relpaths, workers,
+                              report.throttle("scan", len(relpaths), step="hash").update)
     lease = cache_store.Lease.acquire(cache_dir, cache_store.entry_key(spec, relpaths, digests))
     try:
         metadata = lease.metadata()
@@ -228,7 +238,7 @@ def fill_entry(args, relpaths, spec, cache_dir, workers, report):
                                                    f"into {lease.folder}")):
                 metadata = lease.metadata()  # that job may have completed it meanwhile
                 if metadata is None:
-                    return lease, decode_entry(args, relpaths, spec, cache_dir, lease, workers, report)
+                    return lease, decode_entry(args, relpaths, spec, cache_dir, lease, workers, report, packed)
         report.log(f"decoded images found in the cache: {lease.folder}")
         evict(args, cache_dir, 0, report)
         return lease, metadata
@@ -252,7 +262,7 @@ def evict(args, cache_dir, needed, report):
                     "(this one included)")
 
 
-def decode_entry(args, relpaths, spec, cache_dir, lease, workers, report):
+def decode_entry(args, relpaths, spec, cache_dir, lease, workers, report, packed=None):
     """Decode every image into the entry's images.npy, then mark it complete; its metadata.
 
     Rows are written with pwrite rather than through a writable memory map: a full disk is then
@@ -280,7 +290,7 @@ def decode_entry(args, relpaths, spec, cache_dir, lease, workers, report):
                 data, position = data[written:], position + written
 
         throttle = report.throttle("scan", len(relpaths))
-        reasons = decode_all(args.data, relpaths, write, spec, workers, throttle.update)
+        reasons = decode_all(args.data, relpaths, write, spec, workers, throttle.update, packed)
         os.fsync(fd)  # the images reach the disk before entry.json says they are there
     metadata = {"format": cache_store.CACHE_FORMAT, "images": len(relpaths), "image_size": size,
                 "spec": spec, "data": os.path.abspath(args.data),

@@ -5,10 +5,15 @@ same decode followed by the same normalization, so a model sees byte-for-byte th
 test time in PyTorch and in ONNX Runtime. The parameters travel in the ONNX metadata (see
 PREPROCESS_KEY), which is what makes the file self-describing.
 """
+import re
+
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+try:  # imported as remote_scripts.imaging by the client
+    from .image_names import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 (re-exported)
+except ImportError:  # beside train.py, started as a script
+    from image_names import IMAGE_EXTENSIONS, is_image_name  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,17 +29,17 @@ OUTPUT_NAME = "probabilities"              # float32 [batch, classes], softmax a
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def describe_decode_error(exc):
-    """The one-line reason recorded for an unreadable image (metrics.json, predict, evaluate)."""
-    return f"{type(exc).__name__}: {exc}"[:200]
+def describe_decode_error(exc, name=None):
+    """The one-line reason recorded for an unreadable image (metrics.json, predict, evaluate).
 
-
-def is_image_name(name):
-    """True for a visible file whose extension (any case) is an image extension."""
-    if name.startswith("."):
-        return False
-    dot = name.rfind(".")
-    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+    name: for an image decoded from memory (an upload), the words that replace PIL's repr of the
+    buffer (`cannot identify image file <_io.BytesIO object at 0x7f...>` says nothing and differs
+    every time). Without it the message is exactly the job's.
+    """
+    text = str(exc)
+    if name is not None:
+        text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", lambda _: name, text)
+    return f"{type(exc).__name__}: {text}"[:200]
 
 
 def load_rgb(path, target_size=None):

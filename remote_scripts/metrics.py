@@ -3,9 +3,14 @@
 Written once with numpy only: the training job writes them to metrics.json and
 `orchestrate evaluate` computes them on a holdout folder with this same function.
 """
+import csv
+import io
+
 import numpy as np
 
 EPSILON = 1e-15  # ML.NET clamps probabilities the same way before taking the log
+# predictions.csv, one row per evaluated image: written by the job, read by `orchestrate report`
+PREDICTION_COLUMNS = ("path", "true_label", "predicted_label", "score", "true_label_score")
 
 
 def classification_metrics(y_true, probabilities, labels):
@@ -63,3 +68,17 @@ def classification_metrics(y_true, probabilities, labels):
         "per_class": per_class,
         "confusion_matrix": {"labels": list(labels), "matrix": confusion.tolist()},
     }
+
+
+def predictions_csv(paths, y_true, probabilities, labels):
+    """predictions.csv's text: per image its path, true and predicted label, the predicted
+    label's probability (score) and the true label's, from the very probabilities the metrics
+    are computed from, so a report can show the worst mistakes without running the model again."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    predicted = probs.argmax(axis=1)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for path, truth, guess, row in zip(paths, y_true, predicted, probs):
+        writer.writerow([path, labels[truth], labels[guess], f"{row[guess]:.6g}", f"{row[truth]:.6g}"])
+    return text.getvalue()

@@ -153,3 +153,31 @@ def to_arguments(values):
             continue
         arguments += [option.flag] if option.kind == "flag" else [option.flag, str(value)]
     return arguments
+
+
+def from_arguments(arguments):
+    """The inverse of to_arguments: {dest: value} of the job's command-line arguments, numbers as
+    numbers (so 0.01 and 1e-2 are equal; a number that does not parse stays text) and a given flag
+    as True. An option this table does not know (a newer job's) is kept under its dest too, with
+    the next argument as its value unless another option follows."""
+    by_flag = {option.flag: option for option in OPTIONS}
+    arguments = list(arguments)
+    values = {}
+    while arguments:
+        flag = arguments.pop(0)
+        option = by_flag.get(flag)
+        if option is not None:
+            takes_value = option.kind != "flag"
+        else:
+            takes_value = bool(arguments) and not arguments[0].startswith("--")
+        dest = option.dest if option is not None else flag.lstrip("-").replace("-", "_")
+        values[dest] = _typed(option, arguments.pop(0)) if takes_value and arguments else True
+    return values
+
+
+def _typed(option, text):
+    kind = option.kind if option is not None else None
+    try:
+        return int(text) if kind == "int" else float(text) if kind == "float" else text
+    except ValueError:
+        return text

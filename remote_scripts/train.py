@@ -15,7 +15,8 @@ references/classification/train.py and reads top to bottom:
   evaluate         class probabilities, loss and accuracy on a split, sharded across processes
   checkpoints      saved off the hot path after every epoch and on SIGTERM; resumed on start
   main             the run: data, model, epochs (validation, best weights, early stopping, time
-                   budget), test metrics -> metrics.json, export.py -> model.onnx
+                   budget), test metrics -> metrics.json, per-image predictions ->
+                   predictions.csv, export.py -> model.onnx
 
 Progress goes to stdout as `@@orchestrate {...}` event lines (progress.py, DESIGN.md 4.2) between
 ordinary log lines; only rank 0 prints them. Exit codes: 0 done; 2 bad data or arguments (one
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 
 try:  # imported as remote_scripts.train (by the tests)
-    from . import folder_dataset, imagecache, imaging, metrics, options, progress
+    from . import folder_dataset, imagecache, imaging, metrics, options, packed_dataset, progress
     from .atomic import write_atomically
     from .export import export_backbone, export_onnx
     from .imagecache import SKIPPED_IN_EVENTS, Batches, augment
@@ -63,6 +64,7 @@ except ImportError:  # started as a script: the sibling modules are top-level mo
     import imaging
     import metrics
     import options
+    import packed_dataset
     import progress
     from atomic import write_atomically
     from export import export_backbone, export_onnx
@@ -70,7 +72,7 @@ except ImportError:  # started as a script: the sibling modules are top-level mo
     from models import WeightsError, build_model, freeze_backbone, load_weights, set_train_mode, torch_load
     from runtime import Dist, PeerFailed, Precision, PrecisionError
 
-OUTPUT_FILES = ("model.onnx", "labels.json", "metrics.json", "history.jsonl")
+OUTPUT_FILES = ("model.onnx", "labels.json", "metrics.json", "history.jsonl", "predictions.csv")
 CHECKPOINT_FORMAT = 2
 
 
@@ -133,7 +135,7 @@ def get_args_parser():
         description="Train an image classifier on a folder-per-label dataset and export it to ONNX.")
     parser.add_argument("--data", required=True, help="folder-per-label image tree: DATA/<label>/**/<image>")
     parser.add_argument("--output", required=True,
-                        help="receives model.onnx, labels.json, metrics.json, history.jsonl")
+                        help="receives model.onnx, labels.json, metrics.json, history.jsonl, predictions.csv")
     parser.add_argument("--checkpoint-dir",
                         help="saved to after every epoch and on SIGTERM; a run started again resumes from it")
     types = {"int": int, "float": float}
@@ -260,7 +262,12 @@ def load_data(args, dist, report):
     once unreadable files are left out. Returns imagecache's decoded dataset.
     """
     report.event("phase", name="scan")
-    scan = folder_dataset.scan(args.data, labels=args.labels)
+    if packed_dataset.is_packed(args.data):  # labels, paths and digests come from its index
+        scan = packed_dataset.PackedDataset(args.data).scan()
+        report.log(f"packed dataset: {len(scan.samples)} images in {len(scan.packed.doc['shards'])} shard(s), "
+                   f"labeled by {scan.packed.doc['labels']} when packed (--labels is not read again)")
+    else:
+        scan = folder_dataset.scan(args.data, labels=args.labels)
     for name in scan.empty_classes:
         report.warn(f"folder '{name}' has no images and is not a class")
     # Every unusable row or file is in the log; a table with thousands of them gets one warning.
@@ -708,8 +715,9 @@ def writable_folder(path, flag):
 
 def evaluate_and_export(args, mode, model, forward, dataset, progress_state, stopped, dist, report,
                         backbone_graph=None):
-    """Test metrics of the kept weights -> metrics.json (every process scores its share), then
-    rank 0 exports the model (behind `backbone_graph` when featurize made one) and writes the other files."""
+    """Test metrics of the kept weights -> metrics.json and, per image, predictions.csv (every
+    process scores its share), then rank 0 exports the model (behind `backbone_graph` when
+    featurize made one) and writes the other files."""
     report.event("phase", name="evaluate")
     evaluated_on, indices = "test", dataset.test
     if not len(indices):
@@ -742,6 +750,8 @@ def evaluate_and_export(args, mode, model, forward, dataset, progress_state, sto
                 backbone=backbone_graph)
     write_json(os.path.join(out, "labels.json"), list(dataset.classes))
     write_json(os.path.join(out, "metrics.json"), result)
+    write_atomically(os.path.join(out, "predictions.csv"), metrics.predictions_csv(
+        [dataset.paths[i] for i in indices], dataset.labels[indices], probabilities, dataset.classes))
     write_history(out, progress_state["history"])
     for name in OUTPUT_FILES:
         path = os.path.join(out, name)

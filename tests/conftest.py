@@ -14,6 +14,11 @@ pytest_plugins = ["services.azurite", "services.docker_engine"]
 
 REPO = Path(__file__).resolve().parents[1]
 ORCHESTRATE = Path(sys.executable).with_name("orchestrate")
+# The browser of the page tests (report, serve): Debian's chromium, driven by playwright, which
+# never downloads one of its own.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(autouse=True)

@@ -346,7 +346,7 @@ def test_prepare_submit_follow_download(tmp_path, world, container, workspace_en
     data = make_dataset(tmp_path / "colors")
     run_dir = tmp_path / "runs" / "colors-1"
     spec = JobSpec(run_id="colors-1", data=data, run_dir=run_dir, train_args=["--epochs", "1"],
-                   backend_options={"compute": "gpu-a100", "nodes": 2, "experiment": "colors"})
+                   backend_options={"compute": "gpu-a100", "nodes": 2, "experiment": "colors", "no_pack": True})
     said, asked = [], []
     backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append,
                            approve=lambda: asked.append(dict(world.computes)))
@@ -467,3 +467,22 @@ def test_sign_in_failures_become_one_line():
     with pytest.raises(UserError, match="^Azure sign-in failed: run `az login`"):
         with azure_errors():
             raise ClientAuthenticationError("DefaultAzureCredential failed\nlong story")
+
+
+def test_prepare_packs_the_dataset_and_the_job_downloads_its_shards(tmp_path, world, container, workspace_env,
+                                                                    monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=x;AccountKey=c2VjcmV0a2V5")
+    data = make_dataset(tmp_path / "colors")
+    spec = JobSpec(run_id="colors-2", data=data, run_dir=tmp_path / "runs" / "colors-2", train_args=["--epochs", "1"],
+                   backend_options={"compute": "gpu-a100"})
+    said = []
+    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append, approve=lambda: None)
+    backend.prepare(spec)
+    prefix = dataset_prefix(data, packed=True)
+    names = {b.name for b in container.list_blobs()}
+    assert f"{prefix}/index.json" in names and any(n.startswith(f"{prefix}/shards/") for n in names)
+    assert not any(n.startswith(dataset_prefix(data) + "/") for n in names)  # no loose files
+    assert any("shard(s) uploaded" in line for line in said)
+    backend.submit(spec)
+    data_input = world.jobs["colors-2"]["job"].inputs["data"]
+    assert data_input.mode == "download" and data_input.path.endswith(f"/{prefix}/")

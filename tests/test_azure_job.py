@@ -51,8 +51,8 @@ def test_single_node_job(tmp_path):
     assert Path(job.environment.build.path).name == "docker"
     assert (Path(job.environment.build.path) / "Dockerfile").is_file()
     data = job.inputs["data"]
-    assert (data.type, data.mode) == ("uri_folder", "ro_mount")
-    assert data.path == f"azureml://datastores/workspaceblobstore/paths/{dataset_prefix(tmp_path / 'EuroSAT')}/"
+    assert (data.type, data.mode) == ("uri_folder", "download")  # packed shards (storage/packed_blob.py)
+    assert data.path == f"azureml://datastores/workspaceblobstore/paths/{dataset_prefix(tmp_path / 'EuroSAT', True)}/"
     for name in ("model", "checkpoints"):
         out = job.outputs[name]
         assert out.mode == "rw_mount"
@@ -75,7 +75,7 @@ def test_exported_yaml_is_accepted_by_load_job_and_keeps_everything(tmp_path):
     assert job.compute == "gpu-a100x2"
     assert job.resources.instance_count == 2 and job.distribution.process_count_per_instance == 2
     assert job.experiment_name == "exp" and "--epochs 3" in job.command
-    assert job.inputs["data"].path.endswith(f"/{dataset_prefix(tmp_path / 'EuroSAT')}/")
+    assert job.inputs["data"].path.endswith(f"/{dataset_prefix(tmp_path / 'EuroSAT', True)}/")
     assert set(job.outputs) == {"model", "checkpoints"}
     assert job.environment.build is not None
     assert job._validate().passed
@@ -90,6 +90,13 @@ def test_bad_options_are_user_errors(tmp_path):
     bad.train_args = ["--name", "${{inputs.secret}}"]
     with pytest.raises(UserError, match="must not contain"):
         build_job(plan_from_spec(bad))
+
+
+def test_loose_data_with_no_pack_stays_mounted_under_its_own_prefix(tmp_path):
+    data = build_job(plan_from_spec(spec(tmp_path, no_pack=True))).inputs["data"]
+    assert (data.type, data.mode) == ("uri_folder", "ro_mount")
+    assert data.path.endswith(f"/{dataset_prefix(tmp_path / 'EuroSAT')}/")
+    assert dataset_prefix(tmp_path / "EuroSAT", True).startswith("orchestrate/packed/EuroSAT-")
 
 
 def test_folders_with_the_same_name_get_their_own_dataset_prefix(tmp_path):
@@ -113,7 +120,7 @@ def test_dry_run_plan_names_what_would_be_created(tmp_path, monkeypatch):
     body = "\n".join(rest)
     for expected in ("ws1 (resource group rg1)", "gpu-t4x4 = Standard_NC64as_T4_v3 (4x T4",
                      "low-priority", "2 x 4 process(es) (PyTorch distribution)", "infra/docker",
-                     "orchestrate/datasets/EuroSAT-", "--checkpoint-dir ${{outputs.checkpoints}}"):
+                     "orchestrate/packed/EuroSAT-", "(packed shards, downloaded", "--checkpoint-dir ${{outputs.checkpoints}}"):
         assert expected in body
 
 
@@ -225,7 +232,7 @@ def test_exported_yaml_names_the_local_weights_file_for_az_ml_to_upload(tmp_path
     assert yaml.safe_load(path.read_text())["inputs"]["weights"]["path"] == str(tmp_path / "w.pt")
     job = load(path)
     assert (job.inputs["weights"].type, job.inputs["weights"].path) == ("uri_file", str(tmp_path / "w.pt"))
-    assert job.inputs["data"].path.startswith("azureml://datastores/workspaceblobstore/paths/orchestrate/datasets/")
+    assert job.inputs["data"].path.startswith("azureml://datastores/workspaceblobstore/paths/orchestrate/packed/")
     assert "--weights ${{inputs.weights}}" in job.command and job._validate().passed
 
 

@@ -254,7 +254,7 @@ def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, cap
     run_dir = tmp_path / "runs" / "r1"
     spec = JobSpec(run_id="r1", data=data, run_dir=run_dir, train_args=[], backend_options={"compute": "gpu-t4"})
     backend.prepare(spec)
-    assert {b.name for b in admin.list_blobs()} >= {f"{dataset_prefix(data)}/red/0.png"}
+    assert {b.name for b in admin.list_blobs()} >= {f"{dataset_prefix(data, packed=True)}/index.json"}
     # the run's state file as submit writes it (the datastore as the seam returns it), then a download
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "azure.json").write_text(json.dumps({"job": "r1", "datastore": backend._datastores["r1"],

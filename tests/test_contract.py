@@ -118,6 +118,20 @@ def test_every_architecture_has_torchvision_weights():
     assert set(WEIGHT_ENUMS) == set(ARCHS)
 
 
+def test_the_client_reports_every_output_file_the_job_writes(tmp_path):
+    """train --json lists the job's outputs (4.1): a file added to the job is added there too."""
+    from orchestrator.cli.common import run_summary
+    from orchestrator.ledger import RunRecord
+    from orchestrator.runner import Outcome
+    from remote_scripts.train import OUTPUT_FILES
+
+    record = RunRecord(run_id="r", name="r", backend="local", status="completed", dataset="d", run_dir=str(tmp_path))
+    record.output_dir.mkdir()
+    for name in OUTPUT_FILES:
+        (record.output_dir / name).write_bytes(b"")
+    assert set(run_summary(record, Outcome("completed"))["outputs"]) == set(OUTPUT_FILES)
+
+
 def test_client_understands_every_event_type_the_script_emits():
     assert set(progress.EVENT_TYPES) <= KNOWN_TYPES
     assert progress.PREFIX == PREFIX
@@ -140,3 +154,20 @@ def test_parser_ignores_ordinary_and_malformed_lines():
     assert parse_line(PREFIX + "{not json") is None
     assert parse_line(PREFIX + '["a list"]') is None
     assert parse_line(PREFIX + '{"v": 1, "type": "from_the_future"}')["type"] == "from_the_future"
+
+
+def test_from_arguments_is_the_inverse_of_to_arguments():
+    from remote_scripts.options import from_arguments
+
+    values = {"arch": "resnet18", "epochs": 3, "lr": 0.01, "label_smoothing": 0.1, "balance": True,
+              "no_hflip": True, "time_budget": 60.0, "labels": "tags.tsv", "mode": "linear"}
+    assert from_arguments(to_arguments(values)) == values
+    every = {option.dest: True if option.kind == "flag" else
+             (option.choices[-1] if option.kind == "choice" else 7 if option.kind == "int" else
+              0.5 if option.kind == "float" else "text") for option in OPTIONS}
+    assert from_arguments(to_arguments(every)) == every
+    assert to_arguments(from_arguments(to_arguments(every))) == to_arguments(every)
+    # numbers as numbers (1e-2 is 0.01); an option a newer job knows is kept, its value too
+    assert from_arguments(["--lr", "1e-2", "--future-flag", "--future-size", "3", "--epochs", "x"]) == {
+        "lr": 0.01, "future_flag": True, "future_size": "3", "epochs": "x"}
+    assert from_arguments([]) == {}

@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 def test_train_json_reports_the_run_and_its_outputs(trained):
     out = trained["result"]
     assert out["status"] == "completed" and out["backend"] == "local"
-    assert set(out["outputs"]) == {"model.onnx", "labels.json", "metrics.json", "history.jsonl"}
+    assert set(out["outputs"]) == {"model.onnx", "labels.json", "metrics.json", "history.jsonl", "predictions.csv"}
     assert 0 <= out["metrics"]["accuracy"] <= 1
     assert len(open(out["outputs"]["history.jsonl"]).read().splitlines()) == 2
 

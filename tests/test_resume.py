@@ -116,7 +116,7 @@ def test_a_crashed_run_completes_in_its_own_folder_repeating_at_most_one_epoch(c
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["status"] == COMPLETED and result["run_id"] == run_id and result["run_dir"] == str(run_dir)
-    assert set(result["outputs"]) == {"model.onnx", "labels.json", "metrics.json", "history.jsonl"}
+    assert set(result["outputs"]) == {"model.onnx", "labels.json", "metrics.json", "history.jsonl", "predictions.csv"}
     assert history_epochs(run_dir) == list(range(1, EPOCHS + 1))
     ended = epochs_ended((run_dir / "logs" / "train.log").read_text())
     assert set(ended) == set(range(1, EPOCHS + 1))

@@ -126,6 +126,24 @@ def test_metrics_json_holds_the_test_split_metrics(resumed):
         {k: v for k, v in saved.items() if k != "confusion_matrix"}
 
 
+def test_predictions_csv_holds_each_test_image_as_metrics_json_counted_it(resumed, data):
+    import csv
+    saved = json.loads((resumed["out"] / "metrics.json").read_text())
+    with open(resumed["out"] / "predictions.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == metrics.PREDICTION_COLUMNS and len(rows) == saved["split"]["test"]
+    labels = saved["confusion_matrix"]["labels"]
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for row in rows:
+        assert row["true_label"] == Path(row["path"]).parts[0] and readable(data, row["path"])
+        assert float(row["score"]) >= float(row["true_label_score"])  # the predicted label is the likeliest
+        confusion[labels.index(row["true_label"]), labels.index(row["predicted_label"])] += 1
+    assert confusion.tolist() == saved["confusion_matrix"]["matrix"]
+    log_loss = -np.mean([np.log(max(float(row["true_label_score"]), metrics.EPSILON)) for row in rows])
+    assert log_loss == pytest.approx(saved["log_loss"], rel=1e-4, abs=1e-6)
+
+
 def test_onnx_model_is_self_describing_with_a_dynamic_batch(resumed):
     model = onnx.load(str(resumed["out"] / "model.onnx"))
     onnx.checker.check_model(model)

@@ -58,7 +58,7 @@ def list_entries(cache_dir, as_json):
     if not entries:
         click.echo(f"the image cache {root} is empty")
         return
-    from rich.console import Console
+    from ..render import console_for
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold", caption=f"{root}, {_size(sum(e.bytes for e in entries))}")
@@ -71,7 +71,7 @@ def list_entries(cache_dir, as_json):
         table.add_row(entry.key, images, image_size, _size(entry.bytes),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used)),
                       "yes" if entry.in_use else "no", row["data"] or "-")
-    Console().print(table)
+    console_for().print(table)
 
 
 @cache.command("clear")

@@ -24,6 +24,27 @@ def find_run(run_id):
     return ledger, record, get_backend(record.backend), run_ref(record)
 
 
+def resolve_run_dir(run, wanted):
+    """The folder of RUN, for the commands that read a run's outputs (report, predict...).
+
+    RUN is a folder path (a run's outputs/ folder stands for its run folder), or a run id or
+    unique prefix: then the folder the ledger records, with the outputs of a completed run
+    downloaded first when outputs/`wanted` (a file name) is not there yet. UserError when a
+    run id's folder is missing or its run has no `wanted` (yet).
+    """
+    path = Path(run)
+    if path.is_dir():
+        return path.parent if path.name == "outputs" and (path.parent / "spec.json").is_file() else path
+    _, record, backend, ref = find_run(run)
+    if not (record.output_dir / wanted).is_file() and backend.status(ref) == COMPLETED:
+        backend.download(ref, record.output_dir)
+    if not Path(record.run_dir).is_dir():
+        raise UserError(f"the folder of run {record.run_id} is missing: {record.run_dir}")
+    if not (record.output_dir / wanted).is_file():
+        raise UserError(f"run {record.run_id} has no {wanted} yet (status: {record.status})")
+    return Path(record.run_dir)
+
+
 RESUME_KEEPS = ("resume_run", "detach", "as_json", "verbose")  # what may accompany `train --resume RUN`
 
 
@@ -68,26 +89,49 @@ def detach_or_follow(backend, run, detach, as_json, verbose, started, banner):
         return None
     if not as_json:
         click.echo(banner, err=True)
-    return follow_and_report(backend, run, as_json=as_json, verbose=verbose)
+    return follow_and_report(backend, run, as_json=as_json, verbose=verbose, write_report=True)
 
 
-def run_summary(record, outcome):
+def run_summary(record, outcome, report=None):
     out = record.output_dir
     return {
         "run_id": record.run_id,
         "status": outcome.status,
         "backend": record.backend,
         "run_dir": record.run_dir,
-        "outputs": {name: str(out / name) for name in ("model.onnx", "labels.json", "metrics.json", "history.jsonl")
+        "outputs": {name: str(out / name) for name in ("model.onnx", "labels.json", "metrics.json", "history.jsonl",
+                                                       "predictions.csv")
                     if (out / name).exists()},
         "metrics": outcome.metrics,
+        "report": report,
     }
 
 
-def follow_and_report(backend, run, as_json=False, verbose=False, until_end=True):
+def completed_run_report(record, write):
+    """The path of a completed run's report.html, written first when `write`; None when there is none.
+
+    `train` writes it as soon as its run completes, after the job, in about 2.5 s: the page a
+    user looks at next, there without asking. A failure to write it costs the run nothing: one
+    warning line, and the summary names the command that retries.
+    """
+    from ..report import REPORT_NAME, write_report
+
+    if write:
+        try:
+            return str(write_report(record.run_dir))
+        except Exception as exc:  # noqa: BLE001 -- any failure: a traceback here would hide a completed run
+            click.echo(f"warning: no report: {exc}" if isinstance(exc, (UserError, OSError)) else
+                       f"warning: no report: {type(exc).__name__}: {exc}", err=True)
+            return None
+    path = Path(record.run_dir) / REPORT_NAME
+    return str(path) if path.is_file() else None
+
+
+def follow_and_report(backend, run, as_json=False, verbose=False, until_end=True, write_report=False):
     """Follow a run to its end, print the result, and raise for a failed or canceled run.
 
     Without `until_end`, show what the run has logged so far and say how to follow a live one.
+    With `write_report`, a completed run's report.html is written before the summary names it.
     """
     from ..render import EventRenderer
     from ..runner import Detached, follow
@@ -103,12 +147,14 @@ def follow_and_report(backend, run, as_json=False, verbose=False, until_end=True
     if outcome.status not in TERMINAL:
         click.echo(f"run {run.run_id} is {outcome.status}; follow it with: orchestrate logs {run.run_id}", err=True)
         return outcome
+    report = completed_run_report(record, write_report) if outcome.status == COMPLETED else None
     if as_json:
-        print_json(run_summary(record, outcome))
+        print_json(run_summary(record, outcome, report))
     if outcome.status == COMPLETED:
         if not as_json:
             click.echo(f"run {run.run_id} completed\nmodel: {record.output_dir / 'model.onnx'}\n"
-                       f"predict: orchestrate predict {run.run_id} IMAGE...")
+                       f"predict: orchestrate predict {run.run_id} IMAGE...\n"
+                       f"report: {report or f'orchestrate report {run.run_id}'}")
         return outcome
     if outcome.status == CANCELED:
         raise JobFailed(f"run {run.run_id} was canceled")

@@ -47,7 +47,7 @@ def sizes(as_json, profile, **flags):
     if as_json:
         print_json(rows)
         return
-    from rich.console import Console
+    from ..render import console_for
     from rich.table import Table
 
     columns = ["alias", "Azure size", "GPUs", "GPU", "GPU mem (GiB)", "vCPUs", "status"]
@@ -63,7 +63,7 @@ def sizes(as_json, profile, **flags):
             prices = r["prices"] or {}
             cells += [_money(prices.get("dedicated")), _money(prices.get("low_priority"))]
         table.add_row(*cells)
-    Console(width=160).print(table)
+    console_for().print(table)
     if location:
         click.echo(f"prices: {location}, Linux, per node-hour, Azure's estimate "
                    "(- = not offered there or no estimate)")
@@ -199,7 +199,7 @@ def list_clusters(settings, as_json):
     if not rows:
         click.echo(f"no AmlCompute clusters in workspace {settings.workspace_name}")
         return
-    from rich.console import Console
+    from ..render import console_for
     from rich.table import Table
 
     table = Table("cluster", "size", "tier", "nodes min-max", "current", "idle", "busy", "allocation", "state",
@@ -208,6 +208,6 @@ def list_clusters(settings, as_json):
         table.add_row(r["name"], str(r["size"]), str(r["tier"]), f"{r['min_nodes']}-{r['max_nodes']}",
                       str(r["current_nodes"]), str(r["idle_nodes"]), str(r["busy_nodes"]),
                       str(r["allocation"] or "-"), str(r["state"]))
-    Console(width=160).print(table)
+    console_for().print(table)
     up = sum(r["current_nodes"] for r in rows)
     click.echo(f"{up} node(s) up (billing, idle or busy)" if up else "no node up: nothing bills")

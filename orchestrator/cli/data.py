@@ -34,11 +34,17 @@ def data():
 @click.option("--labels", default="folder", show_default=True, metavar="SOURCE",
               help="folder, filename or a .tsv/.csv label table inside DATA (as `orchestrate train --labels`); "
                    "a table is uploaded with the images.")
+@click.option("--no-pack", is_flag=True,
+              help="Upload the image files one blob each (the folder layout) instead of packed shards.")
+@click.option("--max-side", type=int, metavar="N", help="When packing: downscale images larger than N pixels.")
+@click.option("--shard-size", type=float, metavar="MB", help="When packing: shard size in MB (default 64).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def upload(data_dir, name, to, labels, as_json):
+def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
     """Upload a labeled image dataset (DATA/<label>/<image>, or see --labels) to Azure Blob storage.
 
-    Files already uploaded with the same sha256 are skipped, so running the command again after an
+    The dataset is packed first (see `orchestrate data pack`) and only the shards the container
+    lacks are sent, then its index.json; --no-pack sends the files one by one instead. Either way
+    what is already there (same sha256) is skipped, so running the command again after an
     interruption sends only what is missing. Credentials: AZURE_STORAGE_CONNECTION_STRING, or
     else your Azure login (az login, managed identity, AZURE_CLIENT_ID/SECRET/TENANT_ID).
 
@@ -66,6 +72,11 @@ def upload(data_dir, name, to, labels, as_json):
         labels = label_source_for_job(data_dir, labels)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
+    if not no_pack:
+        _upload_packed(data_dir, target, labels, max_side, shard_size, as_json)
+        return
+    if max_side is not None or shard_size is not None:
+        raise UserError("--max-side and --shard-size are packing options: drop them or --no-pack")
     with UploadProgress() as bars:
         try:
             result = bars.upload(data_dir, target.prefix, lambda: connect(target, os.environ), name=name,
@@ -86,3 +97,149 @@ def upload(data_dir, name, to, labels, as_json):
 
 def _mb(n):
     return f"{n / 1e6:.1f} MB"
+
+
+def _upload_packed(data_dir, target, labels, max_side, shard_size, as_json):
+    from ..storage.blob import connect
+    from .dataset_progress import PackProgress
+
+    with PackProgress() as bars:
+        try:
+            packed, result = bars.pack_and_upload(
+                data_dir, target.prefix, lambda: connect(target, os.environ), labels=labels, max_side=max_side,
+                shard_bytes=_shard_bytes(shard_size), say=lambda line: click.echo(line, err=True))
+        except KeyboardInterrupt:
+            bars.stop()
+            click.echo(f"interrupted ({bars.shards_sent} shard(s) confirmed sent); run the same command again to "
+                       "resume (shards already uploaded are skipped)", err=True)
+            sys.exit(130)
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "pack": packed.to_dict()}))
+        return
+    click.echo(f"packed {packed.files} image(s) into {packed.shards} shard(s) ({packed.shards_written} rewritten); "
+               f"sent {result.shards_sent} shard(s) ({_mb(result.bytes_sent)}), skipped {result.shards_skipped} "
+               f"unchanged ({_mb(result.bytes_skipped)}), index {'sent' if result.index_sent else 'unchanged'}, "
+               f"in {result.seconds:.1f} s", err=True)
+    click.echo(result.uri)
+
+
+def _shard_bytes(shard_size):
+    return None if shard_size is None else int(shard_size * (1 << 20))
+
+
+@data.command()
+@click.argument("data_dir", metavar="DATA")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder of the packed dataset (index.json, shards/).")
+@click.option("--labels", default="folder", show_default=True, metavar="SOURCE",
+              help="folder, filename or a .tsv/.csv label table inside DATA (as `orchestrate train --labels`).")
+@click.option("--max-side", type=int, metavar="N", help="Downscale images whose longer side exceeds N pixels "
+                                                         "(aspect kept; default: keep every image as it is).")
+@click.option("--shard-size", type=float, metavar="MB", help="Largest shard in MB (default 64).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def pack(data_dir, out_dir, labels, max_side, shard_size, as_json):
+    """Pack a labeled image folder into tar shards and an index, for upload and training.
+
+    Identical images are stored once (the same image under two labels is warned about); the same
+    images always give byte-identical shards and index.json, and a few changed images rewrite few
+    shards. `orchestrate train DIR` (every backend) reads the packed folder as it reads DATA.
+
+    \b
+    Example:
+      orchestrate data pack ./EuroSAT --out ./EuroSAT.packed
+    """
+    from remote_scripts.folder_dataset import DatasetError, label_source_for_job
+
+    from ..dataset.pack import pack_dataset
+    from ..errors import UserError
+    from .dataset_progress import PackProgress
+
+    try:
+        labels = label_source_for_job(data_dir, labels)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    with PackProgress() as bars:
+        result = pack_dataset(data_dir, out_dir, labels=labels, max_side=max_side,
+                              **({"shard_bytes": _shard_bytes(shard_size)} if shard_size is not None else {}),
+                              progress=bars.phase)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(f"packed {result.files} image(s) ({result.unique} unique) into {result.shards} shard(s), "
+               f"{_mb(result.bytes)}: {result.shards_written} written, {result.shards_kept} unchanged", err=True)
+    click.echo(result.out_dir)
+
+
+def _container_for(to):
+    """(ContainerClient, prefix) for --to, defaulting to the connection string's account."""
+    from ..errors import UserError
+    from ..storage.blob import connect, default_account, parse_uri
+
+    logging.getLogger("azure").setLevel(logging.ERROR)
+    if not to:
+        account = default_account(os.environ)
+        if not account:
+            raise UserError(f"no container: pass --to az://ACCOUNT/CONTAINER[/PREFIX] or set {URI_ENV} "
+                            "(or AZURE_STORAGE_CONNECTION_STRING to use its account)")
+        to = f"az://{account}/{DEFAULT_CONTAINER}"
+    target = parse_uri(to)
+    return connect(target, os.environ), target.prefix
+
+
+@data.command(name="list")
+@click.option("--to", "to", envvar=URI_ENV, metavar="az://ACCOUNT/CONTAINER[/PREFIX]",
+              help=f"What to list (env {URI_ENV}; default: container '{DEFAULT_CONTAINER}' of "
+                   "AZURE_STORAGE_CONNECTION_STRING's account).")
+@click.option("--json", "as_json", is_flag=True, help="Print the datasets as JSON on stdout.")
+def list_(to, as_json):
+    """List the datasets a container holds: packed (shards, bytes, unreferenced shards), loose, incomplete.
+
+    \b
+    Example:
+      orchestrate data list --to az://myaccount/datasets
+    """
+    from ..storage.packed_blob import list_datasets
+
+    container, prefix = _container_for(to)
+    datasets = list_datasets(container, prefix)
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in datasets]))
+        return
+    if not datasets:
+        click.echo("no datasets", err=True)
+        return
+    click.echo(f"{'PREFIX':<40} {'KIND':<10} {'IMAGES':>7} {'SHARDS':>6} {'MB':>9} {'UNUSED MB':>9}  LAST UPLOAD")
+    for d in datasets:
+        click.echo(f"{d.prefix or '/':<40} {d.kind:<10} {d.images:>7} {d.shards:>6} {d.bytes / 1e6:>9.1f} "
+                   f"{d.unreferenced_bytes / 1e6:>9.1f}  {d.last_upload[:19]}")
+
+
+@data.command()
+@click.option("--to", "to", envvar=URI_ENV, metavar="az://ACCOUNT/CONTAINER[/PREFIX]",
+              help=f"Where to collect (env {URI_ENV}; default: container '{DEFAULT_CONTAINER}' of "
+                   "AZURE_STORAGE_CONNECTION_STRING's account).")
+@click.option("--grace-hours", type=float, default=1.0, show_default=True,
+              help="Keep unreferenced shards younger than this (an upload in progress writes its index last).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def gc(to, grace_hours, dry_run, as_json):
+    """Remove packed shards that no dataset index refers to any more.
+
+    \b
+    Example:
+      orchestrate data gc --to az://myaccount/datasets --dry-run
+    """
+    from ..errors import UserError
+    from ..storage.packed_blob import collect_garbage
+
+    if grace_hours < 0:
+        raise UserError("--grace-hours must be 0 or more")
+    container, prefix = _container_for(to)
+    result = collect_garbage(container, prefix, grace_hours=grace_hours, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(result.removed)} unreferenced shard(s) ({_mb(result.bytes)}); kept "
+               f"{result.kept_recent} younger than {grace_hours:g} h", err=True)

@@ -79,12 +79,12 @@ def doctor(base_image, as_json):
     if as_json:
         click.echo(json.dumps([{"check": c, "result": r, "detail": d} for c, r, d in rows], indent=2))
     else:
-        from rich.console import Console
+        from ..render import console_for
         from rich.table import Table
 
         table = Table(show_header=False, box=None)
         for check, result, detail in rows:
             table.add_row(MARKS[result], check, detail)
-        Console().print(table)
+        console_for().print(table)
     if any(result == FAIL for _, result, _ in rows):
         raise SystemExit(2)

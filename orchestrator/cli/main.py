@@ -21,6 +21,8 @@ COMMANDS = {
     "download": ("orchestrator.cli.runs", "download", "Fetch a run's outputs into its run folder."),
     "predict": ("orchestrator.cli.predict", "predict", "Classify images with a trained model."),
     "evaluate": ("orchestrator.cli.predict", "evaluate", "Score a model on a labeled folder."),
+    "serve": ("orchestrator.cli.serve", "serve", "Serve a model over HTTP, with a web page to try it."),
+    "score": ("orchestrator.cli.score", "score", "Batch-score a folder of images into a predictions file."),
     "init": ("orchestrator.cli.init", "init", "Save Azure workspace settings to a profile."),
     "workspace": ("orchestrator.cli.workspace", "workspace", "Create, show or delete the Azure ML workspace."),
     "compute": ("orchestrator.cli.compute", "compute", "Azure GPU sizes and the training cluster."),
@@ -29,6 +31,7 @@ COMMANDS = {
     "doctor": ("orchestrator.cli.doctor", "doctor", "Check what the docker backend needs on this host."),
     "cache": ("orchestrator.cli.cache", "cache", "List or clear the decoded-image cache of training runs."),
     "register": ("orchestrator.cli.register", "register", "Register an Azure run's model and dataset as Azure ML assets."),
+    "report": ("orchestrator.cli.report", "report", "Write a run's HTML report: curves, confusion matrix, worst mistakes."),
     "attach": ("orchestrator.cli.register", "attach", "Adopt an Azure ML job started elsewhere into the run ledger."),
 }
 
@@ -82,3 +85,7 @@ def main():
         click.echo(f"error: {exc.strerror or exc}{where}", err=True)
         code = 2
     sys.exit(code or 0)
+
+
+if __name__ == "__main__":  # python -m orchestrator.cli.main, e.g. for -X importtime
+    main()

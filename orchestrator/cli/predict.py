@@ -12,58 +12,68 @@ def resolve_model(model_or_run):
     path = Path(model_or_run)
     if path.is_file():
         return path
-    if path.is_dir():
-        for candidate in (path / "model.onnx", path / "outputs" / "model.onnx"):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"no model.onnx in {path}")
-    from ..backends.base import COMPLETED
-    from .common import find_run
+    from .common import resolve_run_dir
 
-    _, record, backend, run = find_run(model_or_run)
-    model = record.output_dir / "model.onnx"
-    if not model.is_file() and backend.status(run) == COMPLETED:
-        backend.download(run, record.output_dir)
-    if not model.is_file():
-        raise UserError(f"run {record.run_id} has no model yet (status: {record.status})")
-    return model
+    folder = resolve_run_dir(model_or_run, wanted="model.onnx")  # a run id's model is there, or UserError
+    for candidate in (folder / "model.onnx", folder / "outputs" / "model.onnx"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"no model.onnx in {path}")
+
+
+OUT_HELP = ("Write one row per image to FILE.csv or FILE.jsonl (columns: path, label, score, top_k, error) "
+            "instead of printing; an existing file is refused unless --force.")
 
 
 @click.command()
 @click.argument("model", metavar="MODEL_OR_RUN")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Labels shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {image, label, score, top_k}.")
-def predict(model, images, top_k, as_json):
-    """Classify IMAGES with a model file or the model of a run.
+@click.option("--out", type=click.Path(path_type=Path), metavar="FILE", help=OUT_HELP)
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def predict(model, paths, top_k, as_json, out, force):
+    """Classify images with a model file or the model of a run.
+
+    Each PATH is an image file or a folder, whose images are taken recursively (the training
+    job's extensions, in any case; hidden files and folders skipped). An unreadable image gets
+    an error and the others are still classified; the exit code is 2 only when none could be.
 
     \b
     Examples:
       orchestrate predict runs/digits-20261123-101500-ab12/outputs/model.onnx seven.png
       orchestrate predict digits-20261123-101500-ab12 a.jpg b.jpg --top-k 3 --json
+      orchestrate predict digits-20261123-101500-ab12 ./new-photos --out scores.csv
     """
     from ..inference.classifier import OnnxClassifier
+    from ..inference.score import check_out, list_images, prediction_rows, score_to_file
 
-    classifier = OnnxClassifier(resolve_model(model))
-    k = min(top_k, len(classifier.labels))
-    results = []
-    for image, (probs, error) in zip(images, classifier.classify([str(p) for p in images])):
-        if error:
-            results.append({"image": str(image), "error": error})
-            continue
-        ranked = classifier.top_k(probs, k)
-        results.append({"image": str(image), "label": ranked[0]["label"], "score": ranked[0]["score"],
-                        "top_k": ranked})
+    if out is not None and as_json:
+        raise UserError("--json prints the predictions and --out writes them to a file: choose one")
+    if out is not None:
+        out = check_out(out, force)
+    classifier = OnnxClassifier(resolve_model(model))  # the arguments' order: the model's problems first
+    images = list_images(paths)
+    if out is not None:
+        summary = score_to_file(classifier, images, out, top_k)
+        click.echo(f"wrote {summary['images']} row(s) to {out}: {summary['scored']} classified, "
+                   f"{summary['errors']} unreadable", err=True)
+        if not summary["scored"]:
+            raise UserError(f"no image could be read (the reasons are in {out})")
+        return
+    rows = list(prediction_rows(classifier, images, top_k))
     if as_json:
-        print_json(results)
+        print_json([{"image": r["path"], "error": r["error"]} if r["error"] else
+                    {"image": r["path"], "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
+                    for r in rows])
     else:
-        for r in results:
-            if "error" in r:
-                click.echo(f"{r['image']}: error: {r['error']}", err=True)
+        for r in rows:
+            if r["error"]:
+                click.echo(f"{r['path']}: error: {r['error']}", err=True)
             else:
                 others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
-                click.echo(f"{r['image']}: {r['label']} {r['score']:.3f}" + (f"  ({others})" if others else ""))
-    if all("error" in r for r in results):
+                click.echo(f"{r['path']}: {r['label']} {r['score']:.3f}" + (f"  ({others})" if others else ""))
+    if all(r["error"] for r in rows):
         raise UserError("no image could be read")
 
 
@@ -88,12 +98,11 @@ def evaluate(model, data, as_json):
     if as_json:
         print_json(metrics)
         return
-    from rich.console import Console
     from rich.table import Table
 
-    from ..render import metrics_table
+    from ..render import console_for, metrics_table
 
-    console = Console()
+    console = console_for()
     console.print(metrics_table(metrics, title=f"Evaluation on {data}"))
     cm = metrics["confusion_matrix"]
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")

@@ -1,4 +1,4 @@
-"""Commands on past and running runs: runs list/show, logs, status, cancel, download."""
+"""Commands on past and running runs: runs list/show/compare, logs, status, cancel, download."""
 import time
 
 import click
@@ -14,6 +14,7 @@ def runs():
     Examples:
       orchestrate runs list
       orchestrate runs show digits-20261123-101500-ab12 --json
+      orchestrate runs compare digits-20261123-101500-ab12 digits-20261123-103000-cd34
     """
 
 
@@ -22,10 +23,10 @@ def runs():
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
 def list_runs(limit, as_json):
     """List recent runs, newest first."""
-    from rich.console import Console
     from rich.table import Table
 
     from ..ledger import Ledger
+    from ..render import console_for
 
     records = Ledger().list(limit)
     if as_json:
@@ -39,7 +40,7 @@ def list_runs(limit, as_json):
         accuracy = r.metrics.get("accuracy")
         table.add_row(r.run_id, r.backend, r.status, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
                       "-" if accuracy is None else f"{accuracy:.4f}", r.dataset)
-    Console().print(table)
+    console_for().print(table)
 
 
 @runs.command("show")
@@ -66,11 +67,45 @@ def show_run(run_id, as_json):
 
         click.echo(cost_line(cost))
     if data["test_metrics"]:
-        from rich.console import Console
+        from ..render import console_for, metrics_table
 
-        from ..render import metrics_table
+        console_for().print(metrics_table(data["test_metrics"]))
 
-        Console().print(metrics_table(data["test_metrics"]))
+
+@runs.command("compare")
+@click.argument("run_ids", metavar="RUN RUN...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: runs, parameters, metrics and the best run of each metric.")
+def compare_runs(run_ids, as_json):
+    """Show runs side by side: the parameters that differ and the metrics, the best value of each
+    metric marked. Runs without metrics yet show "-"; outputs are not downloaded for this.
+
+    \b
+    Example:
+      orchestrate runs compare digits-20261123-101500-ab12 digits-20261123-103000-cd34 --json
+    """
+    from ..compare import compare
+    from ..errors import UserError
+    from ..ledger import Ledger
+
+    ledger = Ledger()
+    records = [ledger.get(run_id) for run_id in run_ids]
+    ids = [record.run_id for record in records]
+    repeated = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
+    if repeated:
+        raise UserError(f"run {repeated[0]} is named more than once")
+    if len(records) < 2:
+        raise UserError("compare needs at least two runs (see 'orchestrate runs list')")
+    comparison = compare(records, cost_of=_azure_cost)
+    if as_json:
+        print_json(comparison)
+        return
+    from ..render import comparison_notes, comparison_table, console_for
+
+    console = console_for()
+    console.print(comparison_table(comparison))
+    for note in comparison_notes(comparison):
+        console.print(note)
 
 
 def _azure_cost(record):

@@ -29,17 +29,25 @@ def validate_dataset(data, values):
         labels = fd.label_source_for_job(str(data), labels)
         if values["labels"] is not None:
             values["labels"] = labels
-        found = fd.scan(str(data), labels=labels)
+        found = _packed_scan(data) or fd.scan(str(data), labels=labels)
         samples = fd.sample_fraction(found.samples, given("sample_fraction"), given("seed"), val, test)
         fd.stratified_split(samples, found.classes, val, test, seed=0)
     except fd.DatasetError as exc:
         raise UserError(str(exc)) from None
 
 
+def _packed_scan(data):
+    """The scan of a packed dataset's index (orchestrate data pack), None for a loose folder."""
+    from remote_scripts import packed_dataset
+
+    return packed_dataset.PackedDataset(str(data)).scan() if packed_dataset.is_packed(str(data)) else None
+
+
 # Options that only an Azure ML job has: any of them means the azure backend (a user who names a
 # compute cluster wants the cloud, not a silent run on the laptop).
 AZURE_ONLY = {"compute": "--compute", "nodes": "--nodes", "low_priority": "--low-priority",
               "experiment": "--experiment", "max_hours": "--max-hours", "weights_upload": "--weights-upload",
+              "no_pack": "--no-pack",
               "register": "--register", "subscription_id": "--subscription-id",
               "resource_group": "--resource-group", "workspace_name": "--workspace", "profile": "--profile"}
 WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
@@ -85,18 +93,17 @@ def fetch_imagenet_weights(train_args):
     """Put the ImageNet weights the job will load into this machine's torch hub cache, with a
     progress bar on stderr: a container has no network and a workspace may have no outbound
     access, so the client fetches them (orchestrator.weights). Nothing to do for --weights none|PATH."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 
+    from ..render import console_for, progress_bars
     from ..weights import ensure_imagenet_weights, wanted_imagenet_arch
 
     arch = wanted_imagenet_arch(train_args)
     if arch is None:
         return
-    console = Console(stderr=True)
-    with Progress(TextColumn(f"{arch} ImageNet weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("download", total=None)
+    with progress_bars(console_for(stderr=True), TextColumn(f"{arch} ImageNet weights"), BarColumn(),
+                       DownloadColumn(), TransferSpeedColumn()) as bar:
+        task = bar.add_task(f"{arch} ImageNet weights download", total=None, unit="bytes")
         ensure_imagenet_weights(arch, lambda done, total: bar.update(task, completed=done, total=total))
 
 
@@ -143,6 +150,9 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--weights-upload", is_flag=True, default=None,
               help="azure: send the ImageNet weights with the job, for workspaces without outbound access "
                    "(a --weights file is always sent).")
+@click.option("--no-pack", is_flag=True, default=None,
+              help="azure: upload the image files one blob each (mounted by the job) instead of packed shards "
+                   "(downloaded by the job; see `orchestrate data pack`).")
 @click.option("--register", is_flag=True, default=None,
               help="azure: when the run completes, register its ONNX model (labels, test metrics as tags) and "
                    "its dataset as Azure ML assets (later: orchestrate register RUN).")

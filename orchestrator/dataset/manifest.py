@@ -11,6 +11,7 @@ pool (hashlib releases the GIL) and every digest is cached in the user's state d
 """
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,12 +83,27 @@ class HashCache:
     def default(cls):
         return cls(state_dir() / "hash-cache.sqlite3")
 
+    @staticmethod
+    def _key(path):
+        """The path as sqlite can store it: a file name that is not UTF-8 (surrogate escapes from
+        os.walk) has its bytes written as \\xNN, every other path stays as it is."""
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+    def under(self, folder):
+        """{path: (size, mtime_ns, sha256)} of every file cached under `folder`, in one query (a
+        lookup per file costs more than the whole re-scan of an unchanged 27,000-file dataset)."""
+        start = str(folder).rstrip("/") + "/"
+        rows = self._db.execute("SELECT path, size, mtime_ns, sha256 FROM hashes WHERE path >= ? AND path < ?",
+                                (start, start[:-1] + "0"))  # "0" sorts right after "/"
+        return {path: (size, mtime_ns, digest) for path, size, mtime_ns, digest in rows}
+
     def get(self, path, size, mtime_ns):
         row = self._db.execute("SELECT sha256 FROM hashes WHERE path=? AND size=? AND mtime_ns=?",
-                               (path, size, mtime_ns)).fetchone()
+                               (self._key(path), size, mtime_ns)).fetchone()
         return row[0] if row else None
 
     def put_many(self, rows):
+        rows = [(self._key(path), *rest) for path, *rest in rows]
         try:
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?)", rows)
@@ -111,6 +127,11 @@ def build_manifest(root, name=None, *, labels=FOLDER, workers=8, cache=None, pro
         found = scan(str(root), labels=labels)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
+    return manifest_from_scan(root, found, name, labels=labels, workers=workers, cache=cache, progress=progress)
+
+
+def manifest_from_scan(root, found, name=None, *, labels=FOLDER, workers=8, cache=None, progress=None):
+    """build_manifest for a scan already made (packing needs the scan's problems too)."""
     files = [(path, found.classes[label]) for path, label in found.samples]
     if labels not in (FOLDER, FILENAME):
         files.append((labels, ""))
@@ -133,16 +154,19 @@ def _hash_entries(root, files, workers, cache, progress):
     """Entries for (relative path, label) files: cached digests first, the rest hashed in a thread pool."""
     racy_after = time.time_ns() - int(RACY_SECONDS * 1e9)
     entries, todo = [], []  # todo: (entry without digest, absolute path, mtime_ns)
+    known = cache.under(root) if cache else {}
+    base = str(root)
     for relpath, label in files:
-        full = root / relpath
+        full = os.path.join(base, relpath)
         try:
-            st = full.stat()
+            st = os.stat(full)
         except OSError as exc:
             raise UserError(f"cannot read {full}: {exc.strerror}") from None
-        entry = Entry(Path(relpath).as_posix(), st.st_size, "", label)
-        digest = cache.get(str(full), st.st_size, st.st_mtime_ns) if cache else None
+        cached = known.get(full)
+        digest = cached[2] if cached and cached[:2] == (st.st_size, st.st_mtime_ns) else None
+        entry = Entry(relpath.replace(os.sep, "/"), st.st_size, digest or "", label)
         if digest:
-            entries.append(replace(entry, sha256=digest))
+            entries.append(entry)
             if progress:
                 progress(entries[-1])
         else:

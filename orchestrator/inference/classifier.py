@@ -4,25 +4,96 @@ Labels and preprocessing come from the ONNX metadata written by train.py (labels
 the model is the fallback for labels), and images go through remote_scripts.imaging, the code
 the training job used, so predictions here match the job's test metrics.
 """
+import io
 import json
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from remote_scripts import imaging
 
 from ..errors import UserError
 
-BATCH_SIZE = 32
+# Images per ONNX Runtime call. On the 2-core AVX2 build machine ResNet50 at 224 px runs about 15%
+# faster per image at 8 than at 1, and slightly slower again at 16 and 32 (benchmarks/score.py);
+# a GPU wants larger batches (`score --batch-size`).
+BATCH_SIZE = 8
+# Batches decoded ahead of the one ONNX Runtime is computing: enough to keep the decode threads
+# busy through a batch's inference, few enough that memory stays a few batches of tensors.
+DECODE_AHEAD = 2
+
+
+def decode_threads():
+    """Threads for decoding: the CPUs this process may run on (its affinity mask, as `taskset` or
+    a container's cpuset leaves it), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Why an image was refused (ImageRejected.reason): the HTTP service answers each with its own status.
+EMPTY, TOO_LARGE, UNREADABLE = "empty", "too large", "unreadable"
+
+
+class ImageRejected(Exception):
+    """One image the model cannot be fed: `message`, one line, and `reason` (EMPTY, TOO_LARGE, UNREADABLE)."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+def load_image(source, spec, max_pixels=None):
+    """The model's float32 input [3, H, W] for one image, or ImageRejected saying why not.
+
+    source: a file path, or (name, bytes) of an image held in memory (an upload; name may be None).
+    max_pixels: refuse an image whose header claims more pixels before a single one is decoded
+    (a 100-byte PNG can claim 100000x100000); PIL's own decompression-bomb limit, which trips as
+    that header is read, is named the same way. Decode errors are the job's words ("cannot read
+    image: ..."), so predict, score and the job's metrics.json agree, except that an image from
+    memory is named by its file name rather than by PIL's repr of a buffer.
+    """
+    if isinstance(source, tuple):
+        name, data = source
+        if not data:
+            raise ImageRejected("the image is empty (0 bytes)", EMPTY)
+        shown = repr(name) if name else "(the uploaded image)"
+
+        def opened():
+            return io.BytesIO(data)
+    else:
+        shown = None
+
+        def opened():
+            return source
+    try:
+        if max_pixels is not None:
+            try:
+                with Image.open(opened()) as header:  # reads the header only
+                    width, height = header.size
+            except Image.DecompressionBombError as exc:
+                raise ImageRejected(f"image too large: {exc}", TOO_LARGE) from None
+            if width * height > max_pixels:
+                raise ImageRejected(f"image too large: {width}x{height} = {width * height} pixels, "
+                                    f"more than the limit of {max_pixels}", TOO_LARGE)
+        return imaging.preprocess_file(opened(), spec)
+    except imaging.DECODE_ERRORS as exc:
+        reason = TOO_LARGE if isinstance(exc, Image.DecompressionBombError) else UNREADABLE
+        raise ImageRejected("cannot read image: " + imaging.describe_decode_error(exc, name=shown), reason) from None
 
 
 class OnnxClassifier:
-    def __init__(self, path):
+    """max_pixels: images claiming more pixels by their header are refused unread (see load_image)."""
+
+    def __init__(self, path, max_pixels=None):
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.max_pixels = max_pixels
         try:
             self.session = ort.InferenceSession(str(self.path), providers=ort.get_available_providers())
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -48,27 +119,45 @@ class OnnxClassifier:
 
     def classify(self, paths):
         """(probabilities or None, error or None) per path, in order; a bad image never stops the rest."""
-        results = [None] * len(paths)
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-            for start in range(0, len(paths), BATCH_SIZE):
-                chunk = paths[start:start + BATCH_SIZE]
-                arrays = list(pool.map(self._load, chunk))
-                good = [i for i, a in enumerate(arrays) if not isinstance(a, str)]
-                if good:
-                    probs = self.probabilities(np.stack([arrays[i] for i in good]))
-                    for row, i in enumerate(good):
-                        results[start + i] = (probs[row], None)
-                for i, a in enumerate(arrays):
-                    if isinstance(a, str):
-                        results[start + i] = (None, a)
-        return results
+        return list(self.stream(paths))
 
-    def _load(self, path):
+    def stream(self, paths, batch_size=BATCH_SIZE, workers=None):
+        """Yield (probabilities or None, error or None) for each of `paths`, in order, as batches finish.
+
+        Each of `paths` is what load_image takes: a file path, or (name, bytes) of an image in memory.
+
+        Decoding (PIL and numpy, which release the GIL) runs in a thread pool while ONNX Runtime
+        computes the batch before them, so neither waits for the other. The decode futures form
+        a bounded queue, DECODE_AHEAD batches ahead of the one being computed: memory does not
+        grow with the number of images, and a stream abandoned half-way (Ctrl-C, a full disk)
+        cancels the decodes still queued.
+        """
+        paths = iter(paths)
+        pool = ThreadPoolExecutor(max_workers=workers or decode_threads())
         try:
-            return imaging.preprocess_file(path, self.preprocess)
-        except imaging.DECODE_ERRORS as exc:
-            return "cannot read image: " + imaging.describe_decode_error(exc)
+            pending = deque(pool.submit(self._load, p) for p in islice(paths, batch_size * DECODE_AHEAD))
+            while pending:
+                batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+                pending.extend(pool.submit(self._load, p) for p in islice(paths, batch_size))
+                good = [a for a in batch if not isinstance(a, str)]
+                probs = iter(self.probabilities(np.stack(good)) if good else ())
+                for a in batch:
+                    yield (None, a) if isinstance(a, str) else (next(probs), None)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def load(self, source):
+        """The model's input for one image (a path, or (name, bytes)); ImageRejected when it cannot be used."""
+        return load_image(source, self.preprocess, self.max_pixels)
+
+    def _load(self, source):
+        """The model's input for one image, or the one-line reason it cannot be used (what stream yields)."""
+        try:
+            return self.load(source)
+        except ImageRejected as exc:
+            return exc.message
 
     def top_k(self, probs, k):
+        """The k most probable labels, most probable first: [{label, score}]."""
         order = np.argsort(-probs)[:k]
         return [{"label": self.labels[i], "score": float(probs[i])} for i in order]

@@ -185,6 +185,11 @@ def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers
     started = time.perf_counter()
     manifest = manifest or build_manifest(data_dir)
     root = Path(data_dir)
+    for entry in manifest.entries:  # a blob name is Unicode text: refused before any request
+        shown = entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if shown != entry.path:
+            raise UserError(f"cannot upload {shown}: its file name is not UTF-8, which blob names must be; "
+                            f"rename it (convmv -f latin1 -t utf8 -r --notest {data_dir} converts a whole tree)")
     with _azure_errors(container_client, "listing"):
         existing = _existing_metadata(container_client, prefix)
 

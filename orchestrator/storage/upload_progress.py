@@ -1,20 +1,19 @@
 """Progress bars for a dataset upload, shared by `orchestrate data upload` and the Azure backend.
 
-rich draws them on stderr (stdout carries results) and only on a terminal: hashing first, then
-files and bytes sent.
+They go to stderr (stdout carries results): hashing first, then files and bytes sent; bars on a
+terminal, a plain line at most every 10 s elsewhere (render.progress_bars).
 """
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+from ..render import console_for, progress_bars
 
 
 class UploadProgress:
-    """rich progress on stderr (stdout carries the result): hashing, then files and bytes sent."""
+    """Progress on stderr (stdout carries the result): hashing, then files and bytes sent."""
 
     def __init__(self):
-        console = Console(stderr=True)
-        self.progress = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
-                                 console=console, transient=True, disable=not console.is_terminal)
+        self.progress = progress_bars(console_for(stderr=True), TextColumn("{task.description:<9}"), BarColumn(),
+                                      MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn())
         self.hash_task = self.progress.add_task("hashing", total=None, unit="files")
         self.files_task = self.bytes_task = None
         self.sent = 0

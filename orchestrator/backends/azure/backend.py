@@ -59,10 +59,18 @@ class AzureBackend(Backend):
             container = seam.container_client(datastore)
             ensure_compute(seam, plan.compute, say=self.say, max_nodes=plan.nodes,
                            low_priority=plan.low_priority, approve=self.approve)
-        with UploadProgress() as bars:
-            result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container,
-                                 labels=train_arg(spec.train_args, "--labels"))
-        self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
+        if plan.packed:  # shards, content-addressed: see storage/packed_blob.py
+            from ...storage.packed_blob import pack_and_upload
+
+            _, result = pack_and_upload(spec.data, dataset_prefix(spec.data, packed=True), lambda: container,
+                                        labels=train_arg(spec.train_args, "--labels") or "folder", say=self.say)
+            self.say(f"dataset: {result.shards_sent} shard(s) uploaded ({result.bytes_sent / 1e6:.1f} MB), "
+                     f"{result.shards_skipped} unchanged")
+        else:
+            with UploadProgress() as bars:
+                result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container,
+                                     labels=train_arg(spec.train_args, "--labels"))
+            self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 
     def planned_remote_id(self, spec):
@@ -197,7 +205,7 @@ class AzureBackend(Backend):
             self._run_seam(run).cancel(run.remote_id)
 
     def download(self, run, dest):
-        """The `model` output (model.onnx, labels.json, metrics.json, history.jsonl) into dest."""
+        """The `model` output (model.onnx, labels.json, metrics.json, history.jsonl, predictions.csv) into dest."""
         from ...storage.blob import download_prefix
         from .job import run_prefix
         from .seam import azure_errors

@@ -36,12 +36,14 @@ WEIGHTS_BINDING = "--weights ${{inputs.weights}}"  # a weights file sent along a
 REMOTE_PATH = re.compile(r"^(azureml|https?|wasbs?|file):")  # what azure-ai-ml does not take for a local path
 
 
-def dataset_prefix(data_dir):
+def dataset_prefix(data_dir, packed=False):
     """Blob prefix of an uploaded dataset: one per local folder (its name and a hash of its path),
     so uploading the same folder again sends only its changes, and two folders that share a name
-    (./a/train, ./b/train) never overwrite each other."""
+    (./a/train, ./b/train) never overwrite each other. Packed and loose copies have prefixes of
+    their own: the packed one is downloaded whole by the job, and must hold nothing else."""
     path = Path(data_dir).resolve()
-    return f"orchestrate/datasets/{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    kind = "packed" if packed else "datasets"
+    return f"orchestrate/{kind}/{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 def run_prefix(run_id, output):
@@ -72,6 +74,7 @@ class JobPlan:
     datastore: str = DEFAULT_DATASTORE
     weights_file: Path = None  # a file of this machine the job receives as its input `weights`
     max_hours: float = DEFAULT_MAX_HOURS
+    packed: bool = False  # the dataset goes as shards (downloaded by the node), not as files (mounted)
 
     @property
     def timeout_seconds(self):
@@ -88,7 +91,7 @@ class JobPlan:
 
     @property
     def data_uri(self):
-        return datastore_uri(self.datastore, dataset_prefix(self.data_dir))
+        return datastore_uri(self.datastore, dataset_prefix(self.data_dir, self.packed))
 
     def command(self):
         """The job's command line; user arguments may not smuggle in `${{...}}` bindings, which
@@ -133,7 +136,7 @@ def split_weights_input(train_args, upload):
 
 def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
     """A JobPlan from a JobSpec's backend_options (compute, nodes, low_priority, experiment,
-    weights_upload)."""
+    weights_upload, no_pack)."""
     options = spec.backend_options
     nodes = int(options["nodes"]) if options.get("nodes") is not None else 1
     if nodes < 1:
@@ -146,7 +149,7 @@ def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
                    compute=catalogue.resolve(options.get("compute") or DEFAULT_COMPUTE),
                    nodes=nodes, low_priority=bool(options.get("low_priority")),
                    experiment=options.get("experiment") or DEFAULT_EXPERIMENT, datastore=datastore,
-                   weights_file=weights_file, max_hours=max_hours)
+                   weights_file=weights_file, max_hours=max_hours, packed=not options.get("no_pack"))
 
 
 def build_job(plan):
@@ -159,7 +162,9 @@ def build_job(plan):
                           path=datastore_uri(plan.datastore, run_prefix(plan.run_id, output)))
 
     distributed = plan.nodes > 1 or plan.processes_per_node > 1
-    inputs = {"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount")}
+    # A packed dataset is a few large shards: `download` copies them to the node's disk, one request
+    # per shard; loose files stay mounted (downloading 27,000 blobs one by one is the slow path).
+    inputs = {"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="download" if plan.packed else "ro_mount")}
     if plan.weights_file:  # the SDK uploads a local path at submit (LocalUpload/<content hash>/)
         inputs["weights"] = sdk.Input(type="uri_file", path=str(plan.weights_file), mode="download")
     with sdk_validation_errors():
@@ -256,7 +261,8 @@ def describe(plan, settings=None):
         "Registry base with MLflow)",
         f"timeout:     {plan.max_hours:g} h (--max-hours), then the service cancels the job",
         f"code:        {remote_scripts_dir()}",
-        f"dataset:     {plan.data_dir} -> {plan.data_uri}",
+        f"dataset:     {plan.data_dir} -> {plan.data_uri}"
+        + (" (packed shards, downloaded to the node)" if plan.packed else " (files, mounted)"),
         *weights,
         f"outputs:     model -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'model'))}",
         f"             checkpoints -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'checkpoints'))}",

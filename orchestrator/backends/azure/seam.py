@@ -235,6 +235,12 @@ class AzureSeam:
         return {"name": ds.name, "account": ds.account_name, "container": ds.container_name,
                 "endpoint": ds.endpoint}
 
+    def list_datastores(self):
+        """The workspace's blob datastores, in default_datastore's shape (no secrets)."""
+        return [{"name": ds.name, "account": ds.account_name, "container": ds.container_name,
+                 "endpoint": ds.endpoint} for ds in self.ml.datastores.list()
+                if getattr(ds, "container_name", None)]
+
     def container_client(self, datastore):
         """A ContainerClient on the datastore (storage.blob.container_client, the one factory).
 

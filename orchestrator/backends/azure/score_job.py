@@ -1,0 +1,374 @@
+"""`orchestrate score MODEL az://DATASTORE/PREFIX` on Azure ML: batch scoring as a parallel job.
+
+Why a pipeline around the parallel step: Azure ML runs a parallel job only as a step of a pipeline
+job (the service has no standalone "parallel" job type; azure-ai-ml's ParallelJob has no REST form
+of its own), so the job submitted is a one-step pipeline whose step `score` has type parallel:
+the data folder (a uri_folder of the datastore, mounted) is cut into mini-batches of files that
+max_concurrency_per_instance processes on each of instance_count nodes hand to
+remote_scripts/score_entry.py's run(); each process loads the model (a uri_file input) once in
+init(); what run() returns is appended to one predictions file (append_row) in a fixed output
+folder of the datastore, which the client downloads and writes to --out in the columns of local
+`score` (orchestrator.inference.score.write_rows).
+
+The conventions are the training job's (job.py, backend.py): the environment is the training
+image (infra/docker, azureml.Dockerfile, which has onnxruntime), the code snapshot is
+remote_scripts/, the job is named after its run id, runs/<id>/azure.json and the ledger row are
+written before the submit, the submit is get-then-create (seam.submit), and the cluster is
+created when missing after the same quota-checked plan (provision.ensure_compute).
+
+`az://NAME/PREFIX`: NAME is a datastore of the workspace (`workspaceblobstore` is every
+workspace's default) or the blob container of one; a submit looks it up. `--dry-run`/`--export`
+make no call, so there NAME is taken as the datastore name.
+"""
+import json
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+from ...errors import JobFailed, UserError
+from ...paths import docker_context_dir, remote_scripts_dir
+from ..base import QUEUED, TERMINAL
+from . import catalogue
+from .job import (AZUREML_DOCKERFILE, DEFAULT_DATASTORE, DEFAULT_EXPERIMENT, REMOTE_PATH, datastore_uri,
+                  job_name, sdk_validation_errors)
+from .seam import job_validation_errors, load_sdk, write_yaml
+
+ENTRY_SCRIPT = "score_entry.py"
+STEP = "score"                        # the pipeline's one step, of type parallel
+DEFAULT_COMPUTE = "cpu"               # ONNX Runtime's CPU build scores; a GPU size would idle its GPU
+DEFAULT_MINI_BATCH = 64               # files per run() call: long enough to amortize its overhead
+MAX_RETRIES = 3                       # a mini-batch is tried again this often (preempted node, timeout)
+MINI_BATCH_TIMEOUT = 300              # seconds one run() call may take before it is retried
+# Every file of a mini-batch gets a row (an unreadable image gets an error row), so a file without
+# one means its mini-batch failed every retry: the job fails rather than return a short file.
+ERROR_THRESHOLD = 0
+APPEND_ROW_FILE = "predictions.jsonl"  # the parallel runtime's --append_row_file_name
+_DATA_URI = re.compile(r"^az://(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*)(?:/(?P<prefix>.*))?$")
+
+
+def parse_data_uri(text):
+    """(datastore or container name, blob prefix without slashes at its ends) of az://NAME/PREFIX."""
+    match = _DATA_URI.match(text or "")
+    prefix = (match.group("prefix") or "").strip("/") if match else ""
+    if not match or not prefix or ".." in PurePosixPath(prefix).parts:
+        raise UserError(f"bad data URI {text!r}: expected az://DATASTORE/PREFIX, the blob folder of the images "
+                        f"on a datastore of the workspace (e.g. az://{DEFAULT_DATASTORE}/orchestrate/datasets/x)")
+    return match.group("name"), prefix
+
+
+def score_prefix(run_id):
+    """Blob prefix of a score run's predictions folder (the append-row output)."""
+    return f"orchestrate/scores/{run_id}/predictions"
+
+
+def azure_run_model_uri(run_dir, run_id):
+    """The datastore URI of an Azure training run's model.onnx (from runs/<id>/azure.json), so a
+    model the workspace already holds is read in place, not downloaded and uploaded again; None
+    when the run has no such record."""
+    from .job import run_prefix
+
+    try:
+        state = json.loads((Path(run_dir) / "azure.json").read_text())
+    except (OSError, ValueError):
+        return None
+    datastore = (state.get("datastore") or {}).get("name")
+    if not datastore or state.get("kind") == "score":  # a score run has predictions, no model
+        return None
+    prefix = (state.get("outputs") or {}).get("model") or run_prefix(run_id, "model")
+    return f"azureml://datastores/{datastore}/paths/{prefix.strip('/')}/model.onnx"
+
+
+@dataclass
+class ScorePlan:
+    """One scoring job: what is scored with which model, where, in how many pieces."""
+    run_id: str
+    model: str                  # a local model.onnx (uploaded at submit) or an azureml:// URI
+    source: str                 # the datastore (or container) name of az://NAME/PREFIX
+    prefix: str
+    compute: catalogue.Resolved
+    instances: int = 1
+    processes: int = 1          # worker processes per node (max_concurrency_per_instance)
+    mini_batch_size: int = DEFAULT_MINI_BATCH
+    top_k: int = 1
+    experiment: str = DEFAULT_EXPERIMENT
+    datastore: str = None       # the resolved datastore; None: `source` taken as its name
+
+    @property
+    def name(self):
+        return job_name(self.run_id)
+
+    @property
+    def datastore_name(self):
+        return self.datastore or self.source
+
+    @property
+    def data_uri(self):
+        return datastore_uri(self.datastore_name, self.prefix)
+
+    @property
+    def predictions_uri(self):
+        return datastore_uri(self.datastore_name, score_prefix(self.run_id))
+
+    @property
+    def threads(self):
+        """ONNX Runtime threads per process: the node's vCPUs shared among its processes."""
+        return max(1, self.compute.size.vcpus // self.processes)
+
+    def program_arguments(self):
+        return (f"--model ${{{{inputs.model}}}} --data ${{{{inputs.data}}}} --top-k {self.top_k} "
+                f"--threads {self.threads} --append_row_file_name {APPEND_ROW_FILE}")
+
+
+def plan_score(model, data, *, run_id, compute=None, instances=None, processes=None, mini_batch_size=None,
+               top_k=1, experiment=None):
+    """A ScorePlan from the command's values; bad ones are UserErrors before anything is built."""
+    source, prefix = parse_data_uri(data)
+    resolved = catalogue.resolve(compute or DEFAULT_COMPUTE)
+    for flag, value in (("--instances", instances), ("--processes", processes),
+                        ("--mini-batch-size", mini_batch_size), ("--top-k", top_k)):
+        if value is not None and int(value) < 1:
+            raise UserError(f"{flag} must be at least 1")
+    model = str(model)
+    if not REMOTE_PATH.match(model):
+        path = Path(model).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"model {model}: no such file")
+        model = str(path)
+    # one process per 2 vCPUs: decoding in one process overlaps inference in the other
+    default_processes = max(1, resolved.size.vcpus // 2)
+    return ScorePlan(run_id=run_id, model=model, source=source, prefix=prefix, compute=resolved,
+                     instances=int(instances or 1), processes=int(processes or default_processes),
+                     mini_batch_size=int(mini_batch_size or DEFAULT_MINI_BATCH), top_k=int(top_k or 1),
+                     experiment=experiment or DEFAULT_EXPERIMENT)
+
+
+def build_score_job(plan):
+    """The real azure-ai-ml PipelineJob of `plan`: one step of type parallel, validated offline."""
+    sdk = load_sdk()
+    from azure.ai.ml.entities import BuildContext, Environment, PipelineJob
+    from azure.ai.ml.parallel import RunFunction, parallel_run_function
+
+    with sdk_validation_errors():
+        step = parallel_run_function(
+            name=STEP,
+            display_name=f"score {plan.source}/{plan.prefix}",
+            description="orchestrate: batch scoring of images with an ONNX classifier",
+            inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount"),
+                    # the SDK uploads a local file at submit (LocalUpload/<content hash>/)
+                    "model": sdk.Input(type="uri_file", path=plan.model, mode="download")},
+            outputs={"predictions": sdk.Output(type="uri_folder", mode="rw_mount", path=plan.predictions_uri)},
+            input_data="${{inputs.data}}",
+            instance_count=plan.instances,
+            max_concurrency_per_instance=plan.processes,
+            mini_batch_size=str(plan.mini_batch_size),
+            retry_settings={"max_retries": MAX_RETRIES, "timeout": MINI_BATCH_TIMEOUT},
+            error_threshold=ERROR_THRESHOLD,
+            logging_level="INFO",
+            environment_variables={"PYTHONUNBUFFERED": "1"},
+            task=RunFunction(
+                code=str(remote_scripts_dir()),
+                entry_script=ENTRY_SCRIPT,
+                program_arguments=plan.program_arguments(),
+                append_row_to="${{outputs.predictions}}",
+                # the training job's environment (anonymous: reused while infra/docker is unchanged)
+                environment=Environment(build=BuildContext(path=str(docker_context_dir()),
+                                                           dockerfile_path=AZUREML_DOCKERFILE)),
+            ),
+        )
+        job = PipelineJob(
+            name=plan.name, display_name=plan.run_id, experiment_name=plan.experiment,
+            description=f"orchestrate score: {plan.source}/{plan.prefix}",
+            tags={"orchestrate.run_id": plan.run_id, "orchestrate.kind": "score"},
+            compute=plan.compute.cluster, jobs={STEP: step},
+        )
+    errors = job_validation_errors(job)
+    if errors is not None:
+        raise UserError(f"invalid Azure ML job: {errors}")
+    return job
+
+
+def export_score_yaml(job, path):
+    """Write the pipeline job as YAML that `az ml job create -f` and `load_job` accept; a local
+    model file is written as its plain path (which az ml uploads), not as `azureml:/path`, the
+    asset reference azure-ai-ml would make of it (notes section 9, gotcha 2)."""
+    with sdk_validation_errors():
+        data = job._to_dict()
+        model = job.jobs[STEP].inputs["model"]._data.path
+        if not REMOTE_PATH.match(model):
+            data["jobs"][STEP]["inputs"]["model"]["path"] = model
+        try:
+            write_yaml(path, data)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def describe_score(plan, settings=None):
+    """Human-readable lines: what a submit of `plan` would create and run."""
+    size = plan.compute.size
+    ws = settings.public() if settings else {}
+    model = plan.model if REMOTE_PATH.match(plan.model) else f"{plan.model} -> uploaded as the input 'model'"
+    lookup = "" if plan.datastore else f" ({plan.source!r}: a datastore, or the container of one; looked up at submit)"
+    lines = [
+        f"workspace:   {ws.get('workspace_name', '(not configured)')}"
+        + (f" (resource group {ws['resource_group']})" if ws.get("resource_group") else ""),
+        f"compute:     {plan.compute.cluster} = {size.name} ({size.vcpus} vCPUs), created if missing",
+        f"parallel:    {plan.instances} node(s) x {plan.processes} process(es), {plan.mini_batch_size} files per "
+        f"mini-batch, {MAX_RETRIES} retries of {MINI_BATCH_TIMEOUT} s, ONNX Runtime with {plan.threads} thread(s) "
+        "per process",
+        f"data:        {plan.data_uri}{lookup}",
+        f"model:       {model}",
+        f"predictions: {plan.predictions_uri}{APPEND_ROW_FILE} (append_row), downloaded to --out",
+        f"environment: built from {docker_context_dir()} ({AZUREML_DOCKERFILE}), as the training job's",
+        f"code:        {remote_scripts_dir()} (entry script {ENTRY_SCRIPT})",
+        f"experiment:  {plan.experiment}, pipeline job {plan.name} with the parallel step '{STEP}'",
+    ]
+    if plan.compute.notice:
+        lines.insert(0, plan.compute.notice)
+    return "\n".join(lines)
+
+
+def resolve_datastore(seam, name):
+    """The workspace's blob datastore named `name`, or the one whose container is `name`."""
+    stores = seam.list_datastores()
+    found = next((d for d in stores if d["name"] == name), None) \
+        or next((d for d in stores if d["container"] == name), None)
+    if found is None:
+        known = ", ".join(f"{d['name']} (container {d['container']})" for d in stores) or "none"
+        raise UserError(f"az://{name}/...: no datastore of workspace {seam.settings.workspace_name!r} has that "
+                        f"name or container (its blob datastores: {known})")
+    return found
+
+
+class ScoreRun:
+    """Submit a ScorePlan, follow the job to its end and write the predictions to `out`.
+
+    seam_factory(settings) -> a seam (seam.AzureSeam in use, a stand-in or a transport-backed one
+    in tests); ledger: where the run is recorded (orchestrator.ledger.Ledger); say: one line to the
+    user; approve: the CLI's confirmation before a cluster is created (None: create).
+    """
+
+    def __init__(self, settings, ledger, seam_factory=None, say=print, sleep=time.sleep, clock=time.monotonic,
+                 approve=None, poll=(5.0, 30.0)):
+        if seam_factory is None:
+            from .seam import AzureSeam as seam_factory
+        self.settings = settings.require("subscription_id", "resource_group", "workspace_name")
+        self.seam = seam_factory(self.settings)
+        self.ledger, self.say, self.sleep, self.clock = ledger, say, sleep, clock
+        self.approve, self.poll = approve, poll
+
+    def submit(self, plan, run_dir):
+        """Resolve the datastore, create the cluster when missing, record the run, submit the job.
+        Returns the plan with its datastore resolved."""
+        from ...ledger import RunRecord
+        from .backend import _write_state
+        from .provision import ensure_compute
+        from .seam import azure_errors
+
+        with azure_errors():
+            datastore = resolve_datastore(self.seam, plan.source)
+            plan = replace(plan, datastore=datastore["name"])
+            job = build_score_job(plan)
+            ensure_compute(self.seam, plan.compute, say=self.say, max_nodes=plan.instances, approve=self.approve)
+        state = {"job": plan.name, "studio_url": None, "compute": plan.compute.cluster, "datastore": datastore,
+                 "workspace": self.settings.public(), "kind": "score",
+                 "outputs": {"predictions": score_prefix(plan.run_id)}}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        _write_state(Path(run_dir), state)
+        self.ledger.add(RunRecord(run_id=plan.run_id, name=plan.run_id, backend="azure", status=QUEUED,
+                                  dataset=f"az://{plan.source}/{plan.prefix}", run_dir=str(run_dir),
+                                  remote_id=plan.name, params={"score": _plan_params(plan)}))
+        with azure_errors():
+            submitted = self.seam.submit(job)
+        state["studio_url"] = submitted["studio_url"]
+        _write_state(Path(run_dir), state)
+        again = "" if submitted.get("created", True) else " (already submitted: not created again)"
+        self.say(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
+        return plan
+
+    def follow(self, plan):
+        """Poll the job's status until it ends, saying each change; returns (the service's final
+        status, seconds followed). Ctrl-C detaches (the job goes on) and says how to come back."""
+        from .seam import azure_errors, terminal_statuses
+        from .tailer import map_status
+
+        stop, last, delay, started = terminal_statuses(), None, self.poll[0], self.clock()
+        try:
+            while True:
+                with azure_errors():
+                    status = self.seam.job_status(plan.name)
+                if status != last:
+                    self.say(f"Azure ML job: {status} ({int(self.clock() - started)} s)")
+                    last, delay = status, self.poll[0]
+                if map_status(status) in TERMINAL or status in stop:
+                    break
+                self.sleep(delay)
+                delay = min(delay * 1.5, self.poll[1])
+        except KeyboardInterrupt:
+            self.say(f"detached; the job goes on: `orchestrate status {plan.run_id}`, then "
+                     f"`orchestrate cancel {plan.run_id}` to stop it")
+            raise
+        if map_status(status) in TERMINAL:  # NotResponding, Paused: may recover, the ledger waits
+            self.ledger.update(plan.run_id, status=map_status(status))
+        return status, int(self.clock() - started)
+
+    def download(self, plan, run_dir, out):
+        """Fetch the append-row file into runs/<id>/outputs/ and write its rows to `out`.
+
+        Rows are written in path order (the runtime appends mini-batches as they finish), with
+        the az:// path of each image; the rows of files that are not images by name (imaging's
+        rule, as local scoring skips them) are dropped. Returns {rows, errors, skipped}.
+        """
+        from remote_scripts import imaging
+
+        from ...inference.score import write_rows
+        from ...storage.blob import download_prefix
+        from .seam import azure_errors
+
+        with azure_errors():
+            container = self.seam.container_client(resolve_datastore(self.seam, plan.datastore_name))
+        files = download_prefix(container, score_prefix(plan.run_id), Path(run_dir) / "outputs")
+        rows, skipped = [], 0
+        # the runtime's default name (parallel_run_step.txt) too, should it ignore ours
+        for path in [f for f in files if f.name == APPEND_ROW_FILE] or files:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not imaging.is_image_name(PurePosixPath(row["path"]).name):
+                    skipped += 1
+                    continue
+                rows.append(dict(row, path=f"az://{plan.source}/{plan.prefix}/{row['path']}"))
+        if not rows:
+            raise UserError(f"the job wrote no predictions for images under az://{plan.source}/{plan.prefix}"
+                            + (f" ({skipped} file(s) there are not images)" if skipped else ""))
+        rows.sort(key=lambda r: r["path"])
+        written, errors = write_rows(out, rows)
+        return {"rows": written, "errors": errors, "skipped": skipped}
+
+    def run(self, plan, run_dir, out):
+        """submit, follow, download: the whole `orchestrate score ... az://` on Azure ML.
+        A failed or canceled job is JobFailed (exit 1), with the service's error."""
+        from .seam import azure_errors
+
+        plan = self.submit(plan, run_dir)
+        status, seconds = self.follow(plan)
+        if status == "Failed":
+            with azure_errors():
+                error = self.seam.job_error(plan.name)
+            reason = f": {error['code'] or 'Error'}: {error['message']}" if error else ""
+            raise JobFailed(f"score job {plan.name} failed{reason}")
+        if status != "Completed":
+            raise JobFailed(f"score job {plan.name} is {status}: no predictions (`orchestrate status {plan.run_id}`)")
+        summary = self.download(plan, run_dir, out)
+        summary.update(run_id=plan.run_id, out=str(out), seconds=seconds,
+                       images_per_second=round(summary["rows"] / seconds, 2) if seconds > 0 else None)
+        self.say(f"{summary['rows']} image(s) scored ({summary['errors']} unreadable) in {seconds} s "
+                 f"on {plan.instances} node(s): {out}")
+        return summary
+
+
+def _plan_params(plan):
+    return {"model": plan.model, "data": f"az://{plan.source}/{plan.prefix}", "compute": plan.compute.cluster,
+            "instances": plan.instances, "processes": plan.processes, "mini_batch_size": plan.mini_batch_size,
+            "top_k": plan.top_k}

@@ -1,0 +1,111 @@
+"""`orchestrate score`: batch scoring of a folder into a predictions file, with progress and images/s.
+
+The rows are those of `predict --out` (orchestrator.inference.score); what this command adds is
+the shape of a long run: the decode/inference pipeline's batch size and threads, progress on
+stderr that suits a terminal as well as a CI log, and the throughput at the end.
+"""
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from ..inference.classifier import BATCH_SIZE
+from .azure_options import workspace_options
+from .common import print_json
+from .score_azure import pop_azure_values, refuse_azure_values
+
+AZURE_DATA = "az://"  # a blob prefix: scored on Azure ML as a parallel job
+
+
+class ScoreProgress:
+    """Progress of `total` images on stderr: render.progress_bars, a live bar on a terminal and
+    elsewhere (CI logs, `| tee`, notebooks) a plain, complete line at most every 10 s."""
+
+    def __init__(self, total, console=None, clock=time.monotonic):
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        from ..render import console_for, progress_bars
+
+        self.total = total
+        self.clock = clock
+        self.started = clock()
+        self.bars = progress_bars(console or console_for(stderr=True), TextColumn("  score"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                  TimeRemainingColumn(), clock=clock)
+
+    def __enter__(self):
+        self.bars.start()
+        self.task = self.bars.add_task("score", total=self.total, rate="", unit="images")
+        return self
+
+    def update(self, done):
+        elapsed = self.clock() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        self.bars.update(self.task, completed=done, rate=f"{rate:.1f} images/s")
+
+    def __exit__(self, *exc):
+        self.bars.stop()
+
+
+@click.command()
+@click.argument("model", metavar="MODEL_OR_RUN")
+@click.argument("data")
+@click.option("--out", type=click.Path(path_type=Path), metavar="FILE", required=True,
+              help="FILE.csv or FILE.jsonl: one row per image (path, label, score, top_k, error); an existing "
+                   "file is refused unless --force, and replaced only once every image is scored.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Labels kept per image.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=BATCH_SIZE, show_default=True,
+              help="Images per ONNX Runtime call (the CPU default; a GPU wants more, e.g. 64).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decoding threads [default: the CPUs this process may use].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (images, errors, seconds, images/s) as JSON.")
+@click.option("--compute", help="az:// DATA: compute alias or VM size of the parallel job. [default: cpu]")
+@click.option("--instances", type=click.IntRange(min=1), help="az:// DATA: nodes the mini-batches are spread over. "
+                                                               "[default: 1]")
+@click.option("--mini-batch-size", type=click.IntRange(min=1), help="az:// DATA: files per mini-batch. [default: 64]")
+@click.option("--yes", is_flag=True, default=None, help="az:// DATA: create a missing compute cluster without asking.")
+@workspace_options(location=False, prefix="az:// DATA: ")
+@click.option("--dry-run", is_flag=True, default=None,
+              help="az:// DATA: print the parallel job that would run; no cloud calls.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="az:// DATA, with --dry-run: write the job as Azure ML YAML (az ml job create -f FILE).")
+def score(model, data, out, force, top_k, batch_size, workers, as_json, **azure):
+    """Score every image of DATA (a folder, recursively, or one image) into a predictions file.
+
+    Images are decoded in a thread pool while ONNX Runtime computes batches, with memory bounded
+    whatever the number of images; unreadable images get an error row and the rest go on. Exit
+    code 0 when at least one image was scored, 2 when none could be.
+
+    \b
+    Example:
+      orchestrate score digits-20261123-101500-ab12 ./new-photos --out scores.csv
+      orchestrate score RUN az://workspaceblobstore/photos --out scores.csv --instances 4
+
+    DATA as az://DATASTORE/PREFIX (a blob folder of a workspace datastore) is scored on Azure ML
+    as a parallel job, the predictions downloaded to --out at the end.
+    """
+    values = pop_azure_values(azure)
+    if data.startswith(AZURE_DATA):
+        from .score_azure import score_on_azure
+
+        return score_on_azure(model, data, out, force=force, top_k=top_k, as_json=as_json, values=values)
+    refuse_azure_values(values)
+    from ..inference.classifier import OnnxClassifier
+    from ..inference.score import check_out, list_images, score_to_file
+    from .predict import resolve_model
+
+    out = check_out(out, force)
+    images = list_images([data])
+    classifier = OnnxClassifier(resolve_model(model))
+    with ScoreProgress(len(images)) as progress:
+        summary = score_to_file(classifier, images, out, top_k, batch_size, workers, on_progress=progress.update)
+    if as_json:
+        print_json(summary)
+    else:
+        click.echo(f"scored {summary['scored']} of {summary['images']} image(s) ({summary['errors']} unreadable) "
+                   f"in {summary['seconds']:.1f} s: {summary['images_per_second']:.1f} images/s; wrote {out}", err=True)
+    if not summary["scored"]:
+        raise UserError(f"no image could be read (the reasons are in {out})")

@@ -1,0 +1,316 @@
+"""`orchestrate serve`: one trained model behind HTTP, for programs (JSON) and for people (a page).
+
+The endpoints take an image as a multipart upload (field `file`) or as JSON `{"data": "<base64>"}`,
+the request shape of Model Builder's generated web API, so a client written for that API only
+changes its URL. Images go through remote_scripts.imaging, the decode the training job used, so
+the service answers what `orchestrate predict` answers for the same file.
+
+One ONNX Runtime session serves every request: its run is thread-safe, and decoding plus inference
+run in worker threads (at most one per CPU), off the event loop, so slow clients never stall the
+others and a queue of large uploads never holds more decoded images than there are cores. Input from the
+network is untrusted: bodies are capped in bytes before they are read whole, images in pixels by
+their header before they are decoded (a 100-byte PNG can claim 100000x100000 pixels), and every
+bad input is a 4xx answer `{"error": "..."}`, never a 500.
+"""
+import base64
+import binascii
+import json
+import os
+from importlib import resources
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from .classifier import EMPTY, TOO_LARGE, UNREADABLE, ImageRejected, OnnxClassifier, decode_threads
+from .serve_settings import CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS  # noqa: F401 (re-exported)
+
+DEFAULT_TOP_K = 5
+MAX_BATCH = 64                        # images per /predict/batch request
+# The answer to each reason the classifier's loader refuses an image for.
+STATUS_OF = {EMPTY: 400, TOO_LARGE: 413, UNREADABLE: 422}
+
+PAGE = "serve_page.html"
+JSON_TYPES = ("application/json",)
+FORM_TYPE = "multipart/form-data"
+
+
+class BadInput(Exception):
+    """A request the service refuses: answered with `status` and `{"error": message}`."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Scored(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    image: str | None = None  # the uploaded file's name, when it had one
+    label: str
+    score: float
+    top_k: list[Scored]
+
+
+class BatchItem(BaseModel):
+    """One image of a batch: its prediction, or why it could not be read (the others still are)."""
+
+    image: str | None = None
+    label: str | None = None
+    score: float | None = None
+    top_k: list[Scored] | None = None
+    error: str | None = None
+
+
+class Predictor:
+    """The shared model: decodes request images and scores them with the one ORT session.
+
+    Images go through the classifier's own loader (its max_pixels checked from the header) and a
+    batch through its stream, as files do in `orchestrate predict`: one decode, one batching.
+    """
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def ranked(self, probs, top_k):
+        top = self.classifier.top_k(probs, min(top_k, len(self.classifier.labels)))
+        return {"label": top[0]["label"], "score": top[0]["score"], "top_k": top}
+
+    def predict_one(self, name, data, top_k):
+        """A prediction for one image; BadInput when it cannot be read."""
+        try:
+            pixels = self.classifier.load((name, data))
+        except ImageRejected as exc:
+            raise BadInput(STATUS_OF[exc.reason], exc.message) from None
+        probs = self.classifier.probabilities(pixels[np.newaxis])[0]
+        return {"image": name, **self.ranked(probs, top_k)}
+
+    def predict_many(self, items, top_k):
+        """One entry per (name, bytes) in order; an unreadable image gets an error, the rest a prediction.
+
+        One decode thread beside this one: the limiter already holds one prediction per CPU.
+        """
+        scored = self.classifier.stream(items, workers=1)
+        return [{"image": name, "error": error} if error else {"image": name, **self.ranked(probs, top_k)}
+                for (name, _), (probs, error) in zip(items, scored, strict=True)]
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body over max_bytes is refused with 413 before the app holds it all.
+
+    A declared Content-Length is checked before anything is read; a chunked body is counted as it
+    arrives and stopped at the limit (BadInput raised inside the endpoint that reads it).
+    """
+
+    def __init__(self, app, max_bytes):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def too_large(self):
+        return BadInput(413, f"request body larger than the limit of {self.max_bytes} bytes (--max-bytes)")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await send_json(send, 413, {"error": self.too_large().message})
+            return
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self.too_large()
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+async def send_json(send, status, body):
+    payload = json.dumps(body).encode()
+    # No `connection: close`: uvicorn then reads the rest of the body and discards it, and the client's
+    # connection stays open for its next request.
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def media_type(request):
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def unsupported(request):
+    got = media_type(request) or "none"
+    return BadInput(415, f"Content-Type must be {FORM_TYPE} (an image in the field 'file') or application/json "
+                         f"({{\"data\": \"<base64 image>\"}}), not {got}")
+
+
+def decode_base64(value, where):
+    """The bytes of a base64 string (a data: URL as a browser's FileReader makes it is accepted too)."""
+    if not isinstance(value, str):
+        raise BadInput(400, f"{where} must be a base64 string")
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)  # line breaks of `base64` allowed
+    except (binascii.Error, ValueError):
+        raise BadInput(400, f"{where} is not valid base64") from None
+
+
+async def json_body(request):
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput(400, "the body is not valid JSON") from None
+    except RecursionError:  # "[" * 5000: the parser recurses once per level
+        raise BadInput(400, "the JSON body is nested too deeply") from None
+
+
+async def uploaded(form, field):
+    """(file name, bytes) of each file uploaded in `field` of a parsed multipart form."""
+    parts = form.getlist(field)
+    if any(not isinstance(part, UploadFile) for part in parts):
+        raise BadInput(400, f"the form field '{field}' must be a file upload, not text")
+    return [(part.filename, await part.read()) for part in parts]
+
+
+async def one_image(request):
+    """(file name or None, bytes) of the single image of a /predict request."""
+    kind = media_type(request)
+    if kind == FORM_TYPE:
+        async with request.form(max_files=MAX_BATCH) as form:  # closing it removes spooled files
+            files = await uploaded(form, "file")
+        if not files:
+            raise BadInput(400, "no file in the form field 'file'")
+        if len(files) > 1:
+            raise BadInput(400, f"{len(files)} files in the field 'file': /predict takes one, /predict/batch several")
+        return files[0]
+    if kind in JSON_TYPES:
+        doc = await json_body(request)
+        if not isinstance(doc, dict) or "data" not in doc:
+            raise BadInput(400, 'the JSON body must be an object {"data": "<base64 image>"}')
+        return None, decode_base64(doc["data"], "data")
+    raise unsupported(request)
+
+
+async def many_images(request):
+    """[(file name or None, bytes)] of a /predict/batch request, at most MAX_BATCH of them."""
+    kind = media_type(request)
+    if kind == FORM_TYPE:
+        async with request.form(max_files=MAX_BATCH) as form:
+            files = await uploaded(form, "files")
+    elif kind in JSON_TYPES:
+        doc = await json_body(request)
+        if not isinstance(doc, list) or not all(isinstance(item, dict) and "data" in item for item in doc):
+            raise BadInput(400, 'the JSON body must be a list [{"data": "<base64 image>"}, ...]')
+        files = [(None, decode_base64(item["data"], f"item {i}: data")) for i, item in enumerate(doc)]
+    else:
+        raise unsupported(request)
+    if not files:
+        raise BadInput(400, "no images: send files in the form field 'files' or a non-empty JSON list")
+    if len(files) > MAX_BATCH:
+        raise BadInput(413, f"{len(files)} images, more than {MAX_BATCH} per request")
+    return files
+
+
+IMAGE_BODY = {
+    FORM_TYPE: {"schema": {"type": "object", "required": ["file"],
+                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": {"type": "object", "required": ["data"],
+                                    "properties": {"data": {"type": "string", "format": "base64"}}}},
+}
+BATCH_BODY = {
+    FORM_TYPE: {"schema": {"type": "object", "required": ["files"],
+                           "properties": {"files": {"type": "array",
+                                                    "items": {"type": "string", "format": "binary"}}}}},
+    "application/json": {"schema": {"type": "array", "items": IMAGE_BODY["application/json"]["schema"]}},
+}
+ERRORS = {status: {"description": why, "content": {"application/json": {"example": {"error": why}}}}
+          for status, why in [(400, "malformed body"), (413, "body or image too large"),
+                              (415, "neither multipart/form-data nor JSON"), (422, "not a readable image")]}
+
+
+def create_app(model_path, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS):
+    """The ASGI app serving the model at model_path (UserError when it is not a usable model)."""
+    classifier = OnnxClassifier(model_path, max_pixels=max_pixels)
+    predictor = Predictor(classifier)
+    # Predictions at once: one per CPU keeps every core busy (one decoding while another is in ONNX
+    # Runtime) and bounds the decoded images held in memory, however many requests are waiting.
+    limiter = anyio.CapacityLimiter(decode_threads())
+    page = resources.files(__package__).joinpath(PAGE).read_text(encoding="utf-8")
+    app = FastAPI(title="orchestrate serve", version="1",
+                  description=f"Image classification with `{classifier.path.name}`: "
+                              f"{len(classifier.labels)} labels, input {classifier.preprocess['size']}.")
+    app.add_middleware(BodySizeLimit, max_bytes=max_bytes)
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request, exc):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):  # 404, 405, a malformed multipart body (400) ...
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request, exc):
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": reasons}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc):  # a fault of the service itself, still answered in JSON
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return page
+
+    @app.get("/health")
+    async def health():
+        """Liveness: the model is loaded and answers."""
+        return {"status": "ok", "model": classifier.path.name, "labels": len(classifier.labels),
+                "input_size": classifier.preprocess["size"]}
+
+    @app.get("/labels")
+    async def labels():
+        """The model's labels, in the order of its output."""
+        return {"labels": classifier.labels}
+
+    @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, responses=ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": IMAGE_BODY}})
+    async def predict(request: Request, top_k: int = Query(DEFAULT_TOP_K, ge=1, description="labels returned")):
+        """Classify one image: a multipart upload in the field `file`, or JSON `{"data": "<base64>"}`."""
+        name, data = await one_image(request)
+        return await anyio.to_thread.run_sync(predictor.predict_one, name, data, top_k, limiter=limiter)
+
+    @app.post("/predict/batch", response_model=list[BatchItem], response_model_exclude_none=True,
+              responses=ERRORS, openapi_extra={"requestBody": {"required": True, "content": BATCH_BODY}})
+    async def predict_batch(request: Request, top_k: int = Query(DEFAULT_TOP_K, ge=1, description="labels returned")):
+        """Classify up to 64 images: files in the form field `files`, or a JSON list of `{"data": ...}`.
+
+        The answer has one entry per image, in order; an unreadable image gets an `error` entry and
+        the others are still classified, as with `orchestrate predict`.
+        """
+        items = await many_images(request)
+        return await anyio.to_thread.run_sync(predictor.predict_many, items, top_k, limiter=limiter)
+
+    return app
+
+
+def app_from_environment():
+    """create_app with the settings `orchestrate serve` put in CONFIG_ENV: uvicorn's factory for workers."""
+    config = json.loads(os.environ[CONFIG_ENV])
+    return create_app(config["model"], max_bytes=config["max_bytes"], max_pixels=config["max_pixels"])

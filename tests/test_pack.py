@@ -1,0 +1,195 @@
+"""Packing (orchestrator/dataset/pack.py) and reading packed data in the job (remote_scripts/packed_dataset.py)."""
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+
+from orchestrator.dataset.pack import pack_dataset
+from orchestrator.errors import UserError
+from remote_scripts import packed_dataset
+
+SHARD = 64 << 10
+
+
+def random_dataset(root, classes=("cat", "dog", "fox"), per_class=60, seed=0):
+    """Files named .png holding distinct random bytes: packing never decodes them."""
+    rng = __import__("random").Random(seed)
+    for label in classes:
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            (root / label / f"{i:03d}.png").write_bytes(rng.randbytes(2000 + 37 * i))
+    return root
+
+
+def tree_bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def shard_names(out):
+    return {shard["name"] for shard in json.loads((out / "index.json").read_text())["shards"]}
+
+
+def test_layout_index_and_members_are_as_documented(tmp_path):
+    data = random_dataset(tmp_path / "pets", per_class=5)
+    result = pack_dataset(data, tmp_path / "out", shard_bytes=SHARD)
+    doc = packed_dataset.read_index(str(tmp_path / "out"))
+    assert doc["classes"] == ["cat", "dog", "fox"] and result.files == len(doc["files"]) == 15
+    assert [f["path"] for f in doc["files"]] == sorted(f["path"] for f in doc["files"])
+    for shard in doc["shards"]:
+        path = tmp_path / "out" / "shards" / shard["name"]
+        assert shard["name"] == shard["sha256"] + ".tar" == hashlib.sha256(path.read_bytes()).hexdigest() + ".tar"
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+        assert [m.name for m in members] == sorted(m.name for m in members) and len(members) == shard["count"]
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+    for row in doc["files"]:
+        source = (data / row["path"]).read_bytes()
+        blob = (tmp_path / "out" / "shards" / row["shard"]).read_bytes()[row["offset"]:row["offset"] + row["size"]]
+        assert blob == source and row["sha256"] == hashlib.sha256(source).hexdigest()
+    assert packed_dataset.is_packed(str(tmp_path / "out")) and not packed_dataset.is_packed(str(data))
+
+
+def test_packing_is_deterministic_across_runs_and_places(tmp_path):
+    data = random_dataset(tmp_path / "a" / "pets")
+    pack_dataset(data, tmp_path / "one", shard_bytes=SHARD, cache=False)
+    pack_dataset(data, tmp_path / "two", shard_bytes=SHARD, cache=False)
+    copy = tmp_path / "b" / "elsewhere"
+    shutil.copytree(data, copy)
+    os.utime(copy / "cat" / "000.png", (1, 1))  # other file times: still the same bytes out
+    pack_dataset(copy, tmp_path / "three", shard_bytes=SHARD, cache=False)
+    first = tree_bytes(tmp_path / "one")
+    assert len(shard_names(tmp_path / "one")) > 4
+    assert first == tree_bytes(tmp_path / "two") == tree_bytes(tmp_path / "three")
+
+
+def test_identical_images_are_stored_once_and_two_labels_warned_about(tmp_path):
+    data = random_dataset(tmp_path / "pets", per_class=4)
+    shutil.copy(data / "cat" / "001.png", data / "dog" / "same-as-cat.png")
+    shutil.copy(data / "cat" / "002.png", data / "cat" / "again.png")
+    result = pack_dataset(data, tmp_path / "out", shard_bytes=SHARD)
+    assert (result.files, result.unique) == (14, 12)
+    assert [w for w in result.warnings if "identical" in w] == [
+        "identical image under labels cat, dog: cat/001.png, dog/same-as-cat.png"]
+    rows = {f["path"]: f for f in json.loads((tmp_path / "out" / "index.json").read_text())["files"]}
+    assert rows["dog/same-as-cat.png"]["label"] == "dog"
+    assert (rows["dog/same-as-cat.png"]["shard"], rows["dog/same-as-cat.png"]["offset"]) == \
+        (rows["cat/001.png"]["shard"], rows["cat/001.png"]["offset"])
+
+
+@pytest.mark.parametrize("change", ["add", "modify", "remove"])
+def test_a_small_change_rewrites_one_shard(tmp_path, change):
+    data = random_dataset(tmp_path / "pets")
+    out = tmp_path / "out"
+    pack_dataset(data, out, shard_bytes=SHARD)
+    before = shard_names(out)
+    if change == "add":
+        (data / "dog" / "new.png").write_bytes(os.urandom(3000))
+    elif change == "modify":
+        (data / "dog" / "010.png").write_bytes(os.urandom(2500))
+    else:
+        (data / "fox" / "020.png").unlink()
+    result = pack_dataset(data, out, shard_bytes=SHARD)
+    after = shard_names(out)
+    assert len(before) > 8
+    assert result.shards_written == 1 and len(after - before) == 1 and len(before - after) == 1
+    assert {p.name for p in (out / "shards").iterdir()} == after  # shards of the old index are gone
+    unchanged = pack_dataset(data, out, shard_bytes=SHARD)
+    assert unchanged.shards_written == 0
+
+
+def test_shards_stay_within_the_size(tmp_path):
+    data = random_dataset(tmp_path / "pets", per_class=80)
+    pack_dataset(data, tmp_path / "out", shard_bytes=SHARD)
+    sizes = [s["size"] for s in json.loads((tmp_path / "out" / "index.json").read_text())["shards"]]
+    assert max(sizes) <= SHARD + 10240  # plus the tar end-of-archive blocks
+
+
+def test_max_side_downscales_keeping_the_aspect(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "pics"
+    for label, size in (("wide", (400, 100)), ("small", (20, 30))):
+        (data / label).mkdir(parents=True)
+        Image.new("RGB", size, (200, 10, 10)).save(data / label / "a.jpg")
+        Image.new("RGB", size, (10, 200, 10)).save(data / label / "b.png")
+    pack_dataset(data, tmp_path / "out", max_side=64)
+    dataset = packed_dataset.PackedDataset(str(tmp_path / "out"))
+    sizes = {path: Image.open(dataset.open(path)).size for path in dataset.by_path}
+    assert sizes == {"wide/a.jpg": (64, 16), "wide/b.png": (64, 16), "small/a.jpg": (20, 30), "small/b.png": (20, 30)}
+    assert "source_sha256" in dataset.by_path["wide/a.jpg"] and "source_sha256" not in dataset.by_path["small/a.jpg"]
+    first = tree_bytes(tmp_path / "out")
+    pack_dataset(data, tmp_path / "again", max_side=64)
+    assert tree_bytes(tmp_path / "again") == first
+
+
+def test_bad_input_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="data folder not found"):
+        pack_dataset(tmp_path / "missing", tmp_path / "out")
+    data = random_dataset(tmp_path / "pets", per_class=2)
+    with pytest.raises(UserError, match="inside the data folder"):
+        pack_dataset(data, data / "packed")
+    with pytest.raises(UserError, match="at least"):
+        pack_dataset(data, tmp_path / "out", shard_bytes=1000)
+
+
+def test_job_reads_a_packed_folder_with_the_loose_folders_split_and_cache_entry(tmp_path):
+    import argparse
+
+    from imagegen import make_dataset
+    from remote_scripts import folder_dataset, imagecache
+    from remote_scripts.runtime import Dist
+    from test_image_cache import RecordingReport
+
+    data = make_dataset(tmp_path / "colours", per_class=6, corrupt=2)
+    pack_dataset(data, tmp_path / "packed")
+
+    def args(folder):
+        return argparse.Namespace(data=str(folder), cache_dir=str(tmp_path / "cache"), cache_size_gb=20.0, workers=2,
+                                  image_size=16, val_fraction=0.2, test_fraction=0.2, seed=0)
+
+    packed = imagecache.load_data(args(tmp_path / "packed"),
+                                  packed_dataset.PackedDataset(str(tmp_path / "packed")).scan(), Dist(), RecordingReport())
+    loose_report = RecordingReport()
+    loose = imagecache.load_data(args(data), folder_dataset.scan(str(data)), Dist(), loose_report)
+    assert packed.lease.key == loose.lease.key  # one cache entry for both copies
+    assert packed.split_digest() == loose.split_digest() and packed.skipped == loose.skipped
+    assert len(packed.skipped) == 2
+    # decoded from the shards, the pixels equal a fresh decode of the loose files
+    shutil.rmtree(tmp_path / "cache")
+    fresh = imagecache.load_data(args(tmp_path / "packed"),
+                                 packed_dataset.PackedDataset(str(tmp_path / "packed")).scan(), Dist(), RecordingReport())
+    assert (fresh.images[:] == loose.images[:]).all() and fresh.skipped == loose.skipped
+
+
+def test_train_script_on_a_packed_folder_gives_the_loose_folders_split_and_metrics(tmp_path):
+    import subprocess
+    import sys
+
+    from imagegen import make_dataset
+    from orchestrator.events import parse_line
+    from remote_scripts import train
+
+    data = make_dataset(tmp_path / "colours", per_class=8, corrupt=1, modes=True)
+    pack_dataset(data, tmp_path / "packed")
+
+    def run(folder, name):
+        out = tmp_path / name
+        result = subprocess.run(
+            [sys.executable, train.__file__, "--data", str(folder), "--output", str(out), "--arch", "resnet18",
+             "--weights", "none", "--image-size", "32", "--mode", "linear", "--epochs", "2", "--batch-size", "8",
+             "--cache-dir", str(tmp_path / f"cache-{name}"), "--workers", "1"],
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        events = [e for e in map(parse_line, result.stdout.splitlines()) if e]
+        start = next(e for e in events if e["type"] == "run_start")
+        return start, json.loads((out / "metrics.json").read_text()), (out / "predictions.csv").read_text()
+
+    packed_start, packed_metrics, packed_predictions = run(tmp_path / "packed", "packed")
+    loose_start, loose_metrics, loose_predictions = run(data, "loose")
+    assert packed_start["classes"] == loose_start["classes"]
+    assert packed_start["split"] == loose_start["split"]
+    assert packed_metrics == loose_metrics and len(packed_metrics["skipped"]) == 1
+    assert packed_predictions == loose_predictions

@@ -1,0 +1,194 @@
+"""Packed, content-addressed uploads to a real Azurite (tests/services/azurite.py): `data upload`,
+`data list`, `data gc` and storage/packed_blob.py."""
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from orchestrator.cli.main import main as orchestrate_main
+from orchestrator.dataset.pack import default_pack_dir, pack_dataset
+from orchestrator.storage import packed_blob
+from orchestrator.storage.blob import connect, parse_uri
+from orchestrator.storage.packed_blob import collect_garbage, list_datasets, upload_packed
+from services.azurite import ACCOUNT
+
+ORCHESTRATE = os.path.join(os.path.dirname(sys.executable), "orchestrate")
+SHARD = 64 << 10
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    rng = random.Random(1)
+    root = tmp_path / "pets"
+    for label in ("cat", "dog", "fox"):
+        (root / label).mkdir(parents=True)
+        for i in range(40):
+            (root / label / f"{i:03d}.png").write_bytes(rng.randbytes(3000 + 11 * i))
+    return root
+
+
+@pytest.fixture
+def env(azurite):
+    return {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+
+
+@pytest.fixture
+def container(env):
+    return connect(parse_uri(f"az://{ACCOUNT}/p{uuid.uuid4().hex[:12]}"), env)
+
+
+@pytest.fixture
+def counted(container, monkeypatch):
+    """Counts of the container's listing and upload calls."""
+    counts = {"list": 0, "upload": 0}
+    for method, key in (("list_blob_names", "list"), ("list_blobs", "list"), ("upload_blob", "upload")):
+        real = getattr(container, method)
+
+        def wrapper(*args, _real=real, _key=key, **kwargs):
+            counts[_key] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(container, method, wrapper)
+    return counts
+
+
+@pytest.fixture
+def run(monkeypatch, capsys):
+    def invoke(args, env):
+        monkeypatch.setattr(sys, "argv", ["orchestrate", *map(str, args)])
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit) as stop:
+            orchestrate_main()
+        out = capsys.readouterr()
+        return stop.value.code, out.out, out.err
+    return invoke
+
+
+def check_remote_against_source(container, prefix, data):
+    """Every shard blob's bytes hash to its name and metadata; the index is intact; every image's
+    bytes, cut from the downloaded shards, equal the source file."""
+    shards = {}
+    for blob in container.list_blobs(name_starts_with=f"{prefix}/shards/", include=["metadata"]):
+        content = container.download_blob(blob.name).readall()
+        digest = hashlib.sha256(content).hexdigest()
+        assert blob.name == f"{prefix}/shards/{digest}.tar" and blob.metadata["sha256"] == digest
+        shards[f"{digest}.tar"] = content
+    index_blob = container.get_blob_client(f"{prefix}/index.json")
+    raw = index_blob.download_blob().readall()
+    assert index_blob.get_blob_properties().metadata["sha256"] == hashlib.sha256(raw).hexdigest()
+    doc = json.loads(raw)
+    assert sorted(f["path"] for f in doc["files"]) == sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    for row in doc["files"]:
+        assert shards[row["shard"]][row["offset"]:row["offset"] + row["size"]] == (data / row["path"]).read_bytes()
+    return doc
+
+
+def test_first_upload_sends_shards_then_the_index_and_a_repeat_sends_nothing(tmp_path, dataset, container, counted):
+    pack = pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    first = upload_packed(tmp_path / "packed", container, "pets")
+    assert (first.shards_sent, first.bytes_sent, first.index_sent) == (pack.shards, pack.bytes, True)
+    assert pack.shards > 4
+    check_remote_against_source(container, "pets", dataset)
+    counted.update(list=0, upload=0)
+    again = upload_packed(tmp_path / "packed", container, "pets")
+    assert (again.shards_sent, again.bytes_sent, again.index_sent, again.shards_skipped) == (0, 0, False, pack.shards)
+    assert counted == {"list": 1, "upload": 0}
+
+
+def test_a_changed_image_re_sends_only_its_shard(tmp_path, dataset, container, counted):
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    upload_packed(tmp_path / "packed", container, "pets")
+    (dataset / "dog" / "007.png").write_bytes(os.urandom(3100))
+    pack = pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    counted.update(list=0, upload=0)
+    result = upload_packed(tmp_path / "packed", container, "pets")
+    doc = json.loads((tmp_path / "packed" / "index.json").read_text())
+    largest = max(s["size"] for s in doc["shards"])
+    assert pack.shards_written == 1 and result.shards_sent == 1  # its bucket's shard only
+    assert result.bytes_sent <= largest and result.index_sent
+    assert counted == {"list": 1, "upload": result.shards_sent + 1}
+    check_remote_against_source(container, "pets", dataset)
+
+
+def test_data_upload_packs_by_default_and_no_pack_keeps_the_loose_layout(dataset, container, env, run):
+    uri = f"az://{ACCOUNT}/{container.container_name}"
+    code, out, err = run(["data", "upload", dataset, "--to", f"{uri}/packed", "--shard-size", "0.0625", "--json"], env)
+    assert code in (0, None), err
+    summary = json.loads(out)
+    assert summary["shards_sent"] == summary["pack"]["shards"] > 1 and summary["images"] == 120
+    assert summary["uri"] == f"{uri}/packed"
+    check_remote_against_source(container, "packed", dataset)
+    code, out, err = run(["data", "upload", dataset, "--to", f"{uri}/loose", "--no-pack", "--json"], env)
+    assert code in (0, None), err
+    assert json.loads(out)["files_sent"] == 120
+    assert container.get_blob_client("loose/manifest.json").exists()
+    code, out, err = run(["data", "upload", dataset, "--to", f"{uri}/x", "--no-pack", "--max-side", "64"], env)
+    assert code == 2 and "packing options" in err and "Traceback" not in err
+
+
+def test_upload_killed_at_random_points_resumes_to_a_complete_copy(tmp_path, dataset, container, env):
+    """`orchestrate data upload` is killed (SIGKILL) several times while it packs and sends; each
+    rerun continues, and the final copy matches the source blob for blob."""
+    rng = random.Random(7)
+    for i in range(200):  # more data (10 MB): each run takes long enough to be killed in the middle
+        (dataset / "fox" / f"big{i:03d}.png").write_bytes(os.urandom(50_000))
+    command = [ORCHESTRATE, "data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/{container.container_name}/pets",
+               "--shard-size", "0.25"]
+    environment = {**os.environ, **env}
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.2, 1.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    done = subprocess.run(command + ["--json"], env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert kills >= 2
+    check_remote_against_source(container, "pets", dataset)
+    assert not any(p.name.startswith(".partial") for p in (default_pack_dir(dataset) / "shards").iterdir())
+    final = json.loads(done.stdout)
+    repeat = subprocess.run(command + ["--json"], env=environment, capture_output=True, text=True, timeout=120)
+    assert json.loads(repeat.stdout)["bytes_sent"] == 0 and final["images"] == 320
+
+
+def test_list_and_gc_remove_only_shards_no_index_names(tmp_path, dataset, container, env, run):
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    upload_packed(tmp_path / "packed", container, "pets")
+    (dataset / "cat" / "001.png").write_bytes(os.urandom(3000))
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    upload_packed(tmp_path / "packed", container, "pets")
+    container.upload_blob("orphan/shards/" + "0" * 64 + ".tar", b"never indexed")  # an unfinished upload
+    (listed,) = [d for d in list_datasets(container) if d.prefix == "pets"]
+    doc = json.loads((tmp_path / "packed" / "index.json").read_text())
+    assert (listed.kind, listed.images, listed.shards) == ("packed", 120, len(doc["shards"]))
+    assert listed.bytes == sum(s["size"] for s in doc["shards"]) and 1 <= listed.unreferenced_shards <= 2
+    uri = f"az://{ACCOUNT}/{container.container_name}"
+    code, out, err = run(["data", "list", "--to", uri], env)
+    assert code in (0, None) and "pets" in out and "orphan" in out and "incomplete" in out
+    recent = collect_garbage(container)  # everything is younger than the grace period
+    assert recent.removed == [] and recent.kept_recent == listed.unreferenced_shards + 1
+    code, out, err = run(["data", "gc", "--to", uri, "--grace-hours", "0", "--json"], env)
+    assert code in (0, None), err
+    removed = json.loads(out)["removed"]
+    assert len(removed) == listed.unreferenced_shards + 1 and "orphan/shards/" + "0" * 64 + ".tar" in removed
+    assert [d.unreferenced_shards for d in list_datasets(container)] == [0]
+    check_remote_against_source(container, "pets", dataset)  # what the index names is all still there
+
+
+def test_missing_credentials_and_bad_shards_are_one_line(tmp_path, dataset, container, run):
+    code, out, err = run(["data", "list"], {})
+    assert code == 2 and "no container" in err and "Traceback" not in err
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    shard = next((tmp_path / "packed" / "shards").iterdir())
+    shard.write_bytes(b"damaged")
+    with pytest.raises(packed_blob.UserError, match="does not match its name"):
+        upload_packed(tmp_path / "packed", container, "pets")
