@@ -9,6 +9,7 @@ predictions come back from Azurite through the datastore's own credential.
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,12 @@ from services.azurite import ACCOUNT, ACCOUNT_KEY
 
 from orchestrator.backends.azure import score_job
 from orchestrator.backends.azure.score_job import (APPEND_ROW_FILE, ScoreRun, build_score_job, describe_score,
-                                                   export_score_yaml, parse_data_uri, plan_score, score_prefix)
+                                                   export_score_yaml, parse_data_uri, plan_score, resolve_data,
+                                                   score_prefix)
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.errors import JobFailed, UserError
+from orchestrator.ledger import Ledger
 from orchestrator.paths import remote_scripts_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -32,10 +35,12 @@ RUN = "score-eurosat-20261202-061500-ab12"
 DATA = "az://workspaceblobstore/orchestrate/datasets/eurosat-1a2b3c4d"
 MODEL_URI = "azureml://datastores/workspaceblobstore/paths/orchestrate/runs/eurosat-1/model/model.onnx"
 WS = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
+CONTAINER = "azureml-blobstore-score"  # the container of the test workspace's workspaceblobstore
 
 
 def plan(**values):
-    return plan_score(values.pop("model", MODEL_URI), values.pop("data", DATA), run_id=RUN, **values)
+    return plan_score(values.pop("model", MODEL_URI), values.pop("data", DATA), run_id=values.pop("run_id", RUN),
+                      **values)
 
 
 # the entry script: init()/run() on a real model ----------------------------------------------
@@ -99,31 +104,6 @@ def test_entry_script_runs_from_the_code_folder_without_orchestrator(trained):
 
 
 # the job: a pipeline whose one step is a parallel job -------------------------------------------
-def test_the_job_is_a_parallel_step_with_the_batching_settings():
-    job = build_score_job(plan(compute="cpu", instances=3, processes=2, mini_batch_size=50, top_k=3))
-    assert job.type == "pipeline" and list(job.jobs) == ["score"]
-    assert (job.name, job.display_name, job.compute) == (RUN, RUN, "cpu")
-    step = job.jobs["score"]
-    assert step.type == "parallel"
-    assert (step.resources.instance_count, step.max_concurrency_per_instance, step.mini_batch_size) == (3, 2, 50)
-    assert (step.retry_settings.max_retries, step.retry_settings.timeout) == (3, 300)
-    assert step.error_threshold == 0 and step.input_data == "${{inputs.data}}"
-    task = step.task
-    assert task.entry_script == "score_entry.py" and (Path(task.code) / task.entry_script).is_file()
-    assert Path(task.code) == remote_scripts_dir()
-    assert task.append_row_to == "${{outputs.predictions}}"
-    assert task.program_arguments == ("--model ${{inputs.model}} --data ${{inputs.data}} --top-k 3 --threads 2 "
-                                      f"--append_row_file_name {APPEND_ROW_FILE}")
-    assert task.environment.build.dockerfile_path == "azureml.Dockerfile"
-    data, model = step.inputs["data"]._data, step.inputs["model"]._data
-    assert (data.type, data.mode, data.path) == (
-        "uri_folder", "ro_mount", "azureml://datastores/workspaceblobstore/paths/orchestrate/datasets/eurosat-1a2b3c4d/")
-    assert (model.type, model.mode, model.path) == ("uri_file", "download", MODEL_URI)
-    predictions = step.outputs["predictions"]._data
-    assert (predictions.type, predictions.mode) == ("uri_folder", "rw_mount")
-    assert predictions.path == f"azureml://datastores/workspaceblobstore/paths/{score_prefix(RUN)}/"
-
-
 def test_default_compute_is_a_cpu_cluster_with_a_process_per_two_vcpus():
     p = plan()
     assert (p.compute.cluster, p.compute.size.vcpus, p.instances, p.processes, p.threads) == ("cpu", 4, 1, 2, 2)
@@ -142,6 +122,9 @@ def test_exported_yaml_is_loaded_back_by_load_job(tmp_path):
     task = step.component.task  # the node's own `task` reads back as a plain mapping
     assert task.entry_script == "score_entry.py" and "--top-k 1" in task.program_arguments
     assert task.append_row_to == "${{outputs.predictions}}"
+    # what az ml uploads: the code snapshot holding the entry script, and the training image's build
+    assert Path(task.code) == remote_scripts_dir() and (Path(task.code) / "score_entry.py").is_file()
+    assert task.environment.build.dockerfile_path == "azureml.Dockerfile"
     assert step.inputs["model"].path == MODEL_URI
     assert step.inputs["data"].path.endswith("/paths/orchestrate/datasets/eurosat-1a2b3c4d/")
     assert job._validate().passed
@@ -165,7 +148,9 @@ def test_describe_names_what_would_run():
     body = "\n".join(rest)
     for expected in ("2 node(s) x 8 process(es), 64 files per mini-batch",
                      "data:        azureml://datastores/workspaceblobstore/paths/orchestrate/datasets/eurosat-1a2b3c4d/",
-                     "looked up at submit", f"model:       {MODEL_URI}", "score_entry.py", "pipeline job " + RUN):
+                     "offline, 'workspaceblobstore' is taken as a datastore name; a submit looks it up, and also "
+                     "accepts az://ACCOUNT/CONTAINER/PREFIX as `data upload` prints it",
+                     f"model:       {MODEL_URI}", "score_entry.py", "pipeline job " + RUN):
         assert expected in body
 
 
@@ -174,6 +159,7 @@ def test_describe_names_what_would_run():
     ({"data": "az://workspaceblobstore/a/../b"}, "expected az://DATASTORE/PREFIX"),
     ({"data": "https://x/y"}, "bad data URI"),
     ({"instances": 0}, "--instances must be at least 1"),
+    ({"processes": 0}, "--processes-per-node must be at least 1"),
     ({"mini_batch_size": 0}, "--mini-batch-size must be at least 1"),
     ({"compute": "nc12"}, "unknown compute"),
     ({"model": "/nonexistent/model.onnx"}, "no such file"),
@@ -200,6 +186,8 @@ def test_an_azure_runs_model_is_read_where_the_run_wrote_it(tmp_path):
 def test_data_uri_names_a_datastore_and_a_prefix():
     assert parse_data_uri("az://workspaceblobstore/a/b/") == ("workspaceblobstore", "a/b")
     assert parse_data_uri("az://azureml-blobstore-0a1b/images") == ("azureml-blobstore-0a1b", "images")
+    # `data upload`'s az://ACCOUNT/CONTAINER/PREFIX: which one it is, the submit decides (resolve_data)
+    assert parse_data_uri("az://devstoreaccount1/datasets/pets/") == ("devstoreaccount1", "datasets/pets")
 
 
 # the submission through the real SDK, the predictions from Azurite -------------------------------
@@ -254,11 +242,10 @@ def plane(azurite):
     from azure.storage.blob import ContainerClient
 
     plane = Plane()
-    container = "azureml-blobstore-score"
-    admin = ContainerClient.from_connection_string(azurite.connection_string, container)
+    admin = ContainerClient.from_connection_string(azurite.connection_string, CONTAINER)
     if not admin.exists():
         admin.create_container()
-    add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, container), key=ACCOUNT_KEY)
+    add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, CONTAINER), key=ACCOUNT_KEY)
     plane.computes["cpu"] = aml_compute("cpu", size="STANDARD_DS3_V2", max_nodes=4)
     plane.admin = admin
     return plane
@@ -277,48 +264,94 @@ def nothing_to_upload(monkeypatch):
     monkeypatch.setattr(score_job, "build_score_job", build)
 
 
-def test_submit_puts_a_pipeline_with_the_parallel_step_and_downloads_the_predictions(
-        tmp_path, plane, azurite, monkeypatch):
-    from orchestrator.ledger import Ledger
+def settings():
+    return Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws")
 
+
+def score_run(plane, azurite, said=None):
+    return ScoreRun(settings(), Ledger(), say=(said.append if said is not None else lambda line: None),
+                    sleep=lambda s: None, seam_factory=real_seam(plane, azurite.endpoint))
+
+
+def rows_file(rows):
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def row(path, label="a", error=None):
+    if error:
+        return {"path": path, "label": None, "score": None, "top_k": None, "error": error}
+    return {"path": path, "label": label, "score": 0.5, "top_k": [{"label": label, "score": 0.5}], "error": None}
+
+
+def test_the_put_body_holds_the_parallel_step_in_the_fields_the_service_reads(tmp_path, plane, azurite, monkeypatch):
+    """The step as azure-ai-ml sends it in PipelineJob.properties.jobs (a free-form object in the REST
+    model): Parallel._to_rest_object's snake_case keys, the keys of the parallel job YAML schema
+    (reference-yaml-job-parallel.md), with the command's values written out here."""
     nothing_to_upload(monkeypatch)
-    said = []
-    settings = Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws")
-    run = ScoreRun(settings, Ledger(), say=said.append, sleep=lambda s: None,
-                   seam_factory=real_seam(plane, azurite.endpoint))
-    run_dir = tmp_path / "runs" / RUN
-    submitted = run.submit(plan(instances=2, mini_batch_size=16), run_dir)
-    assert submitted.datastore == "workspaceblobstore"
-    assert [m for m, p in plane.requests if p.endswith(f"/jobs/{RUN}")] == ["GET", "PUT"]  # get-then-create
+    score_run(plane, azurite).submit(plan(compute="cpu", instances=3, processes=2, mini_batch_size=50, top_k=3),
+                                     tmp_path / "runs" / RUN)
     (name, body), = plane.job_puts
     props = body["properties"]
-    assert name == RUN and props["jobType"] == "Pipeline" and props["experimentName"] == "orchestrate"
+    assert name == RUN
+    assert (props["jobType"], props["displayName"], props["experimentName"]) == ("Pipeline", RUN, "orchestrate")
+    assert props["computeId"].endswith("/computes/cpu")
+    assert props["tags"] == {"orchestrate.run_id": RUN, "orchestrate.kind": "score"}
+    assert list(props["jobs"]) == ["score"]
     step = props["jobs"]["score"]
-    assert step["type"] == "parallel"
-    assert (step["resources"]["instance_count"], step["max_concurrency_per_instance"], step["mini_batch_size"]) == \
-        (2, 2, 16)
-    assert step["retry_settings"] == {"max_retries": 3, "timeout": 300} and step["error_threshold"] == 0
-    assert step["task"]["entry_script"] == "score_entry.py" and step["task"]["type"] == "run_function"
-    assert step["task"]["append_row_to"] == "${{outputs.predictions}}"
-    assert step["input_data"] == "${{inputs.data}}"
+    assert step["type"] == "parallel" and step["name"] == "score"
+    assert step["resources"] == {"instance_count": 3}     # nodes
+    assert step["max_concurrency_per_instance"] == 2      # processes per node
+    assert step["mini_batch_size"] == 50                  # files per run() call (a folder input)
+    assert step["retry_settings"] == {"max_retries": 3, "timeout": 300}  # tries of a mini-batch; s per run()
+    assert step["error_threshold"] == 0                   # a file without its row fails the job
+    assert step["logging_level"] == "INFO"
+    assert step["input_data"] == "${{inputs.data}}"       # the input cut into mini-batches
+    assert step["environment_variables"] == {"PYTHONUNBUFFERED": "1"}
+    # code and environment: ARM ids with the `azureml:` prefix Parallel._to_rest_object puts on them
+    assert step["task"] == {
+        "type": "run_function", "code": f"azureml:{WS}/codes/remote-scripts/versions/1",
+        "entry_script": "score_entry.py", "environment": f"azureml:{WS}/environments/orchestrate/versions/1",
+        "append_row_to": "${{outputs.predictions}}",
+        "program_arguments": "--model ${{inputs.model}} --data ${{inputs.data}} --top-k 3 --threads 2 "
+                             "--append_row_file_name predictions.jsonl"}
     assert step["inputs"]["data"] == {"job_input_type": "uri_folder", "mode": "ReadOnlyMount",
                                       "uri": "azureml://datastores/workspaceblobstore/paths/orchestrate/datasets/"
                                              "eurosat-1a2b3c4d/"}
-    assert step["inputs"]["model"]["uri"] == MODEL_URI and step["inputs"]["model"]["mode"] == "Download"
-    assert step["outputs"]["predictions"]["uri"].endswith(f"/paths/{score_prefix(RUN)}/")
+    assert step["inputs"]["model"] == {"job_input_type": "uri_file", "mode": "Download", "uri": MODEL_URI}
+    assert step["outputs"]["predictions"] == {
+        "job_output_type": "uri_folder", "mode": "ReadWriteMount",
+        "uri": f"azureml://datastores/workspaceblobstore/paths/orchestrate/scores/{RUN}/predictions/"}
     assert step["componentId"].startswith(f"{WS}/components/")
+    # the anonymous component the step runs: the same parallel settings, as its spec
     component = plane.component_puts[0]["properties"]["componentSpec"]
-    assert component["type"] == "parallel" and component["task"]["entry_script"] == "score_entry.py"
+    assert component["type"] == "parallel" and component["input_data"] == "${{inputs.data}}"
+    assert component["task"]["entry_script"] == "score_entry.py" and component["task"]["type"] == "run_function"
+    assert component["retry_settings"] == {"max_retries": 3, "timeout": 300}
+
+
+def test_submit_of_the_uri_data_upload_prints_then_download_of_the_predictions(tmp_path, plane, azurite, monkeypatch):
+    """az://ACCOUNT/CONTAINER/PREFIX, as `data upload` prints it, on the datastore's own account and
+    container: the datastore is found, the rows come back under the URI as given."""
+    nothing_to_upload(monkeypatch)
+    said = []
+    run = score_run(plane, azurite, said)
+    run_dir = tmp_path / "runs" / RUN
+    given = f"az://{ACCOUNT}/{CONTAINER}/orchestrate/datasets/eurosat-1a2b3c4d"
+    submitted = run.submit(plan(data=given, instances=2, mini_batch_size=16), run_dir)
+    assert (submitted.datastore, submitted.prefix, submitted.data) == (
+        "workspaceblobstore", "orchestrate/datasets/eurosat-1a2b3c4d", given)
+    assert [m for m, p in plane.requests if p.endswith(f"/jobs/{RUN}")] == ["GET", "PUT"]  # get-then-create
+    (_, body), = plane.job_puts
+    assert body["properties"]["jobs"]["score"]["inputs"]["data"]["uri"] == \
+        "azureml://datastores/workspaceblobstore/paths/orchestrate/datasets/eurosat-1a2b3c4d/"
     state = json.loads((run_dir / "azure.json").read_text())
     assert state["job"] == RUN and "ml.azure.com/runs/" in state["studio_url"] and ACCOUNT_KEY not in json.dumps(state)
+    assert Ledger().get(RUN).dataset == given
 
     # the job runs; its append-row file lands in the output folder
-    lines = [{"path": "b/2.jpg", "label": "b", "score": 0.75, "top_k": [{"label": "b", "score": 0.75}], "error": None},
-             {"path": "a/1.jpg", "label": "a", "score": 0.5, "top_k": [{"label": "a", "score": 0.5}], "error": None},
-             {"path": "a/bad.png", "label": None, "score": None, "top_k": None, "error": "cannot read image: x"},
-             {"path": "a/readme.txt", "label": None, "score": None, "top_k": None, "error": "not an image file"}]
-    plane.admin.upload_blob(f"{score_prefix(RUN)}/{APPEND_ROW_FILE}",
-                            "".join(json.dumps(line) + "\n" for line in lines), overwrite=True)
+    lines = [row("b/2.jpg", "b"), row("a/1.jpg"), row("a/bad.png", error="cannot read image: x"),
+             row("a/readme.txt", error="not an image file")]
+    plane.admin.upload_blob(f"{score_prefix(RUN)}/{APPEND_ROW_FILE}", rows_file(lines), overwrite=True)
     set_job_status(plane, RUN, "Completed")
     out = tmp_path / "predictions.csv"
     state, _ = run.follow(submitted)
@@ -327,8 +360,7 @@ def test_submit_puts_a_pipeline_with_the_parallel_step_and_downloads_the_predict
     assert summary == {"rows": 3, "errors": 1, "skipped": 1}
     text = out.read_text().splitlines()
     assert text[0] == "path,label,score,top_k,error"
-    prefix = "az://workspaceblobstore/orchestrate/datasets/eurosat-1a2b3c4d"
-    assert [line.split(",")[0] for line in text[1:]] == [f"{prefix}/a/1.jpg", f"{prefix}/a/bad.png", f"{prefix}/b/2.jpg"]
+    assert [line.split(",")[0] for line in text[1:]] == [f"{given}/a/1.jpg", f"{given}/a/bad.png", f"{given}/b/2.jpg"]
     assert Ledger().get(RUN).status == "completed"
     # `orchestrate status/cancel RUN` find the job from runs/<id>/azure.json, as for a training run
     from orchestrator.backends.azure import AzureBackend
@@ -340,12 +372,8 @@ def test_submit_puts_a_pipeline_with_the_parallel_step_and_downloads_the_predict
 def test_a_failed_job_is_exit_1_with_the_services_error(tmp_path, plane, azurite, monkeypatch):
     from azure_transport import run_error
 
-    from orchestrator.ledger import Ledger
-
     nothing_to_upload(monkeypatch)
-    settings = Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws")
-    run = ScoreRun(settings, Ledger(), say=lambda line: None, sleep=lambda s: None,
-                   seam_factory=real_seam(plane, azurite.endpoint))
+    run = score_run(plane, azurite)
     original = run.seam.job_status
 
     def fails(name):  # the service reports the failure on the first poll after the submit
@@ -357,21 +385,106 @@ def test_a_failed_job_is_exit_1_with_the_services_error(tmp_path, plane, azurite
     assert not (tmp_path / "p.csv").exists() and Ledger().get(RUN).status == "failed"
 
 
-def test_the_data_uri_names_a_datastore_or_its_container(plane):
-    from orchestrator.backends.azure.score_job import resolve_datastore
+def download(plane, azurite, tmp_path, run_id, blobs):
+    """Put `blobs` ({name: text}) in run_id's predictions folder and download them: (summary, out)."""
+    for name, text in blobs.items():
+        plane.admin.upload_blob(f"{score_prefix(run_id)}/{name}", text, overwrite=True)
+    resolved = replace(plan(run_id=run_id), datastore="workspaceblobstore")
+    out = tmp_path / "p.jsonl"
+    return score_run(plane, azurite).download(resolved, tmp_path / "runs" / run_id, out), out
 
-    seam = AzureSeam(Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws"),
-                     credential=StaticToken(), transport=plane)
-    assert resolve_datastore(seam, "workspaceblobstore")["container"] == "azureml-blobstore-score"
-    assert resolve_datastore(seam, "azureml-blobstore-score")["name"] == "workspaceblobstore"
-    with pytest.raises(UserError, match="az://elsewhere/...: no datastore of workspace 'ws' has that name or "
-                                        "container \\(its blob datastores: workspaceblobstore \\(container "
-                                        "azureml-blobstore-score\\)\\)"):
-        resolve_datastore(seam, "elsewhere")
+
+def test_download_reads_the_append_row_file_alone_and_keeps_the_last_row_of_a_retried_path(tmp_path, plane, azurite):
+    rows = [row("a/1.jpg", error="cannot read image: timeout"), row("b/2.jpg", "b"),
+            row("a/1.jpg", "a")]  # a/1.jpg's mini-batch was tried again: its second row is the one kept
+    summary, out = download(plane, azurite, tmp_path, "score-dedup-1", {
+        APPEND_ROW_FILE: rows_file(rows), "logs/overview.txt": "not rows", "notes.json": '{"no": "path"}\n'})
+    assert summary == {"rows": 2, "errors": 0, "skipped": 0}
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["path"].rsplit("/", 2)[-2:], r["label"], r["error"]) for r in got] == [
+        (["a", "1.jpg"], "a", None), (["b", "2.jpg"], "b", None)]
+
+
+def test_download_falls_back_to_the_runtimes_default_file_name(tmp_path, plane, azurite):
+    summary, _ = download(plane, azurite, tmp_path, "score-default-1",
+                          {"parallel_run_step.txt": rows_file([row("a/1.jpg")]), "other.txt": "x\n"})
+    assert summary == {"rows": 1, "errors": 0, "skipped": 0}
+
+
+@pytest.mark.parametrize("run_id,blobs,match", [
+    ("score-bad-1", {"other.txt": "x\n", "logs/job.log": "y\n"},
+     "the job wrote no predictions.jsonl \\(nor parallel_run_step.txt\\) in azureml://datastores/workspaceblobstore/"
+     "paths/orchestrate/scores/score-bad-1/predictions/ \\(found: job.log, other.txt\\)"),
+    ("score-bad-2", {APPEND_ROW_FILE: rows_file([row("a/1.jpg")]) + "Traceback (most recent call last):\n"},
+     "score-bad-2/outputs/predictions.jsonl, line 2: not a prediction row \\(a JSON object with a path\\): "
+     "'Traceback \\(most recent call last\\):'$"),
+    ("score-bad-3", {APPEND_ROW_FILE: rows_file([row("a/1.jpg")]) + '{"label": "a"}\n'},
+     "predictions.jsonl, line 2: not a prediction row"),
+    ("score-bad-4", {APPEND_ROW_FILE: "\n" + json.dumps([1, 2]) + "\n"},
+     "predictions.jsonl, line 2: not a prediction row"),
+    ("score-bad-5", {APPEND_ROW_FILE: b"\xff\xfe\x00"}, "predictions.jsonl: not UTF-8 text"),
+])
+def test_an_unreadable_predictions_file_is_a_user_error_naming_file_and_line(tmp_path, plane, azurite, run_id, blobs,
+                                                                              match):
+    with pytest.raises(UserError, match=match):
+        download(plane, azurite, tmp_path, run_id, blobs)
+
+
+def packed_index():
+    """The bytes of a packed dataset's index, as `data pack` writes them."""
+    from remote_scripts.packed_dataset import FORMAT, VERSION, index_bytes
+
+    return index_bytes({"format": FORMAT, "version": VERSION, "classes": ["a"], "shards": [], "files": [],
+                        "labels": "folder", "max_side": None, "shard_bytes": 1 << 26})
+
+
+def test_a_packed_prefix_is_refused_before_anything_is_created(tmp_path, plane, azurite, monkeypatch):
+    nothing_to_upload(monkeypatch)
+    plane.admin.upload_blob("packed/pets/index.json", packed_index(), overwrite=True)
+    plane.admin.upload_blob("packed/pets/shards/0a1b.tar", b"\0" * 1024, overwrite=True)
+    with pytest.raises(UserError) as refused:
+        score_run(plane, azurite).submit(plan(data="az://workspaceblobstore/packed/pets"), tmp_path / "runs" / RUN)
+    message = str(refused.value)
+    assert message.startswith("az://workspaceblobstore/packed/pets is a packed dataset (index.json and shards/*.tar)")
+    assert "score a folder of image files" in message and "orchestrate data upload DATA --no-pack" in message
+    assert "\n" not in message
+    assert plane.job_puts == [] and not [r for r in plane.requests if r[0] == "PUT"]  # no job, no cluster
+    assert Ledger().list() == [] and not (tmp_path / "runs" / RUN).exists()  # no run recorded
+
+
+def test_a_loose_folder_with_an_index_json_of_its_own_is_scored(tmp_path, plane, azurite, monkeypatch):
+    nothing_to_upload(monkeypatch)
+    plane.admin.upload_blob("loose/pets/index.json", b'{"images": 3}', overwrite=True)
+    submitted = score_run(plane, azurite).submit(plan(data="az://workspaceblobstore/loose/pets"), tmp_path / "r")
+    assert submitted.prefix == "loose/pets" and len(plane.job_puts) == 1
+
+
+def test_the_data_uri_names_a_datastore_a_storage_account_and_container_or_a_container(plane):
+    add_datastore(plane, datastore_body("archive", "otheraccount", "old-images", default=False), key=ACCOUNT_KEY)
+    seam = AzureSeam(settings(), credential=StaticToken(), transport=plane)
+
+    def resolved(uri):
+        store, prefix = resolve_data(seam, *parse_data_uri(uri))
+        return store["name"], prefix
+    assert resolved("az://workspaceblobstore/photos/2026") == ("workspaceblobstore", "photos/2026")
+    assert resolved(f"az://{ACCOUNT}/{CONTAINER}/photos/2026/") == ("workspaceblobstore", "photos/2026")
+    assert resolved("az://otheraccount/old-images/x") == ("archive", "x")
+    assert resolved(f"az://{CONTAINER}/photos") == ("workspaceblobstore", "photos")
+    known = ("\\(the blob datastores of workspace 'ws': workspaceblobstore \\(account devstoreaccount1, container "
+             "azureml-blobstore-score\\), archive \\(account otheraccount, container old-images\\)\\)")
+    with pytest.raises(UserError, match=f"^az://{ACCOUNT}/datasets/pets: no datastore is on container 'datasets' of "
+                                        f"storage account '{ACCOUNT}': register one for it "
+                                        f"\\(az ml datastore create\\) or upload to the container of one {known}$"):
+        resolved(f"az://{ACCOUNT}/datasets/pets")
+    with pytest.raises(UserError, match="^az://elsewhere/x: no datastore has that name or container, nor is on "
+                                        f"storage account 'elsewhere' {known}$"):
+        resolved("az://elsewhere/x")
+    with pytest.raises(UserError, match=f"az://{ACCOUNT}/{CONTAINER}: name the blob folder of the images"):
+        resolved(f"az://{ACCOUNT}/{CONTAINER}")
 
 
 # the command: `orchestrate score MODEL az://...` --------------------------------------------------
-def invoke(*args):
+def invoke(*args, command="score"):
     """The real entry point (orchestrator.cli.main.main: errors -> one line + exit code):
     (exit code, stdout + stderr)."""
     from unittest import mock
@@ -382,7 +495,7 @@ def invoke(*args):
 
     runner = CliRunner()
     with runner.isolation() as (out, err, _), \
-            mock.patch.object(sys, "argv", ["orchestrate", "score", *map(str, args)]):
+            mock.patch.object(sys, "argv", ["orchestrate", *command.split(), *map(str, args)]):
         try:
             main()
             code = 0
@@ -419,6 +532,8 @@ def test_a_file_that_is_no_model_is_refused_before_anything_is_planned(tmp_path)
     (["az://workspaceblobstore", "--dry-run"], "expected az://DATASTORE/PREFIX"),
     (["LOCAL", "--compute", "cpu"], "--compute: Azure ML option"),
     (["LOCAL", "--instances", "2", "--dry-run"], "--instances, --dry-run: Azure ML option"),
+    (["LOCAL", "--processes-per-node", "2"], "--processes-per-node: Azure ML option"),
+    (["az://workspaceblobstore/photos", "--processes-per-node", "0", "--dry-run"], "'--processes-per-node': 0"),
 ])
 def test_bad_azure_arguments_are_one_line_errors(tmp_path, args, match):
     model = tmp_path / "model.onnx"
@@ -427,3 +542,47 @@ def test_bad_azure_arguments_are_one_line_errors(tmp_path, args, match):
     args = [str(tmp_path / "images") if a == "LOCAL" else a for a in args]
     code, output = invoke(model, *args, "--out", tmp_path / "p.csv")
     assert code == 2 and match in output and "Traceback" not in output, output
+
+
+def test_processes_per_node_shares_the_nodes_vcpus(tmp_path, trained):
+    code, output = invoke(trained["model"], "az://workspaceblobstore/photos", "--out", tmp_path / "p.csv",
+                          "--processes-per-node", "4", "--dry-run")
+    assert code == 0, output
+    # cpu: 4 vCPUs among 4 processes, one ONNX Runtime thread each
+    assert "1 node(s) x 4 process(es), 64 files per mini-batch" in output
+    assert "ONNX Runtime with 1 thread(s) per process" in output
+
+
+def test_the_uris_data_upload_prints_packed_is_refused_and_loose_is_scored(tmp_path, plane, azurite, monkeypatch,
+                                                                          trained):
+    """The whole round trip: `orchestrate data upload` to the workspace datastore's container, then
+    `score` on the URI it printed, az://ACCOUNT/CONTAINER/PREFIX."""
+    from orchestrator.backends.azure import seam
+
+    nothing_to_upload(monkeypatch)
+    for name, value in (("AZURE_SUBSCRIPTION_ID", SUB), ("AZURE_RESOURCE_GROUP", "rg"), ("AZUREML_WORKSPACE_NAME", "ws"),
+                        ("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(seam, "AzureSeam", real_seam(plane, azurite.endpoint))
+    to = f"az://{ACCOUNT}/{CONTAINER}"
+    code, output = invoke(trained["data"], "--to", f"{to}/uploads/packed", command="data upload")
+    assert code == 0, output
+    packed, = [line for line in output.splitlines() if line.startswith("az://")]  # stdout: the URI alone
+    assert packed == f"{to}/uploads/packed"
+    code, output = invoke(trained["model"], packed, "--out", tmp_path / "p.csv", "--yes")
+    assert code == 2, output
+    assert output.strip() == (
+        f"error: {packed} is a packed dataset (index.json and shards/*.tar), which a parallel job cannot score: "
+        "it hands run() files, and these are shards; score a folder of image files instead, e.g. one uploaded "
+        "with `orchestrate data upload DATA --no-pack --to az://ACCOUNT/CONTAINER/PREFIX`")
+    assert plane.job_puts == [] and not (tmp_path / "p.csv").exists()
+
+    code, output = invoke(trained["data"], "--to", f"{to}/uploads/loose", "--no-pack", command="data upload")
+    assert code == 0, output
+    loose, = [line for line in output.splitlines() if line.startswith("az://")]
+    assert loose == f"{to}/uploads/loose"
+    submitted = score_run(plane, azurite).submit(plan(data=loose), tmp_path / "runs" / RUN)
+    assert (submitted.datastore, submitted.prefix) == ("workspaceblobstore", "uploads/loose")
+    (_, body), = plane.job_puts
+    assert body["properties"]["jobs"]["score"]["inputs"]["data"]["uri"] == \
+        "azureml://datastores/workspaceblobstore/paths/uploads/loose/"

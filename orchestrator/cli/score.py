@@ -65,6 +65,9 @@ class ScoreProgress:
 @click.option("--compute", help="az:// DATA: compute alias or VM size of the parallel job. [default: cpu]")
 @click.option("--instances", type=click.IntRange(min=1), help="az:// DATA: nodes the mini-batches are spread over. "
                                                                "[default: 1]")
+@click.option("--processes-per-node", "processes", type=click.IntRange(min=1),
+              help="az:// DATA: scoring processes per node, sharing its vCPUs for ONNX Runtime. "
+                   "[default: one per 2 vCPUs]")
 @click.option("--mini-batch-size", type=click.IntRange(min=1), help="az:// DATA: files per mini-batch. [default: 64]")
 @click.option("--yes", is_flag=True, default=None, help="az:// DATA: create a missing compute cluster without asking.")
 @workspace_options(location=False, prefix="az:// DATA: ")
@@ -84,8 +87,10 @@ def score(model, data, out, force, top_k, batch_size, workers, as_json, **azure)
       orchestrate score digits-20261123-101500-ab12 ./new-photos --out scores.csv
       orchestrate score RUN az://workspaceblobstore/photos --out scores.csv --instances 4
 
-    DATA as az://DATASTORE/PREFIX (a blob folder of a workspace datastore) is scored on Azure ML
-    as a parallel job, the predictions downloaded to --out at the end.
+    DATA as az://DATASTORE/PREFIX (a blob folder of a workspace datastore), or as
+    az://ACCOUNT/CONTAINER/PREFIX (what `data upload --no-pack` prints, on a datastore's storage
+    account and container), is scored on Azure ML as a parallel job, the predictions downloaded
+    to --out at the end. A packed dataset is refused: score a folder of image files.
     """
     values = pop_azure_values(azure)
     if data.startswith(AZURE_DATA):

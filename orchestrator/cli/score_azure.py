@@ -1,4 +1,5 @@
-"""`orchestrate score MODEL_OR_RUN az://DATASTORE/PREFIX`: the Azure ML branch of `score`.
+"""`orchestrate score MODEL_OR_RUN az://DATASTORE/PREFIX` (or az://ACCOUNT/CONTAINER/PREFIX, as
+`orchestrate data upload` prints it): the Azure ML branch of `score`.
 
 The job itself is orchestrator.backends.azure.score_job's; this module only turns the command's
 values into its plan, shows or exports it (--dry-run, --export: no cloud call), or runs it and
@@ -14,7 +15,8 @@ from .azure_options import workspace_flags
 from .common import print_json
 
 # options only a parallel job has, with their flags: any of them on a local folder is a mistake
-AZURE_ONLY = {"compute": "--compute", "instances": "--instances", "mini_batch_size": "--mini-batch-size",
+AZURE_ONLY = {"compute": "--compute", "instances": "--instances", "processes": "--processes-per-node",
+              "mini_batch_size": "--mini-batch-size",
               "dry_run": "--dry-run", "export_path": "--export", "yes": "--yes", "subscription_id": "--subscription-id",
               "resource_group": "--resource-group", "workspace_name": "--workspace", "profile": "--profile"}
 
@@ -28,7 +30,8 @@ def refuse_azure_values(values):
     """A local DATA with Azure-only options is a UserError naming them."""
     given = [AZURE_ONLY[name] for name, value in values.items() if value not in (None, False)]
     if given:
-        raise UserError(f"{', '.join(given)}: Azure ML option(s), for DATA given as az://DATASTORE/PREFIX; "
+        raise UserError(f"{', '.join(given)}: Azure ML option(s), for DATA given as az://DATASTORE/PREFIX or "
+                        "az://ACCOUNT/CONTAINER/PREFIX; "
                         "drop them to score a local folder")
 
 
@@ -73,7 +76,8 @@ def score_on_azure(model, data, out, *, force, top_k, as_json, values, runs_dir=
     _, prefix = parse_data_uri(data)
     run_id = new_run_id(f"score-{PurePosixPath(prefix).name}")
     plan = plan_score(azure_model(model), data, run_id=run_id, compute=values.get("compute"),
-                      instances=values.get("instances"), mini_batch_size=values.get("mini_batch_size"), top_k=top_k)
+                      instances=values.get("instances"), processes=values.get("processes"),
+                      mini_batch_size=values.get("mini_batch_size"), top_k=top_k)
     if dry_run:
         click.echo(describe_score(plan, settings))
         if export_path:

@@ -16,9 +16,38 @@ remote_scripts/, the job is named after its run id, runs/<id>/azure.json and the
 written before the submit, the submit is get-then-create (seam.submit), and the cluster is
 created when missing after the same quota-checked plan (provision.ensure_compute).
 
-`az://NAME/PREFIX`: NAME is a datastore of the workspace (`workspaceblobstore` is every
-workspace's default) or the blob container of one; a submit looks it up. `--dry-run`/`--export`
-make no call, so there NAME is taken as the datastore name.
+`az://NAME/PREFIX`, resolved at submit against the workspace's blob datastores (list_datastores):
+NAME is a datastore's name (`workspaceblobstore` is every workspace's default); else
+az://ACCOUNT/CONTAINER/PREFIX, the URI `orchestrate data upload` prints, names the datastore on
+that storage account and container; else NAME is the container of a datastore. `--dry-run`/
+`--export` make no call, so there NAME is taken as the datastore name, and the plan says so.
+A packed dataset prefix (remote_scripts/packed_dataset.py: index.json + shards/*.tar) is refused
+at submit: the runtime would hand run() the shards and the index, not images.
+
+Sources for the step's fields (names and meanings as the SDK sends them, checked by
+tests/test_azure_score.py on the PUT body):
+- PipelineJob REST model (Microsoft.MachineLearningServices, jobs/createOrUpdate): properties
+  jobType "Pipeline", `jobs` "Jobs construct the Pipeline Job" typed as a free-form object
+  (Record<string, any> in @azure/arm-machinelearning's PipelineJob interface,
+  learn.microsoft.com/javascript/api/@azure/arm-machinelearning/pipelinejob), so a step's keys
+  are those of azure-ai-ml's node serialization: azure/ai/ml/entities/_builders/parallel.py
+  Parallel._to_rest_object (componentId, retry_settings, logging_level, mini_batch_size,
+  partition_keys, identity, resources) and _picked_fields_from_dict_to_rest_object (type,
+  resources, error_threshold, mini_batch_error_threshold, environment_variables,
+  max_concurrency_per_instance, task, input_data), snake_case unlike the rest of the body.
+- CLI (v2) parallel job YAML schema, MicrosoftDocs/azure-ai-docs
+  articles/machine-learning/reference-yaml-job-parallel.md: input_data, mini_batch_size (a file
+  count for a folder input), mini_batch_error_threshold, logging_level, resources.instance_count,
+  max_concurrency_per_instance, retry_settings.max_retries / .timeout (seconds per run() call),
+  environment_variables; task: type run_function, code, entry_script, environment,
+  program_arguments, append_row_to; the predefined --error_threshold (failed items, counted as
+  the gap between a mini-batch's inputs and run()'s returns; -1 ignores all failures).
+- azure-ai-ml parallel_run_function reference (learn.microsoft.com/python/api/azure-ai-ml/
+  azure.ai.ml.parallel): the keyword arguments used below, mini_batch_size given as a string.
+- ParallelRunConfig reference (learn.microsoft.com/python/api/azureml-pipeline-steps/
+  azureml.pipeline.steps.parallelrunconfig) and the v1 ParallelRunStep how-to: append_row writes
+  one file of line-separated returns, named by append_row_file_name, default
+  parallel_run_step.txt (hence the download's fallback to that name).
 """
 import json
 import re
@@ -44,16 +73,19 @@ MINI_BATCH_TIMEOUT = 300              # seconds one run() call may take before i
 # one means its mini-batch failed every retry: the job fails rather than return a short file.
 ERROR_THRESHOLD = 0
 APPEND_ROW_FILE = "predictions.jsonl"  # the parallel runtime's --append_row_file_name
+DEFAULT_APPEND_ROW_FILE = "parallel_run_step.txt"  # its documented default, should it ignore ours
 _DATA_URI = re.compile(r"^az://(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*)(?:/(?P<prefix>.*))?$")
 
 
 def parse_data_uri(text):
-    """(datastore or container name, blob prefix without slashes at its ends) of az://NAME/PREFIX."""
+    """(first segment, the rest without slashes at its ends) of az://NAME/PREFIX: the datastore
+    and blob prefix, or the storage account and CONTAINER/PREFIX (resolve_data decides)."""
     match = _DATA_URI.match(text or "")
     prefix = (match.group("prefix") or "").strip("/") if match else ""
     if not match or not prefix or ".." in PurePosixPath(prefix).parts:
-        raise UserError(f"bad data URI {text!r}: expected az://DATASTORE/PREFIX, the blob folder of the images "
-                        f"on a datastore of the workspace (e.g. az://{DEFAULT_DATASTORE}/orchestrate/datasets/x)")
+        raise UserError(f"bad data URI {text!r}: expected az://DATASTORE/PREFIX (e.g. "
+                        f"az://{DEFAULT_DATASTORE}/orchestrate/datasets/x) or az://ACCOUNT/CONTAINER/PREFIX, "
+                        "the blob folder of the images")
     return match.group("name"), prefix
 
 
@@ -84,15 +116,16 @@ class ScorePlan:
     """One scoring job: what is scored with which model, where, in how many pieces."""
     run_id: str
     model: str                  # a local model.onnx (uploaded at submit) or an azureml:// URI
-    source: str                 # the datastore (or container) name of az://NAME/PREFIX
-    prefix: str
+    source: str                 # NAME of az://NAME/PREFIX: a datastore, storage account or container
+    prefix: str                 # the blob prefix in the datastore (resolve_data: after CONTAINER/)
+    data: str                   # the az:// URI as given (normalized), which the rows' paths extend
     compute: catalogue.Resolved
     instances: int = 1
     processes: int = 1          # worker processes per node (max_concurrency_per_instance)
     mini_batch_size: int = DEFAULT_MINI_BATCH
     top_k: int = 1
     experiment: str = DEFAULT_EXPERIMENT
-    datastore: str = None       # the resolved datastore; None: `source` taken as its name
+    datastore: str = None       # the resolved datastore; None (offline): `source` taken as its name
 
     @property
     def name(self):
@@ -125,7 +158,7 @@ def plan_score(model, data, *, run_id, compute=None, instances=None, processes=N
     """A ScorePlan from the command's values; bad ones are UserErrors before anything is built."""
     source, prefix = parse_data_uri(data)
     resolved = catalogue.resolve(compute or DEFAULT_COMPUTE)
-    for flag, value in (("--instances", instances), ("--processes", processes),
+    for flag, value in (("--instances", instances), ("--processes-per-node", processes),
                         ("--mini-batch-size", mini_batch_size), ("--top-k", top_k)):
         if value is not None and int(value) < 1:
             raise UserError(f"{flag} must be at least 1")
@@ -137,8 +170,8 @@ def plan_score(model, data, *, run_id, compute=None, instances=None, processes=N
         model = str(path)
     # one process per 2 vCPUs: decoding in one process overlaps inference in the other
     default_processes = max(1, resolved.size.vcpus // 2)
-    return ScorePlan(run_id=run_id, model=model, source=source, prefix=prefix, compute=resolved,
-                     instances=int(instances or 1), processes=int(processes or default_processes),
+    return ScorePlan(run_id=run_id, model=model, source=source, prefix=prefix, data=f"az://{source}/{prefix}",
+                     compute=resolved, instances=int(instances or 1), processes=int(processes or default_processes),
                      mini_batch_size=int(mini_batch_size or DEFAULT_MINI_BATCH), top_k=int(top_k or 1),
                      experiment=experiment or DEFAULT_EXPERIMENT)
 
@@ -152,7 +185,7 @@ def build_score_job(plan):
     with sdk_validation_errors():
         step = parallel_run_function(
             name=STEP,
-            display_name=f"score {plan.source}/{plan.prefix}",
+            display_name=f"score {plan.data}",
             description="orchestrate: batch scoring of images with an ONNX classifier",
             inputs={"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="ro_mount"),
                     # the SDK uploads a local file at submit (LocalUpload/<content hash>/)
@@ -178,7 +211,7 @@ def build_score_job(plan):
         )
         job = PipelineJob(
             name=plan.name, display_name=plan.run_id, experiment_name=plan.experiment,
-            description=f"orchestrate score: {plan.source}/{plan.prefix}",
+            description=f"orchestrate score: {plan.data}",
             tags={"orchestrate.run_id": plan.run_id, "orchestrate.kind": "score"},
             compute=plan.compute.cluster, jobs={STEP: step},
         )
@@ -208,7 +241,9 @@ def describe_score(plan, settings=None):
     size = plan.compute.size
     ws = settings.public() if settings else {}
     model = plan.model if REMOTE_PATH.match(plan.model) else f"{plan.model} -> uploaded as the input 'model'"
-    lookup = "" if plan.datastore else f" ({plan.source!r}: a datastore, or the container of one; looked up at submit)"
+    lookup = "" if plan.datastore else (
+        f" (offline, {plan.source!r} is taken as a datastore name; a submit looks it up, and also accepts "
+        "az://ACCOUNT/CONTAINER/PREFIX as `data upload` prints it, or a datastore's container)")
     lines = [
         f"workspace:   {ws.get('workspace_name', '(not configured)')}"
         + (f" (resource group {ws['resource_group']})" if ws.get("resource_group") else ""),
@@ -228,16 +263,73 @@ def describe_score(plan, settings=None):
     return "\n".join(lines)
 
 
+def _known_datastores(stores):
+    return ", ".join(f"{d['name']} (account {d['account']}, container {d['container']})" for d in stores) or "none"
+
+
 def resolve_datastore(seam, name):
     """The workspace's blob datastore named `name`, or the one whose container is `name`."""
     stores = seam.list_datastores()
     found = next((d for d in stores if d["name"] == name), None) \
         or next((d for d in stores if d["container"] == name), None)
     if found is None:
-        known = ", ".join(f"{d['name']} (container {d['container']})" for d in stores) or "none"
         raise UserError(f"az://{name}/...: no datastore of workspace {seam.settings.workspace_name!r} has that "
-                        f"name or container (its blob datastores: {known})")
+                        f"name or container (its blob datastores: {_known_datastores(stores)})")
     return found
+
+
+def resolve_data(seam, source, rest):
+    """(datastore, blob prefix) of az://SOURCE/REST against the workspace's blob datastores:
+    SOURCE a datastore's name (REST its prefix), else a storage account whose CONTAINER (REST's
+    first segment) a datastore is on (`data upload`'s az://ACCOUNT/CONTAINER/PREFIX), else a
+    datastore's container."""
+    stores = seam.list_datastores()
+    found = next((d for d in stores if d["name"] == source), None)
+    if found:
+        return found, rest
+    container, _, prefix = rest.partition("/")
+    found = next((d for d in stores if d["account"] == source and d["container"] == container), None)
+    if found:
+        if not prefix.strip("/"):
+            raise UserError(f"az://{source}/{container}: name the blob folder of the images in the container "
+                            f"(az://{source}/{container}/PREFIX)")
+        return found, prefix.strip("/")
+    found = next((d for d in stores if d["container"] == source), None)
+    if found:
+        return found, rest
+    on_account = [d for d in stores if d["account"] == source]
+    hint = (f"no datastore is on container {container!r} of storage account {source!r}: register one for it "
+            "(az ml datastore create) or upload to the container of one" if on_account else
+            f"no datastore has that name or container, nor is on storage account {source!r}")
+    raise UserError(f"az://{source}/{rest}: {hint} (the blob datastores of workspace "
+                    f"{seam.settings.workspace_name!r}: {_known_datastores(stores)})")
+
+
+def is_packed_prefix(container, prefix):
+    """True when the blob folder `prefix` holds a packed dataset: its index blob begins as
+    packed_dataset.index_bytes writes one (a loose folder may hold an index.json of its own)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    from remote_scripts.packed_dataset import INDEX_NAME, INDEX_START
+
+    try:
+        head = container.download_blob(f"{prefix}/{INDEX_NAME}", offset=0, length=len(INDEX_START)).readall()
+    except ResourceNotFoundError:
+        return False
+    except HttpResponseError as exc:
+        if exc.status_code == 416:  # an empty blob: no range to read
+            return False
+        raise
+    return head == INDEX_START
+
+
+def refuse_packed(plan):
+    from remote_scripts.packed_dataset import INDEX_NAME, SHARDS_DIR, SHARD_SUFFIX
+
+    return UserError(f"{plan.data} is a packed dataset ({INDEX_NAME} and {SHARDS_DIR}/*{SHARD_SUFFIX}), which a "
+                     "parallel job cannot score: it hands run() files, and these are shards; score a folder of "
+                     "image files instead, e.g. one uploaded with `orchestrate data upload DATA --no-pack --to "
+                     "az://ACCOUNT/CONTAINER/PREFIX`")
 
 
 class ScoreRun:
@@ -266,8 +358,11 @@ class ScoreRun:
         from .seam import azure_errors
 
         with azure_errors():
-            datastore = resolve_datastore(self.seam, plan.source)
-            plan = replace(plan, datastore=datastore["name"])
+            datastore, prefix = resolve_data(self.seam, plan.source, plan.prefix)
+            plan = replace(plan, datastore=datastore["name"], prefix=prefix)
+            # before anything is created: a packed prefix would give the job shards, not images
+            if is_packed_prefix(self.seam.container_client(datastore), plan.prefix):
+                raise refuse_packed(plan)
             job = build_score_job(plan)
             ensure_compute(self.seam, plan.compute, say=self.say, max_nodes=plan.instances, approve=self.approve)
         state = {"job": plan.name, "studio_url": None, "compute": plan.compute.cluster, "datastore": datastore,
@@ -276,7 +371,7 @@ class ScoreRun:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         _write_state(Path(run_dir), state)
         self.ledger.add(RunRecord(run_id=plan.run_id, name=plan.run_id, backend="azure", status=QUEUED,
-                                  dataset=f"az://{plan.source}/{plan.prefix}", run_dir=str(run_dir),
+                                  dataset=plan.data, run_dir=str(run_dir),
                                   remote_id=plan.name, params={"score": _plan_params(plan)}))
         with azure_errors():
             submitted = self.seam.submit(job)
@@ -316,7 +411,8 @@ class ScoreRun:
         """Fetch the append-row file into runs/<id>/outputs/ and write its rows to `out`.
 
         Rows are written in path order (the runtime appends mini-batches as they finish), with
-        the az:// path of each image; the rows of files that are not images by name (imaging's
+        the az:// path of each image; a mini-batch tried again appends its rows again, so the last
+        row of a path is the one kept; the rows of files that are not images by name (imaging's
         rule, as local scoring skips them) are dropped. Returns {rows, errors, skipped}.
         """
         from remote_scripts import imaging
@@ -328,19 +424,18 @@ class ScoreRun:
         with azure_errors():
             container = self.seam.container_client(resolve_datastore(self.seam, plan.datastore_name))
         files = download_prefix(container, score_prefix(plan.run_id), Path(run_dir) / "outputs")
+        by_path = {}
+        for path in append_row_files(files, plan):
+            for row in read_rows(path):
+                by_path[row["path"]] = row  # a path's last row: that of its mini-batch's last try
         rows, skipped = [], 0
-        # the runtime's default name (parallel_run_step.txt) too, should it ignore ours
-        for path in [f for f in files if f.name == APPEND_ROW_FILE] or files:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if not imaging.is_image_name(PurePosixPath(row["path"]).name):
-                    skipped += 1
-                    continue
-                rows.append(dict(row, path=f"az://{plan.source}/{plan.prefix}/{row['path']}"))
+        for name, row in by_path.items():
+            if not imaging.is_image_name(PurePosixPath(name).name):
+                skipped += 1
+                continue
+            rows.append(dict(row, path=f"{plan.data}/{name}"))
         if not rows:
-            raise UserError(f"the job wrote no predictions for images under az://{plan.source}/{plan.prefix}"
+            raise UserError(f"the job wrote no predictions for images under {plan.data}"
                             + (f" ({skipped} file(s) there are not images)" if skipped else ""))
         rows.sort(key=lambda r: r["path"])
         written, errors = write_rows(out, rows)
@@ -368,7 +463,39 @@ class ScoreRun:
         return summary
 
 
+def append_row_files(files, plan):
+    """The append-row file(s) among a score run's downloaded outputs: ours by name, else the
+    runtime's documented default name; nothing else in the folder is read."""
+    for name in (APPEND_ROW_FILE, DEFAULT_APPEND_ROW_FILE):
+        found = [f for f in files if f.name == name]
+        if found:
+            return found
+    present = ", ".join(sorted({f.name for f in files})[:5]) or "nothing"
+    raise UserError(f"the job wrote no {APPEND_ROW_FILE} (nor {DEFAULT_APPEND_ROW_FILE}) in {plan.predictions_uri} "
+                    f"(found: {present})")
+
+
+def read_rows(path):
+    """Each prediction row of an append-row file, in order; a line that is not one
+    (a JSON object with a string `path`) is a UserError naming the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not a predictions file") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+            shown = line if len(line) <= 80 else line[:77] + "..."
+            raise UserError(f"{path}, line {number}: not a prediction row (a JSON object with a path): {shown!r}")
+        yield row
+
+
 def _plan_params(plan):
-    return {"model": plan.model, "data": f"az://{plan.source}/{plan.prefix}", "compute": plan.compute.cluster,
-            "instances": plan.instances, "processes": plan.processes, "mini_batch_size": plan.mini_batch_size,
-            "top_k": plan.top_k}
+    return {"model": plan.model, "data": plan.data, "datastore": plan.datastore, "prefix": plan.prefix,
+            "compute": plan.compute.cluster, "instances": plan.instances, "processes": plan.processes,
+            "mini_batch_size": plan.mini_batch_size, "top_k": plan.top_k}
