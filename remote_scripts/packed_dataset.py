@@ -22,6 +22,12 @@ images always give byte-identical shards. The index (keys sorted, no timestamps)
     shards                    [{name, sha256, size, count, members}] (members: digest of the
                               sorted member names, which identifies a shard before it is written)
     labels, max_side, shard_bytes   how it was packed
+    encoder                   with max_side: the Pillow (and codec) versions that re-encoded the
+                              downscaled images, whose bytes depend on them (None without)
+
+parse_index checks all of it (shard names, rows naming listed shards within their size, labels
+among the classes, digests), so a damaged or hostile index is a DatasetError, not a traceback
+or a path outside the dataset.
 
 The job takes labels and paths from the index and the content digests that key its decoded-image
 cache too, so it hashes nothing, and a packed and a loose copy of the same images share a cache
@@ -31,6 +37,7 @@ import io
 import json
 from json.encoder import encode_basestring_ascii as _quote
 import os
+import re
 import threading
 
 try:  # imported as remote_scripts.packed_dataset by the client
@@ -44,6 +51,8 @@ INDEX_NAME = "index.json"
 SHARDS_DIR = "shards"
 SHARD_SUFFIX = ".tar"
 INDEX_START = f'{{"format":"{FORMAT}",'.encode()
+SHARD_NAME = re.compile(r"[0-9a-f]{64}\.tar")  # fullmatch: a shard's file name, never a path
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def index_path(root):
@@ -61,21 +70,87 @@ def is_packed(root):
 
 
 def read_index(root):
-    """The index document of the packed dataset in `root`; DatasetError when it is not one."""
+    """The index document of the packed dataset in `root`, checked (parse_index); DatasetError
+    when it is not one."""
     path = index_path(root)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise DatasetError(f"cannot read the dataset index {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise DatasetError(f"the dataset index {path} is not valid JSON ({exc})") from None
+    return parse_index(data, path)
+
+
+def parse_index(data, where):
+    """The index document in `data` (the bytes of an index.json), checked: the one parser of
+    indexes, for the job, the packer and the blob side. DatasetError naming `where` when it is
+    not an index of this version, or is damaged."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise DatasetError(f"the dataset index {where} is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not an index of a packed dataset")
+        raise DatasetError(f"{where} is not an index of a packed dataset")
     if doc.get("version") != VERSION:
-        raise DatasetError(f"{path} is a packed dataset of version {doc.get('version')}; this job reads "
+        raise DatasetError(f"{where} is a packed dataset of version {doc.get('version')!r}; this job reads "
                            f"version {VERSION} (pack it again with this version of orchestrate)")
+    problem = _index_problem(doc)
+    if problem:
+        raise DatasetError(f"the dataset index {where} is damaged: {problem} (pack the dataset again)")
     return doc
+
+
+def _count(value):
+    return type(value) is int and value >= 0
+
+
+def _index_problem(doc):
+    """What is wrong with an index document, or None."""
+    classes, shards, files = doc.get("classes"), doc.get("shards"), doc.get("files")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of names"
+    if not isinstance(shards, list) or not isinstance(files, list):
+        return "'shards' and 'files' must be lists"
+    max_side = doc.get("max_side")
+    if max_side is not None and not _count(max_side):
+        return f"'max_side' is {max_side!r}"
+    if not isinstance(doc.get("encoder"), (str, type(None))):
+        return f"'encoder' is {doc['encoder']!r}"
+    sizes = {}
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            return f"shards[{i}] is not an object"
+        name, digest = shard.get("name"), shard.get("sha256")
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name) or name in sizes:
+            return f"shards[{i}] has the name {name!r} (expected a unique <sha256>{SHARD_SUFFIX})"
+        if not isinstance(digest, str) or name != digest + SHARD_SUFFIX:
+            return f"shards[{i}] ({name}) has the sha256 {digest!r}, not its name's"
+        if not _count(shard.get("size")) or not _count(shard.get("count")):
+            return f"shards[{i}] ({name}) lacks a size or count"
+        if not isinstance(shard.get("members"), str) or not DIGEST.fullmatch(shard["members"]):
+            return f"shards[{i}] ({name}) lacks its members digest"
+        sizes[name] = shard["size"]
+    labels, paths, digest_ok = set(classes), set(), DIGEST.fullmatch
+    for i, row in enumerate(files):
+        if not isinstance(row, dict):
+            return f"files[{i}] is not an object"
+        path, digest, shard, offset, size = (row.get(k) for k in ("path", "sha256", "shard", "offset", "size"))
+        if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/") or path in paths:
+            return f"files[{i}] has the path {path!r} (expected a unique relative path)"
+        paths.add(path)
+        label = row.get("label")
+        if not isinstance(label, str) or label not in labels:
+            return f"files[{i}] ({path}) has the label {label!r}, which is not among the classes"
+        if not isinstance(digest, str) or not digest_ok(digest):
+            return f"files[{i}] ({path}) has the sha256 {digest!r}"
+        source = row.get("source_sha256", digest)
+        if not isinstance(source, str) or not digest_ok(source):
+            return f"files[{i}] ({path}) has the source_sha256 {source!r}"
+        if not isinstance(shard, str) or shard not in sizes:
+            return f"files[{i}] ({path}) names the shard {shard!r}, which the shards list lacks"
+        if not _count(offset) or not _count(size) or offset + size > sizes[shard]:
+            return f"files[{i}] ({path}) lies outside its shard (offset {offset!r}, size {size!r})"
+    return None
 
 
 def index_bytes(doc):

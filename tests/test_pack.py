@@ -193,3 +193,198 @@ def test_train_script_on_a_packed_folder_gives_the_loose_folders_split_and_metri
     assert packed_start["split"] == loose_start["split"]
     assert packed_metrics == loose_metrics and len(packed_metrics["skipped"]) == 1
     assert packed_predictions == loose_predictions
+
+
+# -- the folder --out: one dataset, refused when it is something else, locked while packing ----------
+
+def test_a_non_empty_out_that_holds_no_packed_dataset_is_refused(tmp_path):
+    data = random_dataset(tmp_path / "pets", per_class=3)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and holds no packed dataset"):
+        pack_dataset(data, tmp_path / "mine", shard_bytes=SHARD)
+    (tmp_path / "other" / "shards").mkdir(parents=True)
+    (tmp_path / "other" / "shards" / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="shards/photo.jpg"):
+        pack_dataset(data, tmp_path / "other", shard_bytes=SHARD)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "index.json").write_text('{"not": "ours"}')
+    with pytest.raises(UserError, match="holds no packed dataset"):
+        pack_dataset(data, tmp_path / "foreign", shard_bytes=SHARD)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        pack_dataset(data, tmp_path / "file", shard_bytes=SHARD)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and (tmp_path / "other" / "shards" / "photo.jpg").exists()
+    # an interrupted first pack (shards and a partial file, no index yet) is taken up again
+    (tmp_path / "interrupted" / "shards").mkdir(parents=True)
+    (tmp_path / "interrupted" / "shards" / ".partial-12345").write_bytes(b"half")
+    pack_dataset(data, tmp_path / "interrupted", shard_bytes=SHARD)
+    assert {p.name for p in (tmp_path / "interrupted" / "shards").iterdir()} == shard_names(tmp_path / "interrupted")
+
+
+def test_a_re_pack_removes_only_its_own_stale_files(tmp_path):
+    data = random_dataset(tmp_path / "pets")
+    out = tmp_path / "out"
+    pack_dataset(data, out, shard_bytes=SHARD)
+    old = shard_names(out)
+    (out / "shards" / "README.txt").write_text("the user's")
+    (out / "shards" / "sub").mkdir()
+    (out / "shards" / "sub" / "x").write_text("x")
+    (out / "shards" / ".partial-999999").write_bytes(b"of a pack that died")
+    (out / "notes.txt").write_text("the user's too")
+    (data / "dog" / "010.png").write_bytes(os.urandom(2500))
+    result = pack_dataset(data, out, shard_bytes=SHARD)
+    new = shard_names(out)
+    assert result.shards_written == 1 and len(old - new) == 1
+    assert {p.name for p in (out / "shards").iterdir()} == new | {"README.txt", "sub"}
+    assert (out / "notes.txt").exists() and (out / "shards" / "sub" / "x").exists()
+
+
+def test_a_pack_into_a_folder_another_pack_holds_is_refused(tmp_path):
+    import fcntl
+
+    data = random_dataset(tmp_path / "pets", per_class=3)
+    out = tmp_path / "out"
+    pack_dataset(data, out, shard_bytes=SHARD)
+    before = tree_bytes(out)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a concurrent pack holds it
+        with pytest.raises(UserError, match="another pack is writing to"):
+            pack_dataset(data, out, shard_bytes=SHARD)
+    finally:
+        os.close(fd)
+    assert tree_bytes(out) == before
+    assert pack_dataset(data, out, shard_bytes=SHARD).shards_written == 0
+
+
+def test_a_damaged_shard_of_the_same_size_is_written_again(tmp_path):
+    data = random_dataset(tmp_path / "pets")
+    out = tmp_path / "out"
+    pack_dataset(data, out, shard_bytes=SHARD)
+    before = tree_bytes(out)
+    shard = out / "shards" / sorted(shard_names(out))[0]
+    damaged = bytearray(shard.read_bytes())
+    damaged[700] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+    result = pack_dataset(data, out, shard_bytes=SHARD)
+    assert result.shards_written == 1 and tree_bytes(out) == before
+
+
+def big_jpegs(root):
+    from PIL import Image
+
+    for label, colour in (("red", (200, 10, 10)), ("green", (10, 200, 10))):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            image = Image.new("RGB", (200, 120), colour)
+            image.putpixel((i, i), (255, 255, 255))
+            image.save(root / label / f"{i}.jpg", quality=95)
+    return root
+
+
+def check_rows_match_bytes(out):
+    doc = packed_dataset.read_index(str(out))
+    for row in doc["files"]:
+        blob = (out / "shards" / row["shard"]).read_bytes()[row["offset"]:row["offset"] + row["size"]]
+        assert hashlib.sha256(blob).hexdigest() == row["sha256"]
+    return doc
+
+
+def test_max_side_after_an_encoder_upgrade_re_encodes_and_records_the_encoder(tmp_path, monkeypatch):
+    from orchestrator.dataset import pack
+
+    data = big_jpegs(tmp_path / "pics")
+    out = tmp_path / "out"
+    pack_dataset(data, out, max_side=64)
+    first = check_rows_match_bytes(out)
+    assert first["encoder"].startswith("Pillow ") and first["max_side"] == 64
+    assert pack_dataset(data, tmp_path / "plain").shards and \
+        packed_dataset.read_index(str(tmp_path / "plain"))["encoder"] is None
+    # another encoder version: the recorded digests are not reused, the new one is recorded
+    monkeypatch.setattr(pack, "JPEG_QUALITY", 70)  # what an upgraded encoder does: other bytes
+    monkeypatch.setattr(pack, "_encoder", lambda: "Pillow 99.0.0 (jpg 9)")
+    pack_dataset(data, out, max_side=64)
+    second = check_rows_match_bytes(out)
+    assert second["encoder"] == "Pillow 99.0.0 (jpg 9)"
+    assert {r["sha256"] for r in second["files"]}.isdisjoint(r["sha256"] for r in first["files"])
+    # other bytes under the same version string (a codec library changed beneath it): the shards
+    # to write re-encode, and the pack takes the new digests instead of failing
+    monkeypatch.setattr(pack, "JPEG_QUALITY", 50)
+    for shard in (out / "shards").iterdir():
+        shard.unlink()
+    pack_dataset(data, out, max_side=64)
+    third = check_rows_match_bytes(out)
+    assert {r["sha256"] for r in third["files"]}.isdisjoint(r["sha256"] for r in second["files"])
+    assert third["encoder"] == second["encoder"]
+
+
+# -- the index is checked before anything trusts it ---------------------------------------------------
+
+def _index_doc(tmp_path):
+    data = random_dataset(tmp_path / "pets", per_class=3)
+    pack_dataset(data, tmp_path / "out", shard_bytes=SHARD)
+    return json.loads((tmp_path / "out" / "index.json").read_text())
+
+
+DAMAGES = {
+    "shard name is a path": (lambda d: d["shards"][0].update(name="../../x"), "shards[0] has the name '../../x'"),
+    "row names a path": (lambda d: d["files"][0].update(shard="../../etc/passwd"), "names the shard"),
+    "label not a class": (lambda d: d["files"][0].update(label="wolf"), "label 'wolf'"),
+    "missing key": (lambda d: d["files"][1].pop("offset"), "outside its shard"),
+    "wrong type": (lambda d: d["files"][1].update(size="12"), "outside its shard"),
+    "beyond the shard": (lambda d: d["files"][2].update(offset=d["shards"][0]["size"] * 10), "outside its shard"),
+    "bad digest": (lambda d: d["files"][0].update(sha256="xyz"), "sha256 'xyz'"),
+    "classes not a list": (lambda d: d.update(classes="cat"), "'classes'"),
+    "shards missing": (lambda d: d.pop("shards"), "'shards' and 'files'"),
+    "row not an object": (lambda d: d["files"].__setitem__(0, 7), "files[0] is not an object"),
+    "absolute path": (lambda d: d["files"][0].update(path="/etc/passwd"), "relative path"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_index_is_a_dataset_error_not_a_traceback(tmp_path, damage):
+    from remote_scripts.folder_dataset import DatasetError
+
+    doc = _index_doc(tmp_path)
+    change, message = DAMAGES[damage]
+    change(doc)
+    data = json.dumps(doc).encode()
+    with pytest.raises(DatasetError, match="damaged") as caught:
+        packed_dataset.parse_index(data, "index.json")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    (tmp_path / "out" / "index.json").write_bytes(data)
+    with pytest.raises(DatasetError, match="damaged"):
+        packed_dataset.PackedDataset(str(tmp_path / "out"))
+
+
+def test_the_job_exits_2_on_a_damaged_index(tmp_path):
+    import subprocess
+    import sys
+
+    from remote_scripts import train
+
+    doc = _index_doc(tmp_path)
+    doc["shards"][0]["name"] = "../../outside.tar"
+    (tmp_path / "out" / "index.json").write_bytes(packed_dataset.index_bytes(doc))  # as packed: is_packed
+    result = subprocess.run([sys.executable, train.__file__, "--data", str(tmp_path / "out"), "--output",
+                             str(tmp_path / "model"), "--weights", "none", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "is damaged" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("size", ["nan", "inf", "-inf"])
+def test_pack_shard_size_that_is_not_a_number_is_one_line(tmp_path, monkeypatch, capsys, size):
+    import sys
+
+    from orchestrator.cli.main import main as orchestrate_main
+
+    data = random_dataset(tmp_path / "pets", per_class=2)
+    monkeypatch.setattr(sys, "argv", ["orchestrate", "data", "pack", str(data), "--out", str(tmp_path / "out"),
+                                      "--shard-size", size])
+    with pytest.raises(SystemExit) as stop:
+        orchestrate_main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--shard-size" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

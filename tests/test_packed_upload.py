@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -192,3 +193,166 @@ def test_missing_credentials_and_bad_shards_are_one_line(tmp_path, dataset, cont
     shard.write_bytes(b"damaged")
     with pytest.raises(packed_blob.UserError, match="does not match its name"):
         upload_packed(tmp_path / "packed", container, "pets")
+
+
+def test_a_shard_damaged_at_the_same_size_is_refused_then_re_packed_and_sent(tmp_path, dataset, container):
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    shard = sorted((tmp_path / "packed" / "shards").iterdir())[0]
+    damaged = bytearray(shard.read_bytes())
+    damaged[600] ^= 0x01  # one bit: the size, the name and the index are as they were
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(packed_blob.UserError, match="does not match its name"):
+        upload_packed(tmp_path / "packed", container, "pets")
+    assert pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD).shards_written == 1
+    upload_packed(tmp_path / "packed", container, "pets")
+    check_remote_against_source(container, "pets", dataset)
+
+
+# -- gc and uploads at once, called in the racy orders ---------------------------------------------------
+
+def later():
+    """A time at which every shard is older than the default grace period."""
+    return datetime.now(timezone.utc) + timedelta(hours=2)
+
+
+def index_shards(folder):
+    return {s["name"] for s in json.loads((folder / "index.json").read_text())["shards"]}
+
+
+def two_versions(tmp_path, dataset, container):
+    """Upload the dataset, then again with one image changed; (the image's first bytes, the shard
+    only the first index named: there, unreferenced)."""
+    original = (dataset / "dog" / "007.png").read_bytes()
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    first = index_shards(tmp_path / "packed")
+    upload_packed(tmp_path / "packed", container, "pets")
+    (dataset / "dog" / "007.png").write_bytes(os.urandom(3100))
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    upload_packed(tmp_path / "packed", container, "pets")
+    (only_first,) = first - index_shards(tmp_path / "packed")
+    assert container.get_blob_client(f"pets/shards/{only_first}").exists()
+    return original, only_first
+
+
+def back_to_the_first_version(tmp_path, dataset, original):
+    (dataset / "dog" / "007.png").write_bytes(original)
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+
+
+def test_gc_between_an_uploads_listing_and_its_index_cannot_break_the_dataset(tmp_path, dataset, container,
+                                                                              monkeypatch):
+    original, only_first = two_versions(tmp_path, dataset, container)
+    back_to_the_first_version(tmp_path, dataset, original)  # its shard is there: the upload skips it
+    real = packed_blob._recorded_digest
+    collected = []
+
+    def gc_first(*args):  # after the upload's listing, before its index
+        collected.append(collect_garbage(container, now=later()))
+        monkeypatch.setattr(packed_blob, "_recorded_digest", real)
+        return real(*args)
+
+    monkeypatch.setattr(packed_blob, "_recorded_digest", gc_first)
+    result = upload_packed(tmp_path / "packed", container, "pets")
+    assert f"pets/shards/{only_first}" in collected[0].removed  # gc did delete it meanwhile...
+    assert result.index_sent and result.shards_sent == 1  # ...and the upload sent it again
+    check_remote_against_source(container, "pets", dataset)
+
+
+def test_an_upload_between_gcs_listing_and_its_deletion_keeps_its_shards(tmp_path, dataset, container,
+                                                                         monkeypatch):
+    original, only_first = two_versions(tmp_path, dataset, container)
+    back_to_the_first_version(tmp_path, dataset, original)
+    real = packed_blob._read_stored_index
+    uploaded = []
+
+    def upload_meanwhile(client, folder):  # gc has listed and read the index: the upload runs now
+        found = real(client, folder)
+        monkeypatch.setattr(packed_blob, "_read_stored_index", real)
+        uploaded.append(upload_packed(tmp_path / "packed", container, "pets"))
+        return found
+
+    monkeypatch.setattr(packed_blob, "_read_stored_index", upload_meanwhile)
+    result = collect_garbage(container, now=later())
+    assert uploaded[0].shards_skipped == len(index_shards(tmp_path / "packed"))  # it took the shard as there
+    assert f"pets/shards/{only_first}" not in result.removed
+    check_remote_against_source(container, "pets", dataset)
+
+
+def test_a_shard_an_upload_claimed_after_gcs_listing_is_not_deleted(tmp_path, dataset, container, monkeypatch):
+    """An upload refreshes the shards it found before writing its index; gc deletes a shard only
+    while its ETag is the one it listed."""
+    _, only_first = two_versions(tmp_path, dataset, container)
+    real = packed_blob._scan_container
+
+    def claimed_meanwhile(client, prefix):
+        found = real(client, prefix)
+        assert packed_blob._touch(container, "pets", {"name": only_first, "sha256": only_first[:64]})
+        return found
+
+    monkeypatch.setattr(packed_blob, "_scan_container", claimed_meanwhile)
+    result = collect_garbage(container, now=later())
+    assert result.removed == [] and container.get_blob_client(f"pets/shards/{only_first}").exists()
+    monkeypatch.setattr(packed_blob, "_scan_container", real)
+    assert collect_garbage(container, now=later()).removed == [f"pets/shards/{only_first}"]
+
+
+def test_an_upload_deletes_the_old_shards_only_the_replaced_index_named(tmp_path, dataset, container):
+    _, only_first = two_versions(tmp_path, dataset, container)  # young: the second upload kept it
+    second = index_shards(tmp_path / "packed")
+    (dataset / "dog" / "007.png").write_bytes(os.urandom(3200))
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    (only_second,) = second - index_shards(tmp_path / "packed")
+    result = upload_packed(tmp_path / "packed", container, "pets", now=later())
+    assert (result.shards_deleted, result.shards_sent) == (1, 1)
+    assert not container.get_blob_client(f"pets/shards/{only_second}").exists()
+    assert container.get_blob_client(f"pets/shards/{only_first}").exists()  # no index it replaced: gc's
+    check_remote_against_source(container, "pets", dataset)
+
+
+def test_gc_pointed_below_a_dataset_keeps_what_its_index_names(tmp_path, dataset, container, env, run):
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    upload_packed(tmp_path / "packed", container, "pets")
+    uri = f"az://{ACCOUNT}/{container.container_name}/pets/shards"
+    code, out, err = run(["data", "gc", "--to", uri, "--grace-hours", "0", "--json"], env)
+    assert code in (0, None), err
+    assert json.loads(out)["removed"] == []
+    (listed,) = list_datasets(container, "pets/shards")
+    assert (listed.kind, listed.images, listed.unreferenced_shards) == ("packed", 120, 0)
+    check_remote_against_source(container, "pets", dataset)
+
+
+def test_a_foreign_index_json_is_left_alone_by_list_and_gc(tmp_path, dataset, container, env, run):
+    pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
+    upload_packed(tmp_path / "packed", container, "pets")
+    container.upload_blob("photos/index.json", b'{"my": "own index", "shards": []}')
+    container.upload_blob("photos/shards/" + "1" * 64 + ".tar", b"not ours to judge")
+    container.upload_blob("junk/index.json", b"\xff not json")
+    uri = f"az://{ACCOUNT}/{container.container_name}"
+    code, out, err = run(["data", "list", "--to", uri, "--json"], env)
+    assert code in (0, None), err
+    assert {d["prefix"]: d["kind"] for d in json.loads(out)} == {"pets": "packed", "photos": "unknown"}
+    code, out, err = run(["data", "gc", "--to", uri, "--grace-hours", "0", "--json"], env)
+    assert code in (0, None), err
+    summary = json.loads(out)
+    assert summary["removed"] == [] and summary["unreadable"] == ["photos"] and "Traceback" not in err
+    assert container.get_blob_client("photos/shards/" + "1" * 64 + ".tar").exists()
+
+
+def test_one_prefix_holds_one_layout(dataset, container, env, run):
+    uri = f"az://{ACCOUNT}/{container.container_name}"
+    code, out, err = run(["data", "upload", dataset, "--to", uri, "--shard-size", "0.0625"], env)  # prefix: pets
+    assert code in (0, None), err
+    code, out, err = run(["data", "upload", dataset, "--to", uri, "--no-pack"], env)
+    assert code == 2 and "holds a packed dataset" in err and "Traceback" not in err
+    assert not container.get_blob_client("pets/manifest.json").exists()
+    code, out, err = run(["data", "upload", dataset, "--to", f"{uri}/loose", "--no-pack"], env)
+    assert code in (0, None), err
+    code, out, err = run(["data", "upload", dataset, "--to", f"{uri}/loose"], env)
+    assert code == 2 and "--no-pack" in err and "Traceback" not in err
+    assert not container.get_blob_client("loose/index.json").exists()
+
+
+@pytest.mark.parametrize("size", ["nan", "inf"])
+def test_upload_shard_size_that_is_not_a_number_is_one_line(dataset, env, run, size):
+    code, out, err = run(["data", "upload", dataset, "--to", f"az://{ACCOUNT}/never", "--shard-size", size], env)
+    assert code == 2 and "--shard-size" in err and "Traceback" not in err

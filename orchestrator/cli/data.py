@@ -5,6 +5,7 @@ backend calls too. This module picks the target, draws the progress bars and pri
 """
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -55,19 +56,12 @@ def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
     from remote_scripts.folder_dataset import DatasetError, label_source_for_job
 
     from ..errors import UserError
-    from ..storage.blob import connect, default_account, parse_uri
+    from ..storage.blob import connect
+    from ..storage.packed_blob import check_layout
     from ..storage.upload_progress import UploadProgress
 
-    # azure.identity logs each failed sign-in attempt at WARNING; the error below says it in one line.
-    logging.getLogger("azure").setLevel(logging.ERROR)
     name = name or Path(data_dir).resolve().name
-    if not to:
-        account = default_account(os.environ)
-        if not account:
-            raise UserError(f"no upload target: pass --to az://ACCOUNT/CONTAINER[/PREFIX] or set {URI_ENV} "
-                            "(or AZURE_STORAGE_CONNECTION_STRING to use its account)")
-        to = f"az://{account}/{DEFAULT_CONTAINER}"
-    target = parse_uri(to, default_prefix=name)
+    target = _target_for(to, "upload target", default_prefix=name)
     try:
         labels = label_source_for_job(data_dir, labels)
     except DatasetError as exc:
@@ -77,10 +71,15 @@ def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
         return
     if max_side is not None or shard_size is not None:
         raise UserError("--max-side and --shard-size are packing options: drop them or --no-pack")
+
+    def open_container():  # a prefix holding a packed index is refused: the job would read that
+        container = connect(target, os.environ)
+        check_layout(container, target.prefix, packed=False)
+        return container
+
     with UploadProgress() as bars:
         try:
-            result = bars.upload(data_dir, target.prefix, lambda: connect(target, os.environ), name=name,
-                                 labels=labels)
+            result = bars.upload(data_dir, target.prefix, open_container, name=name, labels=labels)
         except KeyboardInterrupt:
             bars.stop()
             click.echo(f"interrupted ({bars.sent} file(s) confirmed sent); run the same command again to resume "
@@ -101,13 +100,15 @@ def _mb(n):
 
 def _upload_packed(data_dir, target, labels, max_side, shard_size, as_json):
     from ..storage.blob import connect
+    from ..storage.packed_blob import pack_and_upload
     from .dataset_progress import PackProgress
 
+    shard_bytes = _shard_bytes(shard_size)
     with PackProgress() as bars:
         try:
-            packed, result = bars.pack_and_upload(
+            packed, result = pack_and_upload(
                 data_dir, target.prefix, lambda: connect(target, os.environ), labels=labels, max_side=max_side,
-                shard_bytes=_shard_bytes(shard_size), say=lambda line: click.echo(line, err=True))
+                shard_bytes=shard_bytes, say=lambda line: click.echo(line, err=True), **bars.hooks())
         except KeyboardInterrupt:
             bars.stop()
             click.echo(f"interrupted ({bars.shards_sent} shard(s) confirmed sent); run the same command again to "
@@ -119,12 +120,19 @@ def _upload_packed(data_dir, target, labels, max_side, shard_size, as_json):
     click.echo(f"packed {packed.files} image(s) into {packed.shards} shard(s) ({packed.shards_written} rewritten); "
                f"sent {result.shards_sent} shard(s) ({_mb(result.bytes_sent)}), skipped {result.shards_skipped} "
                f"unchanged ({_mb(result.bytes_skipped)}), index {'sent' if result.index_sent else 'unchanged'}, "
+               f"deleted {result.shards_deleted} old shard(s) ({_mb(result.bytes_deleted)}), "
                f"in {result.seconds:.1f} s", err=True)
     click.echo(result.uri)
 
 
 def _shard_bytes(shard_size):
-    return None if shard_size is None else int(shard_size * (1 << 20))
+    from ..errors import UserError
+
+    if shard_size is None:
+        return None
+    if not math.isfinite(shard_size):
+        raise UserError(f"--shard-size {shard_size}: give a number of MB (default 64)")
+    return int(shard_size * (1 << 20))
 
 
 @data.command()
@@ -171,19 +179,28 @@ def pack(data_dir, out_dir, labels, max_side, shard_size, as_json):
     click.echo(result.out_dir)
 
 
-def _container_for(to):
-    """(ContainerClient, prefix) for --to, defaulting to the connection string's account."""
+def _target_for(to, what, default_prefix=""):
+    """The BlobTarget of --to, defaulting to container DEFAULT_CONTAINER of the connection
+    string's account; `what` names it in the error when there is neither."""
     from ..errors import UserError
-    from ..storage.blob import connect, default_account, parse_uri
+    from ..storage.blob import default_account, parse_uri
 
+    # azure.identity logs each failed sign-in attempt at WARNING; the errors say it in one line.
     logging.getLogger("azure").setLevel(logging.ERROR)
     if not to:
         account = default_account(os.environ)
         if not account:
-            raise UserError(f"no container: pass --to az://ACCOUNT/CONTAINER[/PREFIX] or set {URI_ENV} "
+            raise UserError(f"no {what}: pass --to az://ACCOUNT/CONTAINER[/PREFIX] or set {URI_ENV} "
                             "(or AZURE_STORAGE_CONNECTION_STRING to use its account)")
         to = f"az://{account}/{DEFAULT_CONTAINER}"
-    target = parse_uri(to)
+    return parse_uri(to, default_prefix=default_prefix)
+
+
+def _container_for(to):
+    """(ContainerClient, prefix) for --to (see _target_for)."""
+    from ..storage.blob import connect
+
+    target = _target_for(to, "container")
     return connect(target, os.environ), target.prefix
 
 
@@ -241,5 +258,8 @@ def gc(to, grace_hours, dry_run, as_json):
         click.echo(json.dumps(result.to_dict()))
         return
     verb = "would remove" if dry_run else "removed"
+    for folder in result.unreadable:
+        click.echo(f"warning: left the shards under '{folder or '/'}' alone: its index.json is not a packed "
+                   "dataset's index", err=True)
     click.echo(f"{verb} {len(result.removed)} unreferenced shard(s) ({_mb(result.bytes)}); kept "
                f"{result.kept_recent} younger than {grace_hours:g} h", err=True)

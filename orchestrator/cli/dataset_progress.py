@@ -55,10 +55,7 @@ class PackProgress:
         with self._lock:
             self.progress.advance(self.bytes_task, nbytes / 1024)
 
-    def pack_and_upload(self, data_dir, prefix, open_container, **options):
-        """storage.packed_blob.pack_and_upload, drawn: (PackResult, PackedUploadResult)."""
-        from ..storage.packed_blob import pack_and_upload
-
-        return pack_and_upload(data_dir, prefix, open_container, progress=self.phase,
-                               on_upload_start=self.start_upload, on_shard=self.shard, on_bytes=self.sent_bytes,
-                               **options)
+    def hooks(self):
+        """The callbacks of storage.packed_blob.pack_and_upload that draw these bars."""
+        return {"progress": self.phase, "on_upload_start": self.start_upload, "on_shard": self.shard,
+                "on_bytes": self.sent_bytes}

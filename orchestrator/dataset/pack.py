@@ -12,13 +12,21 @@ changed or removed image changes its own bucket's shard only (keyed by path, not
 edited image stays in its bucket). A bucket that outgrows the shard size is cut into parts in
 member order (a rare overflow, which then rewrites that bucket's parts after the change). A
 shard is identified, before it is written, by the digest of its sorted member names: a shard of
-the previous pack with the same members is kept as it is, so re-packing an unchanged dataset
-reads no image.
+the previous pack with the same members is kept as it is once its bytes hash to its name (a
+sequential read of each shard), so re-packing an unchanged dataset reads no image, and a damaged
+shard is written again.
+
+The folder is one dataset: a pack refuses a non-empty folder that holds none, locks it against a
+concurrent pack (fcntl), and removes from shards/ only shard files no index names and partial
+files of packs that died, never other files.
 """
 import hashlib
 import io
+import math
 import os
+import re
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +36,7 @@ from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
 
 from ..errors import UserError
 from ..paths import image_cache_dir
-from .manifest import manifest_from_scan
+from .manifest import manifest_from_scan, sha256_file
 
 DEFAULT_SHARD_MB = 64
 MIN_SHARD_BYTES = 64 << 10
@@ -36,6 +44,7 @@ PROGRESS_EVERY = 256  # files between progress calls: a bar update per file cost
 MEMBER_MODE = 0o644
 TEMPORARY_PREFIX = ".partial-"
 JPEG_QUALITY = 90  # a downscaled JPEG is re-encoded at this quality (Pillow's encoder is deterministic)
+PARTIAL_FILE = re.compile(re.escape(TEMPORARY_PREFIX) + r"[0-9]+")  # fullmatch: a pack's file being written
 
 
 @dataclass
@@ -53,6 +62,22 @@ class PackResult:
 
     def to_dict(self):
         return dict(self.__dict__)
+
+    @classmethod
+    def of_index(cls, out_dir, doc, shards_written=0, warnings=()):
+        """The summary of the packed dataset `out_dir` whose index is `doc`."""
+        return cls(out_dir=str(out_dir), files=len(doc["files"]), unique=sum(s["count"] for s in doc["shards"]),
+                   shards=len(doc["shards"]), shards_written=shards_written,
+                   shards_kept=len(doc["shards"]) - shards_written, bytes=sum(s["size"] for s in doc["shards"]),
+                   warnings=list(warnings))
+
+
+def packed_summary(out_dir):
+    """The PackResult of a folder packed already (nothing written); UserError when it is not one."""
+    try:
+        return PackResult.of_index(out_dir, layout.read_index(str(out_dir)))
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
 
 
 def default_pack_dir(data_dir):
@@ -86,18 +111,20 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
     max_side: downscale images whose longer side exceeds it (aspect kept; None: store the files
     as they are). cache: manifest.HashCache (None: the default one, False: none).
     progress: optional callable(phase, done, total) with phase "scan", "hash" or "pack".
-    Shards of an earlier pack in `out_dir` that the new index does not name are removed after the
-    index is written (the folder is one dataset). Raises UserError for unusable data.
+    Shard files of an earlier pack in `out_dir` that the new index does not name are removed
+    after the index is written (the folder is one dataset: a non-empty folder that holds no packed
+    dataset is refused, and the folder is locked while packing). Raises UserError for unusable data.
     """
     if max_side is not None and max_side < 16:
         raise UserError(f"--max-side {max_side}: give at least 16 pixels (or leave it out to keep sizes)")
-    if shard_bytes < MIN_SHARD_BYTES:
-        raise UserError(f"--shard-size must be at least {MIN_SHARD_BYTES / (1 << 20):g} MB")
+    if not shard_bytes >= MIN_SHARD_BYTES or math.isinf(shard_bytes):  # nan fails the first test
+        raise UserError(f"--shard-size must be a number of MB, at least {MIN_SHARD_BYTES / (1 << 20):g}")
     report = progress or (lambda phase, done, total: None)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
         raise UserError(f"--out {out_dir} is inside the data folder {data_dir}: the shards would be "
                         "scanned as data next time; choose a folder outside it")
+    _check_out_dir(out_dir)
     report("scan", 0, None)
     try:
         found = scan(str(data_dir), labels=labels)
@@ -115,15 +142,42 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
 
     manifest = manifest_from_scan(data_dir, found, labels=labels, cache=cache, progress=on_hashed)
     entries = [entry for entry in manifest.entries if entry.label]  # not the label table itself
-    previous = _previous_index(out_dir)
-    stored = _stored_contents(data_dir, entries, max_side, previous)
     warnings += _duplicate_warnings(entries)
+    with _locked(out_dir):
+        _check_out_dir(out_dir)  # again, now that no other pack can change it
+        previous = _previous_index(out_dir)
+        encoder = _encoder() if max_side is not None else None
+        pack = (data_dir, out_dir, entries, manifest.classes, labels, max_side, shard_bytes, encoder, previous, report)
+        try:
+            doc, written = _pack(*pack)
+        except _EncoderDrift:  # the recorded digests of downscaled copies are not what this encoder makes
+            doc, written = _pack(*pack, reuse_digests=False)
+        index = layout.index_bytes(doc)
+        if previous is None or (out_dir / layout.INDEX_NAME).read_bytes() != index:  # unchanged: nothing written
+            write_atomically(out_dir / layout.INDEX_NAME, index)
+        names = {shard["name"] for shard in doc["shards"]}
+        for path in (out_dir / layout.SHARDS_DIR).iterdir():
+            # shard files no index names, and files of packs that died (the lock excludes a live one)
+            ours = layout.SHARD_NAME.fullmatch(path.name) or PARTIAL_FILE.fullmatch(path.name)
+            if ours and path.name not in names and not path.is_dir():
+                path.unlink()
+    return PackResult.of_index(out_dir, doc, shards_written=written, warnings=warnings)
 
-    first = {}  # digest -> (member name, source path, stored size): one member per content
+
+class _EncoderDrift(Exception):
+    """A downscaled copy re-encoded from an unchanged source has other bytes than the previous
+    index recorded (a Pillow or codec upgrade): its digests cannot be reused."""
+
+
+def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, encoder, previous, report,
+          reuse_digests=True):
+    """Write the shards the index needs; (index document, shards written)."""
+    stored = _stored_contents(data_dir, entries, max_side, encoder, previous if reuse_digests else None)
+    first = {}  # digest -> (member name, source path, stored size, source digest): one member per content
     for entry in entries:  # in path order: the first path of a content names its extension
         digest, size = stored[entry.path]
-        first.setdefault(digest, (digest + _extension(entry.path), entry.path, size))
-    members = {name: (source, size) for name, source, size in first.values()}
+        first.setdefault(digest, (digest + _extension(entry.path), entry.path, size, entry.sha256))
+    members = {name: (source, size, source_digest) for name, source, size, source_digest in first.values()}
     unique = sorted(members)
     # errors="surrogateescape": a file name that is not UTF-8 is keyed by its own bytes
     keys = {name: hashlib.sha256(members[name][0].encode(errors="surrogateescape")).hexdigest() for name in unique}
@@ -133,14 +187,14 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
 
     shards_dir = out_dir / layout.SHARDS_DIR
     shards_dir.mkdir(parents=True, exist_ok=True)
-    kept = {shard["members"]: shard for shard in (previous or {}).get("shards", [])
-            if (shards_dir / shard["name"]).is_file() and (shards_dir / shard["name"]).stat().st_size == shard["size"]}
+    previous_shards = {shard["members"]: shard for shard in (previous or {}).get("shards", [])}
     previous_offsets = _offsets_by_shard(previous)
     shard_docs, placement, written, packed = [], {}, 0, 0
     for group in groups:
         key = shard_key(group)
-        if key in kept:
-            shard, offsets = kept[key], previous_offsets[kept[key]["name"]]
+        kept = previous_shards.get(key)
+        if kept and kept["name"] in previous_offsets and _intact(shards_dir / kept["name"], kept):
+            shard, offsets = kept, previous_offsets[kept["name"]]
         else:
             shard, offsets = _write_shard(shards_dir, group, members, data_dir, max_side)
             shard["members"] = key
@@ -160,20 +214,70 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
         if digest != entry.sha256:
             row["source_sha256"] = entry.sha256
         files.append(row)
-    doc = {"format": layout.FORMAT, "version": layout.VERSION, "classes": manifest.classes,
+    doc = {"format": layout.FORMAT, "version": layout.VERSION, "classes": classes,
            "labels": labels if labels in (FOLDER, FILENAME) else Path(labels).as_posix(),
-           "max_side": max_side, "shard_bytes": shard_bytes,
+           "max_side": max_side, "encoder": encoder, "shard_bytes": shard_bytes,
            "shards": sorted(shard_docs, key=lambda s: s["name"]), "files": files}
-    index = layout.index_bytes(doc)
-    if previous is None or (out_dir / layout.INDEX_NAME).read_bytes() != index:  # unchanged: nothing written
-        write_atomically(out_dir / layout.INDEX_NAME, index)
-    names = {shard["name"] for shard in shard_docs}
-    for path in shards_dir.iterdir():
-        if path.name not in names:
-            path.unlink()
-    return PackResult(out_dir=str(out_dir), files=len(files), unique=len(unique), shards=len(shard_docs),
-                      shards_written=written, shards_kept=len(shard_docs) - written,
-                      bytes=sum(s["size"] for s in shard_docs), warnings=warnings)
+    return doc, written
+
+
+def _intact(path, shard):
+    """True when the shard file of an earlier pack is there with the bytes its name says."""
+    try:
+        return path.stat().st_size == shard["size"] and sha256_file(path) == shard["sha256"]
+    except OSError:
+        return False
+
+
+def _check_out_dir(out_dir):
+    """Refuse an --out that is a file, or a non-empty folder that holds no packed dataset (an
+    interrupted first pack, shards/ with shard and partial files only, is taken up again)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder for the packed dataset")
+    if layout.is_packed(str(out_dir)):
+        return
+    shards_dir = out_dir / layout.SHARDS_DIR
+    foreign = [path.name for path in out_dir.iterdir() if path.name != layout.SHARDS_DIR or not path.is_dir()]
+    if not foreign and shards_dir.is_dir():
+        foreign = [f"{layout.SHARDS_DIR}/{path.name}" for path in shards_dir.iterdir()
+                   if not (layout.SHARD_NAME.fullmatch(path.name) or PARTIAL_FILE.fullmatch(path.name))]
+    if foreign:
+        raise UserError(f"--out {out_dir} is not empty and holds no packed dataset (it has '{sorted(foreign)[0]}'); "
+                        "choose a new or empty folder")
+
+
+@contextmanager
+def _locked(out_dir):
+    """Hold an exclusive lock on the folder (flock on the folder itself, no lock file) while
+    packing into it; UserError when another pack holds it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another pack is writing to {out_dir}; wait for it to finish, then run this "
+                            "again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _encoder():
+    """What the bytes of a downscaled copy depend on: the Pillow version and its codecs'."""
+    import PIL
+    from PIL import features
+
+    codecs = ", ".join(f"{name} {features.version(name)}" for name in ("jpg", "zlib", "webp", "libtiff")
+                       if features.version(name))
+    return f"Pillow {PIL.__version__} ({codecs})"
 
 
 def _extension(path):
@@ -195,16 +299,17 @@ def _offsets_by_shard(index):
     return offsets
 
 
-def _stored_contents(data_dir, entries, max_side, previous):
+def _stored_contents(data_dir, entries, max_side, encoder, previous):
     """{path: (sha256, size) of the bytes stored for it}: the file's own, or its downscaled copy.
 
     A downscaled copy's digest is taken from the previous index when it was made from the same
-    source at the same --max-side, so re-packing does not resize every image again.
+    source at the same --max-side by the same encoder, so re-packing does not resize every image
+    again (a shard that must be written re-encodes it and checks the digest: _EncoderDrift).
     """
     if max_side is None:
         return {entry.path: (entry.sha256, entry.size) for entry in entries}
     known = {}
-    if previous and previous.get("max_side") == max_side:
+    if previous and previous.get("max_side") == max_side and previous.get("encoder") == encoder:
         known = {row.get("source_sha256", row["sha256"]): (row["sha256"], row["size"]) for row in previous["files"]}
     stored = {}
     for entry in entries:
@@ -221,7 +326,11 @@ def _content(path, max_side):
     An image that cannot be decoded is stored as it is: the job reports it as unreadable, as it
     does for a loose folder.
     """
-    data = path.read_bytes()
+    return _downscaled(path.read_bytes(), max_side)
+
+
+def _downscaled(data, max_side):
+    """`data` (an image file's bytes) with its longer side at most `max_side` (None: as it is)."""
     if max_side is None:
         return data
     from PIL import Image
@@ -308,9 +417,13 @@ def _write_shard(shards_dir, group, members, data_dir, max_side):
         writer = _HashingWriter(handle)
         with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for name in group:
-                source, size = members[name]
-                data = _content(data_dir / source, max_side)
+                source, size, source_digest = members[name]
+                original = (data_dir / source).read_bytes()
+                data = _downscaled(original, max_side)
                 if len(data) != size or hashlib.sha256(data).hexdigest() != name[:64]:
+                    if max_side is not None and data is not original and \
+                            hashlib.sha256(original).hexdigest() == source_digest:
+                        raise _EncoderDrift(source)
                     raise UserError(f"{data_dir / source} changed while it was packed; run the command again")
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = size, 0, MEMBER_MODE

@@ -9,9 +9,18 @@ so an Azure ML `download` input of the prefix is a folder train.py reads as a pa
 Why content addressing: a shard's name says what it holds, so one listing of shard names (no
 metadata) tells what is there; nothing there is ever sent again, an interrupted upload resumes
 by running it again (a blob appears under its name only once all of it is committed), and a
-changed image re-sends only its shard. Shards that no index names any more (after a change, or
-an upload that never finished) stay until `orchestrate data gc` removes them, so a job that
-started on the previous index keeps its files. Connections and errors: storage/blob.py.
+changed image re-sends only its shard. An upload that replaces an index removes the shards of
+the index it replaced that the new one does not name and that are older than the grace period;
+other shards no index names (an upload that never finished) stay until `orchestrate data gc`.
+
+Uploads and gc may run at once: before it writes its index, an upload refreshes the metadata of
+the shards it found there (which changes their ETag and Last-Modified, and re-sends any that
+vanished), and a deletion re-reads the index just before it and deletes only a shard whose ETag
+is still the one it listed. One prefix holds one layout: a packed upload refuses a prefix with a
+loose (--no-pack) dataset and the loose upload one with a packed index. Every index read here
+goes through the job's parser (packed_dataset.parse_index); an index.json that is not one (a
+loose dataset's own file, a damaged one) is reported, its folder's shards left alone.
+Connections and errors: storage/blob.py.
 """
 import time
 from hashlib import sha256
@@ -45,6 +54,8 @@ class PackedUploadResult:
     shards_skipped: int
     bytes_skipped: int
     index_sent: bool
+    shards_deleted: int
+    bytes_deleted: int
     listings: int
     seconds: float
     uri: str
@@ -58,13 +69,39 @@ def shard_blob(prefix, name):
     return _blob_name(prefix, f"{layout.SHARDS_DIR}/{name}")
 
 
-def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes=None, workers=SHARD_WORKERS):
+def check_layout(container_client, prefix, packed):
+    """Refuse to upload one layout under a prefix that holds the other: a packed dataset where a
+    loose one (--no-pack, its manifest.json) is, or a loose one where a packed index is (the
+    job would take the folder for the packed copy and train on stale data)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    uri = location(container_client, prefix)[0]
+    with _azure_errors(container_client, "listing"):
+        if packed:
+            if container_client.get_blob_client(_blob_name(prefix, MANIFEST_NAME)).exists():
+                raise UserError(f"{uri} holds a dataset uploaded with --no-pack; upload the packed one under "
+                                "another prefix (--to az://ACCOUNT/CONTAINER/PREFIX) or delete that one first")
+            return
+        try:
+            head = container_client.download_blob(_blob_name(prefix, layout.INDEX_NAME), offset=0,
+                                                  length=len(layout.INDEX_START)).readall()
+        except ResourceNotFoundError:
+            return
+        if head == layout.INDEX_START:
+            raise UserError(f"{uri} holds a packed dataset; upload --no-pack under another prefix "
+                            "(--to az://ACCOUNT/CONTAINER/PREFIX) or delete that one first")
+
+
+def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes=None, workers=SHARD_WORKERS,
+                  grace_hours=DEFAULT_GC_GRACE_HOURS, now=None):
     """Upload the packed dataset in `pack_dir` under `prefix`, sending only the shards the
-    container lacks, then the index if it changed.
+    container lacks, then the index if it changed; then remove the shards of the index it
+    replaced that the new one does not name, when older than `grace_hours` (as `data gc`).
 
     on_shard(shard, sent): called on this thread as each shard is sent or found there;
     on_bytes(n): called (from upload threads) as bytes go out.
-    Raises UserError for a bad folder, missing credentials, refused requests, unreachable endpoints.
+    Raises UserError for a bad folder, a prefix holding a loose dataset, missing credentials,
+    refused requests, unreachable endpoints.
     """
     from azure.storage.blob import ContentSettings
 
@@ -77,7 +114,8 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
         index_data = handle.read()
     index_digest = sha256(index_data).hexdigest()
     with _azure_errors(container_client, "listing"):
-        present = _shard_names(container_client, prefix)
+        present = _shard_blobs(container_client, prefix)
+    check_layout(container_client, prefix, packed=True)
     todo = [s for s in doc["shards"] if shard_blob(prefix, s["name"]) not in present]
     skipped = [s for s in doc["shards"] if shard_blob(prefix, s["name"]) in present]
     for shard in skipped:
@@ -100,26 +138,43 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         return shard
 
+    index_name = _blob_name(prefix, layout.INDEX_NAME)
+    sent, deleted = list(todo), []
     with _azure_errors(container_client, "uploading"), ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(send, shard) for shard in todo]
         try:
-            for future in as_completed(futures):
+            for future in as_completed([pool.submit(send, shard) for shard in todo]):
                 shard = future.result()
                 if on_shard:
                     on_shard(shard, True)
+            index_sent = _recorded_digest(container_client, index_name) != index_digest
+            if index_sent:
+                replaced = _read_stored_index(container_client, prefix)[0]
+                # a gc may have listed the shards found there as unreferenced: refresh them (the new
+                # ETag stops its deletion) and send again those it deleted since the listing
+                vanished = [s for s, there in zip(skipped, pool.map(lambda s: _touch(container_client, prefix, s),
+                                                                   skipped)) if not there]
+                sent += pool.map(send, vanished)
+                container_client.upload_blob(index_name, index_data, overwrite=True,
+                                             metadata={SHA256_KEY: index_digest},
+                                             content_settings=ContentSettings(content_type=INDEX_CONTENT_TYPE))
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-        index_sent = _recorded_digest(container_client, _blob_name(prefix, layout.INDEX_NAME)) != index_digest
-        if index_sent:
-            container_client.upload_blob(_blob_name(prefix, layout.INDEX_NAME), index_data, overwrite=True,
-                                         metadata={SHA256_KEY: index_digest},
-                                         content_settings=ContentSettings(content_type=INDEX_CONTENT_TYPE))
+    if index_sent and replaced:
+        named = {shard_blob(prefix, s["name"]) for s in doc["shards"]}
+        cutoff = (now or datetime.now(timezone.utc)) - timedelta(hours=grace_hours)
+        old = [present[shard_blob(prefix, s["name"])] for s in replaced["shards"]
+               if shard_blob(prefix, s["name"]) in present and shard_blob(prefix, s["name"]) not in named]
+        deleted = _delete_unreferenced(container_client, {prefix: [b for b in old if b.last_modified <= cutoff]},
+                                       workers)
     uri, url = location(container_client, prefix)
-    return PackedUploadResult(images=len(doc["files"]), shards_sent=len(todo), bytes_sent=sum(s["size"] for s in todo),
-                              shards_skipped=len(skipped), bytes_skipped=sum(s["size"] for s in skipped),
-                              index_sent=index_sent, listings=1, seconds=round(time.perf_counter() - started, 3),
-                              uri=uri, url=url)
+    resent = {s["name"] for s in sent}
+    kept = [s for s in skipped if s["name"] not in resent]
+    return PackedUploadResult(images=len(doc["files"]), shards_sent=len(sent), bytes_sent=sum(s["size"] for s in sent),
+                              shards_skipped=len(kept), bytes_skipped=sum(s["size"] for s in kept),
+                              index_sent=index_sent, shards_deleted=len(deleted),
+                              bytes_deleted=sum(b.size for b in deleted), listings=1,
+                              seconds=round(time.perf_counter() - started, 3), uri=uri, url=url)
 
 
 def pack_and_upload(data_dir, prefix, open_container, *, labels="folder", max_side=None, shard_bytes=None,
@@ -131,16 +186,14 @@ def pack_and_upload(data_dir, prefix, open_container, *, labels="folder", max_si
     say(line) receives the pack's warnings; progress is pack_dataset's, on_upload_start(shards,
     bytes) is called before the upload, on_shard and on_bytes are upload_packed's.
     """
-    from ..dataset.pack import DEFAULT_SHARD_MB, PackResult, default_pack_dir, pack_dataset
+    from ..dataset.pack import DEFAULT_SHARD_MB, default_pack_dir, pack_dataset, packed_summary
 
     if layout.is_packed(str(data_dir)):  # packed already (orchestrate data pack): sent as it is
-        doc = layout.read_index(str(data_dir))
-        packed = PackResult(out_dir=str(data_dir), files=len(doc["files"]), unique=sum(s["count"] for s in doc["shards"]),
-                            shards=len(doc["shards"]), shards_written=0, shards_kept=len(doc["shards"]),
-                            bytes=sum(s["size"] for s in doc["shards"]))
+        packed = packed_summary(data_dir)
     else:
         packed = pack_dataset(data_dir, default_pack_dir(data_dir), labels=labels, max_side=max_side,
-                              shard_bytes=shard_bytes or DEFAULT_SHARD_MB << 20, progress=progress)
+                              shard_bytes=DEFAULT_SHARD_MB << 20 if shard_bytes is None else shard_bytes,
+                              progress=progress)
     for warning in packed.warnings:
         if say:
             say(f"warning: {warning}")
@@ -161,19 +214,33 @@ def _progress_hook(on_bytes):
     return hook
 
 
-def _shard_names(container_client, prefix):
-    """The shard blob names under the prefix, in one listing of names only; creates a missing
-    container (listing first, so that a SAS without create permission still works)."""
+def _shard_blobs(container_client, prefix):
+    """{blob name: properties} of the shards under the prefix, in one listing (no metadata);
+    creates a missing container (listing first, so that a SAS without create permission still works)."""
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
     try:
-        return set(container_client.list_blob_names(name_starts_with=shard_blob(prefix, "")))
+        return {blob.name: blob for blob in container_client.list_blobs(name_starts_with=shard_blob(prefix, ""))}
     except ResourceNotFoundError:
         try:
             container_client.create_container()
         except ResourceExistsError:  # created by a concurrent upload
             pass
-        return set()
+        return {}
+
+
+def _touch(container_client, prefix, shard):
+    """Rewrite a shard blob's metadata, which gives it a new ETag and Last-Modified (so a gc that
+    listed it before deletes it no more, and one after keeps it for the grace period); False
+    when it is gone."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        container_client.get_blob_client(shard_blob(prefix, shard["name"])).set_blob_metadata(
+            {SHA256_KEY: shard["sha256"]})
+        return True
+    except ResourceNotFoundError:
+        return False
 
 
 def _recorded_digest(container_client, name):
@@ -221,7 +288,9 @@ def _dataset_folder(name):
 
 
 def _scan_container(container_client, prefix):
-    """{folder: {"index": blob, "manifest": blob, "shards": {name: blob}, "blobs": [blobs]}} in one listing."""
+    """{folder: {"index": blob, "manifest": blob, "shards": {name: blob}, "blobs": [blobs]}} in one
+    listing. A shard's folder may lie above the prefix (--to .../DATASET/shards): its index is
+    then not in the listing, and is read by name (_read_stored_index) all the same."""
     from azure.core.exceptions import ResourceNotFoundError
 
     folders = {}
@@ -243,29 +312,46 @@ def _scan_container(container_client, prefix):
     return folders
 
 
-def _referenced(container_client, folder, index_blob):
-    """The shard blob names and image count of the index `index_blob`."""
-    import json
+def _read_stored_index(container_client, folder):
+    """(document, last modified, problem) of <folder>/index.json, read by name and checked by the
+    job's parser: (None, None, None) when there is none, (None, time, reason) when it is not a
+    packed dataset's index (a loose dataset's own file, damaged, another version)."""
+    from azure.core.exceptions import ResourceNotFoundError
 
-    doc = json.loads(container_client.download_blob(index_blob.name).readall())
-    return {shard_blob(folder, s["name"]) for s in doc.get("shards", [])}, len(doc.get("files", []))
+    name = _blob_name(folder, layout.INDEX_NAME)
+    try:
+        stream = container_client.download_blob(name)
+        data = stream.readall()
+    except ResourceNotFoundError:
+        return None, None, None
+    try:
+        return layout.parse_index(data, name), stream.properties.last_modified, None
+    except layout.DatasetError as exc:
+        return None, stream.properties.last_modified, str(exc)
+
+
+def _named_shards(folder, doc):
+    return {shard_blob(folder, s["name"]) for s in doc["shards"]}
 
 
 def list_datasets(container_client, prefix=""):
-    """The datasets under `prefix`, sorted by prefix: one listing, plus one read per index."""
+    """The datasets under `prefix`, sorted by prefix: one listing, plus one read per index.
+    A folder whose index.json is not a packed index is listed as "unknown" when it has shards
+    (which gc leaves alone), else not at all."""
     datasets = []
     with _azure_errors(container_client, "listing"):
         for folder, found in sorted(_scan_container(container_client, prefix).items()):
             shards = found.get("shards", {})
-            if "index" in found:
-                referenced, images = _referenced(container_client, folder, found["index"])
+            doc, modified, problem = (_read_stored_index(container_client, folder) if shards or "index" in found
+                                      else (None, None, None))
+            if doc is not None:
+                referenced = _named_shards(folder, doc)
                 used = [b for n, b in shards.items() if n in referenced]
                 unused = [b for n, b in shards.items() if n not in referenced]
-                datasets.append(StoredDataset(folder, "packed", images, len(used), sum(b.size for b in used),
-                                              len(unused), sum(b.size for b in unused),
-                                              found["index"].last_modified.isoformat()))
-            elif shards:  # shards of an upload that never wrote its index
-                datasets.append(StoredDataset(folder, "incomplete", 0, 0, 0, len(shards),
+                datasets.append(StoredDataset(folder, "packed", len(doc["files"]), len(used), sum(b.size for b in used),
+                                              len(unused), sum(b.size for b in unused), modified.isoformat()))
+            elif shards:  # shards of an upload that never wrote its index, or of an index not read here
+                datasets.append(StoredDataset(folder, "unknown" if problem else "incomplete", 0, 0, 0, len(shards),
                                               sum(b.size for b in shards.values()),
                                               max(b.last_modified for b in shards.values()).isoformat()))
             if "manifest" in found:
@@ -282,6 +368,7 @@ class GcResult:
     bytes: int
     kept_recent: int
     dry_run: bool
+    unreadable: list  # folders whose index.json is not a packed index: their shards are left alone
 
     def to_dict(self):
         return asdict(self)
@@ -292,23 +379,61 @@ def collect_garbage(container_client, prefix="", *, grace_hours=DEFAULT_GC_GRACE
     """Remove the shards under `prefix` that no index names; a GcResult.
 
     A shard younger than `grace_hours` is kept even so: an upload in progress sends its shards
-    before its index.
+    before its index. Each shard folder's index is read by name, also when it lies above the
+    prefix, and read again just before deleting (_delete_unreferenced).
     """
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(hours=grace_hours)
-    doomed, recent = [], 0
+    candidates, recent, unreadable = {}, 0, []
     with _azure_errors(container_client, "listing"):
-        for folder, found in _scan_container(container_client, prefix).items():
-            referenced = _referenced(container_client, folder, found["index"])[0] if "index" in found else set()
-            for name, blob in found.get("shards", {}).items():
+        for folder, found in sorted(_scan_container(container_client, prefix).items()):
+            if not found.get("shards"):
+                continue
+            doc, _, problem = _read_stored_index(container_client, folder)
+            if problem:
+                unreadable.append(folder)
+                continue
+            referenced = _named_shards(folder, doc) if doc else set()
+            for name, blob in found["shards"].items():
                 if name in referenced:
                     continue
                 if blob.last_modified > cutoff:
                     recent += 1
                 else:
-                    doomed.append(blob)
-    if not dry_run and doomed:
-        with _azure_errors(container_client, "deleting"), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(container_client.delete_blob, [b.name for b in doomed]))
+                    candidates.setdefault(folder, []).append(blob)
+    if dry_run:
+        doomed = [blob for blobs in candidates.values() for blob in blobs]
+    else:
+        doomed = _delete_unreferenced(container_client, candidates, workers)
     return GcResult(removed=sorted(b.name for b in doomed), bytes=sum(b.size for b in doomed),
-                    kept_recent=recent, dry_run=dry_run)
+                    kept_recent=recent, dry_run=dry_run, unreadable=unreadable)
+
+
+def _delete_unreferenced(container_client, candidates, workers=SHARD_WORKERS):
+    """Delete the shard blobs of {folder: [listed blobs]} that its index (read again now) does
+    not name, each only if its ETag is still the listed one (an upload that found it there since
+    has refreshed it); the blobs deleted."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    doomed = []
+    with _azure_errors(container_client, "listing"):
+        for folder, blobs in candidates.items():
+            if not blobs:
+                continue
+            doc, _, problem = _read_stored_index(container_client, folder)
+            if not problem:
+                referenced = _named_shards(folder, doc) if doc else set()
+                doomed += [blob for blob in blobs if blob.name not in referenced]
+
+    def delete(blob):
+        try:
+            container_client.delete_blob(blob.name, etag=blob.etag, match_condition=MatchConditions.IfNotModified)
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):  # claimed by an upload, or gone already
+            return False
+
+    if not doomed:
+        return []
+    with _azure_errors(container_client, "deleting"), ThreadPoolExecutor(max(1, workers)) as pool:
+        return [blob for blob, gone in zip(doomed, pool.map(delete, doomed)) if gone]
