@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from remote_scripts import folder_dataset, imagecache  # noqa: E402
 from remote_scripts.runtime import Dist  # noqa: E402
+from quiet_report import QuietReport  # noqa: E402  (beside this script)
 
 WIDTH, HEIGHT, SIZE = 3000, 2000, 224
 LABELS = ("forest", "river")
@@ -87,25 +88,6 @@ def subset(root, target, count):
         link.parent.mkdir(parents=True, exist_ok=True)
         os.link(path, link)
     return target
-
-
-class QuietReport:
-    """load_data's reporter, printing nothing: the benchmark prints its own table."""
-
-    def log(self, text):
-        pass
-
-    def event(self, type_, **fields):
-        pass
-
-    def warn(self, message):
-        pass
-
-    def throttle(self, phase, total, last=True, **fields):
-        return self
-
-    def update(self, done, **fields):
-        pass
 
 
 def peak_rss():

@@ -26,26 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from quiet_report import QuietReport  # noqa: E402  (beside this script)
 BATCH = 64
-
-
-class QuietReport:
-    """train.py's Reporter interface, silent."""
-
-    def event(self, type_, **fields):
-        pass
-
-    def log(self, text):
-        pass
-
-    def warn(self, message):
-        pass
-
-    def throttle(self, phase, total, last=True, **fields):
-        return self
-
-    def update(self, done, **fields):
-        pass
 
 
 def job_args(data, cache, size, workers):

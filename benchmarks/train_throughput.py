@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from remote_scripts import imagecache, imaging, progress  # noqa: E402
 from tests.imagegen import colour_of, picture  # noqa: E402
+from quiet_report import QuietReport  # noqa: E402  (beside this script)
 
 TRAIN_SCRIPT = REPO / "remote_scripts" / "train.py"
 CLASSES = 10
@@ -226,25 +227,6 @@ def run_plain(kind, data, workers, work, epochs=0):
 
 # --------------------------------------------------------------------------------------------
 # (b) featurize, in one process
-
-
-class QuietReport:
-    """train.py's reporter, printing nothing: the benchmark prints its own table."""
-
-    def log(self, text):
-        pass
-
-    def event(self, type_, **fields):
-        pass
-
-    def warn(self, message):
-        pass
-
-    def throttle(self, phase, total, last=True, **fields):
-        return self
-
-    def update(self, done, **fields):
-        pass
 
 
 def measure_featurize(data, workers, repeats, work, try_compile):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from remote_scripts import weights_catalog as catalog
 from remote_scripts.atomic import write_atomically
-from remote_scripts.options import OPTIONS
+from remote_scripts.options import given_value
 
 from .errors import UserError
 from .secrets import redact
@@ -32,24 +32,11 @@ BASE_URL_ENV = "ORCHESTRATE_WEIGHTS_URL"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30  # per connection attempt and per read: a stalled transfer fails instead of hanging
 
-_DEFAULTS = {option.flag: option.default for option in OPTIONS}
-
-
-def train_arg(train_args, flag):
-    """The value train.py will see for `flag`: the last one in `train_args` (train.py flags as
-    `orchestrate train` passes them, flag then value), else the option table's default."""
-    value = _DEFAULTS[flag]
-    for given, following in zip(train_args, train_args[1:]):
-        if given == flag:
-            value = following
-    return value
-
-
 def wanted_imagenet_arch(train_args):
     """The --arch whose published ImageNet weights the job will load, or None (--weights none|PATH)."""
-    if train_arg(train_args, "--weights") != "imagenet":
+    if given_value(train_args, "--weights") != "imagenet":
         return None
-    return train_arg(train_args, "--arch")
+    return given_value(train_args, "--arch")
 
 
 def hub_dir():

@@ -175,6 +175,13 @@ def from_arguments(arguments):
     return values
 
 
+def given_value(arguments, flag):
+    """The value train.py will see for `flag` among the job's `arguments`: the last one given,
+    else the table's default (what the backends ask of --weights, --arch, --labels)."""
+    option = BY_DEST[flag.lstrip("-").replace("-", "_")]
+    return from_arguments(arguments).get(option.dest, option.default)
+
+
 def _typed(option, text):
     kind = option.kind if option is not None else None
     try:

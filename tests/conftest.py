@@ -42,3 +42,20 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def run(monkeypatch, capsys):
+    """Run `orchestrate ARGS` in this process, so that a test can shorten retries or count calls:
+    (exit code, stdout, stderr)."""
+    from orchestrator.cli.main import main as orchestrate_main
+
+    def invoke(args, env):
+        monkeypatch.setattr(sys, "argv", ["orchestrate", *map(str, args)])
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit) as stop:
+            orchestrate_main()
+        out = capsys.readouterr()
+        return stop.value.code, out.out, out.err
+    return invoke

@@ -3,13 +3,11 @@ import hashlib
 import json
 import os
 import re
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.cli.main import main as orchestrate_main
 from orchestrator.errors import UserError
 from orchestrator.storage import blob
 from orchestrator.storage.blob import connect, download_prefix, parse_uri, upload_dataset
@@ -24,20 +22,6 @@ def no_ambient_credentials(monkeypatch):
     for name in ("AZURE_STORAGE_CONNECTION_STRING", "ORCHESTRATE_STORAGE_URI", "AZURE_CLIENT_ID",
                  "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    """Run `orchestrate ARGS` in this process (so tests can shorten retries): (exit code, output)."""
-    def invoke(args, env):
-        monkeypatch.setattr(sys, "argv", ["orchestrate", *map(str, args)])
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        with pytest.raises(SystemExit) as stop:
-            orchestrate_main()
-        out = capsys.readouterr()
-        return stop.value.code, out.out + out.err
-    return invoke
 
 
 @pytest.fixture
@@ -199,8 +183,9 @@ def test_refused_upload_with_read_only_sas_names_no_signature(dataset, azurite, 
     admin.create_container()
     conn_str, sas = sas_connection_string(azurite, name, "rl")
     signature = re.search(r"sig=([^&]+)", sas).group(1)
-    code, output = run(["data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/{name}"],
-                       env={"AZURE_STORAGE_CONNECTION_STRING": conn_str})
+    code, out, err = run(["data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/{name}"],
+                         env={"AZURE_STORAGE_CONNECTION_STRING": conn_str})
+    output = out + err
     assert code == 2, output
     assert "refused" in output and "403" in output
     assert len(output.strip().splitlines()) == 1
@@ -210,8 +195,9 @@ def test_refused_upload_with_read_only_sas_names_no_signature(dataset, azurite, 
 def test_wrong_account_key_is_refused_without_echoing_the_key(dataset, azurite, run):  # noqa: F811
     wrong_key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
     conn_str = azurite.connection_string.replace(ACCOUNT_KEY, wrong_key)
-    code, output = run(["data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/keys"],
-                       env={"AZURE_STORAGE_CONNECTION_STRING": conn_str})
+    code, out, err = run(["data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/keys"],
+                         env={"AZURE_STORAGE_CONNECTION_STRING": conn_str})
+    output = out + err
     assert code == 2, output
     assert "refused listing in container 'keys' (HTTP 403 AuthorizationFailure): check the credentials" in output
     assert_no_secret(output, wrong_key, ACCOUNT_KEY, conn_str)
@@ -221,8 +207,9 @@ def test_unreachable_endpoint_with_sas_is_one_line_without_secrets(dataset, azur
     monkeypatch.setattr(blob, "RETRY_TOTAL", 0)
     conn_str, sas = sas_connection_string(azurite, "gone", "racwdl")
     dead = conn_str.replace(azurite.endpoint.split("/")[2], "127.0.0.1:9")  # discard port: nothing listens
-    code, output = run(["data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/gone"],
-                       env={"AZURE_STORAGE_CONNECTION_STRING": dead})
+    code, out, err = run(["data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/gone"],
+                         env={"AZURE_STORAGE_CONNECTION_STRING": dead})
+    output = out + err
     assert code == 2, output
     assert output.startswith("error: cannot reach blob storage at http://127.0.0.1:9 ")
     assert_no_secret(output, sas, dead)
@@ -248,8 +235,9 @@ def test_cli_upload_json_summary_then_nothing_to_send(dataset, azurite, cli):  #
 
 
 def test_cli_default_target_is_the_connection_strings_account(dataset, azurite, run):  # noqa: F811
-    code, output = run(["data", "upload", str(dataset), "--name", "pets-v2"],
-                       env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    code, out, err = run(["data", "upload", str(dataset), "--name", "pets-v2"],
+                         env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    output = out + err
     assert code == 0, output
     assert f"az://{ACCOUNT}/datasets/pets-v2" in output.splitlines()
 
@@ -273,7 +261,8 @@ def test_cli_bad_input_exits_2_with_one_line(dataset, azurite, run, tmp_path, ar
              "azurite": azurite.connection_string}
     args = [a.format(**paths) for a in args]
     env = {k: v.format(**paths) for k, v in env.items()}
-    code, output = run(["data", "upload", *args], env=env)
+    code, out, err = run(["data", "upload", *args], env=env)
+    output = out + err
     assert code == 2, output
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], output

@@ -171,3 +171,14 @@ def test_from_arguments_is_the_inverse_of_to_arguments():
     assert from_arguments(["--lr", "1e-2", "--future-flag", "--future-size", "3", "--epochs", "x"]) == {
         "lr": 0.01, "future_flag": True, "future_size": "3", "epochs": "x"}
     assert from_arguments([]) == {}
+
+
+def test_the_value_a_backend_reads_is_the_one_train_py_sees():
+    """given_value: the last value given wins (as in argparse), else the table's default."""
+    from remote_scripts.options import given_value
+
+    arguments = ["--arch", "resnet18", "--epochs", "3", "--arch", "resnet34", "--weights", "/w/state.pt"]
+    assert given_value(arguments, "--arch") == "resnet34"
+    assert given_value(arguments, "--weights") == "/w/state.pt"
+    assert given_value(arguments, "--labels") == "folder"
+    assert given_value([], "--weights") == "imagenet"

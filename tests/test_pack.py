@@ -271,6 +271,33 @@ def test_a_damaged_shard_of_the_same_size_is_written_again(tmp_path):
     assert result.shards_written == 1 and tree_bytes(out) == before
 
 
+def test_an_unchanged_re_pack_reads_no_settled_shard_again(tmp_path, monkeypatch):
+    """Kept shards are checked through the hash cache, as the images are: once a shard's digest
+    is known for its size and mtime, re-packing (every `data upload`) does not read it again."""
+    from orchestrator.dataset import manifest
+
+    data = random_dataset(tmp_path / "pets")
+    out = tmp_path / "out"
+    pack_dataset(data, out, shard_bytes=SHARD)
+    shards = sorted((out / "shards").iterdir())
+    for shard in shards:  # settled: written long enough ago for its digest to be remembered
+        os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns - 10**10))
+    read = []
+    real = manifest.sha256_file
+    def counting(path):
+        if str(path).endswith(".tar"):
+            read.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(manifest, "sha256_file", counting)
+    assert pack_dataset(data, out, shard_bytes=SHARD).shards_written == 0
+    assert sorted(read) == [shard.name for shard in shards]  # learned once
+    read.clear()
+    before = tree_bytes(out)
+    assert pack_dataset(data, out, shard_bytes=SHARD).shards_written == 0
+    assert read == [] and tree_bytes(out) == before
+
+
 def big_jpegs(root):
     from PIL import Image
 

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.cli.main import main as orchestrate_main
 from orchestrator.dataset.pack import default_pack_dir, pack_dataset
 from orchestrator.storage import packed_blob
 from orchestrator.storage.blob import connect, parse_uri
@@ -57,19 +56,6 @@ def counted(container, monkeypatch):
             return _real(*args, **kwargs)
         monkeypatch.setattr(container, method, wrapper)
     return counts
-
-
-@pytest.fixture
-def run(monkeypatch, capsys):
-    def invoke(args, env):
-        monkeypatch.setattr(sys, "argv", ["orchestrate", *map(str, args)])
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        with pytest.raises(SystemExit) as stop:
-            orchestrate_main()
-        out = capsys.readouterr()
-        return stop.value.code, out.out, out.err
-    return invoke
 
 
 def check_remote_against_source(container, prefix, data):

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -130,23 +131,46 @@ def build_manifest(root, name=None, *, labels=FOLDER, workers=8, cache=None, pro
     return manifest_from_scan(root, found, name, labels=labels, workers=workers, cache=cache, progress=progress)
 
 
+@contextmanager
+def hash_cache(cache=None):
+    """The HashCache to use: `cache` itself, the default one for None (closed afterwards), or
+    None for False and where the default cannot be opened (read-only home, locked file: then
+    everything is hashed)."""
+    if cache is not None:
+        yield cache or None
+        return
+    try:
+        own = HashCache.default()
+    except (OSError, sqlite3.Error):
+        yield None
+        return
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def file_digest(path, cache):
+    """sha256 of one file, read only when `cache` (a HashCache or None) has no digest for its
+    path, size and mtime_ns; a digest learned of a settled file is remembered."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    digest = cache.get(path, st.st_size, st.st_mtime_ns) if cache else None
+    if digest is None:
+        digest = sha256_file(path)
+        if cache and st.st_mtime_ns < time.time_ns() - int(RACY_SECONDS * 1e9):
+            cache.put_many([(path, st.st_size, st.st_mtime_ns, digest)])
+    return digest
+
+
 def manifest_from_scan(root, found, name=None, *, labels=FOLDER, workers=8, cache=None, progress=None):
     """build_manifest for a scan already made (packing needs the scan's problems too)."""
     files = [(path, found.classes[label]) for path, label in found.samples]
     if labels not in (FOLDER, FILENAME):
         files.append((labels, ""))
     root = Path(root).resolve()
-    own_cache = cache is None
-    if own_cache:
-        try:
-            cache = HashCache.default()
-        except (OSError, sqlite3.Error):  # read-only home, locked file: hash everything instead
-            cache = own_cache = False
-    try:
-        entries = _hash_entries(root, files, workers, cache or None, progress)
-    finally:
-        if own_cache:
-            cache.close()
+    with hash_cache(cache) as opened:
+        entries = _hash_entries(root, files, workers, opened, progress)
     return Manifest(name or root.name, list(found.classes), sorted(entries, key=lambda e: e.path))
 
 

@@ -36,7 +36,7 @@ from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
 
 from ..errors import UserError
 from ..paths import image_cache_dir
-from .manifest import manifest_from_scan, sha256_file
+from .manifest import file_digest, hash_cache, manifest_from_scan
 
 DEFAULT_SHARD_MB = 64
 MIN_SHARD_BYTES = 64 << 10
@@ -140,14 +140,15 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
         if hashed[0] % PROGRESS_EVERY == 0 or hashed[0] == len(found.samples):
             report("hash", hashed[0], len(found.samples))
 
-    manifest = manifest_from_scan(data_dir, found, labels=labels, cache=cache, progress=on_hashed)
-    entries = [entry for entry in manifest.entries if entry.label]  # not the label table itself
-    warnings += _duplicate_warnings(entries)
-    with _locked(out_dir):
+    with hash_cache(cache) as digests, _locked(out_dir):
+        manifest = manifest_from_scan(data_dir, found, labels=labels, cache=digests or False, progress=on_hashed)
+        entries = [entry for entry in manifest.entries if entry.label]  # not the label table itself
+        warnings += _duplicate_warnings(entries)
         _check_out_dir(out_dir)  # again, now that no other pack can change it
         previous = _previous_index(out_dir)
         encoder = _encoder() if max_side is not None else None
-        pack = (data_dir, out_dir, entries, manifest.classes, labels, max_side, shard_bytes, encoder, previous, report)
+        pack = (data_dir, out_dir, entries, manifest.classes, labels, max_side, shard_bytes, encoder, previous, report,
+                digests)
         try:
             doc, written = _pack(*pack)
         except _EncoderDrift:  # the recorded digests of downscaled copies are not what this encoder makes
@@ -169,7 +170,7 @@ class _EncoderDrift(Exception):
     index recorded (a Pillow or codec upgrade): its digests cannot be reused."""
 
 
-def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, encoder, previous, report,
+def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, encoder, previous, report, digests,
           reuse_digests=True):
     """Write the shards the index needs; (index document, shards written)."""
     stored = _stored_contents(data_dir, entries, max_side, encoder, previous if reuse_digests else None)
@@ -193,7 +194,7 @@ def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, en
     for group in groups:
         key = shard_key(group)
         kept = previous_shards.get(key)
-        if kept and kept["name"] in previous_offsets and _intact(shards_dir / kept["name"], kept):
+        if kept and kept["name"] in previous_offsets and _intact(shards_dir / kept["name"], kept, digests):
             shard, offsets = kept, previous_offsets[kept["name"]]
         else:
             shard, offsets = _write_shard(shards_dir, group, members, data_dir, max_side)
@@ -221,10 +222,12 @@ def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, en
     return doc, written
 
 
-def _intact(path, shard):
-    """True when the shard file of an earlier pack is there with the bytes its name says."""
+def _intact(path, shard, digests):
+    """True when the shard file of an earlier pack is there with the bytes its name says. Its
+    digest goes through the hash cache like the images' (`digests`): an unchanged re-pack does
+    not read every shard again, a shard written to since (same size or not) is hashed."""
     try:
-        return path.stat().st_size == shard["size"] and sha256_file(path) == shard["sha256"]
+        return path.stat().st_size == shard["size"] and file_digest(path, digests) == shard["sha256"]
     except OSError:
         return False
 

@@ -44,8 +44,9 @@ class AzureBackend(Backend):
         return self.seam_factory(settings.require("subscription_id", "resource_group", "workspace_name"))
 
     def prepare(self, spec):
+        from remote_scripts.options import given_value
+
         from ...storage.upload_progress import UploadProgress
-        from ...weights import train_arg
         from .job import build_job, dataset_prefix, plan_from_spec
         from .provision import ensure_compute
         from .seam import azure_errors
@@ -63,13 +64,13 @@ class AzureBackend(Backend):
             from ...storage.packed_blob import pack_and_upload
 
             _, result = pack_and_upload(spec.data, dataset_prefix(spec.data, packed=True), lambda: container,
-                                        labels=train_arg(spec.train_args, "--labels") or "folder", say=self.say)
+                                        labels=given_value(spec.train_args, "--labels"), say=self.say)
             self.say(f"dataset: {result.shards_sent} shard(s) uploaded ({result.bytes_sent / 1e6:.1f} MB), "
                      f"{result.shards_skipped} unchanged")
         else:
             with UploadProgress() as bars:
                 result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container,
-                                     labels=train_arg(spec.train_args, "--labels"))
+                                     labels=given_value(spec.train_args, "--labels"))
             self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 

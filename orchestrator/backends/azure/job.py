@@ -13,10 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from remote_scripts.options import given_value
+
 from ...errors import UserError
 from ...paths import docker_context_dir, remote_scripts_dir
 from ...secrets import redact
-from ...weights import cached_weights_path, train_arg
+from ...weights import cached_weights_path
 from . import catalogue
 from .seam import job_validation_errors, job_yaml_data, load_sdk, write_yaml
 
@@ -110,7 +112,7 @@ def split_weights_input(train_args, upload):
     `imagenet` with --weights-upload (workspaces without outbound access): the published file in
     this machine's torch hub cache, which `orchestrate train` fills before it submits.
     """
-    weights = train_arg(train_args, "--weights")
+    weights = given_value(train_args, "--weights")
     if weights == "none":
         if upload:
             raise UserError("--weights-upload sends the ImageNet weights or a --weights file: "
@@ -119,7 +121,7 @@ def split_weights_input(train_args, upload):
     if weights == "imagenet":
         if not upload:
             return train_args, None  # the node downloads them itself
-        path = cached_weights_path(train_arg(train_args, "--arch"))
+        path = cached_weights_path(given_value(train_args, "--arch"))
     else:
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
@@ -234,10 +236,7 @@ def export_yaml(job, path):
         for name, input_path in input_paths.items():
             if not REMOTE_PATH.match(input_path):
                 data["inputs"][name]["path"] = input_path
-        try:
-            write_yaml(path, data)
-        except OSError as exc:
-            raise UserError(f"cannot write {path}: {exc.strerror}") from None
+        write_yaml(path, data)
 
 
 def describe(plan, settings=None):

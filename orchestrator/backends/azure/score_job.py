@@ -230,10 +230,7 @@ def export_score_yaml(job, path):
         model = job.jobs[STEP].inputs["model"]._data.path
         if not REMOTE_PATH.match(model):
             data["jobs"][STEP]["inputs"]["model"]["path"] = model
-        try:
-            write_yaml(path, data)
-        except OSError as exc:
-            raise UserError(f"cannot write {path}: {exc.strerror}") from None
+        write_yaml(path, data)
 
 
 def describe_score(plan, settings=None):

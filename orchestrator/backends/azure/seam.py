@@ -100,10 +100,13 @@ def job_yaml_data(job):
 
 
 def write_yaml(path, data):
-    """Write `data` as the SDK writes its YAML files (OSError when `path` cannot be written)."""
+    """Write `data` as the SDK writes its YAML files; a `path` that cannot be written is a UserError."""
     from azure.ai.ml._utils.utils import dump_yaml_to_file
 
-    dump_yaml_to_file(str(path), data, default_flow_style=False)
+    try:
+        dump_yaml_to_file(str(path), data, default_flow_style=False)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 class AzureSeam:
