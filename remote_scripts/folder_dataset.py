@@ -11,6 +11,7 @@ label is not fatal: it is listed, with its line number, in Scan.problems.
 Used by train.py in the job and by the client to reject bad data before starting a job.
 """
 import csv
+import io
 import os
 import random
 
@@ -52,9 +53,64 @@ def scan(root, min_classes=2, labels=FOLDER):
     if labels == FOLDER:
         per_class, empty = _by_folder(root)
     elif labels == FILENAME:
-        per_class = _by_file_name(root, problems)
+        per_class = _by_file_name(_images_under(root, root), problems)
     else:
-        per_class = _from_table(root, labels, problems)
+        path = labels if os.path.isabs(labels) else os.path.join(root, labels)
+        per_class = _from_table(labels, path, lambda: _read_file(path),
+                                lambda relative: os.path.isfile(os.path.join(root, relative)), problems)
+    return _labeled(root, per_class, empty, problems, labels, min_classes)
+
+
+def scan_listing(root, paths, read, min_classes=2, labels=FOLDER):
+    """scan for the files of a listing rather than a folder: an object store's keys under a prefix.
+
+    paths: the relative, '/'-separated names of the files under `root` (which only names the
+    dataset in messages); read(path): the bytes of one of them (a label table). The rules are
+    scan's (hidden names skipped, a label folder without images is not a class), and so are the
+    samples, in the order a walk of the same tree gives.
+    """
+    problems, empty = [], []
+    visible = sorted((path for path in paths if _visible_image(path)), key=_walk_order)
+    if labels == FOLDER:
+        per_class = {}
+        for path in paths:
+            folder = path.split("/", 1)[0]
+            if "/" in path and not folder.startswith("."):
+                per_class.setdefault(folder, [])
+        for path in visible:
+            if "/" in path:
+                per_class[path.split("/", 1)[0]].append(path)
+        empty = sorted(c for c in per_class if not per_class[c])
+    elif labels == FILENAME:
+        per_class = _by_file_name(visible, problems)
+    else:
+        if os.path.isabs(labels) or os.path.normpath(labels).split(os.sep)[0] == os.pardir:
+            raise DatasetError(f"--labels {labels}: give the label table's path under {root}")
+        table, listed = os.path.normpath(labels).replace(os.sep, "/"), set(paths)
+
+        def read_table():
+            if table not in listed:
+                raise DatasetError(f"cannot read the label table {root}/{table}: no such object")
+            return read(table)
+        per_class = _from_table(labels, f"{root}/{table}", read_table, listed.__contains__, problems)
+    return _labeled(root, per_class, empty, problems, labels, min_classes)
+
+
+def _visible_image(path):
+    """True for an image file none of whose folders is hidden (what a walk of scan keeps)."""
+    *folders, name = path.split("/")
+    return is_image_name(name) and not any(folder.startswith(".") for folder in folders)
+
+
+def _walk_order(path):
+    """Sorts paths as _images_under's top-down walk lists them: a folder's files by name, then
+    its sub-folders by name."""
+    *folders, name = path.split("/")
+    return [(1, folder) for folder in folders] + [(0, name)]
+
+
+def _labeled(root, per_class, empty, problems, labels, min_classes):
+    """The Scan of {label: files}, or DatasetError when it has too few classes."""
     classes = sorted(c for c in per_class if per_class[c])
     if not classes:
         where = {FOLDER: f"{root}/<label>/<image files>", FILENAME: f"image files under {root}"}.get(
@@ -96,9 +152,9 @@ def label_from_file_name(name):
     return name[:letters]
 
 
-def _by_file_name(root, problems):
+def _by_file_name(paths, problems):
     per_class = {}
-    for path in _images_under(root, root):
+    for path in paths:
         label = label_from_file_name(os.path.basename(path))
         if label:
             per_class.setdefault(label, []).append(path)
@@ -107,18 +163,26 @@ def _by_file_name(root, problems):
     return per_class
 
 
-def _from_table(root, table, problems):
-    """{label: files} from the rows of a .tsv/.csv label table; bad rows go to `problems`."""
+def _read_file(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise DatasetError(f"cannot read the label table {path}: {exc.strerror}") from None
+
+
+def _from_table(table, path, read, exists, problems):
+    """{label: files} from the rows of a .tsv/.csv label table: read() gives its bytes (`path`
+    names it in messages), exists(relative path) says whether a row's file is there; bad rows go
+    to `problems`."""
     extension = os.path.splitext(table)[1].lower()
     if extension not in TABLE_EXTENSIONS:
         raise DatasetError(f"--labels takes {FOLDER}, {FILENAME} or a .tsv/.csv file, not {table!r}")
-    path = table if os.path.isabs(table) else os.path.join(root, table)
     name = os.path.basename(table)
+    data = read()
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle, delimiter=TABLE_EXTENSIONS[extension]))
-    except OSError as exc:
-        raise DatasetError(f"cannot read the label table {path}: {exc.strerror}") from None
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""),
+                               delimiter=TABLE_EXTENSIONS[extension]))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"the label table {path} is not UTF-8 text in {extension[1:]} form ({exc})") from None
     per_class, seen, first = {}, {}, True
@@ -129,7 +193,7 @@ def _from_table(root, table, problems):
         header, first = first and not is_image_name(cells[0]), False
         if header:  # a first row such as "path<TAB>label" names columns, not an image
             continue
-        problem = _row_problem(root, cells, seen)
+        problem = _row_problem(cells, seen, exists)
         if problem:
             problems.append(f"{name} line {line}: {problem}")
             continue
@@ -139,7 +203,7 @@ def _from_table(root, table, problems):
     return {label: sorted(files) for label, files in per_class.items()}
 
 
-def _row_problem(root, cells, seen):
+def _row_problem(cells, seen, exists):
     """Why a label table's row cannot be used, or None."""
     if len(cells) < 2 or not cells[1]:
         return f"no label for {cells[0]!r}" if cells[0] else "no path"
@@ -150,7 +214,7 @@ def _row_problem(root, cells, seen):
         return f"{cells[0]} is not an image file name"
     if relative in seen:
         return f"{cells[0]} is listed again (first on line {seen[relative]})"
-    if not os.path.isfile(os.path.join(root, relative)):
+    if not exists(relative):
         return f"no such file {cells[0]}"
     return None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # Fixtures of the real services, available to every test module without importing them.
-pytest_plugins = ["services.azurite", "services.docker_engine"]
+pytest_plugins = ["services.azurite", "services.docker_engine", "services.moto_s3"]
 
 REPO = Path(__file__).resolve().parents[1]
 ORCHESTRATE = Path(sys.executable).with_name("orchestrate")

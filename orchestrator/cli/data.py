@@ -23,12 +23,14 @@ def data():
     \b
     Example:
       orchestrate data upload ./EuroSAT --to az://myaccount/datasets/eurosat
+      orchestrate data upload s3://mybucket/eurosat --to az://myaccount/datasets
     """
 
 
 @data.command()
 @click.argument("data_dir", metavar="DATA")
-@click.option("--name", help="Dataset name (default: the folder's name); the default blob prefix.")
+@click.option("--name", help="Dataset name (default: the folder's name, or the URI's last part); the default "
+                             "blob prefix.")
 @click.option("--to", "to", envvar=URI_ENV, metavar="az://ACCOUNT/CONTAINER[/PREFIX]",
               help=f"Where to upload (env {URI_ENV}). Default prefix: NAME. Without it, the account "
                    f"of AZURE_STORAGE_CONNECTION_STRING and container '{DEFAULT_CONTAINER}' are used.")
@@ -43,6 +45,9 @@ def data():
 def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
     """Upload a labeled image dataset (DATA/<label>/<image>, or see --labels) to Azure Blob storage.
 
+    DATA is a folder, or a loose dataset in object storage: s3://BUCKET/PREFIX (AWS credentials
+    as the AWS CLI finds them; AWS_ENDPOINT_URL for another S3 service) or
+    az://ACCOUNT/CONTAINER/PREFIX, packed as it is read (its shards in the cache folder).
     The dataset is packed first (see `orchestrate data pack`) and only the shards the container
     lacks are sent, then its index.json; --no-pack sends the files one by one instead. Either way
     what is already there (same sha256) is skipped, so running the command again after an
@@ -55,12 +60,16 @@ def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
     """
     from remote_scripts.folder_dataset import DatasetError, label_source_for_job
 
+    from ..dataset.sources import open_source
     from ..errors import UserError
     from ..storage.blob import connect
     from ..storage.packed_blob import check_layout
     from ..storage.upload_progress import UploadProgress
 
-    name = name or Path(data_dir).resolve().name
+    source = open_source(data_dir)  # a bad URI is refused before anything else
+    if no_pack and source.remote:
+        raise UserError(f"--no-pack uploads the files of a local folder; {source.uri} is always packed: drop --no-pack")
+    name = name or source.name
     target = _target_for(to, "upload target", default_prefix=name)
     try:
         labels = label_source_for_job(data_dir, labels)
@@ -145,15 +154,17 @@ def _shard_bytes(shard_size):
 @click.option("--shard-size", type=float, metavar="MB", help="Largest shard in MB (default 64).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def pack(data_dir, out_dir, labels, max_side, shard_size, as_json):
-    """Pack a labeled image folder into tar shards and an index, for upload and training.
+    """Pack a labeled image folder (or s3://BUCKET/PREFIX, az://ACCOUNT/CONTAINER/PREFIX: read
+    object by object, never copied to disk) into tar shards and an index, for upload and training.
 
     Identical images are stored once (the same image under two labels is warned about); the same
     images always give byte-identical shards and index.json, and a few changed images rewrite few
     shards. `orchestrate train DIR` (every backend) reads the packed folder as it reads DATA.
 
     \b
-    Example:
+    Examples:
       orchestrate data pack ./EuroSAT --out ./EuroSAT.packed
+      orchestrate data pack s3://mybucket/eurosat --out ./EuroSAT.packed
     """
     from remote_scripts.folder_dataset import DatasetError, label_source_for_job
 
@@ -177,6 +188,22 @@ def pack(data_dir, out_dir, labels, max_side, shard_size, as_json):
     click.echo(f"packed {result.files} image(s) ({result.unique} unique) into {result.shards} shard(s), "
                f"{_mb(result.bytes)}: {result.shards_written} written, {result.shards_kept} unchanged", err=True)
     click.echo(result.out_dir)
+
+
+def pack_source(uri, labels):
+    """`orchestrate train s3://... | az://...`: pack the dataset at `uri` into its cache folder
+    (pack.default_pack_dir, so a re-run reads only what changed) with progress bars; the folder,
+    which every backend trains on as a packed dataset."""
+    from remote_scripts.folder_dataset import FOLDER
+
+    from ..dataset.pack import default_pack_dir, pack_dataset
+    from .dataset_progress import PackProgress
+
+    with PackProgress() as bars:
+        result = pack_dataset(uri, default_pack_dir(uri), labels=labels or FOLDER, progress=bars.phase)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return Path(result.out_dir)
 
 
 def _target_for(to, what, default_prefix=""):

@@ -26,10 +26,12 @@ def validate_dataset(data, values):
 
     val, test, labels = given("val_fraction"), given("test_fraction"), given("labels")
     try:
-        labels = fd.label_source_for_job(str(data), labels)
-        if values["labels"] is not None:
-            values["labels"] = labels
-        found = _packed_scan(data) or fd.scan(str(data), labels=labels)
+        found = _packed_scan(data)  # its index holds the labels: the job does not read --labels again
+        if found is None:
+            labels = fd.label_source_for_job(str(data), labels)
+            if values["labels"] is not None:
+                values["labels"] = labels
+            found = fd.scan(str(data), labels=labels)
         samples = fd.sample_fraction(found.samples, given("sample_fraction"), given("seed"), val, test)
         fd.stratified_split(samples, found.classes, val, test, seed=0)
     except fd.DatasetError as exc:
@@ -125,7 +127,7 @@ def dry_run_azure(backend, spec, export_path):
 
 
 @click.command()
-@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.argument("data", required=False)  # a folder, or an s3:// or az:// URI (which a Path would mangle)
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Where the job runs. auto: azure when a workspace is configured, else docker when an engine "
                    "answers, else local.")
@@ -169,7 +171,8 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
 def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, yes, **kwargs):
-    """Train a classifier on DATA, a folder with one sub-folder of images per label.
+    """Train a classifier on DATA, a folder with one sub-folder of images per label (or such a
+    dataset at s3://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX, packed first into the cache).
 
     \b
     Examples:
@@ -192,10 +195,16 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
 
     from .. import runner
     from ..backends import get_backend
+    from ..dataset.sources import is_uri, open_source
     from ..ledger import Ledger
     from .common import detach_or_follow
+    from .data import pack_source
 
     values = pop_training_values(kwargs)
+    if is_uri(data):  # trained on as its packed copy in the cache folder, on every backend
+        name = name or open_source(data).name
+        data = pack_source(data, values["labels"])
+    data = Path(data)
     validate_dataset(data, values)
     backend_options = {k: v for k, v in kwargs.items() if v is not None}
     name = name or data.resolve().name

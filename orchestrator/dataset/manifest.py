@@ -68,7 +68,8 @@ def sha256_file(path):
 
 
 class HashCache:
-    """sha256 digests keyed by (absolute path, size, mtime_ns), in a SQLite file.
+    """sha256 digests keyed by (absolute path, size, mtime_ns), in a SQLite file; an object of an
+    object store (dataset/sources.py) is keyed by (its URI, size, "etag <ETag>") in the same columns.
 
     Lookups and writes happen on the calling thread only (sqlite connections are not shared
     across threads); the pool only hashes.
@@ -163,11 +164,17 @@ def file_digest(path, cache):
     return digest
 
 
-def manifest_from_scan(root, found, name=None, *, labels=FOLDER, workers=8, cache=None, progress=None):
-    """build_manifest for a scan already made (packing needs the scan's problems too)."""
+def scanned_files(found, labels):
+    """(relative path, label) of each image a scan found, and the label table's own (label "")."""
     files = [(path, found.classes[label]) for path, label in found.samples]
     if labels not in (FOLDER, FILENAME):
         files.append((labels, ""))
+    return files
+
+
+def manifest_from_scan(root, found, name=None, *, labels=FOLDER, workers=8, cache=None, progress=None):
+    """build_manifest for a scan already made (packing needs the scan's problems too)."""
+    files = scanned_files(found, labels)
     root = Path(root).resolve()
     with hash_cache(cache) as opened:
         entries = _hash_entries(root, files, workers, opened, progress)

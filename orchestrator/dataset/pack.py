@@ -16,6 +16,9 @@ the previous pack with the same members is kept as it is once its bytes hash to 
 sequential read of each shard), so re-packing an unchanged dataset reads no image, and a damaged
 shard is written again.
 
+The images come from a source (dataset/sources.py): a local folder, or an s3:// or az:// prefix
+read object by object, whose pack lies in a local folder all the same.
+
 The folder is one dataset: a pack refuses a non-empty folder that holds none, locks it against a
 concurrent pack (fcntl), and removes from shards/ only shard files no index names and partial
 files of packs that died, never other files.
@@ -32,11 +35,12 @@ from pathlib import Path
 
 from remote_scripts import packed_dataset as layout
 from remote_scripts.atomic import write_atomically
-from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
+from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError
 
 from ..errors import UserError
 from ..paths import image_cache_dir
-from .manifest import file_digest, hash_cache, manifest_from_scan
+from .manifest import file_digest, hash_cache
+from .sources import open_source
 
 DEFAULT_SHARD_MB = 64
 MIN_SHARD_BYTES = 64 << 10
@@ -82,9 +86,10 @@ def packed_summary(out_dir):
 
 def default_pack_dir(data_dir):
     """Where `data upload` and `train --backend azure` pack a folder: the user's cache folder
-    (everything there can be rebuilt), one per folder path, so a re-pack finds its shards."""
-    path = Path(data_dir).resolve()
-    return image_cache_dir().parent / "packed" / f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    (everything there can be rebuilt), one per folder path, so a re-pack finds its shards; one
+    per URI for an s3:// or az:// source (the same from any working folder)."""
+    source = open_source(data_dir)
+    return image_cache_dir().parent / "packed" / f"{source.name}-{hashlib.sha256(source.key.encode()).hexdigest()[:8]}"
 
 
 def bucket_count(total_bytes, shard_bytes):
@@ -106,7 +111,8 @@ def shard_key(member_names):
 
 def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes=DEFAULT_SHARD_MB << 20,
                  cache=None, progress=None):
-    """Pack the images of `data_dir` (labels: the job's --labels) into `out_dir`; a PackResult.
+    """Pack the images of `data_dir` (a folder or an s3:// or az:// URI; labels: the job's
+    --labels) into the local folder `out_dir`; a PackResult.
 
     max_side: downscale images whose longer side exceeds it (aspect kept; None: store the files
     as they are). cache: manifest.HashCache (None: the default one, False: none).
@@ -120,16 +126,13 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
     if not shard_bytes >= MIN_SHARD_BYTES or math.isinf(shard_bytes):  # nan fails the first test
         raise UserError(f"--shard-size must be a number of MB, at least {MIN_SHARD_BYTES / (1 << 20):g}")
     report = progress or (lambda phase, done, total: None)
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
+    source, out_dir = open_source(data_dir), Path(out_dir)
+    if source.contains(out_dir):
         raise UserError(f"--out {out_dir} is inside the data folder {data_dir}: the shards would be "
                         "scanned as data next time; choose a folder outside it")
     _check_out_dir(out_dir)
     report("scan", 0, None)
-    try:
-        found = scan(str(data_dir), labels=labels)
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
+    found = source.scan(labels)
     report("scan", len(found.samples), len(found.samples))
     warnings = [f"no usable label: {problem}" for problem in found.problems]
     warnings += [f"folder '{name}' has no images and is not a class" for name in found.empty_classes]
@@ -141,13 +144,13 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
             report("hash", hashed[0], len(found.samples))
 
     with hash_cache(cache) as digests, _locked(out_dir):
-        manifest = manifest_from_scan(data_dir, found, labels=labels, cache=digests or False, progress=on_hashed)
+        manifest = source.manifest(found, labels, cache=digests or False, progress=on_hashed)
         entries = [entry for entry in manifest.entries if entry.label]  # not the label table itself
         warnings += _duplicate_warnings(entries)
         _check_out_dir(out_dir)  # again, now that no other pack can change it
         previous = _previous_index(out_dir)
         encoder = _encoder() if max_side is not None else None
-        pack = (data_dir, out_dir, entries, manifest.classes, labels, max_side, shard_bytes, encoder, previous, report,
+        pack = (source, out_dir, entries, manifest.classes, labels, max_side, shard_bytes, encoder, previous, report,
                 digests)
         try:
             doc, written = _pack(*pack)
@@ -170,10 +173,10 @@ class _EncoderDrift(Exception):
     index recorded (a Pillow or codec upgrade): its digests cannot be reused."""
 
 
-def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, encoder, previous, report, digests,
+def _pack(source, out_dir, entries, classes, labels, max_side, shard_bytes, encoder, previous, report, digests,
           reuse_digests=True):
     """Write the shards the index needs; (index document, shards written)."""
-    stored = _stored_contents(data_dir, entries, max_side, encoder, previous if reuse_digests else None)
+    stored = _stored_contents(source, entries, max_side, encoder, previous if reuse_digests else None)
     first = {}  # digest -> (member name, source path, stored size, source digest): one member per content
     for entry in entries:  # in path order: the first path of a content names its extension
         digest, size = stored[entry.path]
@@ -197,7 +200,7 @@ def _pack(data_dir, out_dir, entries, classes, labels, max_side, shard_bytes, en
         if kept and kept["name"] in previous_offsets and _intact(shards_dir / kept["name"], kept, digests):
             shard, offsets = kept, previous_offsets[kept["name"]]
         else:
-            shard, offsets = _write_shard(shards_dir, group, members, data_dir, max_side)
+            shard, offsets = _write_shard(shards_dir, group, members, source, max_side)
             shard["members"] = key
             written += 1
         shard_docs.append(shard)
@@ -302,7 +305,7 @@ def _offsets_by_shard(index):
     return offsets
 
 
-def _stored_contents(data_dir, entries, max_side, encoder, previous):
+def _stored_contents(source, entries, max_side, encoder, previous):
     """{path: (sha256, size) of the bytes stored for it}: the file's own, or its downscaled copy.
 
     A downscaled copy's digest is taken from the previous index when it was made from the same
@@ -314,26 +317,22 @@ def _stored_contents(data_dir, entries, max_side, encoder, previous):
     known = {}
     if previous and previous.get("max_side") == max_side and previous.get("encoder") == encoder:
         known = {row.get("source_sha256", row["sha256"]): (row["sha256"], row["size"]) for row in previous["files"]}
-    stored = {}
+    todo = {}  # source digest -> the path of its first copy: each content is read and resized once
     for entry in entries:
         if entry.sha256 not in known:
-            data = _content(data_dir / entry.path, max_side)
-            known[entry.sha256] = (hashlib.sha256(data).hexdigest(), len(data))
-        stored[entry.path] = known[entry.sha256]
-    return stored
+            todo.setdefault(entry.sha256, entry.path)
+    for digest, data in zip(todo, source.read_many(todo.values())):
+        data = _downscaled(data, max_side)
+        known[digest] = (hashlib.sha256(data).hexdigest(), len(data))
+    return {entry.path: known[entry.sha256] for entry in entries}
 
 
-def _content(path, max_side):
-    """The bytes stored for an image: the file's, or a copy whose longer side is `max_side`.
+def _downscaled(data, max_side):
+    """`data` (an image file's bytes) with its longer side at most `max_side` (None: as it is).
 
     An image that cannot be decoded is stored as it is: the job reports it as unreadable, as it
     does for a loose folder.
     """
-    return _downscaled(path.read_bytes(), max_side)
-
-
-def _downscaled(data, max_side):
-    """`data` (an image file's bytes) with its longer side at most `max_side` (None: as it is)."""
     if max_side is None:
         return data
     from PIL import Image
@@ -411,7 +410,7 @@ class _HashingWriter:
         return self.size
 
 
-def _write_shard(shards_dir, group, members, data_dir, max_side):
+def _write_shard(shards_dir, group, members, source, max_side):
     """Write one shard (its members in name order, with fixed metadata) under its content's
     name; (its index entry without `members`, {member digest: data offset})."""
     partial = shards_dir / f"{TEMPORARY_PREFIX}{os.getpid()}"
@@ -419,15 +418,15 @@ def _write_shard(shards_dir, group, members, data_dir, max_side):
     with open(partial, "wb") as handle:
         writer = _HashingWriter(handle)
         with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name in group:
-                source, size, source_digest = members[name]
-                original = (data_dir / source).read_bytes()
+            originals = source.read_many(members[name][0] for name in group)
+            for name, original in zip(group, originals):
+                path, size, source_digest = members[name]
                 data = _downscaled(original, max_side)
                 if len(data) != size or hashlib.sha256(data).hexdigest() != name[:64]:
                     if max_side is not None and data is not original and \
                             hashlib.sha256(original).hexdigest() == source_digest:
-                        raise _EncoderDrift(source)
-                    raise UserError(f"{data_dir / source} changed while it was packed; run the command again")
+                        raise _EncoderDrift(path)
+                    raise UserError(f"{source.where(path)} changed while it was packed; run the command again")
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = size, 0, MEMBER_MODE
                 info.uid = info.gid = 0
