@@ -12,7 +12,7 @@ PREFIX = "@@orchestrate "
 # tests/test_contract.py checks it).
 KNOWN_TYPES = frozenset({
     "run_start", "phase", "progress", "epoch_end", "checkpoint", "skipped",
-    "warning", "metrics", "artifact", "run_end",
+    "warning", "metrics", "artifact", "run_end", "trial_start", "trial_end",
 })
 
 

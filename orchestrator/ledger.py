@@ -27,11 +27,12 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at REAL NOT NULL,
     exit_code INTEGER,
     metrics TEXT NOT NULL DEFAULT '{}',
-    attempts INTEGER NOT NULL DEFAULT 1
+    attempts INTEGER NOT NULL DEFAULT 1,
+    search_id TEXT NOT NULL DEFAULT ''
 )
 """
 # Columns added after the first release, with their definitions: added to older ledgers on open.
-ADDED_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 1"}
+ADDED_COLUMNS = {"attempts": "INTEGER NOT NULL DEFAULT 1", "search_id": "TEXT NOT NULL DEFAULT ''"}
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RunRecord:
     exit_code: int = None
     metrics: dict = field(default_factory=dict)
     attempts: int = 1  # 1 + how many times `orchestrate train --resume` started the run again
+    search_id: str = ""  # a trial of `train --search`: the search's run id
 
     @property
     def output_dir(self):
@@ -128,6 +130,12 @@ class Ledger:
             names = ", ".join(r["run_id"] for r in rows[:5])
             raise UserError(f"run id {run_id!r} is ambiguous: {names}")
         return self._record(rows[0])
+
+    def children(self, search_id):
+        """The trials of the search `search_id`, in trial order."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE search_id = ? ORDER BY run_id", (search_id,)).fetchall()
+        return [self._record(r) for r in rows]
 
     def list(self, limit=50):
         with self._connect() as db:

@@ -292,6 +292,145 @@ class EventRenderer:
             self.progress = None
 
 
+class SearchRenderer(EventRenderer):
+    """A search's events (remote_scripts/search.py): a line as each trial starts and ends and, on a
+    terminal, a live status line under them: trials done / running / left, time left, the best
+    validation accuracy so far with its configuration, and what the running trial is doing.
+
+    A trial's own events (they carry "trial") are not drawn one by one: ten trials of ten epochs
+    would bury the status; its warnings are, and `orchestrate logs TRIAL` has the rest.
+    """
+
+    def __init__(self, console=None, verbose=False, clock=time.time):
+        super().__init__(console, verbose, clock)
+        self.total = self.budget = self.started = None
+        self.done, self.running, self.best, self.activity = 0, None, None, ""
+        self.live = None
+
+    def event(self, event):
+        kind, trial = event.get("type"), event.get("trial")
+        if kind in ("trial_start", "trial_end"):
+            getattr(self, "_on_" + kind)(event)
+        elif trial is None:
+            super().event(event)
+        elif kind == "warning":
+            self._print(f"[yellow]warning:[/yellow] {_escape(trial)}: {_escape(str(event.get('message', '')))}")
+        elif kind == "phase":
+            self.activity = str(event.get("name", ""))
+        elif kind == "progress" and event.get("total"):
+            epoch = f" epoch {event['epoch']}/{event['epochs']}" if "epoch" in event and "epochs" in event else ""
+            self.activity = f"{event.get('phase', '')}{epoch} {event.get('done', 0) / event['total']:.0%}"
+        elif kind == "epoch_end":
+            self.activity = f"epoch {event.get('epoch')}/{event.get('epochs')} done"
+        self._refresh()
+
+    def close(self):
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        super().close()
+
+    def _on_run_start(self, ev):
+        search = ev.get("search") or {}
+        self.total, self.budget, self.started = len(search.get("trials") or []), search.get("budget_seconds"), \
+            self._time_of(ev)
+        budget = f" within {duration(self.budget)}" if isinstance(self.budget, (int, float)) else ""
+        self._print(f"[bold]search[/bold]: up to {self.total} trial(s){budget}, ranked by validation accuracy")
+
+    def _on_trial_start(self, ev):
+        from remote_scripts.search_space import describe
+
+        self.running, self.activity = ev.get("trial"), "starting"
+        if self.done == 0:  # the classes and split are the same for every trial
+            super()._on_run_start({**ev, "resumed_from_epoch": None})
+        self._print(f"[cyan]>[/cyan] {_escape(str(ev.get('trial')))} {_escape(describe(ev.get('config') or {}))}")
+
+    def _on_trial_end(self, ev):
+        self.done += 1
+        self.running = None
+        led = ev.get("status") == "completed" and (self.best is None or _ranks_before(ev, self.best))
+        if led:
+            self.best = ev
+        self._print("  " + _escape(trial_line(ev)) + (" [green]*best so far[/green]" if led else ""))
+
+    def _refresh(self):
+        if not self.console.is_terminal or self.total is None:
+            return
+        from rich.live import Live
+
+        if self.live is None:
+            self.live = Live(console=self.console, transient=True, auto_refresh=False)
+            self.live.start()
+        self.live.update(self.status_line(self.clock()), refresh=True)
+
+    def status_line(self, now):
+        """'trials 3 done, 1 running, 6 left; 1m20s left; best val acc 0.912 (t02 linear resnet50 lr 0.01); t04: train epoch 3/10 40%'"""
+        from remote_scripts.search_space import describe
+
+        left = self.total - self.done - (1 if self.running else 0)
+        parts = [f"trials {self.done} done, {1 if self.running else 0} running, {left} left"]
+        if isinstance(self.budget, (int, float)) and self.started is not None:
+            parts.append(f"{duration(max(0.0, self.budget - (now - self.started)))} left")
+        if self.best is not None:
+            parts.append(f"best val acc {self.best.get('val_accuracy'):.4f} ({self.best.get('trial')} "
+                         f"{describe(self.best.get('config') or {})})")
+        if self.running:
+            parts.append(f"{self.running}: {self.activity}")
+        return _escape("; ".join(parts))
+
+    def _on_run_end(self, ev):
+        self.close()
+        super()._on_run_end(ev)
+
+
+
+def _ranks_before(trial, other):
+    from remote_scripts.search_space import rank_key
+
+    return rank_key(trial) < rank_key(other)
+
+
+def trial_line(trial):
+    """'t03 linear resnet50 lr 0.01: val acc 0.9120, test acc 0.9050, 12.3s, stopped early'"""
+    from remote_scripts.search_space import describe
+
+    head = f"{trial.get('trial')} {describe(trial.get('config') or {})}"
+    if trial.get("status") != "completed":
+        return f"{head}: {trial.get('status')}" + (f" ({trial['error']})" if trial.get("error") else "")
+    parts = [f"val acc {_number(trial.get('val_accuracy'))}", f"test acc {_number(trial.get('accuracy'))}"]
+    if isinstance(trial.get("seconds"), (int, float)):
+        parts.append(f"{trial['seconds']:.1f}s")
+    stopped = {"early_termination": "stopped early (behind the median)", "early_stopping": "early stopping",
+               "time_budget": "stopped by the time budget"}.get(trial.get("stopped"))
+    return f"{head}: {', '.join(parts + ([stopped] if stopped else []))}"
+
+
+def search_table(result, top=5):
+    """The top `top` trials of a search's result (orchestrator.search.result), the best marked."""
+    from remote_scripts.search_space import describe
+
+    table = Table(title=f"Top {min(top, len(result['trials']))} of {len(result['trials'])} trials",
+                  show_header=True, header_style="bold")
+    for column, justify in (("", "left"), ("trial", "left"), ("configuration", "left"), ("val acc", "right"),
+                            ("test acc", "right"), ("macro acc", "right"), ("log-loss", "right"),
+                            ("seconds", "right"), ("status", "left")):
+        table.add_column(column, justify=justify)
+    best = (result.get("best") or {}).get("trial")
+    for trial in result["trials"][:top]:
+        seconds = trial.get("seconds")
+        table.add_row("*" if trial.get("trial") == best else "", _escape(str(trial.get("trial"))),
+                      _escape(describe(trial.get("config") or {})), _number(trial.get("val_accuracy")),
+                      _number(trial.get("accuracy")), _number(trial.get("macro_accuracy")),
+                      _number(trial.get("log_loss")), "-" if seconds is None else f"{seconds:.1f}",
+                      _escape(trial.get("stopped") if trial.get("status") == "completed" else str(trial.get("status"))))
+    table.caption = "* the best trial: its model is the search's model"
+    return table
+
+
+def _number(value):
+    return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"
+
+
 def duration(seconds):
     """45s, 3m49s, 2h05m: a time left, at the precision a person plans by."""
     seconds = round(seconds)

@@ -37,11 +37,11 @@ def new_run_id(name):
     return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def make_spec(data, train_args, backend_options, name, runs_dir):
-    """The JobSpec of a new run (nothing is created yet: `--dry-run` stops here)."""
+def make_spec(data, train_args, backend_options, name, runs_dir, trials=None):
+    """The JobSpec of a new run, a search with `trials` (nothing is created yet: `--dry-run` stops here)."""
     run_id = new_run_id(name)
     return JobSpec(run_id=run_id, data=Path(data).resolve(), run_dir=(Path(runs_dir) / run_id).resolve(),
-                   train_args=list(train_args), backend_options=dict(backend_options))
+                   train_args=list(train_args), backend_options=dict(backend_options), trials=trials)
 
 
 def start(backend, ledger, spec, name):
@@ -52,9 +52,11 @@ def start(backend, ledger, spec, name):
     """
     backend.prepare(spec)
     planned = backend.planned_remote_id(spec)
+    params = {"train_args": spec.train_args, "backend_options": spec.backend_options}
+    if spec.trials is not None:
+        params["trials"] = spec.trials
     ledger.add(RunRecord(run_id=spec.run_id, name=name, backend=backend.name, status=QUEUED,
-                         dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=planned or "",
-                         params={"train_args": spec.train_args, "backend_options": spec.backend_options}))
+                         dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=planned or "", params=params))
     try:
         (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (spec.run_dir / "spec.json").write_text(
@@ -100,6 +102,9 @@ def resume(backend, ledger, record):
                         "restarts a preempted job by itself, from the run's checkpoint output)")
     if record.status == COMPLETED:
         raise UserError(f"run {record.run_id} has completed: there is nothing to resume")
+    if record.search_id or "trials" in record.params:
+        raise UserError(f"run {record.run_id} is a search or one of its trials, which start from the beginning: "
+                        "start the search again")
     run = run_ref(record)
     spec = read_spec(run.run_dir, record.run_id)
     with open(run.run_dir / "spec.json") as lock:
@@ -176,6 +181,10 @@ def finish(backend, run, ledger, run_end=None, download=True):
         exit_code = backend.exit_code(run)
     ledger.update(run.run_id, status=status, exit_code=exit_code,
                   metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics} if metrics else {})
+    if "trials" in record.params:
+        from .search import record_trials
+
+        record_trials(ledger, ledger.get(run.run_id))
     return Outcome(status, exit_code, run_end.get("error") or "", metrics)
 
 

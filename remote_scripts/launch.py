@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Starts the training job: train.py in this process, or in N processes under torch's elastic agent.
 
-    python remote_scripts/launch.py [--nproc N] [--gpus all|none|N] -- TRAIN_ARGS...
+    python remote_scripts/launch.py [--nproc N] [--gpus all|none|N] [--entry search] -- JOB_ARGS...
 
 The local and Docker backends start every job here (orchestrator/backends/base.py:
 launch_command); Azure ML starts train.py through its own PyTorch distribution. N processes start
@@ -36,6 +36,8 @@ except ImportError:  # started as a script, beside train.py
     import progress
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+# `--entry search`: search.py, which runs its trials one after another in one process.
+SEARCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "search.py")
 MONITOR_SECONDS = 0.5  # how often the agent checks its workers: how soon a dead one stops the rest
 
 
@@ -69,6 +71,8 @@ def parse_args(argv):
                         help="training processes on this machine [default: one per visible GPU, at least one]")
     parser.add_argument("--gpus", type=gpus_option, default="all",
                         help="all, none or N: the visible GPUs the job may use (N: the first N)")
+    parser.add_argument("--entry", choices=("train", "search"), default="train",
+                        help="train: train.py; search: search.py's trials, in one process")
     return parser.parse_args(argv[:split]), argv[split + 1:]
 
 
@@ -135,6 +139,8 @@ def main(argv):
         print(f"error: {exc}", file=sys.stderr, flush=True)
         progress.emit("run_end", status="failed", seconds=0.0, exit_code=2, error=str(exc))
         return 2
+    if options.entry == "search":
+        os.execv(sys.executable, [sys.executable, "-u", SEARCH, *train_args])
     nproc = options.nproc or max(1, gpus)
     if nproc == 1:
         os.execv(sys.executable, [sys.executable, "-u", TRAIN, *train_args])

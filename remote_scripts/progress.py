@@ -25,6 +25,10 @@ EVENT_TYPES = (
     "metrics",     # the final test-split metrics (metrics.json without the confusion matrix)
     "artifact",    # name, bytes, sha256
     "run_end",     # status: completed | failed | canceled, seconds, exit_code, error
+    # A search (search.py): its trials' events carry "trial" (t01, t02...); their run_start is
+    # trial_start, and each ends with trial_end, its summary (search_space.py ranks them).
+    "trial_start",  # trial, config, and what run_start says
+    "trial_end",    # trial, config, status, stopped, val_accuracy, val_loss, test metrics, seconds, error
 )
 
 
@@ -48,13 +52,18 @@ def dumps(obj, **kwargs):
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
-def emit(type_, **fields):
-    """Print one event line and flush, so followers see it at once."""
+def event_line(type_, **fields):
+    """The log line of one event, newline included."""
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
     payload = {"v": VERSION, "type": type_, "time": round(time.time(), 3)}
     payload.update(fields)
-    sys.stdout.write(PREFIX + dumps(payload, separators=(",", ":")) + "\n")
+    return PREFIX + dumps(payload, separators=(",", ":")) + "\n"
+
+
+def emit(type_, **fields):
+    """Print one event line and flush, so followers see it at once."""
+    sys.stdout.write(event_line(type_, **fields))
     sys.stdout.flush()
 
 

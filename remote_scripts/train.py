@@ -251,6 +251,32 @@ class Reporter:
             self.mlflow = None
 
 
+class OneRun:
+    """What a run takes from the job it runs in: a training job is one run, which loads,
+    featurizes and exports for itself and stops by its own rules only.
+
+    search.py runs many trials in one process and hands each a subclass: the dataset and the
+    features the first trial made, a stop for a trial falling behind the others, and an export
+    only for a model that leads the search.
+    """
+
+    def dataset(self, args, load):
+        """The decoded, split dataset of `args`: load()."""
+        return load()
+
+    def features(self, key, compute):
+        """Linear mode's (features, backbone graph) for `key` (arch, weights, image size, data): compute()."""
+        return compute()
+
+    def falls_behind(self, history):
+        """Whether to stop after the epochs of `history` because other runs did better: never."""
+        return False
+
+    def exports_model(self, history):
+        """Whether to write model.onnx for a run whose epochs were `history`: always."""
+        return True
+
+
 # --------------------------------------------------------------------------------------------
 # Data
 
@@ -399,9 +425,10 @@ def backbone_in_onnx_runtime(model, batches, threads):
     return graph, session
 
 
-def cached_features(args, model, dataset, batches, fingerprint, report):
+def cached_features(args, model, dataset, batches, fingerprint, report, job):
     """Linear mode's (backbone features, their ONNX graph or None): see featurize; from the
-    checkpoint folder when an earlier attempt made them (no graph then)."""
+    checkpoint folder when an earlier attempt made them (no graph then), or from the job when
+    an earlier trial of a search did (OneRun.features)."""
     path = os.path.join(args.checkpoint_dir, "features.pt") if args.checkpoint_dir else None
     key = {k: fingerprint[k] for k in ("arch", "weights", "image_size", "data")}
     if path and os.path.exists(path):
@@ -410,7 +437,8 @@ def cached_features(args, model, dataset, batches, fingerprint, report):
             report.log(f"features loaded from {path}")
             return saved["features"], None
     usable = np.sort(np.concatenate([dataset.train, dataset.val, dataset.test]))
-    features, graph = featurize(model, batches, usable, args.batch_size, report)
+    features, graph = job.features(tuple(key.values()),
+                                   lambda: featurize(model, batches, usable, args.batch_size, report))
     if path:
         write_atomically(path, lambda tmp: torch.save({"key": key, "features": features}, tmp))
     return features, graph
@@ -714,10 +742,10 @@ def writable_folder(path, flag):
 
 
 def evaluate_and_export(args, mode, model, forward, dataset, progress_state, stopped, dist, report,
-                        backbone_graph=None):
+                        backbone_graph=None, export=True):
     """Test metrics of the kept weights -> metrics.json and, per image, predictions.csv (every
     process scores its share), then rank 0 exports the model (behind `backbone_graph` when
-    featurize made one) and writes the other files."""
+    featurize made one; not without `export`) and writes the other files."""
     report.event("phase", name="evaluate")
     evaluated_on, indices = "test", dataset.test
     if not len(indices):
@@ -746,24 +774,28 @@ def evaluate_and_export(args, mode, model, forward, dataset, progress_state, sto
 
     report.event("phase", name="export")
     out = args.output
-    export_onnx(model, os.path.join(out, "model.onnx"), dataset.classes, dataset.spec, args.arch, mode.name,
-                backbone=backbone_graph)
+    if export:
+        export_onnx(model, os.path.join(out, "model.onnx"), dataset.classes, dataset.spec, args.arch, mode.name,
+                    backbone=backbone_graph)
     write_json(os.path.join(out, "labels.json"), list(dataset.classes))
     write_json(os.path.join(out, "metrics.json"), result)
     write_atomically(os.path.join(out, "predictions.csv"), metrics.predictions_csv(
         [dataset.paths[i] for i in indices], dataset.labels[indices], probabilities, dataset.classes))
     write_history(out, progress_state["history"])
-    for name in OUTPUT_FILES:
+    written = [name for name in OUTPUT_FILES if export or name != "model.onnx"]
+    for name in written:
         path = os.path.join(out, name)
         report.event("artifact", name=name, path=path, bytes=os.path.getsize(path), sha256=sha256_of(path))
-    report.log(f"wrote {', '.join(OUTPUT_FILES)} to {out}")
+    report.log(f"wrote {', '.join(written)} to {out}")
 
 
 # --------------------------------------------------------------------------------------------
 # main
 
 
-def run(args, dist, report, started, stop):
+def run(args, dist, report, started, stop, job=None):
+    """Train and export one configuration; `job`: what the process shares with it (OneRun)."""
+    job = job or OneRun()
     device = resolve_device(args.device, dist)
     mode = MODES[args.mode or ("full" if device.type == "cuda" else "linear")]
     if dist.world > 1:
@@ -800,7 +832,7 @@ def run(args, dist, report, started, stop):
     state = load_weights(args.arch, args.weights)
     if dist.local_rank == 0:
         dist.barrier()
-    dataset = load_data(args, dist, report)
+    dataset = job.dataset(args, lambda: load_data(args, dist, report))
     dist.barrier()  # every process has its data: one whose loading failed ends them all here
     model = create_model(args, mode, dataset, state, device, report)
     del state
@@ -823,7 +855,7 @@ def run(args, dist, report, started, stop):
 
     features = backbone_graph = None
     if mode.cached_features:
-        features, backbone_graph = cached_features(args, model, dataset, batches, fingerprint, report)
+        features, backbone_graph = cached_features(args, model, dataset, batches, fingerprint, report, job)
         model.head[0].fit(features[torch.from_numpy(dataset.train)].to(device))
         features = features.to(device)
         if device.type == "cpu":
@@ -901,7 +933,7 @@ def run(args, dist, report, started, stop):
     # One throttle for all epochs: ~2 progress events a second however short the epochs are;
     # the end of each epoch is marked by its epoch_end event.
     throttle = report.throttle("train", steps, last=False, epochs=args.epochs)
-    decisions = (None, "completed", "early_stopping", "time_budget", "diverged")
+    decisions = (None, "completed", "early_stopping", "time_budget", "early_termination", "diverged")
     has_val = len(dataset.val) > 0
     try:
         while state["stopped"] is None and state["epoch"] < args.epochs:
@@ -930,7 +962,7 @@ def run(args, dist, report, started, stop):
                     forward, dataset.val, dataset.labels[dataset.val], args.batch_size, dist)
             decision = None
             if dist.main:
-                decision = end_of_epoch(args, row, state, has_val, epoch_started, elapsed, report)
+                decision = end_of_epoch(args, row, state, has_val, epoch_started, elapsed, report, job)
                 if row["best"]:
                     best_weights = {k: v.detach().cpu().clone() for k, v in trainable.state_dict().items()}
             decision = decisions[int(dist.broadcast(decisions.index(decision)))]
@@ -949,11 +981,12 @@ def run(args, dist, report, started, stop):
     # Only rank 0 keeps the best epoch's weights: every process scores its share of the test
     # split with them, so that metrics.json is what the exported model gives.
     dist.share(trainable.state_dict().values())
-    evaluate_and_export(args, mode, model, forward, dataset, state, state["stopped"], dist, report, backbone_graph)
+    evaluate_and_export(args, mode, model, forward, dataset, state, state["stopped"], dist, report, backbone_graph,
+                        export=job.exports_model(state["history"]))
     dist.barrier()
 
 
-def end_of_epoch(args, row, state, has_val, epoch_started, elapsed, report):
+def end_of_epoch(args, row, state, has_val, epoch_started, elapsed, report, job):
     """Rank 0: keep the best epoch, record the row, and decide whether to stop (None: go on)."""
     epoch = row["epoch"]
     if not math.isfinite(row["train_loss"]) or (has_val and not math.isfinite(row["val_loss"])):
@@ -979,6 +1012,9 @@ def end_of_epoch(args, row, state, has_val, epoch_started, elapsed, report):
     if args.time_budget is not None and elapsed() >= args.time_budget:
         report.warn(f"time budget of {args.time_budget:g}s spent after epoch {epoch}/{args.epochs}; stopping")
         return "time_budget"
+    if job.falls_behind(state["history"]):
+        report.log(f"stopped after epoch {epoch}: its validation loss trails the other trials' median")
+        return "early_termination"
     return None
 
 

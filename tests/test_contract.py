@@ -138,8 +138,12 @@ def test_client_understands_every_event_type_the_script_emits():
 
 
 def test_renderer_has_a_handler_for_every_known_type():
-    missing = [t for t in KNOWN_TYPES if not hasattr(EventRenderer, "_on_" + t)]
-    assert not missing
+    """A training run's renderer handles every type but a search's; a search's renderer all of them."""
+    from orchestrator.render import SearchRenderer
+
+    search_only = {"trial_start", "trial_end"}
+    assert not [t for t in KNOWN_TYPES - search_only if not hasattr(EventRenderer, "_on_" + t)]
+    assert not [t for t in KNOWN_TYPES if not hasattr(SearchRenderer, "_on_" + t)]
 
 
 def test_emitted_line_round_trips_through_the_parser(capsys):

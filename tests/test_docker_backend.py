@@ -554,3 +554,21 @@ def test_doctor_reports_engine_image_and_gpu_runtime(tmp_path, docker_client, of
 
     missing = run_cli("doctor", env={"DOCKER_HOST": f"unix://{tmp_path}/docker.sock"})
     assert missing.returncode == 2 and "no Docker engine is running" in missing.stdout
+
+
+def test_a_search_runs_its_trials_in_one_container(tmp_path, docker_client, offline_base, training_image):
+    """`train --search --backend docker`: launch.py starts search.py, whose trials write their folders
+    and search.json under the run's outputs, the best trial's model as the run's."""
+    data = make_dataset(tmp_path / "data", per_class=12, size=32)
+    spec = make_spec(tmp_path, data, FAST_JOB[:-2], offline_base)  # the trials choose the mode
+    spec.trials = [{"mode": "linear", "lr": 0.01}, {"mode": "head", "lr": 0.001}]
+    backend = DockerBackend()
+    backend.prepare(spec)
+    run = backend.submit(spec)
+    seen = events(backend.log_lines(run, cursor=0))
+    assert backend.status(run) == "completed", seen[-1]
+    assert [e["trial"] for e in seen if e["type"] == "trial_end"] == ["t01", "t02"]
+    found = json.loads((spec.output_dir / "search.json").read_text())
+    assert [t["status"] for t in found["trials"]] == ["completed", "completed"]
+    best = spec.output_dir / "trials" / found["best"] / "outputs" / "model.onnx"
+    assert (spec.output_dir / "model.onnx").read_bytes() == best.read_bytes()

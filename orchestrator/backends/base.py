@@ -9,6 +9,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from remote_scripts.search_space import trials_argument
+
 # Run states, the same words for every backend and in the ledger.
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed", "failed", "canceled"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
@@ -27,6 +29,10 @@ class JobSpec:
     run_dir: Path
     train_args: list
     backend_options: dict = field(default_factory=dict)
+    # A search (`train --search`): the configurations to try, {option dest: value} each, in order
+    # (remote_scripts/search_space.py); train_args are then what every trial shares and
+    # --time-budget is the whole search's. None: one training run.
+    trials: list = None
 
     @property
     def output_dir(self):
@@ -45,7 +51,8 @@ class JobSpec:
     def from_json(cls, data):
         """The spec that runs/<id>/spec.json records (the inverse of to_json; other keys ignored)."""
         return cls(run_id=data["run_id"], data=Path(data["data"]), run_dir=Path(data["run_dir"]),
-                   train_args=list(data["train_args"]), backend_options=dict(data.get("backend_options") or {}))
+                   train_args=list(data["train_args"]), backend_options=dict(data.get("backend_options") or {}),
+                   trials=data.get("trials"))
 
 
 @dataclass
@@ -125,13 +132,16 @@ class Backend(ABC):
         """Put the job's outputs (job contract 4.1) into `dest`; no-op when already there."""
 
 
-def launch_command(python, scripts_dir, job_args, nproc=None, gpus=None):
+def launch_command(python, scripts_dir, job_args, nproc=None, gpus=None, trials=None):
     """The command of a local or Docker job: remote_scripts/launch.py in `scripts_dir`, which runs
     train.py with `job_args` in one process, or in one per GPU (or `nproc`) under torch's elastic
-    agent. The job decides, not this client: only it can count the GPUs it was given."""
+    agent. The job decides, not this client: only it can count the GPUs it was given.
+    With `trials` (a search, JobSpec.trials) it runs search.py instead, in one process."""
     command = [python, "-u", f"{str(scripts_dir).rstrip('/')}/launch.py"]
     if nproc is not None:
         command += ["--nproc", str(nproc)]
     if gpus is not None:
         command += ["--gpus", str(gpus)]
+    if trials is not None:
+        return [*command, "--entry", "search", "--", *job_args, "--trials", trials_argument(trials)]
     return [*command, "--", *job_args]

@@ -349,7 +349,7 @@ def container_settings(spec, options):
     # --gpus is the engine's device request: launch.py counts what the container was given.
     command = launch_command("python3", "/code", ["--data", "/data", "--output", "/outputs",
                                                   "--checkpoint-dir", "/checkpoints", *train_args],
-                             nproc=spec.backend_options.get("nproc"))
+                             nproc=spec.backend_options.get("nproc"), trials=spec.trials)
     return command, dict(
         settings, name=f"orchestrate-{spec.run_id}", labels={RUN_LABEL: spec.run_id, RUN_DIR_LABEL: str(run_dir)},
         init=True, network_mode="none", shm_size=SHM_SIZE, working_dir="/code",

@@ -41,7 +41,7 @@ class LocalBackend(Backend):
             "--output", str(spec.output_dir.resolve()),
             "--checkpoint-dir", str((spec.run_dir / "checkpoints").resolve()),
             *spec.train_args,
-        ], nproc=spec.backend_options.get("nproc"), gpus=spec.backend_options.get("gpus"))
+        ], nproc=spec.backend_options.get("nproc"), gpus=spec.backend_options.get("gpus"), trials=spec.trials)
         with open(spec.log_path, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator.backends.local_job", str(spec.run_dir.resolve()), "--",

@@ -133,11 +133,12 @@ def follow_and_report(backend, run, as_json=False, verbose=False, until_end=True
     Without `until_end`, show what the run has logged so far and say how to follow a live one.
     With `write_report`, a completed run's report.html is written before the summary names it.
     """
-    from ..render import EventRenderer
+    from ..render import EventRenderer, SearchRenderer
     from ..runner import Detached, follow
 
     ledger = Ledger()
-    renderer = EventRenderer(verbose=verbose)
+    searching = "trials" in ledger.get(run.run_id).params
+    renderer = (SearchRenderer if searching else EventRenderer)(verbose=verbose)
     try:
         outcome = follow(backend, run, ledger, renderer, until_end)
     except Detached:
@@ -148,9 +149,21 @@ def follow_and_report(backend, run, as_json=False, verbose=False, until_end=True
         click.echo(f"run {run.run_id} is {outcome.status}; follow it with: orchestrate logs {run.run_id}", err=True)
         return outcome
     report = completed_run_report(record, write_report) if outcome.status == COMPLETED else None
+    found = None
+    if searching:
+        from ..search import result
+
+        found = result(record)
     if as_json:
-        print_json(run_summary(record, outcome, report))
+        print_json({**run_summary(record, outcome, report), **(found or {})})
+    if found and not as_json and found["trials"]:
+        from ..render import console_for, search_table
+
+        console_for().print(search_table(found))
     if outcome.status == COMPLETED:
+        if found and not as_json:
+            click.echo(f"search {run.run_id} completed; best trial {found['best']['run_id']} "
+                       f"(compare them all: orchestrate runs compare {run.run_id})")
         if not as_json:
             click.echo(f"run {run.run_id} completed\nmodel: {record.output_dir / 'model.onnx'}\n"
                        f"predict: orchestrate predict {run.run_id} IMAGE...\n"

@@ -73,23 +73,26 @@ def show_run(run_id, as_json):
 
 
 @runs.command("compare")
-@click.argument("run_ids", metavar="RUN RUN...", nargs=-1, required=True)
+@click.argument("run_ids", metavar="RUN|SEARCH...", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: runs, parameters, metrics and the best run of each metric.")
 def compare_runs(run_ids, as_json):
     """Show runs side by side: the parameters that differ and the metrics, the best value of each
-    metric marked. Runs without metrics yet show "-"; outputs are not downloaded for this.
+    metric marked. Runs without metrics yet show "-"; outputs are not downloaded for this. A
+    search (`train --search`) stands for all of its trials.
 
     \b
-    Example:
+    Examples:
       orchestrate runs compare digits-20261123-101500-ab12 digits-20261123-103000-cd34 --json
+      orchestrate runs compare digits-20261202-101500-ef56
     """
     from ..compare import compare
     from ..errors import UserError
     from ..ledger import Ledger
+    from ..search import expand_ids
 
     ledger = Ledger()
-    records = [ledger.get(run_id) for run_id in run_ids]
+    records = [ledger.get(run_id) for run_id in expand_ids(ledger, run_ids)]
     ids = [record.run_id for record in records]
     repeated = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
     if repeated:

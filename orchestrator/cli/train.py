@@ -49,7 +49,8 @@ def _packed_scan(data):
 # compute cluster wants the cloud, not a silent run on the laptop).
 AZURE_ONLY = {"compute": "--compute", "nodes": "--nodes", "low_priority": "--low-priority",
               "experiment": "--experiment", "max_hours": "--max-hours", "weights_upload": "--weights-upload",
-              "no_pack": "--no-pack",
+              "no_pack": "--no-pack", "max_concurrent_trials": "--max-concurrent-trials",
+              "early_termination": "--early-termination",
               "register": "--register", "subscription_id": "--subscription-id",
               "resource_group": "--resource-group", "workspace_name": "--workspace", "profile": "--profile"}
 WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
@@ -132,6 +133,14 @@ def dry_run_azure(backend, spec, export_path):
               help="Where the job runs. auto: azure when a workspace is configured, else docker when an engine "
                    "answers, else local.")
 @training_options
+@click.option("--search", is_flag=True,
+              help="Try several configurations, cheapest first (linear mode over learning rates and weight "
+                   "decays on one featurization, then head mode, then full fine-tuning), each a run of its own; "
+                   "the best one's model is this run's. --time-budget is then the whole search's.")
+@click.option("--trials", "max_trials", type=click.IntRange(min=1), help="With --search: at most this many trials.")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --search: a YAML file of the configurations to try instead of the default space "
+                   "(a list of groups, option: value or [values]; see README).")
 @click.option("--name", help="Run name (the run id starts with it). [default: the dataset folder name]")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Where run folders are created.")
@@ -155,6 +164,11 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--no-pack", is_flag=True, default=None,
               help="azure: upload the image files one blob each (mounted by the job) instead of packed shards "
                    "(downloaded by the job; see `orchestrate data pack`).")
+@click.option("--max-concurrent-trials", type=click.IntRange(min=1),
+              help="azure, with --search: trials running at once, one node each. [default: up to 4]")
+@click.option("--early-termination", type=click.Choice(("median", "bandit", "none")),
+              help="azure, with --search: the sweep's policy for trials that fall behind (median: the rule the "
+                   "local search applies too). [default: median]")
 @click.option("--register", is_flag=True, default=None,
               help="azure: when the run completes, register its ONNX model (labels, test metrics as tags) and "
                    "its dataset as Azure ML assets (later: orchestrate register RUN).")
@@ -170,7 +184,8 @@ def dry_run_azure(backend, spec, export_path):
 @click.option("--detach", is_flag=True, help="Start the job and return at once with its run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
-def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, yes, **kwargs):
+def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, yes, search, max_trials,
+          space_file, **kwargs):
     """Train a classifier on DATA, a folder with one sub-folder of images per label (or such a
     dataset at s3://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX, packed first into the cache).
 
@@ -181,6 +196,7 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
       orchestrate train ./digits --backend local --weights none --image-size 64 --json
       orchestrate train ./EuroSAT --compute gpu-nc12 --epochs 10
       orchestrate train ./EuroSAT --backend azure --dry-run --export job.yml
+      orchestrate train ./EuroSAT --search --time-budget 600
       orchestrate train --resume digits-20261123-101500-ab12
     """
     resume_run = kwargs.pop("resume_run")
@@ -207,8 +223,9 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     data = Path(data)
     validate_dataset(data, values)
     backend_options = {k: v for k, v in kwargs.items() if v is not None}
+    trials = search_trials(search, values, space_file, max_trials, backend_options)
     name = name or data.resolve().name
-    spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir)
+    spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir, trials=trials)
     if dry_run or export_path:
         return dry_run_azure(backend, spec, export_path)
     chosen, workspace_line = choose_backend(backend, spec.backend_options)
@@ -221,12 +238,39 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
         raise UserError("--register waits for the run to complete: without --detach, or later with "
                         "`orchestrate register RUN`")
     if engine.name in ("local", "docker") or spec.backend_options.get("weights_upload"):
-        fetch_imagenet_weights(spec.train_args)
+        from ..weights import wanted_imagenet_arch
+
+        for train_args in {wanted_imagenet_arch(args): args for args in job_arguments(spec)}.values():  # one per arch
+            fetch_imagenet_weights(train_args)
     run = runner.start(engine, Ledger(), spec, name)
     outcome = detach_or_follow(engine, run, detach, as_json, verbose, started="submitted",
                                banner=f"run {run.run_id} on {engine.name} backend; folder {run.run_dir}")
     if spec.backend_options.get("register"):
         register_completed(run.run_id, outcome, as_json)
+
+
+def search_trials(search, values, space_file, max_trials, backend_options):
+    """The trials of `train --search` (orchestrator.search.plan_trials), None without --search."""
+    if not search:
+        if space_file is not None or max_trials is not None:
+            raise UserError("--trials and --space choose the trials of a search: add --search")
+        if "max_concurrent_trials" in backend_options or "early_termination" in backend_options:
+            raise UserError("--max-concurrent-trials and --early-termination set up a search's sweep job: add --search")
+        return None
+    if backend_options.get("nproc", 1) > 1:
+        raise UserError("--search runs its trials one after another in one process: drop --nproc")
+    from ..search import plan_trials
+
+    return plan_trials(values, space_file, max_trials)
+
+
+def job_arguments(spec):
+    """The train.py arguments of each configuration `spec` runs: its own, or each trial's."""
+    from remote_scripts.options import to_arguments
+
+    if spec.trials is None:
+        return [spec.train_args]
+    return [spec.train_args + to_arguments(trial) for trial in spec.trials]
 
 
 def register_completed(run_id, outcome, as_json):

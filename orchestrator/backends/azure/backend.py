@@ -2,7 +2,9 @@
 
 prepare: create the cluster when missing (quota-checked) and upload the dataset to the workspace's
 default datastore (only changed files are sent: storage.blob). submit: the command job of
-job.py. log_lines/status/cancel/download: by the Azure ML job name (tailer.py, seam.py).
+job.py, or, for a search (spec.trials set), the sweep job of sweep_job.py: one trial per
+configuration, the same dataset upload. log_lines/status/cancel/download: by the Azure ML job name
+(tailer.py, seam.py; a search's trials and best model: sweep_results.py).
 
 Why runs/<id>/azure.json: `orchestrate logs/status/download RUN` may run in another process,
 directory or shell than the submit; the file holds the workspace coordinates and the datastore of
@@ -10,7 +12,8 @@ the run (no secrets), so they work without the flags the run was started with.
 
 backend_options (from `orchestrate train`): compute (alias or size; default gpu-t4), nodes,
 low_priority, experiment, max_hours (the job's timeout; default 24), and the workspace flags subscription_id, resource_group,
-workspace_name, profile.
+workspace_name, profile. A search also reads max_concurrent_trials (default min(trials, 4)) and
+early_termination (median | bandit | none; default median): see sweep_job.py.
 """
 import json
 import sys
@@ -47,18 +50,17 @@ class AzureBackend(Backend):
         from remote_scripts.options import given_value
 
         from ...storage.upload_progress import UploadProgress
-        from .job import build_job, dataset_prefix, plan_from_spec
+        from .job import dataset_prefix
         from .provision import ensure_compute
         from .seam import azure_errors
 
-        plan = plan_from_spec(spec)
-        build_job(plan)  # an invalid job fails before anything is created or uploaded
+        plan, _ = _build(spec)  # an invalid job fails before anything is created or uploaded
         seam = self._spec_seam(spec)
         with azure_errors():
             # storage first: a refused connection string or datastore fails before a cluster exists
             datastore = seam.default_datastore()
             container = seam.container_client(datastore)
-            ensure_compute(seam, plan.compute, say=self.say, max_nodes=plan.nodes,
+            ensure_compute(seam, plan.compute, say=self.say, max_nodes=self._nodes_needed(seam, spec, plan),
                            low_priority=plan.low_priority, approve=self.approve)
         if plan.packed:  # shards, content-addressed: see storage/packed_blob.py
             from ...storage.packed_blob import pack_and_upload
@@ -74,6 +76,22 @@ class AzureBackend(Backend):
             self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 
+    def _nodes_needed(self, seam, spec, plan):
+        """The nodes the cluster must scale to: the job's; for a search, one per concurrent trial,
+        except that an existing smaller cluster is used as it is (the other trials queue)."""
+        if not spec.trials:
+            return plan.nodes
+        from .sweep_job import sweep_plan_from_spec
+
+        wanted = sweep_plan_from_spec(spec).max_concurrent
+        existing = seam.get_compute(plan.compute.cluster)
+        have = (existing or {}).get("max_instances") or 0
+        if existing and existing.get("state") != "Failed" and have < wanted:
+            self.say(f"compute {plan.compute.cluster} scales to {have} node(s): {have} of the "
+                     f"{wanted} concurrent trials run at once, the others queue")
+            return have
+        return wanted
+
     def planned_remote_id(self, spec):
         """The job name, known before the submit (= the run id): the ledger holds it even when
         the submit is interrupted, so `status`/`cancel` find a job the service did create."""
@@ -88,16 +106,19 @@ class AzureBackend(Backend):
         image definition) leaves a run whose job `status`, `cancel` and `logs` can still find.
         The seam's submit is get-then-create, so a retry never makes a second job.
         """
-        from .job import build_job, plan_from_spec
         from .seam import azure_errors
 
         seam = self._spec_seam(spec)
         with azure_errors():
             datastore = self._datastores.get(spec.run_id) or seam.default_datastore()
-            plan = plan_from_spec(spec, datastore=datastore["name"])
-            job = build_job(plan)
+            plan, job = _build(spec, datastore=datastore["name"])
         state = {"job": plan.name, "studio_url": None, "compute": plan.compute.cluster,
                  "datastore": datastore, "workspace": seam.settings.public()}
+        if spec.trials:  # what download and log_lines need to know of the search, spec or not
+            from .sweep_job import sweep_plan_from_spec
+
+            sweep = sweep_plan_from_spec(spec, datastore=datastore["name"])
+            state["search"] = {"trials": sweep.trials, "budget_seconds": sweep.budget_seconds}
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         _write_state(spec.run_dir, state)
         with azure_errors():
@@ -145,11 +166,22 @@ class AzureBackend(Backend):
                      + self._why_waiting(seam, state.get("compute")))
 
         with azure_errors():
-            yield from tail(seam, run.remote_id, cursor, follow, sleep=self.sleep,
-                            on_status=on_status, on_wait=on_wait,
-                            on_restart=lambda: self.say("Azure ML job: a new attempt started "
-                                                        "(its log follows)"),
-                            stop=terminal_statuses(), clock=self.clock)
+            if state.get("search"):
+                from .sweep_results import follow_sweep
+
+                def failure():
+                    error = seam.job_error(run.remote_id)
+                    return f"{error['code'] or 'Error'}: {error['message']}" if error else None
+
+                yield from follow_sweep(seam, seam.container_client(state["datastore"]), state, run.run_id,
+                                        cursor, follow, sleep=self.sleep, clock=self.clock, on_status=on_status,
+                                        on_wait=on_wait, stop=terminal_statuses(), failure=failure)
+            else:
+                yield from tail(seam, run.remote_id, cursor, follow, sleep=self.sleep,
+                                on_status=on_status, on_wait=on_wait,
+                                on_restart=lambda: self.say("Azure ML job: a new attempt started "
+                                                            "(its log follows)"),
+                                stop=terminal_statuses(), clock=self.clock)
             if seen and seen[-1] == "Failed":
                 for line in self._failure_lines(seam, run, state):
                     self.say(line)
@@ -206,7 +238,8 @@ class AzureBackend(Backend):
             self._run_seam(run).cancel(run.remote_id)
 
     def download(self, run, dest):
-        """The `model` output (model.onnx, labels.json, metrics.json, history.jsonl, predictions.csv) into dest."""
+        """The `model` output (model.onnx, labels.json, metrics.json, history.jsonl, predictions.csv) into dest;
+        for a search, the best trial's, with search.json (sweep_results.download_search)."""
         from ...storage.blob import download_prefix
         from .job import run_prefix
         from .seam import azure_errors
@@ -217,6 +250,11 @@ class AzureBackend(Backend):
         seam = self._run_seam(run)
         with azure_errors():
             container = seam.container_client(state["datastore"])
+            if state.get("search"):
+                from .sweep_results import download_search
+
+                download_search(seam, container, state, run.run_id, dest, say=self.say)
+                return
         # an attached job (orchestrate attach) records where its model output is
         prefix = (state.get("outputs") or {}).get("model") or run_prefix(run.run_id, "model")
         download_prefix(container, prefix, dest)
@@ -243,17 +281,39 @@ def _spec_settings(spec):
     return load_settings({k: options.get(k) for k in PROFILE_FIELDS}, profile=options.get("profile"))
 
 
+def _build(spec, datastore=None):
+    """(plan, azure-ai-ml job) of `spec`: the command job of one run (job.py), or the sweep job
+    of a search when spec.trials is set (sweep_job.py). The plan's compute, name and
+    low_priority are read the same way for both (a SweepPlan's `.job` is its trials' JobPlan)."""
+    from .job import DEFAULT_DATASTORE, build_job, plan_from_spec
+
+    datastore = datastore or DEFAULT_DATASTORE
+    if spec.trials:
+        from .sweep_job import build_sweep, sweep_plan_from_spec
+
+        sweep = sweep_plan_from_spec(spec, datastore=datastore)
+        return sweep.job, build_sweep(sweep)
+    plan = plan_from_spec(spec, datastore=datastore)
+    return plan, build_job(plan)
+
+
 def describe_plan(spec):
-    """What a submit of `spec` would create and run, as printable lines (the notice line first)."""
+    """What a submit of `spec` would create and run, as printable lines (the notice line first);
+    a search (spec.trials) describes its sweep job: trials, concurrency, limits, policy."""
     from .job import describe, plan_from_spec
 
+    if spec.trials:
+        from .sweep_job import describe_sweep, sweep_plan_from_spec
+
+        return describe_sweep(sweep_plan_from_spec(spec), _spec_settings(spec))
     return describe(plan_from_spec(spec), _spec_settings(spec))
 
 
 def export_job_yaml(spec, path):
-    """Write the job of `spec` as Azure ML YAML (`az ml job create -f`, `azure.ai.ml.load_job`);
-    the path is checked first, so a bad one fails before the job is planned."""
-    from .job import build_job, check_export_path, export_yaml, plan_from_spec
+    """Write the job of `spec` as Azure ML YAML (`az ml job create -f`, `azure.ai.ml.load_job`):
+    a command job, or a sweep job for a search; the path is checked first, so a bad one fails
+    before the job is planned."""
+    from .job import check_export_path, export_yaml
 
     check_export_path(path)
-    export_yaml(build_job(plan_from_spec(spec)), path)
+    export_yaml(_build(spec)[1], path)

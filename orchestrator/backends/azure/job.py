@@ -95,12 +95,21 @@ class JobPlan:
     def data_uri(self):
         return datastore_uri(self.datastore, dataset_prefix(self.data_dir, self.packed))
 
-    def command(self):
+    def command(self, script="train.py", script_args=(), bindings=""):
         """The job's command line; user arguments may not smuggle in `${{...}}` bindings, which
-        Azure ML would substitute (and which azure-ai-ml does not check offline)."""
-        if any("${{" in arg for arg in self.train_args):
+        Azure ML would substitute (and which azure-ai-ml does not check offline).
+
+        `script`, `script_args` and `bindings`: a sweep trial runs search.py with its --trials
+        (plain arguments, quoted like the others) and its `--trial ${{inputs.trial}}` binding."""
+        if any("${{" in arg for arg in [*self.train_args, *script_args]):
             raise UserError("training arguments must not contain '${{' (Azure ML bindings)")
-        fixed = f"{COMMAND} {WEIGHTS_BINDING}" if self.weights_file else COMMAND
+        fixed = COMMAND.replace("python train.py", f"python {script}", 1)
+        if self.weights_file:
+            fixed = f"{fixed} {WEIGHTS_BINDING}"
+        if script_args:
+            fixed = f"{fixed} {shlex.join(script_args)}"
+        if bindings:
+            fixed = f"{fixed} {bindings}"
         return " ".join([fixed, shlex.join(self.train_args)]).strip()
 
 
@@ -157,18 +166,29 @@ def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
 def build_job(plan):
     """The real azure-ai-ml Command job for `plan`, validated offline."""
     sdk = load_sdk()
+    distributed = plan.nodes > 1 or plan.processes_per_node > 1
+    return command_job(plan, plan.command(), lambda output: run_prefix(plan.run_id, output),
+                       distribution=(sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_node)
+                                     if distributed else None))
+
+
+def command_job(plan, command, output_prefix, distribution=None, extra_inputs=None, timeout=None):
+    """The Command of `plan` running `command`, its outputs `model` and `checkpoints` at the
+    datastore prefixes `output_prefix(name)` gives; validated offline. Shared by the training job
+    (build_job) and a sweep's trial (sweep_job.build_sweep), so the two cannot drift apart:
+    code upload, environment, data and weights inputs, shm size, environment variables."""
+    sdk = load_sdk()
     from azure.ai.ml.entities import BuildContext, Environment
 
     def folder(output):
-        return sdk.Output(type="uri_folder", mode="rw_mount",
-                          path=datastore_uri(plan.datastore, run_prefix(plan.run_id, output)))
+        return sdk.Output(type="uri_folder", mode="rw_mount", path=datastore_uri(plan.datastore, output_prefix(output)))
 
-    distributed = plan.nodes > 1 or plan.processes_per_node > 1
     # A packed dataset is a few large shards: `download` copies them to the node's disk, one request
     # per shard; loose files stay mounted (downloading 27,000 blobs one by one is the slow path).
     inputs = {"data": sdk.Input(type="uri_folder", path=plan.data_uri, mode="download" if plan.packed else "ro_mount")}
     if plan.weights_file:  # the SDK uploads a local path at submit (LocalUpload/<content hash>/)
         inputs["weights"] = sdk.Input(type="uri_file", path=str(plan.weights_file), mode="download")
+    inputs.update(extra_inputs or {})
     with sdk_validation_errors():
         job = sdk.command(
             name=plan.name,
@@ -177,7 +197,7 @@ def build_job(plan):
             description="orchestrate: image classifier training (transfer learning, ONNX output)",
             tags={"orchestrate.run_id": plan.run_id},
             code=str(remote_scripts_dir()),
-            command=plan.command(),
+            command=command,
             # anonymous: its version is the build context's hash, so unchanged images are reused
             environment=Environment(build=BuildContext(path=str(docker_context_dir()),
                                                        dockerfile_path=AZUREML_DOCKERFILE)),
@@ -185,10 +205,10 @@ def build_job(plan):
             outputs={"model": folder("model"), "checkpoints": folder("checkpoints")},
             compute=plan.compute.cluster,
             instance_count=plan.nodes,
-            distribution=(sdk.PyTorchDistribution(process_count_per_instance=plan.processes_per_node)
-                          if distributed else None),
+            distribution=distribution,
             shm_size=SHM_SIZE,
-            timeout=plan.timeout_seconds,  # limits.timeout: the service cancels the job after it
+            # limits.timeout: the service cancels the job after it
+            timeout=plan.timeout_seconds if timeout is None else timeout,
             environment_variables={"PYTHONUNBUFFERED": "1"},
         )
     errors = job_validation_errors(job)
@@ -239,8 +259,12 @@ def export_yaml(job, path):
         write_yaml(path, data)
 
 
-def describe(plan, settings=None):
-    """Human-readable lines: what a submit of `plan` would create and run."""
+def describe(plan, settings=None, replace=None):
+    """Human-readable lines: what a submit of `plan` would create and run.
+
+    `replace`: {section: [lines]} put in place of the sections "nodes", "timeout", "outputs" or
+    "command" (a sweep describes its trials, limits and trial command there); extra sections
+    named in it that the job has not are added before "experiment"."""
     size = plan.compute.size
     ws = settings.public() if settings else {}
     tier = "low-priority" if plan.low_priority else "dedicated"
@@ -249,25 +273,38 @@ def describe(plan, settings=None):
     if plan.weights_file:
         fetched = "" if plan.weights_file.is_file() else " (downloaded there first)"
         weights.append(f"weights:     {plan.weights_file}{fetched} -> uploaded as the input 'weights'")
-    lines = [
-        f"workspace:   {ws.get('workspace_name', '(not configured)')}"
-        + (f" (resource group {ws['resource_group']})" if ws.get("resource_group") else ""),
-        f"compute:     {plan.compute.cluster} = {size.name} ({gpus}, {size.vcpus} vCPUs), {tier}, "
-        f"scales to 0 when idle; created if missing",
-        f"nodes:       {plan.nodes} x {plan.processes_per_node} process(es)"
-        + (" (PyTorch distribution)" if plan.nodes > 1 or plan.processes_per_node > 1 else ""),
-        f"environment: built from {docker_context_dir()} ({AZUREML_DOCKERFILE}: Microsoft Container "
-        "Registry base with MLflow)",
-        f"timeout:     {plan.max_hours:g} h (--max-hours), then the service cancels the job",
-        f"code:        {remote_scripts_dir()}",
-        f"dataset:     {plan.data_dir} -> {plan.data_uri}"
-        + (" (packed shards, downloaded to the node)" if plan.packed else " (files, mounted)"),
-        *weights,
-        f"outputs:     model -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'model'))}",
-        f"             checkpoints -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'checkpoints'))}",
-        f"experiment:  {plan.experiment}, job {plan.name}",
-        f"command:     {plan.command()}",
+    sections = [
+        ("workspace", [f"workspace:   {ws.get('workspace_name', '(not configured)')}"
+                       + (f" (resource group {ws['resource_group']})" if ws.get("resource_group") else "")]),
+        ("compute", [f"compute:     {plan.compute.cluster} = {size.name} ({gpus}, {size.vcpus} vCPUs), {tier}, "
+                     f"scales to 0 when idle; created if missing"]),
+        ("nodes", [f"nodes:       {plan.nodes} x {plan.processes_per_node} process(es)"
+                   + (" (PyTorch distribution)" if plan.nodes > 1 or plan.processes_per_node > 1 else "")]),
+        ("environment", [f"environment: built from {docker_context_dir()} ({AZUREML_DOCKERFILE}: Microsoft "
+                         "Container Registry base with MLflow)"]),
+        ("timeout", [f"timeout:     {plan.max_hours:g} h (--max-hours), then the service cancels the job"]),
+        ("code", [f"code:        {remote_scripts_dir()}"]),
+        ("dataset", [f"dataset:     {plan.data_dir} -> {plan.data_uri}"
+                     + (" (packed shards, downloaded to the node)" if plan.packed else " (files, mounted)")]),
+        ("weights", weights),
+        ("outputs", [f"outputs:     model -> {datastore_uri(plan.datastore, run_prefix(plan.run_id, 'model'))}",
+                     f"             checkpoints -> "
+                     f"{datastore_uri(plan.datastore, run_prefix(plan.run_id, 'checkpoints'))}"]),
+        ("experiment", [f"experiment:  {plan.experiment}, job {plan.name}"]),
+        ("command", None),  # built last: a sweep replaces it (its trial command), so it is not built twice
     ]
+    replace = dict(replace or {})
+    known = {key for key, _ in sections}
+    lines = []
+    for key, body in sections:
+        if key == "experiment":
+            for extra in [k for k in replace if k not in known]:
+                lines.extend(replace[extra])
+        if key in replace:
+            body = replace[key]
+        elif body is None:
+            body = [f"command:     {plan.command()}"]
+        lines.extend(body)
     if plan.compute.notice:
         lines.insert(0, plan.compute.notice)
     return "\n".join(lines)

@@ -351,6 +351,35 @@ class AzureSeam:
     def cancel(self, name):
         self.ml.jobs.begin_cancel(name).result()
 
+    # sweep jobs (a search): the parent's run record and its trial runs -------------------------
+    def run_record(self, name):
+        """{status, start, end, tags, properties} of a job's run-history run (times in epoch
+        seconds or None). A sweep's parent run carries its trials' sampled values as tags
+        "<parent>_<index>": JSON, and the service's best trial as property best_child_run_id.
+        Private API: JobOperations._runs_operations."""
+        run = self.ml.jobs._runs_operations.get_run(name)
+        return {"status": run.status, "start": _epoch(run.start_time_utc), "end": _epoch(run.end_time_utc),
+                "tags": dict(run.tags or {}), "properties": dict(run.properties or {})}
+
+    def child_runs(self, name):
+        """The trial runs of a sweep job (run history's runs/{name}/children, every page), as
+        [{name, status, start, end, canceled_because, error, tags, properties}], start and end
+        in epoch seconds or None. Private API: the run-history client behind _runs_operations
+        (its public wrapper turns each run into a Job entity and loses the times)."""
+        ops = self.ml.jobs._runs_operations
+        scope = ops._operation_scope
+        rows = []
+        for run in ops._operation.get_child(scope.subscription_id, scope.resource_group_name,
+                                            ops._workspace_name, name):
+            root = getattr(getattr(run, "error", None), "error", None)
+            rows.append({"name": run.run_id or run.name, "status": run.status,
+                         "start": _epoch(run.start_time_utc), "end": _epoch(run.end_time_utc),
+                         "canceled_because": run.cancelation_reason,
+                         "error": ({"code": getattr(root, "code", None),
+                                    "message": redact(getattr(root, "message", None) or "")} if root else None),
+                         "tags": dict(run.tags or {}), "properties": dict(run.properties or {})})
+        return rows
+
 
     # after the run: attach, register, compute list (assets.py) -----------------------------
     def get_job(self, name):
@@ -430,6 +459,11 @@ def cluster_row(entity, rest):
             "busy_nodes": count("runningNodeCount") + count("preparingNodeCount"),
             "allocation": inner.get("allocationState", inner.get("allocation_state")),
             "state": _plain(getattr(entity, "provisioning_state", None))}
+
+
+def _epoch(moment):
+    """Epoch seconds of a datetime the SDK deserialized (None stays None)."""
+    return moment.timestamp() if moment is not None else None
 
 
 def _plain(value):

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""The search job: several training configurations on one dataset, the best one's model out.
+
+    python remote_scripts/search.py --data DIR --output DIR --trials JSON [--trial K] [train.py options]
+
+The trials (search_space.py: cheapest first) run one after another in this one process, each as
+train.py's run() with its options put over the shared ones, so that what they have in common is
+done once: the images are decoded and split once (every trial sees the same split, so their
+validation numbers compare), and linear-mode trials on the same backbone share one featurization
+(ten of them cost one). `--time-budget` is the whole search's: each trial gets what is left, and a
+trial is not started once nothing is. A trial whose validation loss trails the median of the
+earlier trials of its mode at the same epoch is stopped there (median stopping, after
+DELAY_EPOCHS), evaluated and ranked all the same.
+
+Output, under --output:
+  trials/tNN/outputs/   each trial's metrics.json, history.jsonl, predictions.csv, labels.json;
+                        model.onnx only for the best trial (written when a trial takes the lead,
+                        removed from the trial it took it from), so ten ResNet50 trials do not
+                        leave ten 100 MB models behind
+  trials/tNN/logs/train.log   the trial's own log, as train.py would have written it
+  search.json           every trial's summary, written again after each one; "best" names the
+                        leader (search_space.rank_key: validation accuracy of the kept epoch)
+  model.onnx, labels.json, metrics.json, history.jsonl, predictions.csv
+                        the best trial's, so that a search's outputs are a run's outputs
+Events: the trials' events carry "trial"; see progress.py. With `--trial K` (an Azure ML sweep
+trial, one job per trial) trial K alone runs, as train.py would run it, into --output.
+"""
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+
+try:  # imported as remote_scripts.search (by the tests)
+    from . import options, progress, search_space, train
+    from .atomic import write_atomically
+except ImportError:  # started as a script: the sibling modules are top-level modules
+    import options
+    import progress
+    import search_space
+    import train
+    from atomic import write_atomically
+
+DELAY_EPOCHS = 2  # median stopping compares trials from this epoch on
+SEARCH_FILE = "search.json"
+TRIAL_FILES = ("labels.json", "metrics.json", "history.jsonl", "predictions.csv")
+SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
+
+
+def parse_args(argv):
+    """(the search's own options, checked; the shared training arguments)."""
+    parser = train.ArgumentParser(prog="search.py", add_help=False)
+    parser.add_argument("--trials", required=True)
+    parser.add_argument("--trial", type=int)
+    own, shared = parser.parse_known_args(argv)
+    try:
+        own.trials = search_space.parse_trials_argument(own.trials)
+    except search_space.SpaceError as exc:
+        raise train.UsageError(str(exc)) from None
+    if own.trial is not None and not 1 <= own.trial <= len(own.trials):
+        raise train.UsageError(f"--trial {own.trial}: the search has trials 1 to {len(own.trials)}")
+    return own, shared
+
+
+def trial_args(shared, trial, output):
+    """train.py's arguments of one trial: its options over the shared ones, into `output`."""
+    args = train.parse_args([*shared, *options.to_arguments(trial)])
+    vars(args).update(trial)  # a switch the trial turns off, too
+    args.output, args.checkpoint_dir = output, None
+    return args
+
+
+class TrialReporter(train.Reporter):
+    """A trial's events on stdout with its id ("trial": "t03"; its run_start is trial_start), and
+    all of its events and lines, untagged, in its own log: a trial's folder is a run's folder."""
+
+    def __init__(self, trial_id, config, log_path):
+        super().__init__(main=True)
+        self.trial_id, self.config = trial_id, config
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        self.log_file = open(log_path, "a", encoding="utf-8")
+
+    def event(self, type_, **fields):
+        self.log_file.write(progress.event_line(type_, **fields))
+        self.log_file.flush()
+        if type_ == "run_start":  # its "config" (every option's value) is the trial's "settings"
+            settings = {key: value for key, value in fields.items() if key != "config"}
+            progress.emit("trial_start", trial=self.trial_id, **settings, settings=fields.get("config"),
+                          config=self.config)
+        elif type_ != "run_end":  # the search reports it, as trial_end
+            progress.emit(type_, trial=self.trial_id, **fields)
+
+    def log(self, text):
+        self.log_file.write(text + "\n")
+        print(f"[{self.trial_id}] {text}", flush=True)
+
+    def close(self):
+        self.log_file.close()
+
+
+class Search(train.OneRun):
+    """The trials of one search, run one after another in this process, sharing what they can."""
+
+    def __init__(self, output, trials, budget, started):
+        self.output, self.trials, self.budget, self.started = output, trials, budget, started
+        self.datasets, self.featurized = {}, {}
+        self.summaries = []
+        self.current = None  # the running trial's config
+        self.best = None     # the leading trial's summary
+
+    # -- what the trials share (train.OneRun) ------------------------------------------------
+    def dataset(self, args, load):
+        key = (args.image_size,)  # the options that shape the data are the same for every trial
+        if key not in self.datasets:
+            self.datasets[key] = load()
+        return self.datasets[key]
+
+    def features(self, key, compute):
+        if key not in self.featurized:
+            self.featurized[key] = compute()
+        return self.featurized[key]
+
+    def falls_behind(self, history):
+        """Median stopping: the trial's lowest validation loss so far is above the median of the
+        lowest the earlier trials of its mode had by the same epoch (at least two of them)."""
+        epoch = len(history)
+        mine = _lowest_val_loss(history)
+        if epoch < DELAY_EPOCHS or mine is None:
+            return False
+        theirs = [loss for summary in self.summaries if summary["config"].get("mode") == self.current.get("mode")
+                  and len(summary["history"]) >= epoch
+                  and (loss := _lowest_val_loss(summary["history"][:epoch])) is not None]
+        return len(theirs) >= 2 and mine > statistics.median(theirs)
+
+    def exports_model(self, history):
+        return self.best is None or search_space.rank_key(_kept(history)) < search_space.rank_key(self.best)
+
+    # -- the search ---------------------------------------------------------------------------
+    def time_left(self):
+        return None if self.budget is None else self.budget - (time.time() - self.started)
+
+    def run(self, shared, dist, stop):
+        """Every trial in order while the budget lasts; the number of the trials that completed."""
+        try:
+            for number, config in enumerate(self.trials, 1):
+                left = self.time_left()
+                trial_id = f"t{number:02d}"
+                if left is not None and left <= 0:
+                    self.summaries.append(_summary(trial_id, config, "not_started"))
+                    continue
+                self.run_trial(trial_id, config, shared, dist, stop, left)
+                self.write()
+        finally:
+            self.write()
+        return sum(1 for s in self.summaries if s["status"] == "completed")
+
+    def run_trial(self, trial_id, config, shared, dist, stop, left):
+        folder = os.path.join(self.output, "trials", trial_id)
+        report = TrialReporter(trial_id, config, os.path.join(folder, "logs", "train.log"))
+        end = train.RunEnd(report, time.time())
+        self.current = config
+        try:
+            args = trial_args(shared, config, os.path.join(folder, "outputs"))
+            if left is not None:
+                args.time_budget = left if args.time_budget is None else min(args.time_budget, left)
+            train.run(args, dist, report, end.started, stop, job=self)
+            status, error = "completed", None
+            end("completed", 0)
+        except train.Canceled as exc:
+            end("canceled", 128 + exc.signum, str(exc))
+            raise
+        except Exception as exc:  # a trial's failure is its own: the search goes on with the next
+            status, code, error = train.outcome_of(exc, dist, report)
+            end(status, code, error)
+        finally:
+            report.close()
+        summary = _summary(trial_id, config, status, error=error, seconds=round(time.time() - end.started, 3),
+                           outputs=os.path.join(folder, "outputs"))
+        self.summaries.append(summary)
+        if status == "completed" and self.exports_model(summary["history"]):
+            if self.best is not None:
+                _remove(os.path.join(self.output, "trials", self.best["trial"], "outputs", "model.onnx"))
+            self.best = summary
+        progress.emit("trial_end", **_public(summary))
+
+    def write(self):
+        """search.json, again after each trial: a search stopped midway still tells what it found."""
+        doc = {"primary_metric": search_space.PRIMARY_METRIC, "budget_seconds": self.budget,
+               "best": self.best["trial"] if self.best else None,
+               "trials": [_public(summary) for summary in self.summaries]}
+        write_atomically(os.path.join(self.output, SEARCH_FILE), (progress.dumps(doc, indent=2) + "\n").encode())
+
+    def publish_best(self):
+        """The best trial's files as the search's own outputs (hard links where the disk allows)."""
+        source = os.path.join(self.output, "trials", self.best["trial"], "outputs")
+        for name in train.OUTPUT_FILES:
+            target = os.path.join(self.output, name)
+            _remove(target)
+            try:
+                os.link(os.path.join(source, name), target)
+            except OSError:
+                shutil.copy2(os.path.join(source, name), target)
+
+
+def _kept(history):
+    """The epoch a trial keeps: its lowest validation loss (the last epoch without validation)."""
+    best = [row for row in history if row.get("best")]
+    return (best or history or [{}])[-1]
+
+
+def _lowest_val_loss(history):
+    losses = [row["val_loss"] for row in history if isinstance(row.get("val_loss"), (int, float))]
+    return min(losses, default=None)
+
+
+def _summary(trial_id, config, status, error=None, seconds=None, outputs=None):
+    """A trial's row of search.json (and its history, kept for median stopping)."""
+    history, metrics = [], {}
+    if outputs:
+        history = _read_history(os.path.join(outputs, "history.jsonl"))
+        metrics = _read_metrics(os.path.join(outputs, "metrics.json"))
+    kept = _kept(history)
+    return {"trial": trial_id, "config": config, "status": status, "stopped": metrics.get("stopped"),
+            search_space.PRIMARY_METRIC: kept.get("val_accuracy"), "val_loss": kept.get("val_loss"),
+            "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed"),
+            **{key: metrics.get(key) for key in SUMMARY_METRICS}, "seconds": seconds, "error": error,
+            "history": history}
+
+
+def _public(summary):
+    return {key: value for key, value in summary.items() if key != "history"}
+
+
+def _read_history(path):
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+    except OSError:
+        return []
+
+
+def _read_metrics(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except OSError:
+        return {}
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def main(argv=None):
+    started = time.time()
+    dist = train.Dist.from_env()
+    report = train.Reporter(dist.main)
+    end = train.RunEnd(report, started)
+    stop = train.Stop()
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        own, shared = parse_args(sys.argv[1:] if argv is None else argv)
+        base = train.parse_args(shared)
+        if own.trial is not None:  # one trial of an Azure ML sweep: a training run
+            args = trial_args(shared, own.trials[own.trial - 1], base.output)
+            args.checkpoint_dir = base.checkpoint_dir
+            train.run(args, dist, report, started, stop)
+            return end("completed", 0)
+        search = Search(base.output, own.trials, base.time_budget, started)
+        report.event("run_start", search={"trials": own.trials, "budget_seconds": base.time_budget})
+        completed = search.run(shared, dist, stop)
+        if not completed:
+            failures = [s for s in search.summaries if s["status"] == "failed"]
+            raise train.UsageError("no trial completed within the time budget" if not failures else
+                                   f"no trial completed; {failures[0]['trial']}: {failures[0]['error']}")
+        search.publish_best()
+        return end("completed", 0)
+    except Exception as exc:
+        stop.deferred = True
+        return end(*train.outcome_of(exc, dist, report))
+    finally:
+        dist.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
