@@ -115,15 +115,20 @@ class Ledger:
             db.execute(f"UPDATE runs SET {assignments} WHERE run_id = :run_id", {**changes, "run_id": run_id})
 
     def get(self, run_id):
-        """The run with this id, or the only run whose id starts with it; UserError otherwise."""
+        """The run with this id, or the only run whose id starts with it; UserError otherwise.
+
+        A search's trials have ids that start with the search's, so a prefix is matched against
+        runs and searches first, and against trials only when none of those matches: the prefix
+        of a search's id names the search."""
         if not run_id:
             raise UserError("a run id is needed (see 'orchestrate runs list')")
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchall()
-            if not rows:
-                pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                rows = db.execute("SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 6",
-                                  (pattern,)).fetchall()
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            for trials in ("search_id = ''", "search_id != ''"):
+                if not rows:
+                    rows = db.execute(f"SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' AND {trials} LIMIT 6",
+                                      (pattern,)).fetchall()
         if not rows:
             raise UserError(f"unknown run {run_id!r} (see 'orchestrate runs list')")
         if len(rows) > 1:

@@ -320,6 +320,8 @@ class SearchRenderer(EventRenderer):
         elif kind == "progress" and event.get("total"):
             epoch = f" epoch {event['epoch']}/{event['epochs']}" if "epoch" in event and "epochs" in event else ""
             self.activity = f"{event.get('phase', '')}{epoch} {event.get('done', 0) / event['total']:.0%}"
+            if not self.console.is_terminal:  # a long trial's plain progress line, every 10 s at most
+                super()._on_progress({**event, "phase": f"{trial} {event.get('phase', '')}"})
         elif kind == "epoch_end":
             self.activity = f"epoch {event.get('epoch')}/{event.get('epochs')} done"
         self._refresh()
@@ -372,7 +374,7 @@ class SearchRenderer(EventRenderer):
         if isinstance(self.budget, (int, float)) and self.started is not None:
             parts.append(f"{duration(max(0.0, self.budget - (now - self.started)))} left")
         if self.best is not None:
-            parts.append(f"best val acc {self.best.get('val_accuracy'):.4f} ({self.best.get('trial')} "
+            parts.append(f"best val acc {_number(self.best.get('val_accuracy'))} ({self.best.get('trial')} "
                          f"{describe(self.best.get('config') or {})})")
         if self.running:
             parts.append(f"{self.running}: {self.activity}")
@@ -381,7 +383,6 @@ class SearchRenderer(EventRenderer):
     def _on_run_end(self, ev):
         self.close()
         super()._on_run_end(ev)
-
 
 
 def _ranks_before(trial, other):

@@ -163,29 +163,44 @@ def finish(backend, run, ledger, run_end=None, download=True):
     """Record a run's final status, metrics and exit code (fetching outputs of a completed run).
 
     A run the ledger already holds as ended keeps its record: only the first finish writes it.
+    A search's trials are recorded from its search.json whenever that is there: an Azure ML
+    search's comes with its outputs, which `status` does not download (fetch_outputs does).
     """
     run_end = run_end or {}
     record = ledger.get(run.run_id)
     if record.status in TERMINAL:
-        return Outcome(record.status, record.exit_code, run_end.get("error") or "", read_metrics(run.run_dir))
-    status = backend.status(run)
-    if status not in TERMINAL:
-        if status != record.status:
-            ledger.update(run.run_id, status=status)
-        return Outcome(status)
-    if status == COMPLETED and download:
-        backend.download(run, run.run_dir / "outputs")
-    metrics = read_metrics(run.run_dir)
-    exit_code = run_end.get("exit_code")
-    if exit_code is None:
-        exit_code = backend.exit_code(run)
-    ledger.update(run.run_id, status=status, exit_code=exit_code,
-                  metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics} if metrics else {})
+        outcome = Outcome(record.status, record.exit_code, run_end.get("error") or "", read_metrics(run.run_dir))
+    else:
+        status = backend.status(run)
+        if status not in TERMINAL:
+            if status != record.status:
+                ledger.update(run.run_id, status=status)
+            return Outcome(status)
+        if status == COMPLETED and download:
+            backend.download(run, run.run_dir / "outputs")
+        metrics = read_metrics(run.run_dir)
+        exit_code = run_end.get("exit_code")
+        if exit_code is None:
+            exit_code = backend.exit_code(run)
+        ledger.update(run.run_id, status=status, exit_code=exit_code,
+                      metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics} if metrics else {})
+        outcome = Outcome(status, exit_code, run_end.get("error") or "", metrics)
+    _record_trials(ledger, record)
+    return outcome
+
+
+def fetch_outputs(backend, ledger, record):
+    """Download a run's outputs into its folder (the commands that need them and find them missing);
+    a search's trials become ledger runs from the search.json that comes with them."""
+    backend.download(run_ref(record), record.output_dir)
+    _record_trials(ledger, record)
+
+
+def _record_trials(ledger, record):
     if "trials" in record.params:
         from .search import record_trials
 
-        record_trials(ledger, ledger.get(run.run_id))
-    return Outcome(status, exit_code, run_end.get("error") or "", metrics)
+        record_trials(ledger, ledger.get(record.run_id))
 
 
 def read_metrics(run_dir, strict=False):

@@ -9,13 +9,12 @@ import json
 from pathlib import Path
 
 from remote_scripts import search_space
-from remote_scripts.options import to_arguments
+from remote_scripts.options import problems, to_arguments
 
 from .backends.base import CANCELED, COMPLETED, FAILED
 from .errors import UserError
 from .ledger import RunRecord
 
-SEARCH_FILE = "search.json"
 TRIAL_STATUS = {"completed": COMPLETED, "failed": FAILED, "canceled": CANCELED}  # not_started: no run
 TOP = 5  # trials in the final table
 
@@ -33,7 +32,13 @@ def plan_trials(values, space_file=None, max_trials=None):
             trials = search_space.with_fixed(search_space.expand(search_space.DEFAULT_SPACE), fixed)
     except search_space.SpaceError as exc:
         raise UserError(f"--space {space_file}: {exc}" if space_file else str(exc)) from None
-    return trials[:max_trials] if max_trials else trials
+    trials = trials[:max_trials] if max_trials else trials
+    for number, trial in enumerate(trials, 1):  # each value is checked; here, the rules across options
+        found = problems({**values, **trial})
+        if found:
+            raise UserError(f"{f'--space {space_file}: ' if space_file else ''}trial {number} "
+                            f"({search_space.describe(trial)}): {'; '.join(found)}")
+    return trials
 
 
 def read_space(path):
@@ -56,7 +61,7 @@ def read_search(run_dir):
     """outputs/search.json of a search's run folder, or None when there is none (yet)."""
     from .runner import read_json_object
 
-    return read_json_object(Path(run_dir) / "outputs" / SEARCH_FILE, strict=True)
+    return read_json_object(Path(run_dir) / "outputs" / search_space.SEARCH_FILE, strict=True)
 
 
 def trial_run_id(search_id, trial):
@@ -83,8 +88,7 @@ def record_trials(ledger, record):
             params={"train_args": shared + to_arguments(trial.get("config") or {}),
                     "backend_options": record.params.get("backend_options") or {}},
             exit_code=0 if status == COMPLETED else None,
-            metrics={key: trial[key] for key in ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
-                     if trial.get(key) is not None}))
+            metrics={key: trial[key] for key in search_space.SUMMARY_METRICS if trial.get(key) is not None}))
 
 
 def result(record):

@@ -140,6 +140,8 @@ def problems(values):
     test = values.get("test_fraction", DEFAULT_TEST_FRACTION)
     if val is not None and test is not None and val + test >= 1:
         found.append("--val-fraction and --test-fraction must sum to less than 1")
+    if values.get("mode") == "full" and (values.get("batch_size") or BY_DEST["batch_size"].default) < 2:
+        found.append("--mode full needs --batch-size 2 or more: BatchNorm cannot train on one image")
     return found
 
 

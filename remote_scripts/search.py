@@ -25,6 +25,7 @@ Output, under --output:
 Events: the trials' events carry "trial"; see progress.py. With `--trial K` (an Azure ML sweep
 trial, one job per trial) trial K alone runs, as train.py would run it, into --output.
 """
+import gc
 import json
 import os
 import shutil
@@ -32,6 +33,12 @@ import signal
 import statistics
 import sys
 import time
+
+# As in train.py: a SIGTERM during the imports below (torch takes seconds) is kept for main(), which
+# ends the search with its run_end event.
+STARTUP_SIGNALS = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: STARTUP_SIGNALS.append(signum))
 
 try:  # imported as remote_scripts.search (by the tests)
     from . import options, progress, search_space, train
@@ -44,9 +51,6 @@ except ImportError:  # started as a script: the sibling modules are top-level mo
     from atomic import write_atomically
 
 DELAY_EPOCHS = 2  # median stopping compares trials from this epoch on
-SEARCH_FILE = "search.json"
-TRIAL_FILES = ("labels.json", "metrics.json", "history.jsonl", "predictions.csv")
-SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
 
 
 def parse_args(argv):
@@ -92,9 +96,18 @@ class TrialReporter(train.Reporter):
         elif type_ != "run_end":  # the search reports it, as trial_end
             progress.emit(type_, trial=self.trial_id, **fields)
 
+    def throttle(self, phase, total, last=True, **fields):
+        """Progress events go to stdout only (a trial's log keeps its phases and epochs)."""
+        return super().throttle(phase, total, last=last, trial=self.trial_id, **fields)
+
     def log(self, text):
         self.log_file.write(text + "\n")
         print(f"[{self.trial_id}] {text}", flush=True)
+
+    def start_mlflow(self, params):
+        """Nothing: trials in one process would be one MLflow run, whose parameters cannot change
+        from trial to trial (search.json has them all). An Azure ML sweep's trials are jobs of
+        their own and log to MLflow as runs do."""
 
     def close(self):
         self.log_file.close()
@@ -135,54 +148,73 @@ class Search(train.OneRun):
         return len(theirs) >= 2 and mine > statistics.median(theirs)
 
     def exports_model(self, history):
-        return self.best is None or search_space.rank_key(_kept(history)) < search_space.rank_key(self.best)
+        return self.best is None or search_space.rank_key(search_space.kept_epoch(history)) < search_space.rank_key(self.best)
 
     # -- the search ---------------------------------------------------------------------------
     def time_left(self):
         return None if self.budget is None else self.budget - (time.time() - self.started)
 
     def run(self, shared, dist, stop):
-        """Every trial in order while the budget lasts; the number of the trials that completed."""
+        """Every trial in order while the budget lasts; the number of the trials that completed.
+
+        However it ends (canceled too), search.json then lists every trial, those that never
+        started as not_started, and the best trial so far is the search's outputs."""
         try:
             for number, config in enumerate(self.trials, 1):
                 left = self.time_left()
-                trial_id = f"t{number:02d}"
                 if left is not None and left <= 0:
-                    self.summaries.append(_summary(trial_id, config, "not_started"))
+                    self.summaries.append(_summary(search_space.trial_id(number), config, "not_started"))
                     continue
-                self.run_trial(trial_id, config, shared, dist, stop, left)
+                self.run_trial(search_space.trial_id(number), config, shared, dist, stop, left)
                 self.write()
         finally:
+            for number in range(len(self.summaries) + 1, len(self.trials) + 1):
+                self.summaries.append(_summary(search_space.trial_id(number), self.trials[number - 1], "not_started"))
             self.write()
+            if self.best is not None:
+                self.publish_best()
         return sum(1 for s in self.summaries if s["status"] == "completed")
 
     def run_trial(self, trial_id, config, shared, dist, stop, left):
+        """One trial, as a training run into trials/<trial_id>: its failure is its own (the search
+        goes on with the next), a cancel is the search's (recorded, then raised)."""
         folder = os.path.join(self.output, "trials", trial_id)
         report = TrialReporter(trial_id, config, os.path.join(folder, "logs", "train.log"))
         end = train.RunEnd(report, time.time())
         self.current = config
+        status = error = None
         try:
             args = trial_args(shared, config, os.path.join(folder, "outputs"))
             if left is not None:
+                left = round(left, 1)
                 args.time_budget = left if args.time_budget is None else min(args.time_budget, left)
             train.run(args, dist, report, end.started, stop, job=self)
-            status, error = "completed", None
-            end("completed", 0)
+            status = "completed"
+            end(status, 0)
         except train.Canceled as exc:
-            end("canceled", 128 + exc.signum, str(exc))
+            status, error = "canceled", str(exc)
+            end(status, 128 + exc.signum, error)
             raise
-        except Exception as exc:  # a trial's failure is its own: the search goes on with the next
+        except Exception as exc:
             status, code, error = train.outcome_of(exc, dist, report)
             end(status, code, error)
         finally:
             report.close()
-        summary = _summary(trial_id, config, status, error=error, seconds=round(time.time() - end.started, 3),
+            if status is not None:
+                self.conclude(trial_id, config, status, error, time.time() - end.started, folder)
+
+    def conclude(self, trial_id, config, status, error, seconds, folder):
+        """The trial's summary, and the lead: its model is kept if it leads, else removed (a trial
+        that failed after its export does not keep one either)."""
+        summary = _summary(trial_id, config, status, error=error, seconds=round(seconds, 3),
                            outputs=os.path.join(folder, "outputs"))
         self.summaries.append(summary)
         if status == "completed" and self.exports_model(summary["history"]):
             if self.best is not None:
                 _remove(os.path.join(self.output, "trials", self.best["trial"], "outputs", "model.onnx"))
             self.best = summary
+        elif self.best is None or self.best["trial"] != trial_id:
+            _remove(os.path.join(folder, "outputs", "model.onnx"))
         progress.emit("trial_end", **_public(summary))
 
     def write(self):
@@ -190,7 +222,7 @@ class Search(train.OneRun):
         doc = {"primary_metric": search_space.PRIMARY_METRIC, "budget_seconds": self.budget,
                "best": self.best["trial"] if self.best else None,
                "trials": [_public(summary) for summary in self.summaries]}
-        write_atomically(os.path.join(self.output, SEARCH_FILE), (progress.dumps(doc, indent=2) + "\n").encode())
+        write_atomically(os.path.join(self.output, search_space.SEARCH_FILE), (progress.dumps(doc, indent=2) + "\n").encode())
 
     def publish_best(self):
         """The best trial's files as the search's own outputs (hard links where the disk allows)."""
@@ -204,12 +236,6 @@ class Search(train.OneRun):
                 shutil.copy2(os.path.join(source, name), target)
 
 
-def _kept(history):
-    """The epoch a trial keeps: its lowest validation loss (the last epoch without validation)."""
-    best = [row for row in history if row.get("best")]
-    return (best or history or [{}])[-1]
-
-
 def _lowest_val_loss(history):
     losses = [row["val_loss"] for row in history if isinstance(row.get("val_loss"), (int, float))]
     return min(losses, default=None)
@@ -221,11 +247,11 @@ def _summary(trial_id, config, status, error=None, seconds=None, outputs=None):
     if outputs:
         history = _read_history(os.path.join(outputs, "history.jsonl"))
         metrics = _read_metrics(os.path.join(outputs, "metrics.json"))
-    kept = _kept(history)
+    kept = search_space.kept_epoch(history)
     return {"trial": trial_id, "config": config, "status": status, "stopped": metrics.get("stopped"),
             search_space.PRIMARY_METRIC: kept.get("val_accuracy"), "val_loss": kept.get("val_loss"),
             "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed"),
-            **{key: metrics.get(key) for key in SUMMARY_METRICS}, "seconds": seconds, "error": error,
+            **{key: metrics.get(key) for key in search_space.SUMMARY_METRICS}, "seconds": seconds, "error": error,
             "history": history}
 
 
@@ -234,19 +260,30 @@ def _public(summary):
 
 
 def _read_history(path):
+    """history.jsonl's rows; a line cut short (a trial canceled mid-write) or a missing file is no row."""
     try:
-        with open(path, encoding="utf-8") as lines:
-            return [json.loads(line) for line in lines if line.strip()]
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            rows = [_json_or_none(line) for line in lines if line.strip()]
     except OSError:
         return []
+    return [row for row in rows if isinstance(row, dict)]
 
 
 def _read_metrics(path):
+    """metrics.json as a dict; {} when it is missing or damaged (a trial that did not finish)."""
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
+        with open(path, encoding="utf-8", errors="replace") as file:
+            metrics = _json_or_none(file.read())
     except OSError:
         return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _json_or_none(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _remove(path):
@@ -264,6 +301,8 @@ def main(argv=None):
     stop = train.Stop()
     previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if STARTUP_SIGNALS:
+            stop.handle(STARTUP_SIGNALS[0], None)
         own, shared = parse_args(sys.argv[1:] if argv is None else argv)
         base = train.parse_args(shared)
         if own.trial is not None:  # one trial of an Azure ML sweep: a training run
@@ -278,7 +317,6 @@ def main(argv=None):
             failures = [s for s in search.summaries if s["status"] == "failed"]
             raise train.UsageError("no trial completed within the time budget" if not failures else
                                    f"no trial completed; {failures[0]['trial']}: {failures[0]['error']}")
-        search.publish_best()
         return end("completed", 0)
     except Exception as exc:
         stop.deferred = True
@@ -290,4 +328,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train.py does: the imports' objects are never garbage
     sys.exit(main())

@@ -25,6 +25,8 @@ except ImportError:  # beside search.py in the job
 # keeps (its lowest validation loss). train.py logs it to MLflow each epoch under this name, which
 # is the Azure ML sweep job's primary metric.
 PRIMARY_METRIC = "val_accuracy"
+SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")  # a trial's test metrics in search.json
+SEARCH_FILE = "search.json"  # in a search's outputs: every trial's summary, and which one is the best
 
 DEFAULT_SPACE = (
     {"mode": "linear", "arch": "resnet50", "lr": [1e-3, 3e-3, 1e-2, 3e-2], "weight_decay": [1e-4, 1e-2]},
@@ -139,6 +141,18 @@ def parse_trials_argument(text):
                 raise SpaceError(f"trial {number}: {dest!r} cannot vary between trials")
         checked.append({dest: _checked(number, dest, value) for dest, value in trial.items()})
     return checked
+
+
+def trial_id(number):
+    """The name of the search's trial `number` (from 1) in search.json, events and run ids: t01, t02..."""
+    return f"t{int(number):02d}"
+
+
+def kept_epoch(history):
+    """The history row of the epoch a trial keeps: the last one marked best (its lowest validation
+    loss), or the last epoch of a run without validation; {} without history."""
+    best = [row for row in history if row.get("best")]
+    return (best or history or [{}])[-1]
 
 
 def rank_key(summary):

@@ -152,8 +152,6 @@ def parse_args(argv=None):
     """The flags, checked: UsageError before any work when one is out of range."""
     args = get_args_parser().parse_args(argv)
     problems = options.problems(vars(args))
-    if args.mode == "full" and args.batch_size < 2:
-        problems.append("--mode full needs --batch-size 2 or more: BatchNorm cannot train on one image")
     if problems:
         raise UsageError("; ".join(problems))
     return args

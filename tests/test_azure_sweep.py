@@ -408,6 +408,31 @@ def test_following_a_sweep_streams_its_trials_and_the_download_is_the_best_trial
     assert any("best trial t01" in line for line in said)
 
 
+def test_the_trials_become_ledger_runs_when_the_outputs_come_later(tmp_path, plane, azurite, monkeypatch):
+    """`status` records the ended sweep without its outputs; the first command that fetches them
+    (download, predict, register) records the trials from the search.json that comes with them."""
+    from orchestrator import runner
+    from orchestrator.backends.base import QUEUED
+    from orchestrator.ledger import Ledger, RunRecord
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    backend, run, _ = submitted(tmp_path, plane, azurite, monkeypatch)
+    ledger = Ledger()
+    ledger.add(RunRecord(run_id=RUN, name="search", backend="azure", status=QUEUED, dataset="d",
+                         run_dir=str(run.run_dir), remote_id=RUN,
+                         params={"train_args": SHARED, "backend_options": {}, "trials": TRIALS}))
+    ended_sweep(plane, azurite)
+    assert runner.finish(backend, run, ledger, download=False).status == COMPLETED
+    assert ledger.children(RUN) == []
+    runner.fetch_outputs(backend, ledger, ledger.get(RUN))
+    children = {child.run_id: child for child in ledger.children(RUN)}
+    assert sorted(children) == [f"{RUN}-t0{n}" for n in range(1, 5)]  # t05 never started: no run
+    assert (children[f"{RUN}-t01"].status, children[f"{RUN}-t01"].remote_id) == (COMPLETED, f"{RUN}_1")
+    assert children[f"{RUN}-t01"].metrics["accuracy"] == 0.92
+    runner.fetch_outputs(backend, ledger, ledger.get(RUN))  # again: nothing twice
+    assert len(ledger.children(RUN)) == 4
+
+
 def test_a_sweep_without_a_completed_trial_writes_search_json_and_refuses_the_model(tmp_path, plane, azurite,
                                                                                     monkeypatch):
     backend, run, said = submitted(tmp_path, plane, azurite, monkeypatch)

@@ -73,14 +73,15 @@ def test_median_stopping_compares_a_trial_with_the_earlier_trials_of_its_mode():
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """One search on the local backend, through the real CLI in a subprocess: three linear-mode
-    trials, then full fine-tuning with many epochs, which the 25 s budget cuts short."""
+    trials, then full fine-tuning with many epochs and no early stopping (patience 0), which only
+    the 25 s budget can end; the fifth trial never gets time."""
     from tests.conftest import run_cli
 
     root = tmp_path_factory.mktemp("search")
     data = make_dataset(root / "shapes", per_class=20, size=40)
     space = root / "space.yml"
     space.write_text("- mode: linear\n  lr: [0.001, 0.01, 0.1]\n"
-                     "- {mode: full, arch: resnet18, epochs: 200, lr: [0.001, 0.003]}\n")
+                     "- {mode: full, arch: resnet18, epochs: 200, patience: 0, lr: [0.001, 0.003]}\n")
     env = {"XDG_STATE_HOME": str(root / "state"), "XDG_CACHE_HOME": str(root / "cache")}
     result = run_cli("train", data, "--backend", "local", "--search", "--space", space, "--time-budget", "25",
                      "--weights", "none", "--image-size", "32", "--epochs", "4", "--runs-dir", root / "runs",
@@ -160,6 +161,55 @@ def test_the_search_model_predicts(searched):
     assert result.returncode == 0, result.stderr
 
 
+def test_a_trial_is_no_job_of_its_own(searched):
+    """Commands on a job name the search instead; a prefix of the search's id is the search;
+    a trial that is not the best has no model to predict with."""
+    from tests.conftest import run_cli
+
+    found = searched["json"]
+    other = next(t for t in found["trials"] if t["status"] == "completed" and t["trial"] != found["best"]["trial"])
+    for command in (["cancel"], ["logs"], ["status"], ["download"]):
+        result = run_cli(*command, other["run_id"], env=searched["env"])
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"is a trial of the search {found['search_id']}" in result.stderr
+    image = next(Path(searched["data"]).rglob("*.png"))
+    result = run_cli("predict", other["run_id"], image, env=searched["env"])
+    assert result.returncode == 2 and f"keeps the model of its best trial only, use {found['search_id']}" in result.stderr
+    shown = run_cli("runs", "show", found["search_id"][:-2], "--json", env=searched["env"])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["run_id"] == found["search_id"], shown.stderr
+    shown = run_cli("runs", "show", other["run_id"], "--json", env=searched["env"])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["search_id"] == found["search_id"]
+
+
+def test_a_canceled_search_keeps_what_it_found(tmp_path):
+    """SIGTERM during the second trial: the first is the search's model, the second is canceled,
+    the rest never started, and search.json says so."""
+    import signal
+    import subprocess
+    import sys
+
+    data = make_dataset(tmp_path / "d", per_class=12, size=32)
+    trials = [{"mode": "linear", "lr": 0.01}, {"mode": "full", "arch": "resnet18", "epochs": 500, "patience": 0},
+              {"mode": "linear", "lr": 0.1}]
+    job = subprocess.Popen([sys.executable, "remote_scripts/search.py", "--data", data, "--output", tmp_path / "out",
+                            "--trials", search_space.trials_argument(trials), "--weights", "none",
+                            "--image-size", "32", "--epochs", "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in job.stdout:
+        if '"trial":"t02"' in line and '"type":"epoch_end"' in line:
+            job.send_signal(signal.SIGTERM)
+            break
+    rest = job.communicate(timeout=120)[0]
+    assert job.returncode == 143, rest[-2000:]
+    doc = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert [(t["trial"], t["status"]) for t in doc["trials"]] == [("t01", "completed"), ("t02", "canceled"),
+                                                                  ("t03", "not_started")]
+    assert doc["best"] == "t01"
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == (tmp_path / "out" / "trials" / "t01" / "outputs" /
+                                                              "model.onnx").read_bytes()
+    assert not (tmp_path / "out" / "trials" / "t02" / "outputs" / "model.onnx").exists()
+
+
 def test_the_table_and_the_live_lines(tmp_path):
     """Off a terminal: a line per trial start and end, the top-5 table with the best marked."""
     from tests.conftest import run_cli
@@ -180,6 +230,9 @@ def test_the_table_and_the_live_lines(tmp_path):
     (["--search", "--nproc", "2"], "drop --nproc"),
     (["--search", "--space", "missing.yml"], "--space missing.yml: No such file or directory"),
     (["--max-concurrent-trials", "2"], "--max-concurrent-trials and --early-termination set up a search's sweep job"),
+    (["--search", "--val-fraction", "0"], "ranks its trials by validation accuracy: --val-fraction must be above 0"),
+    (["--search", "--batch-size", "1"], "trial 13 (full resnet50 lr 0.0001): --mode full needs --batch-size 2 or more"),
+    (["--mode", "full", "--batch-size", "1"], "--mode full needs --batch-size 2 or more"),
 ])
 def test_search_mistakes_are_one_line(tmp_path, run, args, message):
     data = make_dataset(tmp_path / "d", per_class=12, size=32)

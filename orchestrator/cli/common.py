@@ -15,12 +15,19 @@ def print_json(data):
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def find_run(run_id):
-    """(ledger, record, backend, RunRef) for a run id or unique prefix."""
+def find_run(run_id, job=True):
+    """(ledger, record, backend, RunRef) for a run id or unique prefix.
+
+    A trial of a search ran inside its search's job and has no job of its own: the commands that
+    talk to a run's job (`job`: logs, status, cancel, download, register) refuse it, naming the
+    search to use instead."""
     from ..runner import run_ref
 
     ledger = Ledger()
     record = ledger.get(run_id)
+    if job and record.search_id:
+        raise UserError(f"run {record.run_id} is a trial of the search {record.search_id}, which ran as one job: "
+                        f"use {record.search_id} (it stands for its best trial)")
     return ledger, record, get_backend(record.backend), run_ref(record)
 
 
@@ -35,9 +42,16 @@ def resolve_run_dir(run, wanted):
     path = Path(run)
     if path.is_dir():
         return path.parent if path.name == "outputs" and (path.parent / "spec.json").is_file() else path
-    _, record, backend, ref = find_run(run)
+    ledger, record, backend, ref = find_run(run, job=False)
+    if record.search_id:  # a trial: its folder came with its search's outputs
+        if not (record.output_dir / wanted).is_file():
+            raise UserError(f"run {record.run_id} has no {wanted}: a search keeps the model of its best trial "
+                            f"only, use {record.search_id}")
+        return Path(record.run_dir)
     if not (record.output_dir / wanted).is_file() and backend.status(ref) == COMPLETED:
-        backend.download(ref, record.output_dir)
+        from ..runner import fetch_outputs
+
+        fetch_outputs(backend, ledger, record)
     if not Path(record.run_dir).is_dir():
         raise UserError(f"the folder of run {record.run_id} is missing: {record.run_dir}")
     if not (record.output_dir / wanted).is_file():

@@ -36,12 +36,13 @@ def register_and_report(run_id, model_name=None, data_name=None, as_json=False, 
     (on stderr with `err`)."""
     from ..backends.azure.assets import register_run
     from ..backends.azure.seam import azure_errors
+    from ..runner import fetch_outputs
     from .common import find_run
 
-    _, record, backend, run = find_run(run_id)
+    ledger, record, backend, _ = find_run(run_id)
     seam, state = run_seam(record)
     if not (record.output_dir / "labels.json").is_file():
-        backend.download(run, record.output_dir)
+        fetch_outputs(backend, ledger, record)
     with azure_errors():
         result = register_run(seam, record, state, model_name, data_name)
     if as_json:

@@ -50,7 +50,7 @@ def show_run(run_id, as_json):
     """Show one run: parameters, status, outputs and metrics."""
     from ..runner import read_metrics
 
-    _, record, _, _ = find_run(run_id)
+    _, record, _, _ = find_run(run_id, job=False)
     data = record.to_json()
     data["test_metrics"] = read_metrics(record.run_dir)
     cost = _azure_cost(record)
@@ -188,8 +188,10 @@ def download(run_id):
     """
     from ..errors import UserError
 
-    _, record, backend, run = find_run(run_id)
-    backend.download(run, record.output_dir)
+    from ..runner import fetch_outputs
+
+    ledger, record, backend, run = find_run(run_id)
+    fetch_outputs(backend, ledger, record)
     if not (record.output_dir / "model.onnx").is_file():
         raise UserError(f"run {record.run_id} has no outputs to download (status: {backend.status(run)})")
     click.echo(str(record.output_dir))

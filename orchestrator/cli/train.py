@@ -207,7 +207,7 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
         return
     if data is None:
         raise UserError("DATA is missing: the dataset folder to train on (or --resume RUN to continue a run)")
-    from remote_scripts.options import to_arguments
+    from remote_scripts.options import problems, to_arguments
 
     from .. import runner
     from ..backends import get_backend
@@ -217,6 +217,9 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     from .data import pack_source
 
     values = pop_training_values(kwargs)
+    found = problems(values)  # the rules across options; click checked each value
+    if found:
+        raise UserError("; ".join(found))
     if is_uri(data):  # trained on as its packed copy in the cache folder, on every backend
         name = name or open_source(data).name
         data = pack_source(data, values["labels"])
@@ -259,6 +262,8 @@ def search_trials(search, values, space_file, max_trials, backend_options):
         return None
     if backend_options.get("nproc", 1) > 1:
         raise UserError("--search runs its trials one after another in one process: drop --nproc")
+    if values["val_fraction"] == 0:
+        raise UserError("--search ranks its trials by validation accuracy: --val-fraction must be above 0")
     from ..search import plan_trials
 
     return plan_trials(values, space_file, max_trials)

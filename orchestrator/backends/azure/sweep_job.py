@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 
 from remote_scripts.options import given_value
-from remote_scripts.search_space import PRIMARY_METRIC, describe as describe_trial, trials_argument
+from remote_scripts.search_space import PRIMARY_METRIC, describe as describe_trial, trial_id, trials_argument
 
 from ...errors import UserError
 from .job import (DEFAULT_DATASTORE, JobPlan, check_export_path, command_job, datastore_uri, describe,
@@ -46,11 +46,6 @@ POLICIES = ("median", "bandit", "none")
 BANDIT_SLACK = 0.1
 GOAL = "maximize"
 TRIAL_BINDING = "--trial ${{inputs.trial}}"  # the SDK writes it ${{search_space.trial}} in the sweep
-
-
-def trial_id(number):
-    """The trial's name in search.json and events: t01, t02... (search.py's)."""
-    return f"t{int(number):02d}"
 
 
 def trial_prefix(run_id, trial_job, output):

@@ -28,16 +28,14 @@ import json
 import math
 import time
 
-from remote_scripts.search_space import PRIMARY_METRIC, rank_key
+from remote_scripts.search_space import PRIMARY_METRIC, SEARCH_FILE, SUMMARY_METRICS, kept_epoch, rank_key, trial_id
 
 from ...events import PREFIX, parse_line
 from ..base import CANCELED, COMPLETED, FAILED, QUEUED, TERMINAL, LogLine
-from .sweep_job import trial_id, trial_prefix
+from .sweep_job import trial_prefix
 from .tailer import MAX_POLL, MIN_POLL, WAIT_NOTICE, map_status, tail
 
-SEARCH_FILE = "search.json"
 TRIAL_FILES = ("metrics.json", "history.jsonl")
-SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
 BEST_CHILD_PROPERTY = "best_child_run_id"  # azure.ai.ml.constants SWEEP_JOB_BEST_CHILD_RUN_ID_PROPERTY_NAME
 STATES = {COMPLETED: "completed", FAILED: "failed", CANCELED: "canceled"}
 
@@ -115,12 +113,6 @@ def _history(data):
     return rows
 
 
-def _kept(history):
-    """The epoch a trial keeps: its lowest validation loss (the last epoch without validation)."""
-    best = [row for row in history if row.get("best")]
-    return (best or history or [{}])[-1]
-
-
 def _state(child):
     return STATES.get(map_status(child["status"]))
 
@@ -132,7 +124,7 @@ def trial_summary(number, config, child=None, metrics=None, history=None, sweep_
                 PRIMARY_METRIC: None, "val_loss": None, "best_epoch": None, "epochs": None,
                 **{key: None for key in SUMMARY_METRICS}, "seconds": None, "error": None, "remote_id": None}
     metrics, history = metrics or {}, history or []
-    kept = _kept(history)
+    kept = kept_epoch(history)
     status = _state(child) or ("running" if map_status(child["status"]) != QUEUED else "queued")
     seconds = None
     if child.get("start") is not None and child.get("end") is not None:
