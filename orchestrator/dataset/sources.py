@@ -35,7 +35,10 @@ from .manifest import Entry, Manifest, hash_cache, manifest_from_scan, scanned_f
 S3_SCHEME, BLOB_SCHEME = "s3://", "az://"
 # Reads in flight per source: small objects are latency-bound, so more than the CPUs.
 READ_WORKERS = 16
-READ_AHEAD = 2 * READ_WORKERS  # objects held in memory at most while a consumer catches up
+# Held in memory at most while a consumer catches up: so many objects, and so many bytes (a
+# prefix of 20 MB photos would otherwise hold 640 MB)
+READ_AHEAD = 2 * READ_WORKERS
+READ_AHEAD_BYTES = 256 << 20
 # botocore retries and timeouts: a dead endpoint is said in seconds, not minutes
 S3_RETRIES = 3
 S3_CONNECT_TIMEOUT = 10
@@ -148,17 +151,23 @@ class RemoteSource:
         return self._read(f"{self.prefix}/{path}" if self.prefix else path)
 
     def read_many(self, paths):
-        """The bytes of each path, in order, read ahead by a thread pool (at most READ_AHEAD
-        objects held at once, whatever the dataset's size)."""
+        """The bytes of each path, in order, read ahead by a thread pool: at most READ_AHEAD
+        objects and READ_AHEAD_BYTES (by the listing's sizes) in flight or held at once, whatever
+        the dataset's size; an object larger than that is read alone."""
+        sizes = self.objects()
         pool = ThreadPoolExecutor(READ_WORKERS)
-        pending = deque()
+        pending, held = deque(), 0
         try:
             for path in paths:
-                pending.append(pool.submit(self.read, path))
-                if len(pending) >= READ_AHEAD:
-                    yield pending.popleft().result()
+                size = sizes[path].size
+                while pending and (len(pending) >= READ_AHEAD or held + size > READ_AHEAD_BYTES):
+                    done, future = pending.popleft()
+                    held -= done
+                    yield future.result()
+                pending.append((size, pool.submit(self.read, path)))
+                held += size
             while pending:
-                yield pending.popleft().result()
+                yield pending.popleft()[1].result()
         finally:
             pool.shutdown(cancel_futures=True)
 
