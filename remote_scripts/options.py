@@ -120,8 +120,8 @@ OPTIONS = (
            choices=PRECISIONS),
     Option("--device", "str", "auto", "auto, cpu, cuda or cuda:N"),
     Option("--workers", "int", None,
-           "threads decoding images (0: decode in the main thread; default: the CPUs this process "
-           "may use)", low=0),
+           "processes decoding images and threads hashing them (0: in the main process; default: "
+           "the CPUs this process may use)", low=0),
     Option("--cache-dir", "str", None,
            "folder of the decoded-image cache, kept across runs and shared by runs on the same data "
            "(default: the user's cache folder, ~/.cache/orchestrate/images)", metavar="DIR"),

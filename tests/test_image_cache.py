@@ -45,10 +45,35 @@ class RecordingReport:
         pass
 
 
+class DecodedPaths:
+    """The paths decoded, by this process and by the decoding processes it forks: a line each,
+    appended to one file."""
+
+    def __init__(self, path):
+        self.path = path
+        path.write_text("")
+
+    def append(self, decoded):
+        with open(self.path, "a") as log:
+            log.write(f"{decoded}\n")
+
+    def lines(self):
+        return self.path.read_text().splitlines()
+
+    def clear(self):
+        self.path.write_text("")
+
+    def __len__(self):
+        return len(self.lines())
+
+    def __eq__(self, other):
+        return self.lines() == list(other)
+
+
 @pytest.fixture
-def decoded(monkeypatch):
-    """The paths the job decodes, in order, through the real decode."""
-    paths = []
+def decoded(monkeypatch, tmp_path):
+    """The paths the job decodes, through the real decode."""
+    paths = DecodedPaths(tmp_path / "decoded.log")
     real = imagecache.decode
 
     def counting(path, spec):
@@ -276,12 +301,27 @@ def test_unreadable_files_are_skipped_with_reasons(tmp_path):
     assert again.skipped == dataset.skipped
 
 
-def test_no_workers_decodes_in_the_main_thread(tmp_path, monkeypatch):
-    threads = set()
+def test_workers_are_processes_that_write_what_the_main_thread_would(tmp_path, monkeypatch):
+    """--workers 2: blocks (of 5 images here) decoded in two other processes; --workers 0: in
+    this thread. The same pixels and the same reasons, in place, either way."""
+    decoders = DecodedPaths(tmp_path / "decoders.log")
     real = imagecache.decode
-    monkeypatch.setattr(imagecache, "decode", lambda path, spec: threads.add(threading.get_ident()) or real(path, spec))
-    load(job_args(small_dataset(tmp_path / "data"), tmp_path / "cache", workers=0))
-    assert threads == {threading.get_ident()}
+
+    def recording(path, spec):
+        decoders.append(f"{os.getpid()} {threading.get_ident()}")
+        return real(path, spec)
+
+    monkeypatch.setattr(imagecache, "decode", recording)
+    monkeypatch.setattr(imagecache, "DECODE_BLOCK", 5)
+    data = make_dataset(tmp_path / "data", per_class=8, size=SIZE, corrupt=3)
+    in_workers = load(job_args(data, tmp_path / "cache-2", workers=2))
+    pids = {int(line.split()[0]) for line in decoders.lines()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    decoders.clear()
+    in_main = load(job_args(data, tmp_path / "cache-0", workers=0))
+    assert set(decoders.lines()) == {f"{os.getpid()} {threading.get_ident()}"}
+    assert np.array_equal(np.asarray(in_workers.images), np.asarray(in_main.images))
+    assert in_workers.skipped == in_main.skipped and len(in_main.skipped) == 3
 
 
 def test_the_decode_window_is_bounded(tmp_path):
