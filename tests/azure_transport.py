@@ -473,6 +473,19 @@ def datastore_body(name, account, container, kind="AccountKey", default=True, pr
                        "lastModifiedBy": "someone@example.com", "lastModifiedByType": "User"}}
 
 
+def blob_container(azurite, name, empty=False):
+    """A ContainerClient with the account key on Azurite's container `name`, created if missing
+    (emptied with `empty`): the storage behind a test plane's datastore."""
+    from azure.storage.blob import ContainerClient
+
+    admin = ContainerClient.from_connection_string(azurite.connection_string, name)
+    if not admin.exists():
+        admin.create_container()
+    for blob in admin.list_blobs() if empty else ():
+        admin.delete_blob(blob.name)
+    return admin
+
+
 def add_datastore(plane, body, key=None, sas_token=None):
     """Serve `body` (datastore_body) and, for a key or SAS datastore, its listSecrets answer."""
     _datastore_state(plane)

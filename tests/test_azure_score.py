@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from azure_transport import SUB, ManagementPlane, StaticToken, add_datastore, aml_compute, datastore_body, set_job_status
+from azure_transport import (SUB, ManagementPlane, StaticToken, add_datastore, aml_compute, blob_container,
+                             datastore_body, set_job_status)
 from imagegen import make_dataset
 from services.azurite import ACCOUNT, ACCOUNT_KEY
 
@@ -239,12 +240,8 @@ class Plane(ManagementPlane):
 
 @pytest.fixture
 def plane(azurite):
-    from azure.storage.blob import ContainerClient
-
     plane = Plane()
-    admin = ContainerClient.from_connection_string(azurite.connection_string, CONTAINER)
-    if not admin.exists():
-        admin.create_container()
+    admin = blob_container(azurite, CONTAINER)
     add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, CONTAINER), key=ACCOUNT_KEY)
     plane.computes["cpu"] = aml_compute("cpu", size="STANDARD_DS3_V2", max_nodes=4)
     plane.admin = admin

@@ -18,7 +18,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from azure_transport import (SUB, ManagementPlane, Response, StaticToken, add_datastore, aml_compute,
+from azure_transport import (SUB, ManagementPlane, Response, StaticToken, add_datastore, aml_compute, blob_container,
                              datastore_body, run_error, set_job_status)
 from services.azurite import ACCOUNT, ACCOUNT_KEY
 
@@ -111,14 +111,8 @@ class Plane(ManagementPlane):
 
 @pytest.fixture
 def plane(azurite):
-    from azure.storage.blob import ContainerClient
-
     plane = Plane()
-    admin = ContainerClient.from_connection_string(azurite.connection_string, CONTAINER)
-    if not admin.exists():
-        admin.create_container()
-    for blob in admin.list_blobs():
-        admin.delete_blob(blob.name)
+    admin = blob_container(azurite, CONTAINER, empty=True)
     add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, CONTAINER), key=ACCOUNT_KEY)
     plane.computes["gpu-t4"] = aml_compute("gpu-t4", size="STANDARD_NC4AS_T4_V3", max_nodes=2)
     plane.admin = admin

@@ -33,7 +33,7 @@ from remote_scripts.search_space import PRIMARY_METRIC, SEARCH_FILE, SUMMARY_MET
 from ...events import PREFIX, parse_line
 from ..base import CANCELED, COMPLETED, FAILED, QUEUED, TERMINAL, LogLine
 from .sweep_job import trial_prefix
-from .tailer import MAX_POLL, MIN_POLL, WAIT_NOTICE, map_status, tail
+from .tailer import MAX_POLL, MIN_POLL, StatusNotices, map_status, tail
 
 TRIAL_FILES = ("metrics.json", "history.jsonl")
 BEST_CHILD_PROPERTY = "best_child_run_id"  # azure.ai.ml.constants SWEEP_JOB_BEST_CHILD_RUN_ID_PROPERTY_NAME
@@ -309,18 +309,10 @@ def _sweep_lines(seam, container, state, run_id, follow, sleep, clock, on_status
     yield _event_text({"v": 1, "type": "run_start", "search": {"trials": trials,
                                                               "budget_seconds": search.get("budget_seconds")}})
     offsets, ended, numbers, known, tagged = {}, set(), {}, set(), set()
-    delay, last, changed, noticed = MIN_POLL, None, clock(), None
+    delay, notices = MIN_POLL, StatusNotices(on_status, on_wait, clock)
     while True:
         status = seam.job_status(parent)
-        now = clock()
-        if status != last:
-            changed, noticed = now, now
-            if on_status:
-                on_status(status)
-        elif on_wait and map_status(status) == QUEUED and now - noticed >= WAIT_NOTICE:
-            noticed = now
-            on_wait(status, now - changed)
-        last = status
+        notices.see(status)
         done = map_status(status) in TERMINAL or status in stop
         children = seam.child_runs(parent)
         names = {c["name"] for c in children}

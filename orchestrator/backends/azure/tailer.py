@@ -54,6 +54,26 @@ def _line(raw, cursor):
     return LogLine(raw.rstrip(b"\r").decode("utf-8", "replace"), cursor)
 
 
+class StatusNotices:
+    """What a follower says of a job's service status while it polls: on_status(status) at each
+    change, on_wait(status, seconds) every WAIT_NOTICE seconds that a queued status lasts."""
+
+    def __init__(self, on_status, on_wait, clock):
+        self.on_status, self.on_wait, self.clock = on_status, on_wait, clock
+        self.last, self.changed, self.noticed = None, clock(), None
+
+    def see(self, status):
+        now = self.clock()
+        if status != self.last:
+            self.changed = self.noticed = now
+            if self.on_status:
+                self.on_status(status)
+        elif self.on_wait and map_status(status) == QUEUED and now - self.noticed >= WAIT_NOTICE:
+            self.noticed = now
+            self.on_wait(status, now - self.changed)
+        self.last = status
+
+
 def tail(seam, job, cursor=0, follow=True, sleep=time.sleep, on_status=None, on_wait=None,
          on_restart=None, stop=frozenset(), clock=time.monotonic):
     """Yield LogLine(text, cursor) from byte offset `cursor`; with follow, until the job ends.
@@ -67,18 +87,11 @@ def tail(seam, job, cursor=0, follow=True, sleep=time.sleep, on_status=None, on_
     attempt's log replaces the one being read.
     """
     base, offset, seen, pending = 0, cursor, b"", b""
-    delay, last, changed, noticed = MIN_POLL, None, clock(), None
+    delay, notices = MIN_POLL, StatusNotices(on_status, on_wait, clock)
     while True:
         status = seam.job_status(job)
-        now = clock()
-        if status != last:
-            changed, noticed = now, now
-            if on_status:
-                on_status(status)
-        elif on_wait and map_status(status) == QUEUED and now - noticed >= WAIT_NOTICE:
-            noticed = now
-            on_wait(status, now - changed)
-        state, last = map_status(status), status
+        notices.see(status)
+        state = map_status(status)
         url = rank0_log(seam.log_urls(job))
         data = b""
         if url:
