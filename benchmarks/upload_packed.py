@@ -9,6 +9,10 @@ its own container of one Azurite (started here with its debug log, which counts 
               hash, pack, send the shards and the index
   unchanged   the same command again: bytes sent, listing requests, whole-command wall time
   one changed the same command after one image is rewritten: bytes and shards sent
+  reading     the requests a job's reading of the dataset costs, counted in the same log: the
+              packed prefix read as an Azure ML `download` input reads it (one listing, then
+              each blob, with azure-storage-blob's defaults) against the loose files read one
+              by one as a mounted folder is (a sample of READ_SAMPLE files: a request each)
 Every run is the whole command in a subprocess, as a user types it. It prints the ratio
 az / packed (target 30x), and checks the unchanged run's 0 bytes, 1 listing, <= 1.5 s target,
 and that one changed image sends at most one shard.
@@ -32,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 ORCHESTRATE = str(Path(sys.executable).with_name("orchestrate"))
 ACCOUNT = "devstoreaccount1"
+READ_SAMPLE = 1000
 
 
 def ensure_az():
@@ -89,6 +94,19 @@ class AzuriteWithLog:
         return len(lines), sum(1 for line in lines if "comp=list" in line)
 
 
+def read_requests(azurite, container, prefix, limit=None):
+    """(blobs read, requests Azurite logged) for reading every blob under `prefix` of `container`
+    (the first `limit` of them), each blob whole, after one listing."""
+    from azure.storage.blob import ContainerClient
+
+    client = ContainerClient.from_connection_string(azurite.connection_string, container)
+    mark = azurite.mark()
+    names = [blob.name for blob in client.list_blobs(name_starts_with=prefix)][:limit]
+    for name in names:
+        client.download_blob(name).readall()
+    return len(names), azurite.requests_since(mark)[0]
+
+
 def run_command(args, env):
     started = time.perf_counter()
     done = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -142,6 +160,9 @@ def run(work, files):
                                  "shards_sent": one["shards_sent"], "largest_shard": max(s["size"] for s in index["shards"]),
                                  "requests": requests}
 
+        blobs, requests = read_requests(azurite, "packed", "eurosat/")
+        report["reading_packed"] = {"blobs": blobs, "requests": requests, "images": len(images)}
+
         az, why = ensure_az()
         if az:
             az_env = {**env, "AZURE_CORE_COLLECT_TELEMETRY": "no", "AZURE_CONFIG_DIR": str(work / "az")}
@@ -153,12 +174,17 @@ def run(work, files):
             requests, _ = azurite.requests_since(mark)
             report["baseline"] = {"name": "az storage blob upload-batch", "seconds": round(seconds, 2),
                                   "requests": requests, "files_per_s": round(len(images) / seconds)}
+            loose = ("bench-az", "")
         else:
             (work / "state2").mkdir()
             seconds, _ = run_command([ORCHESTRATE, "data", "upload", str(root), "--no-pack", "--to",
                                       f"az://{ACCOUNT}/loose/eurosat", "--json"], {**env, "XDG_STATE_HOME": str(work / "state2")})
             report["baseline"] = {"name": f"orchestrate data upload --no-pack (az unavailable: {why})",
                                   "seconds": round(seconds, 2), "files_per_s": round(len(images) / seconds)}
+            loose = ("loose", "eurosat/")
+        blobs, requests = read_requests(azurite, *loose, limit=READ_SAMPLE)
+        report["reading_loose"] = {"blobs": blobs, "requests": requests,
+                                   "requests_per_epoch": round(requests / blobs * len(images))}
     report["ratio_baseline_over_packed"] = round(report["baseline"]["seconds"] / report["packed"]["seconds"], 1)
     report["load_average_after"] = os.getloadavg()
     report["targets"] = {
@@ -167,6 +193,7 @@ def run(work, files):
         "unchanged_one_listing": report["unchanged"]["listings"] == 1,
         "unchanged_at_most_1.5_s": report["unchanged"]["seconds"] <= 1.5,
         "one_changed_at_most_one_shard": report["one_changed"]["bytes_sent"] <= report["one_changed"]["largest_shard"],
+        "reading_requests_are_shards_not_files": report["reading_packed"]["requests"] <= report["reading_packed"]["blobs"] + 1,
     }
     return report
 
@@ -193,6 +220,10 @@ def main():
     o = report["one_changed"]
     print(f"1 changed {o['seconds']:.2f} s, {o['bytes_sent']} bytes in {o['shards_sent']} shard(s) "
           f"(largest shard {o['largest_shard']} bytes)")
+    r, loose = report["reading_packed"], report["reading_loose"]
+    print(f"reading   packed: {r['requests']} requests for {r['images']} images ({r['blobs']} blobs: the index and "
+          f"the shards, after 1 listing); loose: {loose['requests']} requests for {loose['blobs']} files, "
+          f"{loose['requests_per_epoch']} for all of them")
     for name, met in report["targets"].items():
         print(f"  target {name}: {'met' if met else 'NOT met'}")
 
