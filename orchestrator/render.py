@@ -321,7 +321,7 @@ class SearchRenderer(EventRenderer):
             epoch = f" epoch {event['epoch']}/{event['epochs']}" if "epoch" in event and "epochs" in event else ""
             self.activity = f"{event.get('phase', '')}{epoch} {event.get('done', 0) / event['total']:.0%}"
             if not self.console.is_terminal:  # a long trial's plain progress line, every 10 s at most
-                super()._on_progress({**event, "phase": f"{trial} {event.get('phase', '')}"})
+                self._plain_progress({**event, "phase": f"{trial} {event.get('phase', '')}"})
         elif kind == "epoch_end":
             self.activity = f"epoch {event.get('epoch')}/{event.get('epochs')} done"
         self._refresh()

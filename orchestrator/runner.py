@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from remote_scripts.metrics import HEADLINE_METRICS
+
 from .backends.base import COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
 from .errors import UserError
 from .events import parse_line
 from .ledger import RunRecord
-
-SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
 
 
 class Detached(Exception):
@@ -183,7 +183,7 @@ def finish(backend, run, ledger, run_end=None, download=True):
         if exit_code is None:
             exit_code = backend.exit_code(run)
         ledger.update(run.run_id, status=status, exit_code=exit_code,
-                      metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics} if metrics else {})
+                      metrics={k: metrics[k] for k in HEADLINE_METRICS if k in metrics} if metrics else {})
         outcome = Outcome(status, exit_code, run_end.get("error") or "", metrics)
     _record_trials(ledger, record)
     return outcome

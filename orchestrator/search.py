@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from remote_scripts import search_space
+from remote_scripts.metrics import HEADLINE_METRICS
 from remote_scripts.options import problems, to_arguments
 
 from .backends.base import CANCELED, COMPLETED, FAILED
@@ -88,7 +89,7 @@ def record_trials(ledger, record):
             params={"train_args": shared + to_arguments(trial.get("config") or {}),
                     "backend_options": record.params.get("backend_options") or {}},
             exit_code=0 if status == COMPLETED else None,
-            metrics={key: trial[key] for key in search_space.SUMMARY_METRICS if trial.get(key) is not None}))
+            metrics={key: trial[key] for key in HEADLINE_METRICS if trial.get(key) is not None}))
 
 
 def result(record):

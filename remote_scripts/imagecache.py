@@ -127,8 +127,8 @@ def decode(path, spec):
 class DecodeBlocks(torch.utils.data.Dataset):
     """Block k of the images, decoded and written: write(start, block) with block uint8
     [n, H, W, 3] (rows of unreadable images left zero); the item is the block's reasons, one per
-    file that cannot be read, else None. A block is at most DECODE_BLOCK images and
-    DECODE_BLOCK_BYTES of pixels."""
+    file that cannot be read, else None, or an OSError's (errno, text) when the write failed. A
+    block is at most DECODE_BLOCK images and DECODE_BLOCK_BYTES of pixels."""
 
     def __init__(self, root, relpaths, write, spec, packed=None):
         self.root, self.relpaths, self.write, self.spec, self.packed = root, relpaths, write, spec, packed
@@ -151,7 +151,10 @@ class DecodeBlocks(torch.utils.data.Dataset):
             except imaging.DECODE_ERRORS as exc:
                 # PIL names the file as opened; the report names it relative to --data, like `path`.
                 reasons.append(imaging.describe_decode_error(exc).replace(os.path.join(self.root, relpath), relpath))
-        self.write(start, block)  # outside the try: a full disk is a failure, not an unreadable image
+        try:
+            self.write(start, block)  # a full disk is a failure, not an unreadable image
+        except OSError as exc:  # as it is, not as a DataLoader worker's traceback text
+            return exc.errno, exc.strerror or str(exc)
         return reasons
 
 
@@ -165,8 +168,9 @@ def decode_all(root, relpaths, write, spec, workers, on_done, packed=None):
     decode twice as many, as ImageFolder's DataLoader workers do. They are DataLoader workers too
     (forked, so they share this process's open files; they stop when it dies), and each writes
     its blocks itself, so no pixels pass between processes (no /dev/shm) and only the reasons
-    come back, in order. They ignore SIGINT and SIGTERM: a cancel is this process's to handle,
-    and it shuts them down on its way out.
+    come back, in order. They ignore SIGINT and SIGTERM (a cancel is this process's to handle:
+    a worker killed by the signal a whole process group gets would end the run as a crash) and
+    are shut down on the way out of here, killed if they do not stop.
     packed: a packed_dataset.PackedDataset whose shards hold the files (else they lie under root).
     """
     loader = torch.utils.data.DataLoader(
@@ -176,16 +180,41 @@ def decode_all(root, relpaths, write, spec, workers, on_done, packed=None):
     blocks = iter(loader)
     try:
         for block_reasons in blocks:
+            if isinstance(block_reasons, tuple):
+                raise OSError(*block_reasons)
             reasons += block_reasons
             on_done(len(reasons))
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        # torch's "DataLoader worker (pid(s) N) exited unexpectedly" and its traceback, in one line
+        raise RuntimeError(f"a decoding process died ({str(exc).splitlines()[0]}): out of memory? try fewer "
+                           "--workers") from None
     finally:
-        del blocks  # its workers stop now, on a cancel too, not when the traceback is gone
+        _stop_workers(blocks)
     return reasons
 
 
 def _ignore_stop_signals(worker_id):
+    """A decoding process: SIGINT and SIGTERM are its parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stop_workers(blocks):
+    """Shut the DataLoader's workers down now, not when the traceback that holds the iterator is
+    gone (a cancel raises inside its __next__): they hold copies of this process's open files,
+    the cache entry's locks among them, which would keep a canceled entry from being removed.
+    torch's shutdown asks each worker to stop and waits a few seconds; one still busy then (a
+    read hung on a network mount) is killed, since it ignores torch's SIGTERM."""
+    shutdown = getattr(blocks, "_shutdown_workers", None)  # multiprocessing iterators only
+    if shutdown is None:
+        return
+    shutdown()
+    for worker in getattr(blocks, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def check_free_space(cache_dir, nbytes):

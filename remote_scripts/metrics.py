@@ -11,6 +11,9 @@ import numpy as np
 EPSILON = 1e-15  # ML.NET clamps probabilities the same way before taking the log
 # predictions.csv, one row per evaluated image: written by the job, read by `orchestrate report`
 PREDICTION_COLUMNS = ("path", "true_label", "predicted_label", "score", "true_label_score")
+# The test metrics a run is summed up by: in the ledger, in search.json, as MLflow's test_*, as
+# an Azure ML model's tags
+HEADLINE_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
 
 
 def classification_metrics(y_true, probabilities, labels):

@@ -136,9 +136,9 @@ BY_DEST = {option.dest: option for option in OPTIONS}
 def problems(values):
     """One-line problems of the parsed `values` ({dest: value}), checked across options too."""
     found = [message for option in OPTIONS if (message := option.check(values.get(option.dest)))]
-    val = values.get("val_fraction", DEFAULT_VAL_FRACTION)
-    test = values.get("test_fraction", DEFAULT_TEST_FRACTION)
-    if val is not None and test is not None and val + test >= 1:
+    val = DEFAULT_VAL_FRACTION if values.get("val_fraction") is None else values["val_fraction"]
+    test = DEFAULT_TEST_FRACTION if values.get("test_fraction") is None else values["test_fraction"]
+    if val + test >= 1:
         found.append("--val-fraction and --test-fraction must sum to less than 1")
     if values.get("mode") == "full" and (values.get("batch_size") or BY_DEST["batch_size"].default) < 2:
         found.append("--mode full needs --batch-size 2 or more: BatchNorm cannot train on one image")

@@ -43,12 +43,14 @@ if __name__ == "__main__":
 try:  # imported as remote_scripts.search (by the tests)
     from . import options, progress, search_space, train
     from .atomic import write_atomically
+    from .metrics import HEADLINE_METRICS
 except ImportError:  # started as a script: the sibling modules are top-level modules
     import options
     import progress
     import search_space
     import train
     from atomic import write_atomically
+    from metrics import HEADLINE_METRICS
 
 DELAY_EPOCHS = 2  # median stopping compares trials from this epoch on
 
@@ -172,6 +174,7 @@ class Search(train.OneRun):
                 self.summaries.append(_summary(search_space.trial_id(number), self.trials[number - 1], "not_started"))
             self.write()
             if self.best is not None:
+                stop.deferred = True  # a SIGTERM now waits until the outputs are whole
                 self.publish_best()
         return sum(1 for s in self.summaries if s["status"] == "completed")
 
@@ -213,7 +216,7 @@ class Search(train.OneRun):
             if self.best is not None:
                 _remove(os.path.join(self.output, "trials", self.best["trial"], "outputs", "model.onnx"))
             self.best = summary
-        elif self.best is None or self.best["trial"] != trial_id:
+        else:
             _remove(os.path.join(folder, "outputs", "model.onnx"))
         progress.emit("trial_end", **_public(summary))
 
@@ -251,7 +254,7 @@ def _summary(trial_id, config, status, error=None, seconds=None, outputs=None):
     return {"trial": trial_id, "config": config, "status": status, "stopped": metrics.get("stopped"),
             search_space.PRIMARY_METRIC: kept.get("val_accuracy"), "val_loss": kept.get("val_loss"),
             "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed"),
-            **{key: metrics.get(key) for key in search_space.SUMMARY_METRICS}, "seconds": seconds, "error": error,
+            **{key: metrics.get(key) for key in HEADLINE_METRICS}, "seconds": seconds, "error": error,
             "history": history}
 
 

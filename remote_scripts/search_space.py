@@ -25,7 +25,6 @@ except ImportError:  # beside search.py in the job
 # keeps (its lowest validation loss). train.py logs it to MLflow each epoch under this name, which
 # is the Azure ML sweep job's primary metric.
 PRIMARY_METRIC = "val_accuracy"
-SUMMARY_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")  # a trial's test metrics in search.json
 SEARCH_FILE = "search.json"  # in a search's outputs: every trial's summary, and which one is the best
 
 DEFAULT_SPACE = (

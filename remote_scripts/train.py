@@ -767,7 +767,7 @@ def evaluate_and_export(args, mode, model, forward, dataset, progress_state, sto
     # The confusion matrix (classes^2 numbers: megabytes for 1000 classes) is in metrics.json only.
     report.event("metrics", **{k: v for k, v in result.items() if k != "confusion_matrix"
                                and k != "skipped"}, skipped=dataset.skipped[:SKIPPED_IN_EVENTS])
-    report.mlflow_metrics({f"test_{k}": result[k] for k in ("accuracy", "macro_accuracy", "macro_f1", "log_loss")},
+    report.mlflow_metrics({f"test_{k}": result[k] for k in metrics.HEADLINE_METRICS},
                           step=progress_state["epoch"])
 
     report.event("phase", name="export")

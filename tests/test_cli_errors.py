@@ -45,6 +45,7 @@ def test_class_too_small_names_the_class_and_its_count(cli, tmp_path):
     (["--arch", "vgg11"], "--arch"),
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--val-fraction", "0.5", "--test-fraction", "0.5"], "sum to less than 1"),
+    (["--val-fraction", "0.95"], "sum to less than 1"),  # with the default --test-fraction 0.1
     (["--backend", "cloud9"], "--backend"),
     (["--no-such-flag"], "--no-such-flag"),
 ])

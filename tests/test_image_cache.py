@@ -6,6 +6,7 @@ the CLI runs as the installed `orchestrate` command. Images are small so that th
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -186,6 +187,39 @@ def test_a_failed_decode_leaves_no_entry_behind(tmp_path, monkeypatch, decoded):
     monkeypatch.setattr(imagecache, "decode", dies_at_the_fifth)
     with pytest.raises(KeyboardInterrupt):
         load(job_args(data, cache, workers=0))
+    assert entry_keys(cache) == set()
+
+
+def test_a_decode_canceled_in_its_workers_leaves_no_entry_and_no_process(tmp_path):
+    """SIGTERM to the job's whole process group while two decoding processes work (as the local
+    backend's cancel sends it): the job cancels, its workers are gone with it, and the
+    half-filled entry is removed (the workers' copies of its locks do not keep it)."""
+    data = small_dataset(tmp_path / "data", per_class=40)
+    cache = tmp_path / "cache"
+    script = (
+        "import signal, sys, time; sys.path.insert(0, 'tests')\n"
+        "from remote_scripts import imagecache, cache_store\n"
+        "from test_image_cache import job_args, load\n"
+        "def stop(signum, frame): raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "real = imagecache.decode\n"
+        "def slow(path, spec):\n"
+        "    print('decoding', flush=True); time.sleep(0.05); return real(path, spec)\n"
+        "imagecache.decode = slow\n"
+        "imagecache.DECODE_BLOCK = 4\n"
+        "try:\n"
+        f"    load(job_args({str(data)!r}, {str(cache)!r}, workers=2))\n"
+        "except KeyboardInterrupt:\n"
+        f"    print('canceled', cache_store.list_entries({str(cache)!r}), flush=True)\n")
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True,
+                           cwd=os.path.dirname(os.path.dirname(__file__)))
+    for _ in range(4):
+        assert job.stdout.readline() == "decoding\n"
+    os.killpg(job.pid, signal.SIGTERM)
+    rest = job.communicate(timeout=60)[0]
+    assert job.returncode == 0 and "canceled []" in rest, rest
+    with pytest.raises(ProcessLookupError):  # no decoding process outlived the job
+        os.killpg(job.pid, 0)
     assert entry_keys(cache) == set()
 
 

@@ -229,29 +229,18 @@ def test_refused_credentials_and_access_denied_are_one_line(tmp_path, pets, moto
 
 
 def test_read_ahead_holds_at_most_its_bytes(tmp_path, pets, moto_s3, s3_env, monkeypatch):
-    """With READ_AHEAD_BYTES below two images, the pool reads one object at a time, in order;
-    the bytes are the objects' all the same."""
-    import threading
-
+    """With READ_AHEAD_BYTES below two images, an object is read only once the one before it
+    has been handed over: never two held at once. The bytes are the objects' all the same."""
     from orchestrator.dataset import sources
 
     uri = moto_s3.put_folder(pets, bucket_name(), "datasets/pets")
     source = S3Source(uri)
     paths = sorted(source.objects())
     monkeypatch.setattr(sources, "READ_AHEAD_BYTES", min(o.size for o in source.objects().values()) + 1)
-    in_flight, most, lock = [0], [0], threading.Lock()
+    started = []
     read = source._read
-
-    def counted(key):
-        with lock:
-            in_flight[0] += 1
-            most[0] = max(most[0], in_flight[0])
-        try:
-            return read(key)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    source._read = counted
-    assert list(source.read_many(paths)) == [(pets / path).read_bytes() for path in paths]
-    assert most[0] == 1
+    source._read = lambda key: started.append(key) or read(key)
+    for handed, data in enumerate(source.read_many(paths), 1):
+        assert len(started) == handed  # the next read starts after this one is taken
+        assert data == (pets / paths[handed - 1]).read_bytes()
+    assert handed == len(paths)

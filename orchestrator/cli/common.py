@@ -45,8 +45,9 @@ def resolve_run_dir(run, wanted):
     ledger, record, backend, ref = find_run(run, job=False)
     if record.search_id:  # a trial: its folder came with its search's outputs
         if not (record.output_dir / wanted).is_file():
-            raise UserError(f"run {record.run_id} has no {wanted}: a search keeps the model of its best trial "
-                            f"only, use {record.search_id}")
+            why = (f"a search keeps the model of its best trial only, use {record.search_id}" if wanted == "model.onnx"
+                   else f"the trial {record.status} without it")
+            raise UserError(f"run {record.run_id} has no {wanted}: {why}")
         return Path(record.run_dir)
     if not (record.output_dir / wanted).is_file() and backend.status(ref) == COMPLETED:
         from ..runner import fetch_outputs

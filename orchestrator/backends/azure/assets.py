@@ -16,13 +16,14 @@ import shlex
 import time
 from pathlib import Path
 
+from remote_scripts.metrics import HEADLINE_METRICS
+
 from ...errors import UserError
 from ..base import COMPLETED, TERMINAL
 from .backend import STATE_FILE
 
 MODEL_OUTPUT = "model"
 ASSET_NAME = re.compile(r"[^A-Za-z0-9_-]")
-TAG_METRICS = ("accuracy", "macro_accuracy", "macro_f1", "log_loss")
 MAX_TAG = 256  # keep tags short: Studio shows them in one line
 
 
@@ -55,7 +56,7 @@ def model_tags(run_id, labels, metrics):
     tags = {"orchestrate.run_id": run_id, "num_classes": str(len(labels))}
     text = ",".join(labels)
     tags["labels"] = text if len(text) <= MAX_TAG else text[:MAX_TAG - 3] + "..."
-    for key in TAG_METRICS:
+    for key in HEADLINE_METRICS:
         if isinstance((metrics or {}).get(key), (int, float)):
             tags[f"test_{key}"] = f"{metrics[key]:.4f}"
     return tags

@@ -28,7 +28,8 @@ import json
 import math
 import time
 
-from remote_scripts.search_space import PRIMARY_METRIC, SEARCH_FILE, SUMMARY_METRICS, kept_epoch, rank_key, trial_id
+from remote_scripts.metrics import HEADLINE_METRICS
+from remote_scripts.search_space import PRIMARY_METRIC, SEARCH_FILE, kept_epoch, rank_key, trial_id
 
 from ...events import PREFIX, parse_line
 from ..base import CANCELED, COMPLETED, FAILED, QUEUED, TERMINAL, LogLine
@@ -122,7 +123,7 @@ def trial_summary(number, config, child=None, metrics=None, history=None, sweep_
     if child is None:
         return {"trial": trial_id(number), "config": config, "status": "not_started", "stopped": None,
                 PRIMARY_METRIC: None, "val_loss": None, "best_epoch": None, "epochs": None,
-                **{key: None for key in SUMMARY_METRICS}, "seconds": None, "error": None, "remote_id": None}
+                **{key: None for key in HEADLINE_METRICS}, "seconds": None, "error": None, "remote_id": None}
     metrics, history = metrics or {}, history or []
     kept = kept_epoch(history)
     status = _state(child) or ("running" if map_status(child["status"]) != QUEUED else "queued")
@@ -136,7 +137,7 @@ def trial_summary(number, config, child=None, metrics=None, history=None, sweep_
             "stopped": metrics.get("stopped") or _why_canceled(child, status, sweep_status),
             PRIMARY_METRIC: _finite(kept.get("val_accuracy")), "val_loss": _finite(kept.get("val_loss")),
             "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed", len(history) or None),
-            **{key: _finite(metrics.get(key)) for key in SUMMARY_METRICS}, "seconds": seconds,
+            **{key: _finite(metrics.get(key)) for key in HEADLINE_METRICS}, "seconds": seconds,
             "error": error or None, "remote_id": child["name"]}
 
 
