@@ -102,8 +102,8 @@ def resume(backend, ledger, record):
                         "restarts a preempted job by itself, from the run's checkpoint output)")
     if record.status == COMPLETED:
         raise UserError(f"run {record.run_id} has completed: there is nothing to resume")
-    if record.search_id or "trials" in record.params:
-        raise UserError(f"run {record.run_id} is a search or one of its trials, which start from the beginning: "
+    if "trials" in record.params:  # (a trial is refused before: it has no job of its own)
+        raise UserError(f"run {record.run_id} is a search, whose trials start from the beginning: "
                         "start the search again")
     run = run_ref(record)
     spec = read_spec(run.run_dir, record.run_id)
@@ -200,7 +200,7 @@ def _record_trials(ledger, record):
     if "trials" in record.params:
         from .search import record_trials
 
-        record_trials(ledger, ledger.get(record.run_id))
+        record_trials(ledger, record)
 
 
 def read_metrics(run_dir, strict=False):

@@ -26,7 +26,6 @@ Events: the trials' events carry "trial"; see progress.py. With `--trial K` (an 
 trial, one job per trial) trial K alone runs, as train.py would run it, into --output.
 """
 import gc
-import json
 import os
 import shutil
 import signal
@@ -43,14 +42,12 @@ if __name__ == "__main__":
 try:  # imported as remote_scripts.search (by the tests)
     from . import options, progress, search_space, train
     from .atomic import write_atomically
-    from .metrics import HEADLINE_METRICS
 except ImportError:  # started as a script: the sibling modules are top-level modules
     import options
     import progress
     import search_space
     import train
     from atomic import write_atomically
-    from metrics import HEADLINE_METRICS
 
 DELAY_EPOCHS = 2  # median stopping compares trials from this epoch on
 
@@ -246,47 +243,22 @@ def _lowest_val_loss(history):
 
 def _summary(trial_id, config, status, error=None, seconds=None, outputs=None):
     """A trial's row of search.json (and its history, kept for median stopping)."""
-    history, metrics = [], {}
-    if outputs:
-        history = _read_history(os.path.join(outputs, "history.jsonl"))
-        metrics = _read_metrics(os.path.join(outputs, "metrics.json"))
-    kept = search_space.kept_epoch(history)
-    return {"trial": trial_id, "config": config, "status": status, "stopped": metrics.get("stopped"),
-            search_space.PRIMARY_METRIC: kept.get("val_accuracy"), "val_loss": kept.get("val_loss"),
-            "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed"),
-            **{key: metrics.get(key) for key in HEADLINE_METRICS}, "seconds": seconds, "error": error,
-            "history": history}
+    history = search_space.parse_history(_read(os.path.join(outputs, "history.jsonl"))) if outputs else []
+    metrics = search_space.parse_metrics(_read(os.path.join(outputs, "metrics.json"))) if outputs else {}
+    return {**search_space.trial_row(trial_id, config, status, metrics, history, seconds, error), "history": history}
 
 
 def _public(summary):
     return {key: value for key, value in summary.items() if key != "history"}
 
 
-def _read_history(path):
-    """history.jsonl's rows; a line cut short (a trial canceled mid-write) or a missing file is no row."""
+def _read(path):
+    """A trial file's bytes; b"" when it is missing (a trial that did not get that far)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as lines:
-            rows = [_json_or_none(line) for line in lines if line.strip()]
+        with open(path, "rb") as file:
+            return file.read()
     except OSError:
-        return []
-    return [row for row in rows if isinstance(row, dict)]
-
-
-def _read_metrics(path):
-    """metrics.json as a dict; {} when it is missing or damaged (a trial that did not finish)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            metrics = _json_or_none(file.read())
-    except OSError:
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
-
-
-def _json_or_none(text):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
+        return b""
 
 
 def _remove(path):

@@ -17,8 +17,10 @@ import json
 import math
 
 try:  # imported as remote_scripts.search_space
+    from .metrics import HEADLINE_METRICS
     from .options import BY_DEST
 except ImportError:  # beside search.py in the job
+    from metrics import HEADLINE_METRICS
     from options import BY_DEST
 
 # The number trials are ranked by, on every backend: the validation accuracy of the epoch a trial
@@ -145,6 +147,43 @@ def parse_trials_argument(text):
 def trial_id(number):
     """The name of the search's trial `number` (from 1) in search.json, events and run ids: t01, t02..."""
     return f"t{int(number):02d}"
+
+
+def parse_metrics(data):
+    """A trial's metrics.json (bytes or text) as a dict; {} when empty or damaged (a trial that did
+    not finish)."""
+    value = _json_or_none(data)
+    return value if isinstance(value, dict) else {}
+
+
+def parse_history(data):
+    """A trial's history.jsonl (bytes or text) as its rows; a line cut short (a trial canceled
+    mid-write) is no row."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data or ""
+    return [row for row in map(_json_or_none, text.splitlines()) if isinstance(row, dict)]
+
+
+def _json_or_none(text):
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def trial_row(trial, config, status, metrics=None, history=None, seconds=None, error=None):
+    """A trial's row of search.json, the same on every backend: its configuration, status, why it
+    stopped, the kept epoch's validation numbers (what it is ranked by), its test metrics. A
+    number that is not finite is None (strict JSON)."""
+    metrics, history = metrics or {}, history or []
+    kept = kept_epoch(history)
+    return {"trial": trial, "config": config, "status": status, "stopped": metrics.get("stopped"),
+            PRIMARY_METRIC: _finite(kept.get("val_accuracy")), "val_loss": _finite(kept.get("val_loss")),
+            "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed"),
+            **{key: _finite(metrics.get(key)) for key in HEADLINE_METRICS}, "seconds": seconds, "error": error}
+
+
+def _finite(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def kept_epoch(history):

@@ -358,8 +358,9 @@ def test_workers_are_processes_that_write_what_the_main_thread_would(tmp_path, m
     assert in_workers.skipped == in_main.skipped and len(in_main.skipped) == 3
 
 
-def test_the_decode_window_is_bounded(tmp_path):
-    """No future per image up front: the items consumed run at most a small window ahead."""
+def test_the_hashing_window_is_bounded(tmp_path):
+    """map_bounded (the digests' thread pool): no future per image up front, the items consumed
+    run at most a small window ahead."""
     consumed, ahead = [], []
 
     def items():

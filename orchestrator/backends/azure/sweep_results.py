@@ -25,11 +25,10 @@ lines counts lines: a follower from 0 sees every line once; a resume from anothe
 that many lines of what the service's state gives then (the runner always follows from 0).
 """
 import json
-import math
 import time
 
-from remote_scripts.metrics import HEADLINE_METRICS
-from remote_scripts.search_space import PRIMARY_METRIC, SEARCH_FILE, kept_epoch, rank_key, trial_id
+from remote_scripts.search_space import (PRIMARY_METRIC, SEARCH_FILE, parse_history, parse_metrics, rank_key, trial_id,
+                                         trial_row)
 
 from ...events import PREFIX, parse_line
 from ..base import CANCELED, COMPLETED, FAILED, QUEUED, TERMINAL, LogLine
@@ -91,27 +90,7 @@ def read_trial_files(container, run_id, child):
             texts[name] = container.download_blob(f"{trial_prefix(run_id, child, 'model')}/{name}").readall()
         except ResourceNotFoundError:
             texts[name] = b""
-    return _json_object(texts["metrics.json"]), _history(texts["history.jsonl"]), texts
-
-
-def _json_object(data):
-    try:
-        value = json.loads(data) if data else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _history(data):
-    rows = []
-    for line in (data or b"").decode("utf-8", "replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a cancel mid-write
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return parse_metrics(texts["metrics.json"]), parse_history(texts["history.jsonl"]), texts
 
 
 def _state(child):
@@ -121,11 +100,8 @@ def _state(child):
 def trial_summary(number, config, child=None, metrics=None, history=None, sweep_status=None):
     """A trial's row of search.json, in search.py's shape plus remote_id (the trial job)."""
     if child is None:
-        return {"trial": trial_id(number), "config": config, "status": "not_started", "stopped": None,
-                PRIMARY_METRIC: None, "val_loss": None, "best_epoch": None, "epochs": None,
-                **{key: None for key in HEADLINE_METRICS}, "seconds": None, "error": None, "remote_id": None}
+        return {**trial_row(trial_id(number), config, "not_started"), "remote_id": None}
     metrics, history = metrics or {}, history or []
-    kept = kept_epoch(history)
     status = _state(child) or ("running" if map_status(child["status"]) != QUEUED else "queued")
     seconds = None
     if child.get("start") is not None and child.get("end") is not None:
@@ -133,12 +109,12 @@ def trial_summary(number, config, child=None, metrics=None, history=None, sweep_
     elif history and all(isinstance(row.get("seconds"), (int, float)) for row in history):
         seconds = round(sum(row["seconds"] for row in history), 3)
     error = (child.get("error") or {}).get("message") if status == "failed" else None
-    return {"trial": trial_id(number), "config": config, "status": status,
-            "stopped": metrics.get("stopped") or _why_canceled(child, status, sweep_status),
-            PRIMARY_METRIC: _finite(kept.get("val_accuracy")), "val_loss": _finite(kept.get("val_loss")),
-            "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs_completed", len(history) or None),
-            **{key: _finite(metrics.get(key)) for key in HEADLINE_METRICS}, "seconds": seconds,
-            "error": error or None, "remote_id": child["name"]}
+    row = trial_row(trial_id(number), config, status, metrics, history, seconds, error or None)
+    # what the service knows where the trial's files do not say: it stopped the trial, or the
+    # trial was canceled before it wrote metrics.json
+    row.update(stopped=row["stopped"] or _why_canceled(child, status, sweep_status),
+               epochs=metrics.get("epochs_completed", len(history) or None), remote_id=child["name"])
+    return row
 
 
 def _why_canceled(child, status, sweep_status):
@@ -155,10 +131,6 @@ def _why_canceled(child, status, sweep_status):
     if sweep_status == "Completed":
         return "early_termination"
     return None
-
-
-def _finite(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 # --- the whole search ----------------------------------------------------------------------
