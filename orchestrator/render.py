@@ -15,8 +15,10 @@ from collections import deque
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.markup import escape as _escape
+from rich.markup import escape as _markup_escape
 from rich.table import Table
+
+from .printable import printable
 
 LOG_TAIL_LINES = 30  # ordinary log lines kept to explain a failure
 # The phase every attempt of the job reports first, before its run_start (train.py scans the
@@ -27,6 +29,12 @@ PLAIN_PROGRESS_SECONDS = 10  # off a terminal: a long phase's progress line, at 
 # wrap); tables are as wide as their content up to this. Nothing that fills the whole width
 # (a rule, an expanding panel) belongs on such a console.
 OFF_TERMINAL_WIDTH = 4096
+
+
+def _escape(text):
+    """`text` for rich markup: its control characters shown (printable) and its brackets literal,
+    so that a label such as `[bold]x` is printed as it is."""
+    return _markup_escape(printable(text))
 
 
 def console_for(stderr=False):
@@ -113,7 +121,7 @@ def metrics_table(metrics, title="Test metrics"):
         table.add_column(name, justify="right")
     for label, row in metrics.get("per_class", {}).items():
         loss = metrics.get("per_class_log_loss", {}).get(label)
-        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(_escape(label), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       "-" if loss is None else f"{loss:.3f}", str(row["support"]))
     parts = [f"{name} {metrics[key]:.4f}" for key, name in (
         ("accuracy", "accuracy"), ("macro_accuracy", "macro accuracy"), ("macro_f1", "macro F1"),

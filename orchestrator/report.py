@@ -13,6 +13,7 @@ imported when a report is written, never at CLI start.
 """
 import base64
 import csv
+import functools
 import html
 import io
 import re
@@ -23,6 +24,7 @@ from remote_scripts.atomic import write_atomically
 from remote_scripts.metrics import PREDICTION_COLUMNS
 
 from .errors import UserError
+from .printable import printable
 from .runner import job_seconds, read_history, read_json_object, read_log_events, read_metrics
 
 REPORT_NAME = "report.html"
@@ -159,6 +161,19 @@ def png_data_uri(png):
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _without_math_text(draw):
+    """Run a drawing function with matplotlib's math text off. Labels are the user's folder names,
+    and matplotlib would read a label such as `$\\x$` or `a$^$b` as TeX (and fail on it): every
+    text is drawn as the characters it holds."""
+    @functools.wraps(draw)
+    def plain(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return plain
+
+
 def _figure(width, height):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -174,6 +189,7 @@ def _png(figure):
     return buffer.getvalue()
 
 
+@_without_math_text
 def learning_curves_png(history):
     """Loss and accuracy per epoch, training and validation side by side; the kept epoch marked."""
     from matplotlib.ticker import MaxNLocator
@@ -199,6 +215,7 @@ def learning_curves_png(history):
     return _png(figure)
 
 
+@_without_math_text
 def confusion_png(labels, matrix):
     """The confusion matrix as a heat map: colour is the share of the true class (so small classes
     show their mistakes as clearly as large ones), the cell's count is printed in it."""
@@ -214,6 +231,7 @@ def confusion_png(labels, matrix):
     image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
     font = 9 if k <= 10 else 7 if k <= 40 else 5
+    labels = [printable(label) for label in labels]  # a control character is no glyph: shown escaped
     axes.set_xticks(range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center", fontsize=font)
     axes.set_yticks(range(k), labels, fontsize=font)
     axes.set_xlabel("predicted")

@@ -44,16 +44,22 @@ SEARCHABLE = ("arch", "weights", "mode", "epochs", "batch_size", "lr", "weight_d
               "balance", "no_hflip", "patience", "precision")
 
 
+MAX_TRIALS = 1000  # combinations a space may describe: beyond any time budget, and each a ledger row
+
+
 class SpaceError(ValueError):
     """A space file that cannot be used: one line naming the group and the option."""
 
 
 def expand(space):
     """The trials of `space` (a list of groups), in order: one {dest: value} per combination,
-    each option checked against the option table; duplicates dropped."""
+    each option checked against the option table; duplicates dropped.
+
+    A space file is a product of lists, so a few lines can ask for millions of trials: more than
+    MAX_TRIALS combinations is refused before any is built."""
     if not isinstance(space, (list, tuple)) or not space:
         raise SpaceError("a search space is a non-empty list of groups (option: value or [values...])")
-    trials = []
+    trials, seen, combinations = [], set(), 0
     for number, group in enumerate(space, 1):
         if not isinstance(group, dict) or not group:
             raise SpaceError(f"group {number}: give a mapping of options to a value or a list of values")
@@ -70,9 +76,15 @@ def expand(space):
                 raise SpaceError(f"group {number}: {name!r} has no values")
             names.append(dest)
             choices.append([_checked(number, dest, value) for value in values])
+        combinations += math.prod(map(len, choices))
+        if combinations > MAX_TRIALS:
+            raise SpaceError(f"groups 1 to {number} already make {combinations:,} combinations; a search "
+                             f"tries at most {MAX_TRIALS:,}: give fewer values")
         for combination in itertools.product(*choices):
             trial = dict(zip(names, combination))
-            if trial not in trials:
+            key = frozenset(trial.items())  # equal as dicts are, in any order of the options
+            if key not in seen:
+                seen.add(key)
                 trials.append(trial)
     return trials
 

@@ -237,6 +237,37 @@ def test_a_cache_dir_in_the_train_args_is_mounted_instead(tmp_path, monkeypatch)
         docker_backend.container_settings(spec, parse_options(spec.backend_options))
 
 
+@pytest.mark.parametrize("cache", ["data", "parent", "outputs"])
+def test_a_cache_dir_overlapping_another_mount_is_refused_in_one_line(tmp_path, cache):
+    """docker keys binds by host path: a --cache-dir equal to the data folder replaced the
+    read-only /data by a writable /cache, and one holding the data folder made the data writable."""
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    spec = make_spec(tmp_path, data, [], "any")
+    host = {"data": data, "parent": tmp_path / "work", "outputs": spec.output_dir}[cache]
+    spec.train_args = ["--cache-dir", str(host), *FAST_JOB]
+    with pytest.raises(UserError) as refused:
+        docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    assert "\n" not in str(refused.value) and "give separate folders" in str(refused.value)
+    assert str(host) in str(refused.value)
+
+
+def test_a_runs_folder_inside_the_data_folder_is_still_mounted(tmp_path):
+    """A writable folder inside the read-only data folder gives the job nothing more: allowed."""
+    spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")  # runs/ inside the data folder
+    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    assert settings["volumes"][str(tmp_path.resolve())] == {"bind": "/data", "mode": "ro"}
+    assert settings["volumes"][str(spec.output_dir.resolve())] == {"bind": "/outputs", "mode": "rw"}
+
+
+def test_docker_train_with_the_data_folder_as_cache_dir_is_exit_2(tmp_path, cli):
+    data = make_dataset(tmp_path / "data", per_class=4)
+    result = cli("train", data, "--backend", "docker", "--cache-dir", data, "--runs-dir", tmp_path / "runs",
+                 "--weights", "none", "--epochs", "1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "give separate folders" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("cpus, threads", [(None, None), ("0.5", "1"), ("1", "1"), ("2.9", "2"), ("16", "16")])
 def test_thread_counts_follow_cpus(tmp_path, cpus, threads):
     spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")

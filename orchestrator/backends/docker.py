@@ -27,6 +27,7 @@ import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from remote_scripts.atomic import write_atomically
 
@@ -155,6 +156,7 @@ class DockerBackend(Backend):
         options = parse_options(spec.backend_options)
         if not Path(spec.data).is_dir():
             raise UserError(f"dataset folder not found: {spec.data}")
+        container_settings(spec, options)  # its refusals (overlapping mounts) before any image work
         device_requests(self.client, options["gpus"])
         with build_progress() as on_line:
             ensure_training_image(self.client, options["base_image"], on_line)
@@ -322,18 +324,19 @@ def container_settings(spec, options):
     run_dir = Path(spec.run_dir).resolve()
     for folder in (spec.output_dir, run_dir / "checkpoints", spec.log_path.parent):
         Path(folder).mkdir(parents=True, exist_ok=True)
-    volumes = {
-        str(Path(spec.data).resolve()): {"bind": "/data", "mode": "ro"},
-        str(Path(spec.output_dir).resolve()): {"bind": "/outputs", "mode": "rw"},
-        str(run_dir / "checkpoints"): {"bind": "/checkpoints", "mode": "rw"},
-        str(remote_scripts_dir()): {"bind": "/code", "mode": "ro"},
-    }
-    train_args = _mount_image_cache(_mount_weights(list(spec.train_args), volumes), volumes)
+    mounts = [
+        Mount(Path(spec.data).resolve(), "/data", "ro", "the data folder"),
+        Mount(Path(spec.output_dir).resolve(), "/outputs", "rw", "the run's outputs folder"),
+        Mount(run_dir / "checkpoints", "/checkpoints", "rw", "the run's checkpoints folder"),
+        Mount(remote_scripts_dir().resolve(), "/code", "ro", "the job's code"),
+    ]
+    train_args = _mount_image_cache(_mount_weights(list(spec.train_args), mounts), mounts)
     environment = {"HOME": "/tmp", "TORCH_HOME": "/tmp/torch"}
     hub = hub_dir()  # where the client fetched --weights imagenet (orchestrator.weights)
     if (hub / "checkpoints").is_dir():
-        volumes[str(hub)] = {"bind": f"{TORCH_CACHE}/hub", "mode": "ro"}
+        mounts.append(Mount(hub.resolve(), f"{TORCH_CACHE}/hub", "ro", "the torch hub cache"))
         environment["TORCH_HOME"] = TORCH_CACHE
+    volumes = _volumes(mounts)
     settings = {}
     if options["cpus"]:
         settings["nano_cpus"] = int(options["cpus"] * 1e9)
@@ -362,7 +365,36 @@ def container_settings(spec, options):
         read_only=True, tmpfs={"/tmp": TMP_OPTIONS})
 
 
-def _mount_image_cache(train_args, volumes):
+class Mount(NamedTuple):
+    """One host path bound into the job's container; `what` names it in a refusal."""
+    host: Path
+    bind: str
+    mode: str  # "ro" or "rw"
+    what: str
+
+
+def _volumes(mounts):
+    """The engine's `volumes` of `mounts`, refusing mounts that overlap.
+
+    docker keys binds by host path, so two mounts of one folder would silently become one (a
+    --cache-dir equal to the data folder turned the read-only /data into a writable /cache), and a
+    writable mount of a folder that holds another mount's folder makes that one writable too.
+    Read-only mounts may nest, and so may a writable folder inside a read-only one (a runs folder
+    inside the data folder): neither gives the job more than each mount says.
+    """
+    for i, one in enumerate(mounts):
+        for other in mounts[i + 1:]:
+            for outer, inner in ((one, other), (other, one)):
+                same = outer.host == inner.host
+                if same or (outer.mode == "rw" and inner.host.is_relative_to(outer.host)):
+                    relation = "is" if same else "holds"
+                    raise UserError(f"{outer.what} {outer.host} {relation} {inner.what} {inner.host}: the "
+                                    f"container would see it through two mounts, writable through one; give "
+                                    f"separate folders")
+    return {str(mount.host): {"bind": mount.bind, "mode": mount.mode} for mount in mounts}
+
+
+def _mount_image_cache(train_args, mounts):
     """Mount the decoded-image cache read-write at /cache and point the job's --cache-dir at it.
 
     The host folder is the user's own --cache-dir when the train arguments carry one, else the
@@ -380,16 +412,16 @@ def _mount_image_cache(train_args, volumes):
         host.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the image cache folder {host}: {exc.strerror or exc}")
-    volumes[str(host.resolve())] = {"bind": CACHE_MOUNT, "mode": "rw"}
+    mounts.append(Mount(host.resolve(), CACHE_MOUNT, "rw", "the decoded-image cache (--cache-dir)"))
     return train_args
 
 
-def _mount_weights(train_args, volumes):
+def _mount_weights(train_args, mounts):
     """Rewrite `--weights PATH` (a host file) to its read-only mount under /weights."""
     for index, arg in enumerate(train_args[:-1]):
         path = Path(train_args[index + 1])
         if arg == "--weights" and path.is_file():
-            volumes[str(path.resolve())] = {"bind": f"/weights/{path.name}", "mode": "ro"}
+            mounts.append(Mount(path.resolve(), f"/weights/{path.name}", "ro", "the --weights file"))
             train_args[index + 1] = f"/weights/{path.name}"
     return train_args
 

@@ -10,6 +10,7 @@ from importlib import import_module
 import click
 
 from ..errors import JobFailed, UserError
+from ..printable import printable
 
 # name -> (module, attribute, one-line help shown by `orchestrate --help`)
 COMMANDS = {
@@ -68,21 +69,24 @@ def cli():
 
 
 def main():
-    """Console entry point: every error is one line on stderr with a meaningful exit code."""
+    """Console entry point: every error is one line on stderr with a meaningful exit code.
+
+    Messages name the user's paths and labels, so they are printed with control characters shown
+    (printable): no name can act on the terminal."""
     try:
         code = cli.main(standalone_mode=False)
     except (UserError, JobFailed) as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)
         code = exc.exit_code
     except click.ClickException as exc:  # bad usage: unknown option, invalid value ...
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(printable(f"error: {exc.format_message()}"), err=True)
         code = exc.exit_code
     except click.Abort:
         click.echo("aborted", err=True)
         code = 130
     except OSError as exc:  # a path the user gave cannot be read or written
         where = f": {exc.filename}" if exc.filename else ""
-        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        click.echo(printable(f"error: {exc.strerror or exc}{where}"), err=True)
         code = 2
     sys.exit(code or 0)
 

@@ -67,12 +67,14 @@ def predict(model, paths, top_k, as_json, out, force):
                     {"image": r["path"], "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
                     for r in rows])
     else:
-        for r in rows:
+        from ..printable import printable
+
+        for r in rows:  # names from the dataset and the model, shown but never acted on
             if r["error"]:
-                click.echo(f"{r['path']}: error: {r['error']}", err=True)
+                click.echo(printable(f"{r['path']}: error: {r['error']}"), err=True)
             else:
                 others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
-                click.echo(f"{r['path']}: {r['label']} {r['score']:.3f}" + (f"  ({others})" if others else ""))
+                click.echo(printable(f"{r['path']}: {r['label']} {r['score']:.3f}" + (f"  ({others})" if others else "")))
     if all(r["error"] for r in rows):
         raise UserError("no image could be read")
 
@@ -100,7 +102,7 @@ def evaluate(model, data, as_json):
         return
     from rich.table import Table
 
-    from ..render import console_for, metrics_table
+    from ..render import _escape, console_for, metrics_table
 
     console = console_for()
     console.print(metrics_table(metrics, title=f"Evaluation on {data}"))
@@ -108,9 +110,9 @@ def evaluate(model, data, as_json):
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
     table.add_column("")
     for label in cm["labels"]:
-        table.add_column(label, justify="right")
+        table.add_column(_escape(label), justify="right")
     for label, row in zip(cm["labels"], cm["matrix"]):
-        table.add_row(label, *map(str, row))
+        table.add_row(_escape(label), *map(str, row))
     console.print(table)
     if metrics["skipped"]:
         console.print(f"[yellow]skipped {len(metrics['skipped'])} unreadable image(s)[/yellow]")
