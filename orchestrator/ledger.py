@@ -4,6 +4,7 @@ The ledger is what lets `orchestrate logs RUN`, `status`, `cancel` and `predict 
 again from any directory, after the client that started it has gone.
 """
 import json
+import os
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError
-from .paths import state_dir
+from .paths import private_state_dir, state_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,11 +66,26 @@ _JSON_COLUMNS = ("params", "metrics")
 
 class Ledger:
     def __init__(self, path=None):
-        self.path = Path(path) if path else state_dir() / "ledger.db"
+        """The ledger at `path`, by default ledger.db in the private state folder.
+
+        The file is the owner's alone (0600), as is that folder (0700): it names the user's data,
+        parameters and remote jobs. SQLite gives its journal the database file's mode.
+        """
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if path:
+                self.path = Path(path)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                self.path = private_state_dir() / "ledger.db"
         except OSError as exc:
-            raise UserError(f"cannot create the state folder {self.path.parent}: {exc.strerror}") from None
+            folder = Path(path).parent if path else state_dir()
+            raise UserError(f"cannot create the state folder {folder}: {exc.strerror or exc}") from None
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            if self.path.stat().st_mode & 0o777 != 0o600:
+                self.path.chmod(0o600)  # a ledger an earlier version created with the umask's mode
+        except OSError as exc:
+            raise UserError(f"run ledger {self.path} is unusable: {exc.strerror or exc}") from None
         with self._connect() as db:
             db.execute(SCHEMA)
             present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}

@@ -9,6 +9,21 @@ def state_dir():
     return Path(base) / "orchestrate"
 
 
+def private_state_dir():
+    """state_dir(), created if missing, readable by its owner alone (0700).
+
+    It holds the run history (data paths, parameters, remote job ids and workspace names) and the
+    hash cache (the paths of the user's files): nothing another user of the machine should read.
+    A folder an earlier version created with the umask's mode (0755) is closed up too.
+    Raises OSError when it cannot be created.
+    """
+    path = state_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+    return path
+
+
 def image_cache_dir():
     """$XDG_CACHE_HOME/orchestrate/images (default ~/.cache/orchestrate/images): the decoded-image cache.
 

@@ -31,7 +31,7 @@ PLAIN_PROGRESS_SECONDS = 10  # off a terminal: a long phase's progress line, at 
 OFF_TERMINAL_WIDTH = 4096
 
 
-def _escape(text):
+def as_text(text):
     """`text` for rich markup: its control characters shown (printable) and its brackets literal,
     so that a label such as `[bold]x` is printed as it is."""
     return _markup_escape(printable(text))
@@ -95,7 +95,7 @@ class PlainProgress:
             task["printed"] = now
             elapsed = now - task["started"]
             rate = task["completed"] / elapsed if elapsed > 0 else 0.0
-            self.console.print(_escape(progress_line(task["description"], task["completed"], task["total"], rate,
+            self.console.print(as_text(progress_line(task["description"], task["completed"], task["total"], rate,
                                                      task["unit"])), soft_wrap=True)
 
     def advance(self, task_id, advance=1):
@@ -121,7 +121,7 @@ def metrics_table(metrics, title="Test metrics"):
         table.add_column(name, justify="right")
     for label, row in metrics.get("per_class", {}).items():
         loss = metrics.get("per_class_log_loss", {}).get(label)
-        table.add_row(_escape(label), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(as_text(label), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       "-" if loss is None else f"{loss:.3f}", str(row["support"]))
     parts = [f"{name} {metrics[key]:.4f}" for key, name in (
         ("accuracy", "accuracy"), ("macro_accuracy", "macro accuracy"), ("macro_f1", "macro F1"),
@@ -160,7 +160,7 @@ class EventRenderer:
         """An ordinary log line: kept for failure reports, shown only with --verbose."""
         self.log_tail.append(text)
         if self.verbose:
-            self._print(f"[dim]{_escape(text)}[/dim]")
+            self._print(f"[dim]{as_text(text)}[/dim]")
 
     def event(self, event):
         handler = getattr(self, "_on_" + str(event.get("type")), None)
@@ -190,7 +190,7 @@ class EventRenderer:
         shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
         resumed = (f", resumed after epoch {ev['resumed_from_epoch']}" if ev.get("resumed_from_epoch") is not None
                    else ", no checkpoint: from the start" if self.attempts > 1 else "")
-        self._print(f"[bold]{len(classes)} classes[/bold] ({_escape(shown)}); "
+        self._print(f"[bold]{len(classes)} classes[/bold] ({as_text(shown)}); "
                     f"train/val/test = {split.get('train', '?')}/{split.get('val', '?')}/{split.get('test', '?')} "
                     f"images; device {ev.get('device', '?')}{resumed}")
 
@@ -236,7 +236,7 @@ class EventRenderer:
         self.progress_line_at = now
         elapsed, advanced = now - self.stretch[2], done - self.stretch[3]
         rate = advanced / elapsed if elapsed > 0 and advanced > 0 else 0.0
-        self._print("  " + _escape(progress_line(label, done, total, rate)))
+        self._print("  " + as_text(progress_line(label, done, total, rate)))
 
     def _time_of(self, ev):
         stamp = ev.get("time")
@@ -266,10 +266,10 @@ class EventRenderer:
         files = ev.get("files", [])
         count = ev.get("count", len(files))
         shown = ", ".join(f.get("path", "?") for f in files[:3]) + (", ..." if count > 3 else "")
-        self._print(f"[yellow]skipped {count} unreadable image(s)[/yellow]: {_escape(shown)}")
+        self._print(f"[yellow]skipped {count} unreadable image(s)[/yellow]: {as_text(shown)}")
 
     def _on_warning(self, ev):
-        self._print(f"[yellow]warning:[/yellow] {_escape(str(ev.get('message', '')))}")
+        self._print(f"[yellow]warning:[/yellow] {as_text(str(ev.get('message', '')))}")
 
     def _on_metrics(self, ev):
         self._stop_progress()
@@ -322,7 +322,7 @@ class SearchRenderer(EventRenderer):
         elif trial is None:
             super().event(event)
         elif kind == "warning":
-            self._print(f"[yellow]warning:[/yellow] {_escape(trial)}: {_escape(str(event.get('message', '')))}")
+            self._print(f"[yellow]warning:[/yellow] {as_text(trial)}: {as_text(str(event.get('message', '')))}")
         elif kind == "phase":
             self.activity = str(event.get("name", ""))
         elif kind == "progress" and event.get("total"):
@@ -353,7 +353,7 @@ class SearchRenderer(EventRenderer):
         self.running, self.activity = ev.get("trial"), "starting"
         if self.done == 0:  # the classes and split are the same for every trial
             super()._on_run_start({**ev, "resumed_from_epoch": None})
-        self._print(f"[cyan]>[/cyan] {_escape(str(ev.get('trial')))} {_escape(describe(ev.get('config') or {}))}")
+        self._print(f"[cyan]>[/cyan] {as_text(str(ev.get('trial')))} {as_text(describe(ev.get('config') or {}))}")
 
     def _on_trial_end(self, ev):
         self.done += 1
@@ -361,7 +361,7 @@ class SearchRenderer(EventRenderer):
         led = ev.get("status") == "completed" and (self.best is None or _ranks_before(ev, self.best))
         if led:
             self.best = ev
-        self._print("  " + _escape(trial_line(ev)) + (" [green]*best so far[/green]" if led else ""))
+        self._print("  " + as_text(trial_line(ev)) + (" [green]*best so far[/green]" if led else ""))
 
     def _refresh(self):
         if not self.console.is_terminal or self.total is None:
@@ -386,7 +386,7 @@ class SearchRenderer(EventRenderer):
                          f"{describe(self.best.get('config') or {})})")
         if self.running:
             parts.append(f"{self.running}: {self.activity}")
-        return _escape("; ".join(parts))
+        return as_text("; ".join(parts))
 
     def _on_run_end(self, ev):
         self.close()
@@ -427,11 +427,11 @@ def search_table(result, top=5):
     best = (result.get("best") or {}).get("trial")
     for trial in result["trials"][:top]:
         seconds = trial.get("seconds")
-        table.add_row("*" if trial.get("trial") == best else "", _escape(str(trial.get("trial"))),
-                      _escape(describe(trial.get("config") or {})), _number(trial.get("val_accuracy")),
+        table.add_row("*" if trial.get("trial") == best else "", as_text(str(trial.get("trial"))),
+                      as_text(describe(trial.get("config") or {})), _number(trial.get("val_accuracy")),
                       _number(trial.get("accuracy")), _number(trial.get("macro_accuracy")),
                       _number(trial.get("log_loss")), "-" if seconds is None else f"{seconds:.1f}",
-                      _escape(trial.get("stopped") if trial.get("status") == "completed" else str(trial.get("status"))))
+                      as_text(trial.get("stopped") if trial.get("status") == "completed" else str(trial.get("status"))))
     table.caption = "* the best trial: its model is the search's model"
     return table
 
@@ -468,8 +468,8 @@ def comparison_table(comparison):
     if differing:
         table.add_row("[bold]parameters that differ[/bold]")
         for name, entry in differing.items():
-            table.add_row(f"  {_escape(name)}",
-                          *(f"[yellow]{_escape(_parameter_text(entry['values'][r]))}[/yellow]" for r in runs))
+            table.add_row(f"  {as_text(name)}",
+                          *(f"[yellow]{as_text(_parameter_text(entry['values'][r]))}[/yellow]" for r in runs))
         table.add_section()
     shown = [m for m in METRICS if any(v is not None for v in comparison["metrics"][m.key]["values"].values())]
     if shown:
@@ -480,7 +480,7 @@ def comparison_table(comparison):
         cells = []
         for run_id in runs:
             value = entry["values"][run_id]
-            text = "-" if value is None else _escape(_metric_text(value, metric, entry.get("unit")))
+            text = "-" if value is None else as_text(_metric_text(value, metric, entry.get("unit")))
             cells.append(f"[bold green]{text} *[/bold green]" if run_id in best else text)
         table.add_row(f"  {metric.label}", *cells)
     return table
@@ -495,7 +495,7 @@ def comparison_notes(comparison):
     same = [f"{name} {_parameter_text(next(iter(entry['values'].values())))}"
             for name, entry in comparison["parameters"].items() if not entry["differs"]]
     if same:
-        notes.append("[dim]same in every run: " + _escape(", ".join(same)) + "[/dim]")
+        notes.append("[dim]same in every run: " + as_text(", ".join(same)) + "[/dim]")
     marked = [m for m in METRICS if m.key in comparison["best"]]
     if marked:
         lower = [m.label for m in marked if m.better == LOWER]
@@ -503,7 +503,7 @@ def comparison_notes(comparison):
                      (f", the lowest for {', '.join(lower)}" if lower else ""))
     for run in comparison["runs"]:
         if run["outputs"] == OUTPUTS_NOT_DOWNLOADED:
-            notes.append(_escape(f"{run['run_id']}: outputs not downloaded (orchestrate download {run['run_id']}); "
+            notes.append(as_text(f"{run['run_id']}: outputs not downloaded (orchestrate download {run['run_id']}); "
                                  "its metrics are the ledger's summary, where it has one"))
     return notes
 

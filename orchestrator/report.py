@@ -16,6 +16,7 @@ import csv
 import functools
 import html
 import io
+import os
 import re
 import time
 from pathlib import Path, PurePath
@@ -269,12 +270,16 @@ def thumbnail_png(path):
 URI = re.compile(r"^[a-z][a-z0-9+.-]*:/", re.IGNORECASE)  # az://..., https://... (a Windows drive has no slash)
 
 
-def inside(relpath):
-    """Whether the predictions.csv path `relpath` stays inside the dataset folder: relative, no
-    `..` part. The file is the job's output, not to be trusted with the whole machine: another
-    path would put any image of this machine into a page that gets mailed around."""
+def inside(root, relpath):
+    """Whether the predictions.csv path `relpath` stays inside the dataset folder `root`: relative,
+    no `..` part, and no link on the way that leads out (as the scan leaves such links out). The
+    file is the job's output, not to be trusted with the whole machine: another path would put any
+    image of this machine into a page that gets mailed around."""
     path = PurePath(relpath)
-    return bool(relpath) and not path.is_absolute() and not path.drive and ".." not in path.parts
+    if not relpath or path.is_absolute() or path.drive or ".." in path.parts:
+        return False
+    base = os.path.realpath(root)
+    return os.path.realpath(os.path.join(base, relpath)).startswith(os.path.join(base, ""))
 
 
 def thumbnails(data, relpaths):
@@ -291,7 +296,7 @@ def thumbnails(data, relpaths):
     if not root.is_dir():
         return {}, f"the dataset folder {root} is no longer on disk"
     if not packed_dataset.is_packed(root):
-        return {path: thumbnail_png(root / path) if inside(path) else None for path in relpaths}, None
+        return {path: thumbnail_png(root / path) if inside(root, path) else None for path in relpaths}, None
     try:
         packed = packed_dataset.PackedDataset(str(root))
     except folder_dataset.DatasetError as exc:  # its shards are gone

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from remote_scripts.atomic import write_atomically
 from remote_scripts.metrics import HEADLINE_METRICS
 
 from .backends.base import COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
@@ -59,8 +60,8 @@ def start(backend, ledger, spec, name):
                          dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=planned or "", params=params))
     try:
         (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (spec.run_dir / "spec.json").write_text(
-            json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
+        write_atomically(spec.run_dir / "spec.json",
+                         json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
         run = backend.submit(spec)
     except BaseException:
         # With a planned remote id (Azure: the job name) the job may exist although the submit

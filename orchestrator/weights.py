@@ -6,9 +6,13 @@ loads <hub dir>/checkpoints/<file name> when it exists instead of downloading, s
 there here is what the job's torchvision loader uses: in a local process directly, in a container
 through the read-only mount of the host's hub cache, on Azure as an uploaded job input.
 
-Plain HTTPS with urllib (proxies from the usual https_proxy variables); the file is streamed to a
-temporary file beside its final name and renamed only once its sha256 starts as the name says
-(torch hub's convention), so an interrupted or corrupt download never looks like a cached file.
+HTTPS with urllib (proxies from the usual https_proxy variables). A mirror must be https too, unless
+the user opts in to plain http for one they trust, and a redirect to another scheme is refused: the
+hash is the only other check, and where no whole digest is published it is the 8 hex digits of the
+file name, which whoever sits between client and server can match. The file is streamed to a
+temporary file beside its final name and renamed only once its sha256 is the published one
+(weights_catalog.expected_sha256), so an interrupted or corrupt download never looks like a cached
+file.
 """
 import base64
 import hashlib
@@ -29,6 +33,8 @@ from .secrets import redact
 # A mirror of the published files (a corporate artifact store, or a test server): the base URL
 # under which the same file names are served.
 BASE_URL_ENV = "ORCHESTRATE_WEIGHTS_URL"
+# Set to 1: the mirror may be plain http:// (a test server, an internal store without TLS).
+ALLOW_HTTP_ENV = "ORCHESTRATE_WEIGHTS_ALLOW_HTTP"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30  # per connection attempt and per read: a stalled transfer fails instead of hanging
 
@@ -69,21 +75,36 @@ def ensure_hub_file(file_name, on_progress=None):
     if path.is_file():
         return path
     url = (os.environ.get(BASE_URL_ENV) or catalog.BASE_URL).rstrip("/") + "/" + file_name
-    expected = catalog.sha256_prefix(file_name)
+    expected = catalog.expected_sha256(file_name)
     offline = (f"Offline? Train with --weights none (random initialization) or --weights PATH (a "
                f"state_dict file), or put {file_name} at {path} (or name a mirror in {BASE_URL_ENV})")
     shown = redact(_without_credentials(url))  # no mirror password or token in a message
+    schemes = allowed_schemes()
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in schemes:
+        opt_in = f" (or set {ALLOW_HTTP_ENV}=1 for a plain http mirror you trust)" if scheme == "http" else ""
+        raise UserError(f"{BASE_URL_ENV} must be an https:// URL, not {shown}{opt_in}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda tmp: _download(url, tmp, expected, on_progress))
+        write_atomically(path, lambda tmp: _download(url, tmp, expected, on_progress, schemes))
     except _Unreachable as exc:
         raise UserError(f"cannot download {shown}: {exc}. {offline}") from None
+    except _Redirected as exc:
+        raise UserError(f"{shown} redirects to {exc}, which is refused: weights are fetched over "
+                        f"{' or '.join(schemes)} only; nothing was kept") from None
     except _Corrupt as exc:
-        raise UserError(f"{shown} is not the published file (its sha256 {exc} does not start with "
+        what = "is not" if len(expected) == len(exc.digest) else "does not start with"
+        raise UserError(f"{shown} is not the published file (its sha256 {exc} {what} "
                         f"{expected}); nothing was kept. {offline}") from None
     except OSError as exc:  # the cache folder: read-only, full, not a folder
         raise UserError(f"cannot write {path}: {exc.strerror or exc}. {offline}") from None
     return path
+
+
+def allowed_schemes():
+    """The URL schemes a weights download may use, redirects included: https, and http too where
+    the user opted in with ORCHESTRATE_WEIGHTS_ALLOW_HTTP=1."""
+    return ("https", "http") if os.environ.get(ALLOW_HTTP_ENV) == "1" else ("https",)
 
 
 class _Unreachable(Exception):
@@ -91,15 +112,44 @@ class _Unreachable(Exception):
 
 
 class _Corrupt(Exception):
-    """The whole body arrived, but its sha256 (the message) is not the one the file name promises."""
+    """The whole body arrived, but its sha256 is not the published one. The message shows enough
+    of it to compare; .digest holds all of it."""
+
+    def __init__(self, digest, shown):
+        super().__init__(shown)
+        self.digest = digest
 
 
-def _download(url, tmp, expected, on_progress):
-    """Stream `url` into the file `tmp`; raise _Corrupt unless its sha256 starts with `expected`."""
+class _Redirected(Exception):
+    """The server redirected to a scheme not allowed. The message names that scheme and host only:
+    the rest of a redirect's URL may carry a signed token."""
+
+
+class _SchemeGuard(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handling, except that a redirect to a scheme not in `schemes` is refused
+    (urllib's own follows https to http, and names a file:// target in full in an HTTPError)."""
+
+    def __init__(self, schemes):
+        self.schemes = schemes
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, location or ""))
+        if location and target.scheme.lower() not in self.schemes:
+            fp.close()
+            raise _Redirected(f"{target.scheme}://{target.hostname or ''}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _download(url, tmp, expected, on_progress, schemes):
+    """Stream `url` into the file `tmp`, following redirects to `schemes` only; raise _Corrupt
+    unless its sha256 starts with `expected` (is `expected`, when that is a whole digest)."""
     digest = hashlib.sha256()
     with open(tmp, "wb") as out:
         try:  # a new opener: the https_proxy/no_proxy variables as they are now
-            response = urllib.request.build_opener().open(_request(url), timeout=TIMEOUT_S)
+            response = urllib.request.build_opener(_SchemeGuard(schemes)).open(_request(url), timeout=TIMEOUT_S)
         except (OSError, HTTPException, ValueError) as exc:  # ValueError: a malformed mirror URL
             raise _Unreachable(_reason(exc)) from None
         with response:
@@ -117,8 +167,9 @@ def _download(url, tmp, expected, on_progress):
                 done += len(chunk)
                 if on_progress:
                     on_progress(done, total)
-    if not digest.hexdigest().startswith(expected):
-        raise _Corrupt(digest.hexdigest()[:len(expected) + 4] + "...")
+    got = digest.hexdigest()
+    if not got.startswith(expected):
+        raise _Corrupt(got, got if len(expected) == len(got) else got[:len(expected) + 4] + "...")
 
 
 def _request(url):

@@ -8,6 +8,12 @@ Where the labels come from (`--labels`):
   DATA, an optional header row (the TensorFlow-featurizer tutorial's tags.tsv).
 Hidden files and folders and non-image files are ignored. A row or file that gives no usable
 label is not fatal: it is listed, with its line number, in Scan.problems.
+Links are followed only where they stay inside DATA: a file or folder link (a class folder too)
+whose real path lies outside is left out and listed in Scan.skipped, so that a link such as
+cat/x.png -> /etc/passwd is never packed, uploaded or trained on. The scan is where this is
+decided because pack, upload and the job all take their files from it. A folder link inside DATA
+is not walked below a label folder (the folder it names is walked already; one pointing up the
+tree would loop).
 Used by train.py in the job and by the client to reject bad data before starting a job.
 """
 import csv
@@ -22,6 +28,7 @@ except ImportError:  # imported as a top-level module by train.py
 
 FOLDER, FILENAME = "folder", "filename"
 TABLE_EXTENSIONS = {".tsv": "\t", ".csv": ","}
+LINK_OUTSIDE = "a link that leads outside the data folder (links are followed only inside it)"
 
 
 class DatasetError(ValueError):
@@ -30,13 +37,16 @@ class DatasetError(ValueError):
 
 class Scan:
     """What a scan found: sorted class names, (relative path, class index) samples, label folders
-    without images, and the files or rows that gave no usable label (one line each)."""
+    without images, the files or rows that gave no usable label (one line each), and the links
+    left out because they lead outside the data folder ({path, reason}, as the job lists the
+    files it skips in metrics.json)."""
 
-    def __init__(self, classes, samples, empty_classes, problems=()):
+    def __init__(self, classes, samples, empty_classes, problems=(), skipped=()):
         self.classes = classes
         self.samples = samples
         self.empty_classes = empty_classes
         self.problems = list(problems)
+        self.skipped = list(skipped)
 
 
 def scan(root, min_classes=2, labels=FOLDER):
@@ -49,16 +59,18 @@ def scan(root, min_classes=2, labels=FOLDER):
         raise DatasetError(f"data folder not found: {root}")
     if not os.path.isdir(root):
         raise DatasetError(f"data path is not a folder: {root}")
-    problems, empty = [], []
+    problems, empty, links = [], [], _Links(root)
     if labels == FOLDER:
-        per_class, empty = _by_folder(root)
+        per_class, empty = _by_folder(root, links)
     elif labels == FILENAME:
-        per_class = _by_file_name(_images_under(root, root), problems)
+        per_class = _by_file_name(_images_under(root, root, links), problems)
     else:
         path = labels if os.path.isabs(labels) else os.path.join(root, labels)
         per_class = _from_table(labels, path, lambda: _read_file(path),
                                 lambda relative: os.path.isfile(os.path.join(root, relative)), problems)
-    return _labeled(root, per_class, empty, problems, labels, min_classes)
+        per_class = {label: [relative for relative in files if links.inside(relative)]
+                     for label, files in per_class.items()}
+    return _labeled(root, per_class, empty, problems, labels, min_classes, links.skipped)
 
 
 def scan_listing(root, paths, read, min_classes=2, labels=FOLDER):
@@ -109,38 +121,105 @@ def _walk_order(path):
     return [(1, folder) for folder in folders] + [(0, name)]
 
 
-def _labeled(root, per_class, empty, problems, labels, min_classes):
-    """The Scan of {label: files}, or DatasetError when it has too few classes."""
+def _labeled(root, per_class, empty, problems, labels, min_classes, skipped=()):
+    """The Scan of {label: files}, or DatasetError when it has too few classes (naming the links
+    left out, which may be why: a dataset made of links to images kept elsewhere)."""
     classes = sorted(c for c in per_class if per_class[c])
+    left_out = (f"; {len(skipped)} link(s) leading outside it were left out, e.g. {skipped[0]['path']} "
+                "(links are followed only inside the data folder: copy the files in, or give the folder "
+                "they lie in)") if skipped else ""
     if not classes:
         where = {FOLDER: f"{root}/<label>/<image files>", FILENAME: f"image files under {root}"}.get(
             labels, f"rows of {labels} naming image files under {root}")
         raise DatasetError(f"no images found in {root} (expected {where})"
-                           + (f"; first problem: {problems[0]}" if problems else ""))
+                           + (f"; first problem: {problems[0]}" if problems else "") + left_out)
     if len(classes) < min_classes:
-        raise DatasetError(f"need at least 2 classes with images, found 1 ({classes[0]}) in {root}")
+        raise DatasetError(f"need at least 2 classes with images, found 1 ({classes[0]}) in {root}{left_out}")
     samples = [(path, i) for i, c in enumerate(classes) for path in per_class[c]]
-    return Scan(classes, samples, empty, problems)
+    return Scan(classes, samples, empty, problems, skipped)
 
 
-def _images_under(root, folder):
-    """Image files under `folder`, relative to `root`, in a sorted walk that skips hidden entries."""
+class _Links:
+    """Which links of the data folder `root` stay inside it; the others, left out, in `skipped`.
+
+    Only links are resolved (a directory entry says whether it is one for free) and a table's
+    folders once each, so a tree without links costs no more than before: what lies under a
+    folder the walk entered without a link, or through a link that stays inside, is inside.
+    """
+
+    def __init__(self, root):
+        base = os.path.realpath(root)
+        self.root, self.base = root, base
+        self.below = base if base.endswith(os.sep) else base + os.sep
+        self.skipped = []
+        self._folders = {}  # a table's folder -> its real path
+
+    def _within(self, real, relative):
+        if real == self.base or real.startswith(self.below):
+            return True
+        self.skipped.append({"path": relative, "reason": LINK_OUTSIDE})
+        return False
+
+    def followed(self, path, relative):
+        """True when the link at `path` (named `relative` under the data folder) stays inside it;
+        else it is listed as skipped."""
+        return self._within(os.path.realpath(path), relative)
+
+    def inside(self, relative):
+        """followed() for a file a label table names, any of whose folders may be a link too."""
+        folder, name = os.path.split(relative)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(os.path.join(self.root, folder))
+        path = os.path.join(self._folders[folder], name)
+        return self.followed(path, relative) if os.path.islink(path) else self._within(path, relative)
+
+
+def _is_dir(entry):
+    """A directory entry's is_dir() (following a link), False where it cannot be told, as os.walk."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _images_under(root, folder, links):
+    """Image files under `folder`, relative to `root`, in a sorted top-down walk (each folder's
+    files, then its sub-folders by name) that skips hidden entries and, through `links`, the
+    links leading outside the data folder. A folder link is not walked (see the module's doc)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable_folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        relative = os.path.relpath(dirpath, root)  # once per folder: relpath per file is slow
-        found.extend(os.path.join(relative, f) if relative != os.curdir else f
-                     for f in sorted(filenames) if is_image_name(f))
+    start = os.path.relpath(folder, root)
+    pending = [(folder, "" if start == os.curdir else start + os.sep)]
+    while pending:
+        path, relative = pending.pop()
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as exc:  # a class folder that cannot be listed is an error, not an empty class
+            raise DatasetError(f"cannot read folder {exc.filename or path}: {exc.strerror}") from None
+        folders = []
+        for entry in entries:
+            if _is_dir(entry):
+                if not entry.is_symlink():
+                    folders.append((entry.path, relative + entry.name + os.sep))
+                else:
+                    links.followed(entry.path, relative + entry.name)  # listed when it leaves DATA
+            elif is_image_name(entry.name) and (not entry.is_symlink() or
+                                                links.followed(entry.path, relative + entry.name)):
+                found.append(relative + entry.name)
+        pending.extend(reversed(folders))
     return found
 
 
-def _by_folder(root):
-    """({label: files}, label folders without images) for DATA/<label>/**."""
+def _by_folder(root, links):
+    """({label: files}, label folders without images) for DATA/<label>/**; a label folder that
+    is a link leading outside the data folder is no class (listed in links.skipped)."""
     try:
-        class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        with os.scandir(root) as listing:
+            class_dirs = sorted(e.name for e in listing if _is_dir(e) and not e.name.startswith(".")
+                                and (not e.is_symlink() or links.followed(e.path, e.name)))
     except OSError as exc:
         raise DatasetError(f"cannot read data folder {root}: {exc.strerror}") from None
-    per_class = {name: _images_under(root, os.path.join(root, name)) for name in class_dirs}
+    per_class = {name: _images_under(root, os.path.join(root, name), links) for name in class_dirs}
     return per_class, [c for c in class_dirs if not per_class[c]]
 
 
@@ -234,11 +313,6 @@ def label_source_for_job(root, labels):
         raise DatasetError(f"--labels: {labels} is outside the data folder {root}; put the label table inside it "
                            "(the job sees only the data folder)")
     return os.path.relpath(resolved, base)
-
-
-def _unreadable_folder(exc):
-    """os.walk's error hook: a class folder that cannot be listed is an error, not an empty class."""
-    raise DatasetError(f"cannot read folder {exc.filename}: {exc.strerror}")
 
 
 def sample_fraction(samples, fraction, seed, val_fraction, test_fraction):

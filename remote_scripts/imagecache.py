@@ -287,7 +287,7 @@ def load_data(args, scan, dist, report):
         return np.array([index[path] for path, _ in part], dtype=np.int64)
 
     return DecodedDataset(scan.classes, relpaths, labels, images, indices(train), indices(val), indices(test),
-                          skipped, spec, lease)
+                          scan.skipped + skipped, spec, lease)  # the links the scan left out too
 
 
 def content_digests(packed, cache_dir, data, relpaths, workers, on_done=None):

@@ -5,6 +5,9 @@ classifier) is an Identity, so it outputs features, followed by a new nn.Linear 
 The same split serves the three modes: `linear` and `head` freeze the backbone, `full` trains
 both. Works with torchvision >= 0.14 (the `weights=` enums exist since 0.13).
 """
+import functools
+import hashlib
+import io
 import os
 import pickle
 import re
@@ -14,9 +17,11 @@ import torch.nn as nn
 import torchvision
 
 try:  # imported as remote_scripts.models (tests)
-    from .weights_catalog import IMAGENET1K_V1
+    from .atomic import write_atomically
+    from .weights_catalog import IMAGENET1K_V1, expected_sha256, url
 except ImportError:  # train.py started as a script
-    from weights_catalog import IMAGENET1K_V1
+    from atomic import write_atomically
+    from weights_catalog import IMAGENET1K_V1, expected_sha256, url
 
 # --arch choices and the torchvision weights enum of each, from the torch-free catalogue the client
 # fetches the same files with. IMAGENET1K_V1 exists for all six, and its plain cross-entropy
@@ -70,54 +75,113 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def torch_load(path, own=False):
-    """torch.load that runs no pickled code from a file that came from outside (--weights).
+class UnsafeFile(pickle.UnpicklingError):
+    """A file holds more than tensors and plain values: it was not unpickled (str: why, one line)."""
 
-    Files the job wrote itself (`own`: checkpoints, cached features) may need a full load on
-    torch < 2.0, whose safe loader cannot even read a Python float.
+
+def torch_load(path, own=False):
+    """torch.load with weights_only=True: tensors and plain values, never an object of the file's
+    choosing, so a hostile file cannot run code here. UnsafeFile when the file holds more.
+
+    The one exception: `own` files (the job's checkpoints and cached features, in --checkpoint-dir)
+    on a torch whose safe loader cannot read them. torch 1.13's reads no Python float, and a
+    checkpoint cannot do without floats (the optimizer's lr, betas and eps, the loss history), so
+    there they are fully unpickled: on torch 1.13 (the offline Docker image) the checkpoint folder
+    must be one that only the job's user can write. With torch >= 2 they load safely or not at all.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if own and not safe_loader_reads_floats():
+            return torch.load(path, map_location="cpu", weights_only=False)
+        # torch >= 2.4 explains the option of an unsafe load at length; the cause comes last
+        raise UnsafeFile(one_line(str(exc).rpartition("WeightsUnpickler error:")[2])) from None
+
+
+@functools.lru_cache(maxsize=None)
+def safe_loader_reads_floats():
+    """Whether this torch's weights_only loader reads a Python float (torch >= 2.0 does)."""
+    buffer = io.BytesIO()
+    torch.save({"lr": 0.5}, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
     except pickle.UnpicklingError:
-        if not own:
-            raise
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return False
+    return True
+
+
+def imagenet_weights_file(arch):
+    """The path of `arch`'s published ImageNet weights in the torch hub cache, downloaded first if
+    missing (the file the client may have put there under the same name).
+
+    The download goes to a temporary file and is kept only if its sha256 is the published one
+    (weights_catalog.expected_sha256: the whole digest where known, else the name's prefix).
+    """
+    path = hub_cache_path(arch)
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomically(path, lambda tmp: _download(url(arch), tmp, IMAGENET1K_V1[arch].file_name))
+    return path
+
+
+def hub_cache_path(arch):
+    return os.path.join(torch.hub.get_dir(), "checkpoints", IMAGENET1K_V1[arch].file_name)
+
+
+def _download(source, tmp, file_name):
+    """torch hub's download of `source` into `tmp`, which checks the name's sha256 prefix; then
+    the whole digest where the catalogue has one."""
+    expected = expected_sha256(file_name)
+    torch.hub.download_url_to_file(source, tmp, hash_prefix=expected[:8], progress=False)
+    digest = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(expected):
+        raise RuntimeError(f"its sha256 {digest.hexdigest()} is not the published {expected}")
 
 
 def load_weights(arch, weights):
-    """The state_dict named by --weights (imagenet | none | PATH); None for `none`."""
+    """The state_dict named by --weights (imagenet | none | PATH); None for `none`.
+
+    Both files load with weights_only=True (torch_load): the published file may come from a
+    mirror or a cache another user filled, and a PATH from anywhere.
+    """
     if weights == "none":
         return None
     if weights == "imagenet":
-        enum = getattr(torchvision.models, ARCHS[arch]).IMAGENET1K_V1
         try:
-            return enum.get_state_dict(progress=False)
+            path = imagenet_weights_file(arch)
         except Exception as exc:  # offline, a proxy, a truncated download: all the same to the user
-            cached = os.path.join(torch.hub.get_dir(), "checkpoints", IMAGENET1K_V1[arch].file_name)
             raise WeightsError(
-                f"cannot fetch the ImageNet weights for {arch} from {enum.url} "
+                f"cannot fetch the ImageNet weights for {arch} from {url(arch)} "
                 f"({type(exc).__name__}: {one_line(str(exc), 120)}). Offline? Use --weights none to train from "
                 f"random initialization, or --weights PATH with a state_dict file (or put that file at "
-                f"{cached})")
+                f"{hub_cache_path(arch)})")
+        return _state_dict(path, path)
     if not os.path.isfile(weights):
         raise WeightsError(f"--weights {weights}: no such file (use imagenet, none or a state_dict path)")
+    return _state_dict(weights, f"--weights {weights}")
+
+
+def _state_dict(path, source):
+    """The state_dict in the file `path` (named `source` in errors), "module." prefixes removed."""
     try:
-        state = torch_load(weights)
+        state = torch_load(path)
+    except UnsafeFile as exc:  # another kind of file, or a pickle of more than tensors
+        raise WeightsError(f"{source}: not a PyTorch weights file of plain tensors ({exc}); "
+                           "it was not loaded")
     except (KeyError, EOFError) as exc:  # what torch.load raises on a file of another kind
-        raise WeightsError(f"--weights {weights}: not a PyTorch weights file") from exc
-    except pickle.UnpicklingError as exc:  # another kind of file, or a pickle of more than tensors
-        # torch >= 2.4 explains the option of an unsafe load at length; the cause comes last
-        reason = str(exc).rpartition("WeightsUnpickler error:")[2]
-        raise WeightsError(f"--weights {weights}: not a PyTorch weights file of plain tensors "
-                           f"({one_line(reason)})")
+        raise WeightsError(f"{source}: not a PyTorch weights file") from exc
     except Exception as exc:
-        raise WeightsError(f"--weights {weights}: not a loadable state_dict ({type(exc).__name__}: "
+        raise WeightsError(f"{source}: not a loadable state_dict ({type(exc).__name__}: "
                            f"{one_line(str(exc))})")
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise WeightsError(f"--weights {weights}: expected a state_dict (a dict of tensors)")
+        raise WeightsError(f"{source}: expected a state_dict (a dict of tensors)")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 

@@ -27,7 +27,9 @@ images always give byte-identical shards. The index (keys sorted, no timestamps)
 
 parse_index checks all of it (shard names, rows naming listed shards within their size, labels
 among the classes, digests), so a damaged or hostile index is a DatasetError, not a traceback
-or a path outside the dataset.
+or a path outside the dataset; PackedDataset then checks each shard's real size against the
+index, so that no read goes past a shard's end (a member claimed 64 GiB long would otherwise be
+a 64 GiB read).
 
 The job takes labels and paths from the index and the content digests that key its decoded-image
 cache too, so it hashes nothing, and a packed and a loose copy of the same images share a cache
@@ -38,6 +40,7 @@ import json
 from json.encoder import encode_basestring_ascii as _quote
 import os
 import re
+import stat
 import threading
 
 try:  # imported as remote_scripts.packed_dataset by the client
@@ -60,11 +63,23 @@ def index_path(root):
 
 
 def is_packed(root):
-    """True when `root` holds a packed dataset's index (a loose folder may have an index.json of
-    its own: only one that begins as index_bytes writes it counts)."""
+    """True when `root` holds a packed dataset: an index.json that begins as index_bytes writes
+    it, or any index.json beside a shards/ folder of shard files (an index rewritten by another
+    tool, e.g. pretty-printed, or damaged: read_index then reads it or says what is wrong, where
+    the folder would otherwise be scanned as images and found to hold none). A loose folder may
+    have an index.json of its own, which counts only with such shards beside it."""
+    path = index_path(root)
+    if not os.path.isfile(path):
+        return False
     try:
-        with open(index_path(root), "rb") as f:
-            return f.read(len(INDEX_START)) == INDEX_START
+        with open(path, "rb") as f:
+            if f.read(len(INDEX_START)) == INDEX_START:
+                return True
+    except OSError:  # unreadable: read_index says so where the shards mark the folder as packed
+        pass
+    try:
+        with os.scandir(os.path.join(root, SHARDS_DIR)) as entries:
+            return any(SHARD_NAME.fullmatch(entry.name) for entry in entries)
     except OSError:
         return False
 
@@ -197,11 +212,24 @@ class PackedDataset:
         self.by_path = {entry["path"]: entry for entry in self.doc["files"]}
         self._fds = {}
         self._opening = threading.Lock()
-        missing = [shard["name"] for shard in self.doc["shards"]
-                   if not os.path.isfile(os.path.join(root, SHARDS_DIR, shard["name"]))]
+        missing, resized = [], []
+        for shard in self.doc["shards"]:
+            try:
+                found = os.stat(os.path.join(root, SHARDS_DIR, shard["name"]))
+            except OSError:
+                found = None
+            if found is None or not stat.S_ISREG(found.st_mode):
+                missing.append(shard["name"])
+            elif found.st_size != shard["size"]:
+                resized.append((shard["name"], found.st_size, shard["size"]))
         if missing:
             raise DatasetError(f"the packed dataset {root} lacks {len(missing)} shard(s) its index names, "
                                f"e.g. {SHARDS_DIR}/{missing[0]} (an incomplete copy? upload or download it again)")
+        if resized:  # parse_index keeps every member within its shard's declared size: this is the real one
+            name, size, declared = resized[0]
+            raise DatasetError(f"the packed dataset {root} has {len(resized)} shard(s) of another size than its "
+                               f"index says, e.g. {SHARDS_DIR}/{name}: {size} bytes, not {declared} (damaged or "
+                               "changed since it was packed; pack the dataset again)")
 
     def scan(self):
         """A folder_dataset.Scan of the index's files (labels as they were packed)."""

@@ -56,7 +56,7 @@ try:  # imported as remote_scripts.train (by the tests)
     from .atomic import write_atomically
     from .export import export_backbone, export_onnx
     from .imagecache import SKIPPED_IN_EVENTS, Batches, augment
-    from .models import WeightsError, build_model, freeze_backbone, load_weights, set_train_mode, torch_load
+    from .models import WeightsError, build_model, freeze_backbone, load_weights, one_line, set_train_mode, torch_load
     from .runtime import Dist, PeerFailed, Precision, PrecisionError
 except ImportError:  # started as a script: the sibling modules are top-level modules
     import folder_dataset
@@ -69,7 +69,7 @@ except ImportError:  # started as a script: the sibling modules are top-level mo
     from atomic import write_atomically
     from export import export_backbone, export_onnx
     from imagecache import SKIPPED_IN_EVENTS, Batches, augment
-    from models import WeightsError, build_model, freeze_backbone, load_weights, set_train_mode, torch_load
+    from models import WeightsError, build_model, freeze_backbone, load_weights, one_line, set_train_mode, torch_load
     from runtime import Dist, PeerFailed, Precision, PrecisionError
 
 OUTPUT_FILES = ("model.onnx", "labels.json", "metrics.json", "history.jsonl", "predictions.csv")
@@ -294,6 +294,11 @@ def load_data(args, dist, report):
         scan = folder_dataset.scan(args.data, labels=args.labels)
     for name in scan.empty_classes:
         report.warn(f"folder '{name}' has no images and is not a class")
+    for link in scan.skipped:  # never read; metrics.json lists them with the unreadable files
+        report.log(f"left out {link['path']}: {link['reason']}")
+    if scan.skipped:
+        report.warn(f"{len(scan.skipped)} link(s) lead outside the data folder and are left out, e.g. "
+                    f"{scan.skipped[0]['path']} (all are listed in the log and metrics.json)")
     # Every unusable row or file is in the log; a table with thousands of them gets one warning.
     for problem in scan.problems:
         report.log(f"no label: {problem}")
@@ -430,8 +435,8 @@ def cached_features(args, model, dataset, batches, fingerprint, report, job):
     path = os.path.join(args.checkpoint_dir, "features.pt") if args.checkpoint_dir else None
     key = {k: fingerprint[k] for k in ("arch", "weights", "image_size", "data")}
     if path and os.path.exists(path):
-        saved = torch_load(path, own=True)
-        if saved.get("key") == key:
+        saved = read_own(path)
+        if isinstance(saved, dict) and saved.get("key") == key:
             report.log(f"features loaded from {path}")
             return saved["features"], None
     usable = np.sort(np.concatenate([dataset.train, dataset.val, dataset.test]))
@@ -676,17 +681,26 @@ class CheckpointWriter:
             raise error
 
 
+def read_own(path):
+    """A file of --checkpoint-dir (checkpoint, cached features), loaded as models.torch_load(own=True)
+    does: tensors and plain values only, where this torch can. UsageError, in one line, for a file
+    that cannot be read or holds more than that, unread."""
+    try:
+        return torch_load(path, own=True)
+    except Exception as exc:
+        raise UsageError(f"cannot read checkpoint {path} ({type(exc).__name__}: {one_line(str(exc))}); "
+                         "remove it to start over") from None
+
+
 def read_checkpoint(directory, expected):
     """The checkpoint in `directory` (None when there is none); UsageError if it is another run's."""
     path = os.path.join(directory, "last.pt") if directory else None
     if not path or not os.path.exists(path):
         return None
-    try:
-        saved = torch_load(path, own=True)
-    except Exception as exc:
-        raise UsageError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
-                         "remove it to start over")
-    found = saved.get("fingerprint", {}) if isinstance(saved, dict) else {}
+    saved = read_own(path)
+    if not isinstance(saved, dict):
+        saved = {}  # not a checkpoint of this job: refused below as of another format
+    found = saved.get("fingerprint", {})
     differ = sorted(k for k in expected if found.get(k) != expected[k])
     if saved.get("format") != CHECKPOINT_FORMAT or differ:
         what = ", ".join("the data and split" if k == "data" else f"--{k.replace('_', '-')}"
@@ -695,8 +709,8 @@ def read_checkpoint(directory, expected):
                          "differ); use another --checkpoint-dir, or remove it to start over")
     best_path = os.path.join(directory, "best.pt")
     if saved["best_epoch"] and os.path.exists(best_path):
-        best = torch_load(best_path, own=True)
-        if best.get("epoch") == saved["best_epoch"]:
+        best = read_own(best_path)
+        if isinstance(best, dict) and best.get("epoch") == saved["best_epoch"]:
             saved["best_weights"] = best["weights"]
     return saved
 

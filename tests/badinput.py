@@ -11,6 +11,9 @@ Each kind is a `Kind` that says what it is, where it lies and what must happen t
 - TRAINED: odd but valid; decoded to RGB and trained on like any other image.
 - IGNORED: not an image of the dataset at all (hidden, not an image, a folder without images, a
   symlinked folder that loops): the scan does not list it, so nothing else sees it.
+- LEFT_OUT: a link whose real path lies outside DATA (a file, a class folder, a nested folder),
+  to good images that would be trained on if followed: the scan does not list it but names it
+  in Scan.skipped; the job lists it in metrics.json's `skipped`, pack and upload warn about it.
 The configuration mistakes (DATA a file, DATA missing, one class, no images) are what the scan
 refuses: one line, exit 2, before any job starts; a class whose every image is unreadable is
 found by the job after decoding, which exits 2 with the same kind of line.
@@ -31,7 +34,7 @@ from PIL import Image
 
 from imagegen import colour_of, make_dataset, picture, save_in_mode
 
-SKIPPED, TRAINED, IGNORED = "skipped", "trained", "ignored"
+SKIPPED, TRAINED, IGNORED, LEFT_OUT = "skipped", "trained", "ignored", "left out"
 
 CLASSES = ("red", "sea side", "Écorce")  # a label with a space and one with a non-ASCII letter
 GOOD_PER_CLASS = 8
@@ -46,7 +49,7 @@ ROTATED_90_CW = 6               # the orientation a phone held upright writes
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of bad or odd input: its name, what must happen (SKIPPED, TRAINED, IGNORED), the
+    """One kind of bad or odd input: its name, what must happen (SKIPPED, TRAINED, IGNORED, LEFT_OUT), the
     paths it put under the corpus root (str, as os.walk names them), and why, in words."""
 
     name: str
@@ -257,6 +260,20 @@ def make_corpus(root):
     os.symlink("..", root / bark / "parent-loop")
     add("folder_symlink_loop", IGNORED, "a symlinked folder pointing up the tree: not followed, so the walk ends",
         f"{bark}/parent-loop")
+
+    # Links leading outside DATA, to good images: left out, listed, never read.
+    outside = root.parent / f"{root.name}-outside"
+    for name in ("secret.jpg", "fox/a.jpg", "fox/b.jpg", "more/c.jpg"):
+        write(outside / name, jpeg_bytes(picture(colour_of("fox"), GOOD_SIZE, rng)))
+    os.symlink(outside / "secret.jpg", root / red / "innocent.jpg")
+    add("file_link_outside", LEFT_OUT, "an image name linked to a file outside DATA (cat/x.png -> /etc/passwd)",
+        f"{red}/innocent.jpg")
+    os.symlink(outside / "fox", root / "fox")
+    add("class_folder_link_outside", LEFT_OUT, "a label folder linked to a folder outside DATA: no class",
+        "fox")
+    os.symlink(os.path.relpath(outside / "more", root / sea), root / sea / "more")
+    add("nested_folder_link_outside", LEFT_OUT, "a folder below a label, linked (relative, climbing out) to a "
+        "folder outside DATA", f"{sea}/more")
     return Corpus(root, kinds, good)
 
 

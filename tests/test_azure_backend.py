@@ -42,6 +42,7 @@ class World:
         self.datastore = {"name": "workspaceblobstore", "account": "devstoreaccount1",
                           "container": "azureml-blobstore-test", "endpoint": "core.windows.net"}
         self.container = None
+        self.blob_requests = []  # (method, url) of every request the container's client sent to Azurite
         self.jobs = {}  # name -> {"status", "log": bytes, "job"}
 
     def seam(self, settings):
@@ -49,7 +50,8 @@ class World:
 
 
 class RecordingSeam:
-    """Same methods as orchestrator.backends.azure.seam.AzureSeam; records every call."""
+    """Some of orchestrator.backends.azure.seam.AzureSeam's methods, with the same names and
+    parameters (test_the_recording_seam_is_in_step_with_the_real_one); records every call."""
 
     def __init__(self, settings, world):
         self.settings, self.world = settings, world
@@ -332,13 +334,24 @@ def make_dataset(root):
 def container(world, azurite):  # noqa: F811
     from azure.storage.blob import ContainerClient
 
-    client = ContainerClient.from_connection_string(azurite.connection_string, world.datastore["container"])
+    client = ContainerClient.from_connection_string(
+        azurite.connection_string, world.datastore["container"],
+        raw_request_hook=lambda r: world.blob_requests.append((r.http_request.method, r.http_request.url)))
     if not client.exists():
         client.create_container()
     for blob in client.list_blobs():
         client.delete_blob(blob.name)
     world.container = client
     return client
+
+
+def blob_reads(world):
+    """The blobs whose bytes the container's client fetched (GETs that are not listings; an empty
+    blob takes two)."""
+    from urllib.parse import unquote, urlsplit
+
+    return sorted({unquote(urlsplit(url).path).split(f"/{world.datastore['container']}/", 1)[1]
+                   for method, url in world.blob_requests if method == "GET" and "comp=list" not in url})
 
 
 def test_prepare_submit_follow_download(tmp_path, world, container, workspace_env, monkeypatch):
@@ -384,13 +397,18 @@ def test_prepare_submit_follow_download(tmp_path, world, container, workspace_en
                        ("history.jsonl", b""), ("extra/plot.txt", b"x")):
         container.upload_blob(model_prefix + name, body, overwrite=True)
     container.upload_blob("orchestrate/runs/colors-1/checkpoints/last.pt", b"ckpt", overwrite=True)
+    world.blob_requests.clear()
     other.download(run, run_dir / "outputs")
+    assert blob_reads(world) == sorted(model_prefix + name for name in (
+        "model.onnx", "labels.json", "metrics.json", "history.jsonl", "extra/plot.txt"))  # the model output only
     got = sorted(str(p.relative_to(run_dir / "outputs")) for p in (run_dir / "outputs").rglob("*") if p.is_file())
     assert got == ["extra/plot.txt", "history.jsonl", "labels.json", "metrics.json", "model.onnx"]
     assert (run_dir / "outputs" / "model.onnx").read_bytes() == b"onnx"
     world.calls.clear()
+    world.blob_requests.clear()
     other.download(run, run_dir / "outputs")  # already there, same sizes: nothing fetched
     assert names(world) == ["job_status", "container_client"]
+    assert blob_reads(world) == [] and len(world.blob_requests) == 1  # one listing, and no blob read
 
 
 def test_cancel_and_errors_are_one_line_without_secrets(tmp_path, world):
@@ -422,6 +440,23 @@ def test_cancel_and_errors_are_one_line_without_secrets(tmp_path, world):
 
 
 # the real seam, as far as it runs without Azure ----------------------------------------------
+def test_the_recording_seam_is_in_step_with_the_real_one():
+    """Every method of RecordingSeam is one of AzureSeam's with the same parameters: a stand-in
+    that drifted (a renamed method, a new argument) would let these tests pass against calls the
+    real seam refuses. (The methods it lacks fail loudly, with AttributeError, if ever called.)"""
+    import inspect
+
+    from orchestrator.backends.azure.seam import AzureSeam
+
+    own = {name: member for name, member in vars(RecordingSeam).items()
+           if callable(member) and not name.startswith("_")}
+    assert len(own) >= 15
+    for name, member in own.items():
+        real = inspect.getattr_static(AzureSeam, name, None)
+        assert callable(real), f"AzureSeam has no method {name}"
+        assert inspect.signature(member) == inspect.signature(real), name
+
+
 class NoCredential:
     def get_token(self, *scopes, **kwargs):
         raise AssertionError("no token may be requested offline")

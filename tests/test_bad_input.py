@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badinput import (CLASSES, GOOD_SIZE, IGNORED, SKIPPED, TRAINED, make_config_mistakes, make_corpus,
+from badinput import (CLASSES, GOOD_SIZE, IGNORED, LEFT_OUT, SKIPPED, TRAINED, make_config_mistakes, make_corpus,
                       make_non_utf8_class, make_unreadable_class)
 from conftest import ORCHESTRATE, run_cli
 from remote_scripts import folder_dataset, imaging
@@ -87,7 +87,7 @@ def test_the_corpus_has_at_least_20_documented_kinds_and_is_small(corpus, tmp_pa
     mistakes = make_config_mistakes(tmp_path)
     assert len(corpus.kinds) + len(mistakes) >= 20
     for kind in corpus.kinds.values():
-        assert kind.expect in (SKIPPED, TRAINED, IGNORED) and kind.why and kind.paths, kind
+        assert kind.expect in (SKIPPED, TRAINED, IGNORED, LEFT_OUT) and kind.why and kind.paths, kind
         assert all(os.path.lexists(corpus.root / path) for path in kind.paths), kind
     on_disk = sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(corpus.root) for f in files)
     assert on_disk < 8 << 20
@@ -99,6 +99,7 @@ def test_the_scan_lists_every_image_kind_and_nothing_else(corpus, listed):
     assert set(listed) == set(corpus.good) | set(corpus.paths(SKIPPED)) | set(corpus.paths(TRAINED))
     assert not set(listed) & set(corpus.paths(IGNORED))
     assert not [path for path in listed if "/parent-loop/" in path]  # the looping folder is not followed
+    assert sorted(entry["path"] for entry in folder_dataset.scan(str(corpus.root)).skipped) == corpus.paths(LEFT_OUT)
     assert [path for path in listed if path.count("/") > 10] == list(corpus.kinds["deeply_nested"].paths)
 
 
@@ -224,6 +225,8 @@ def test_packing_refuses_unreadable_files_in_one_line_then_packs_and_trains_ever
     assert packed["unique"] == len(listed) - 1  # the twin is stored once
     assert any("identical image under labels sea side, Écorce" in w for w in packed["warnings"])
     assert any("'empty class' has no images" in w for w in packed["warnings"])
+    assert sorted(w.split(":")[0][len("left out "):] for w in packed["warnings"] if w.startswith("left out ")) == \
+        corpus.paths(LEFT_OUT)
     assert "Traceback" not in result.stderr
 
     result = run_cli("train", tmp_path / "packed", *TRAIN, "--runs-dir", tmp_path / "runs", "--json", timeout=300)
@@ -291,11 +294,12 @@ def test_the_run_completes_and_lists_every_corrupt_image_with_its_reason(corpus,
     assert trained["out"]["status"] == "completed"
     assert "Traceback" not in trained["log"] and "Traceback" not in trained["stderr"]
     skipped = {entry["path"]: entry["reason"] for entry in trained["metrics"]["skipped"]}
-    assert sorted(skipped) == corpus.paths(SKIPPED)
+    assert sorted(skipped) == sorted(corpus.paths(SKIPPED) + corpus.paths(LEFT_OUT))
     for kind in corpus.kinds.values():
-        for path in kind.paths if kind.expect == SKIPPED else ():
-            assert REASONS[kind.name] in skipped[path], (path, skipped[path])
+        for path in kind.paths if kind.expect in (SKIPPED, LEFT_OUT) else ():
+            assert REASONS.get(kind.name, "outside the data folder") in skipped[path], (path, skipped[path])
             assert str(corpus.root) not in skipped[path]  # named relative to DATA, as `path` is
+    assert f"{len(corpus.paths(LEFT_OUT))} link(s) lead outside the data folder" in trained["log"]
 
 
 @pytest.mark.slow

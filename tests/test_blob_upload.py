@@ -149,7 +149,7 @@ def test_download_round_trip(dataset, container, tmp_path):
     for rel in local_files(dataset):
         assert (tmp_path / "back" / rel).read_bytes() == (dataset / rel).read_bytes()
     assert json.loads((tmp_path / "back" / "manifest.json").read_text())["name"] == "pets"
-    assert not list((tmp_path / "back").rglob("*.partial"))
+    assert sorted(map(str, written)) == sorted(str(p) for p in (tmp_path / "back").rglob("*") if p.is_file())
 
 
 def test_download_refuses_names_that_escape_the_destination(container, tmp_path):
@@ -158,6 +158,18 @@ def test_download_refuses_names_that_escape_the_destination(container, tmp_path)
     with pytest.raises(UserError, match="outside"):
         download_prefix(container, "out", tmp_path / "dest")
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_download_refuses_a_blob_name_climbing_out_with_dot_dot(azurite, container, tmp_path):  # noqa: F811
+    """A container another party can write to may hold out/../../evil.txt: fetched as named, it
+    would land two folders above the destination."""
+    container.create_container()
+    azurite.put_blob_as_named(container.container_name, "out/../../evil.txt", b"x")
+    assert "out/../../evil.txt" in [blob.name for blob in container.list_blobs()]  # stored as named
+    dest = tmp_path / "a" / "dest"
+    with pytest.raises(UserError, match="refusing to download blob 'out/../../evil.txt': it would land outside"):
+        download_prefix(container, "out", dest)
+    assert not list(tmp_path.rglob("evil*"))
 
 
 # -- secrets never leak ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ an escape sequence that retitles a terminal, rich markup, and TeX math that matp
 failed on, so `orchestrate report` crashed). Every command that shows labels is run on it.
 """
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,15 @@ def test_the_report_draws_labels_that_look_like_tex(hostile_run, cli):
     assert result.returncode == 0, result.stderr
     page = (hostile_run["run_dir"] / "report.html").read_text()
     assert "$\\x$" in page and "a$^$b" in page and "&lt;" not in "".join(CLASSES)
+
+
+def test_data_pack_warnings_show_labels_as_text(hostile_run, cli, tmp_path):
+    """The packer warns with label names: an empty label folder, an image filed under two labels."""
+    data = tmp_path / "data"
+    shutil.copytree(hostile_run["data"], data)
+    (data / f"empty{TITLE}").mkdir()
+    twin = next((data / TITLE).glob("*.png"))
+    shutil.copy(twin, data / "[bold]x" / twin.name)
+    result = cli("data", "pack", data, "--out", tmp_path / "packed", env=hostile_run["env"])
+    assert result.returncode == 0, result.stderr
+    assert "emptyesc\\x1b]0;owned\\x07" in shown_safely(result.stderr), result.stderr

@@ -12,7 +12,7 @@ import time
 import onnx
 import pytest
 
-from conftest import ORCHESTRATE
+from conftest import ORCHESTRATE, default_sigint
 from imagegen import make_dataset
 from orchestrator.events import parse_line
 from remote_scripts import imaging
@@ -121,12 +121,22 @@ def test_detach_reattach_and_cancel(cli, tmp_path):
     assert snapshot.returncode == 0 and "epoch 1/200" in snapshot.stderr and "is running" in snapshot.stderr
     assert json.loads(cli("runs", "show", run_id, "--json").stdout)["status"] == "running"
     # A follower interrupted with Ctrl-C detaches (exit 130, how to re-attach) and the job goes on.
-    follower = subprocess.Popen([str(ORCHESTRATE), "logs", run_id], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
-    follower.send_signal(signal.SIGINT)
-    _, err = follower.communicate(timeout=30)
-    assert follower.returncode == 130 and f"orchestrate logs {run_id}" in err
+    # The Ctrl-C comes once it follows (it has shown the first epoch), not after a guessed time.
+    follower_err = tmp_path / "follower.err"
+    with open(follower_err, "wb") as err_file:
+        follower = subprocess.Popen([str(ORCHESTRATE), "logs", run_id], stdout=subprocess.DEVNULL, stderr=err_file,
+                                    preexec_fn=default_sigint)
+        try:
+            deadline = time.monotonic() + 120
+            while "epoch 1/200" not in follower_err.read_text():
+                assert follower.poll() is None and time.monotonic() < deadline, follower_err.read_text()
+                time.sleep(0.1)
+            follower.send_signal(signal.SIGINT)
+            follower.wait(timeout=30)
+        finally:
+            follower.kill()
+    err = follower_err.read_text()
+    assert follower.returncode == 130 and f"orchestrate logs {run_id}" in err, err
     assert err.count("epoch 1/200") == 1
     assert cli("status", run_id).stdout.strip() == "running"
     canceled = cli("cancel", run_id)

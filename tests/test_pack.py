@@ -366,6 +366,7 @@ DAMAGES = {
     "shards missing": (lambda d: d.pop("shards"), "'shards' and 'files'"),
     "row not an object": (lambda d: d["files"].__setitem__(0, 7), "files[0] is not an object"),
     "absolute path": (lambda d: d["files"][0].update(path="/etc/passwd"), "relative path"),
+    "path climbing out": (lambda d: d["files"][0].update(path="cat/../../escape.png"), "relative path"),
 }
 
 
@@ -385,20 +386,73 @@ def test_a_damaged_index_is_a_dataset_error_not_a_traceback(tmp_path, damage):
         packed_dataset.PackedDataset(str(tmp_path / "out"))
 
 
-def test_the_job_exits_2_on_a_damaged_index(tmp_path):
+def claim_a_huge_member(doc):
+    """Raise the first shard's declared size to 64 GiB and one of its members' with it: a
+    consistent index (parse_index accepts it) that promises bytes the shard file lacks."""
+    shard = doc["shards"][0]
+    row = next(row for row in doc["files"] if row["shard"] == shard["name"])
+    shard["size"] = 1 << 36
+    row["size"] = shard["size"] - row["offset"]
+
+
+def test_a_member_claimed_past_its_shard_files_end_is_one_line_not_a_64_gib_read(tmp_path):
+    from remote_scripts.folder_dataset import DatasetError
+
+    doc = _index_doc(tmp_path)
+    claim_a_huge_member(doc)
+    data = packed_dataset.index_bytes(doc)
+    packed_dataset.parse_index(data, "index.json")  # within its declared size: only the file tells
+    (tmp_path / "out" / "index.json").write_bytes(data)
+    with pytest.raises(DatasetError, match=r"another size than its index says, e\.g\. shards/[0-9a-f]{64}\.tar: "
+                                           r"\d+ bytes, not 68719476736") as caught:
+        packed_dataset.PackedDataset(str(tmp_path / "out"))
+    assert "\n" not in str(caught.value)
+
+
+JOB_DAMAGES = {
+    "shard name is a path": (lambda d: d["shards"][0].update(name="../../outside.tar"), "is damaged"),
+    "a member past its shard's end": (claim_a_huge_member, "another size than its index says"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(JOB_DAMAGES))
+def test_the_job_exits_2_on_a_damaged_index(tmp_path, damage):
     import subprocess
     import sys
 
     from remote_scripts import train
 
     doc = _index_doc(tmp_path)
-    doc["shards"][0]["name"] = "../../outside.tar"
+    change, message = JOB_DAMAGES[damage]
+    change(doc)
     (tmp_path / "out" / "index.json").write_bytes(packed_dataset.index_bytes(doc))  # as packed: is_packed
     result = subprocess.run([sys.executable, train.__file__, "--data", str(tmp_path / "out"), "--output",
                              str(tmp_path / "model"), "--weights", "none", "--epochs", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "is damaged" in result.stderr and "Traceback" not in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_re_serialized_index_is_read_and_a_broken_one_is_named_not_taken_for_images(tmp_path, run):
+    """Another tool may rewrite index.json (pretty-printed): the folder is still the packed
+    dataset, and an upload sends the index as packed. One that no longer parses is said to be
+    so, where the folder once read as 'no images found'."""
+    doc = _index_doc(tmp_path)
+    out = tmp_path / "out"
+    (out / "index.json").write_text(json.dumps(doc, indent=2))
+    assert packed_dataset.is_packed(str(out))
+    found = packed_dataset.PackedDataset(str(out)).scan()
+    assert [path for path, _ in found.samples] == [row["path"] for row in doc["files"]]
+    (out / "index.json").write_text(json.dumps(doc, indent=2)[:300])
+    code, _, err = run(["train", out, "--backend", "local", "--runs-dir", tmp_path / "runs"], {})
+    assert code == 2 and f"the dataset index {out / 'index.json'} is not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_loose_folder_with_an_index_json_and_a_shards_label_stays_loose(tmp_path):
+    data = random_dataset(tmp_path / "pets", classes=("cat", "shards"), per_class=3)
+    (data / "index.json").write_text('{"mine": true}\n')
+    assert not packed_dataset.is_packed(str(data))
 
 
 @pytest.mark.parametrize("size", ["nan", "inf", "-inf"])
@@ -415,3 +469,23 @@ def test_pack_shard_size_that_is_not_a_number_is_one_line(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "--shard-size" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_upload_sends_the_index_as_packed_and_refuses_a_shard_of_another_size(tmp_path, azurite):
+    import uuid
+
+    from orchestrator.storage.blob import connect, parse_uri
+    from orchestrator.storage.packed_blob import upload_packed
+    from services.azurite import ACCOUNT
+
+    container = connect(parse_uri(f"az://{ACCOUNT}/p{uuid.uuid4().hex[:12]}"),
+                        {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    doc = _index_doc(tmp_path)
+    (tmp_path / "out" / "index.json").write_text(json.dumps(doc, indent=2))
+    upload_packed(tmp_path / "out", container, "pets")
+    assert container.download_blob("pets/index.json").readall() == packed_dataset.index_bytes(doc)
+    claim_a_huge_member(doc)
+    (tmp_path / "out" / "index.json").write_bytes(packed_dataset.index_bytes(doc))
+    with pytest.raises(UserError, match=r"shards/[0-9a-f]{64}\.tar is \d+ bytes, not the 68719476736 the index"):
+        upload_packed(tmp_path / "out", container, "again")
+    assert not [blob.name for blob in container.list_blobs(name_starts_with="again/")]

@@ -174,13 +174,17 @@ def test_data_upload_from_s3_to_blob_storage_sends_the_shards_once(tmp_path, pet
     assert code == 2 and "always packed" in err and err.strip().count("\n") == 0
 
 
-def test_a_loose_dataset_in_blob_storage_packs_the_same_as_the_folder(tmp_path, pets, blob_env):
+def test_a_loose_dataset_in_blob_storage_packs_the_same_as_the_folder(tmp_path, pets, blob_env, azurite):
+    """...also when the container holds keys that are no path inside the prefix ('red//x.png',
+    and 'red/../../x.png', which names a blob above it): no files of the dataset, never read."""
     target = parse_uri(f"az://{ACCOUNT}/s{uuid.uuid4().hex[:12]}/loose/pets")
     container = connect(target, os.environ)
     container.create_container()
     for path in pets.rglob("*"):
         if path.is_file():
             container.upload_blob(f"{target.prefix}/{path.relative_to(pets).as_posix()}", path.read_bytes())
+    container.upload_blob(f"{target.prefix}/red//double.png", b"not of the dataset")
+    azurite.put_blob_as_named(target.container, f"{target.prefix}/red/../../secret.png", b"not of the dataset")
     local = pack_dataset(pets, tmp_path / "local", shard_bytes=SHARD, cache=False)
     assert_same_pack(local, pack_dataset(target.uri, tmp_path / "remote", shard_bytes=SHARD))
 

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -58,7 +59,50 @@ def mirror(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}/models/"
     monkeypatch.setenv(weights.BASE_URL_ENV, base)
+    monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")  # plain http: the user's opt-in
     yield SimpleNamespace(folder=root / "models", requests=requests, base=base, port=server.server_port)
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def https_mirror(tmp_path, monkeypatch):
+    """A real HTTPS server on 127.0.0.1 (its self-signed certificate trusted through SSL_CERT_FILE,
+    which OpenSSL reads), serving tmp/https/models/ and answering the paths in .redirects with a
+    302 to the given Location. Records each request's path."""
+    from test_azure_storage import self_signed_certificate
+
+    root = tmp_path / "https"
+    (root / "models").mkdir(parents=True)
+    cert, key = self_signed_certificate(root)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    requests, redirects = [], {}
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            if self.path in redirects:
+                self.send_response(302)
+                self.send_header("Location", redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    base = f"https://127.0.0.1:{server.server_port}/models/"
+    monkeypatch.setenv(weights.BASE_URL_ENV, base)
+    yield SimpleNamespace(folder=root / "models", requests=requests, redirects=redirects, base=base)
     server.shutdown()
     server.server_close()
 
@@ -88,6 +132,18 @@ def test_catalogue_entry_is_the_file_the_installed_torchvision_loads(arch):
     enum = getattr(torchvision.models, published.enum).IMAGENET1K_V1
     assert weights_catalog.url(arch) == enum.url
     assert weights_catalog.sha256_prefix(published.file_name) == torch.hub.HASH_REGEX.search(enum.url).group(1)
+
+
+@pytest.mark.parametrize("arch", options.ARCHS)
+def test_a_whole_digest_in_the_catalogue_begins_with_the_prefix_its_file_name_carries(arch):
+    published = weights_catalog.IMAGENET1K_V1[arch]
+    prefix = weights_catalog.sha256_prefix(published.file_name)
+    if published.sha256 is None:
+        assert weights_catalog.expected_sha256(published.file_name) == prefix
+    else:
+        assert len(published.sha256) == 64 and set(published.sha256) <= set("0123456789abcdef")
+        assert published.sha256.startswith(prefix)
+        assert weights_catalog.expected_sha256(published.file_name) == published.sha256
 
 
 def test_every_arch_the_job_offers_has_published_weights():
@@ -151,19 +207,91 @@ def test_imagenet_weights_already_in_the_cache_need_no_network(torch_home, monke
 
 
 def test_a_file_whose_hash_does_not_match_its_name_is_refused_and_not_kept(torch_home, mirror):
-    (mirror.folder / "resnet18-f37072fd.pth").write_bytes(b"not the published resnet18 weights")
+    (mirror.folder / "efficientnet_b0_rwightman-7f5810bc.pth").write_bytes(b"not the published weights")
     with pytest.raises(UserError) as exc:
-        weights.ensure_imagenet_weights("resnet18")
+        weights.ensure_imagenet_weights("efficientnet_b0")
     message = str(exc.value)
-    assert message.startswith(f"{mirror.base}resnet18-f37072fd.pth is not the published file (its sha256 ")
-    assert "does not start with f37072fd); nothing was kept" in message
+    assert message.startswith(f"{mirror.base}efficientnet_b0_rwightman-7f5810bc.pth is not the published file "
+                              "(its sha256 ")
+    assert "does not start with 7f5810bc); nothing was kept" in message
     assert "--weights none" in message and "--weights PATH" in message and "\n" not in message
-    assert f"put resnet18-f37072fd.pth at {torch_home}/hub/checkpoints/resnet18-f37072fd.pth" in message
+    assert f"at {torch_home}/hub/checkpoints/efficientnet_b0_rwightman-7f5810bc.pth" in message
+    assert hub_files(torch_home) == []
+
+
+def test_a_whole_published_digest_is_checked_beyond_the_names_prefix(torch_home, mirror, monkeypatch):
+    """Where the catalogue knows the whole sha256, a file that matches only the 8 hex digits of its
+    name (which a forger can find in minutes) is refused; the published file is kept."""
+    content = b"the published file"
+    name = publish(mirror.folder, "net", content)
+    digest = hashlib.sha256(content).hexdigest()
+    forged_record = weights_catalog.PublishedWeights("Net_Weights", name, digest[:8] + "0" * 56)
+    monkeypatch.setitem(weights_catalog.IMAGENET1K_V1, "net", forged_record)  # as if published so
+    with pytest.raises(UserError) as exc:
+        weights.ensure_hub_file(name)
+    assert f"(its sha256 {digest} is not {digest[:8]}{'0' * 56}); nothing was kept" in str(exc.value)
+    assert hub_files(torch_home) == []
+    monkeypatch.setitem(weights_catalog.IMAGENET1K_V1, "net", forged_record._replace(sha256=digest))
+    assert weights.ensure_hub_file(name).read_bytes() == content
+
+
+def test_the_published_resnet18_file_is_checked_by_its_whole_digest(torch_home, mirror):
+    (mirror.folder / "resnet18-f37072fd.pth").write_bytes(b"not the published resnet18 weights")
+    with pytest.raises(UserError, match=r"\(its sha256 [0-9a-f]{64} is not f37072fd47e89c5e827621c5baffa75"):
+        weights.ensure_imagenet_weights("resnet18")
+
+
+def test_a_plain_http_mirror_needs_the_users_opt_in(torch_home, mirror, monkeypatch):
+    name = publish(mirror.folder, "net", b"weights")
+    monkeypatch.delenv(weights.ALLOW_HTTP_ENV)
+    with pytest.raises(UserError) as exc:
+        weights.ensure_hub_file(name)
+    assert str(exc.value) == (f"{weights.BASE_URL_ENV} must be an https:// URL, not {mirror.base}{name} (or set "
+                              f"{weights.ALLOW_HTTP_ENV}=1 for a plain http mirror you trust)")
+    assert mirror.requests == [] and hub_files(torch_home) == []
+    monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
+    assert weights.ensure_hub_file(name).read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("base", ["file:///srv/models/", "ftp://127.0.0.1/models/"])
+def test_a_mirror_of_another_scheme_is_refused_even_with_the_http_opt_in(torch_home, monkeypatch, base):
+    monkeypatch.setenv(weights.BASE_URL_ENV, base)
+    monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
+    with pytest.raises(UserError, match=f"^{weights.BASE_URL_ENV} must be an https:// URL, not {base}net-"):
+        weights.ensure_hub_file("net-0123abcd.pth")
+
+
+def test_an_https_mirror_needs_no_opt_in(torch_home, https_mirror):
+    name = publish(https_mirror.folder, "net", b"weights over tls")
+    assert weights.ensure_hub_file(name).read_bytes() == b"weights over tls"
+    assert https_mirror.requests == [f"/models/{name}"]
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused(torch_home, https_mirror, mirror, monkeypatch):
+    name = publish(mirror.folder, "net", b"weights")
+    https_mirror.redirects[f"/models/{name}"] = f"{mirror.base}{name}?sig=s3cret-token"
+    monkeypatch.setenv(weights.BASE_URL_ENV, https_mirror.base)  # the mirror fixture named its own
+    monkeypatch.delenv(weights.ALLOW_HTTP_ENV)
+    with pytest.raises(UserError) as exc:
+        weights.ensure_hub_file(name)
+    assert str(exc.value) == (f"{https_mirror.base}{name} redirects to http://127.0.0.1, which is refused: "
+                              "weights are fetched over https only; nothing was kept")
+    assert mirror.requests == [] and hub_files(torch_home) == []
+
+
+def test_a_redirect_to_a_file_url_is_refused_in_one_line(torch_home, https_mirror, monkeypatch):
+    https_mirror.redirects["/models/net-0123abcd.pth"] = "file:///etc/passwd"
+    monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
+    with pytest.raises(UserError) as exc:
+        weights.ensure_hub_file("net-0123abcd.pth")
+    assert str(exc.value) == (f"{https_mirror.base}net-0123abcd.pth redirects to file://, which is refused: "
+                              "weights are fetched over https or http only; nothing was kept")
     assert hub_files(torch_home) == []
 
 
 def test_server_down_is_one_line_that_says_how_to_go_on_offline(torch_home, monkeypatch):
     port = closed_port()
+    monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
     monkeypatch.setenv(weights.BASE_URL_ENV, f"http://127.0.0.1:{port}/models")  # no trailing slash
     with pytest.raises(UserError) as exc:
         weights.ensure_imagenet_weights("resnet50")
@@ -210,6 +338,7 @@ def test_which_weights_the_job_will_load():
 def test_train_fails_before_any_run_exists_when_the_weights_cannot_be_fetched(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=4)
     env = {"TORCH_HOME": str(tmp_path / "torch"), weights.BASE_URL_ENV: f"http://127.0.0.1:{closed_port()}/",
+           weights.ALLOW_HTTP_ENV: "1",
            **{name: "" for name in PROXY_VARIABLES}}
     result = run_cli("train", data, "--backend", "local", "--arch", "resnet18", "--runs-dir", tmp_path / "runs",
                      env=env)

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import click
 
+from ..printable import printable
+
 URI_ENV = "ORCHESTRATE_STORAGE_URI"
 DEFAULT_CONTAINER = "datasets"
+
+
+def warn(line):
+    """A warning on stderr; it names the dataset's labels and paths, shown but never acted on."""
+    click.echo(printable(line), err=True)
 
 
 @click.group()
@@ -88,7 +95,8 @@ def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
 
     with UploadProgress() as bars:
         try:
-            result = bars.upload(data_dir, target.prefix, open_container, name=name, labels=labels)
+            result = bars.upload(data_dir, target.prefix, open_container, name=name, labels=labels,
+                                 say=warn)
         except KeyboardInterrupt:
             bars.stop()
             click.echo(f"interrupted ({bars.sent} file(s) confirmed sent); run the same command again to resume "
@@ -117,7 +125,7 @@ def _upload_packed(data_dir, target, labels, max_side, shard_size, as_json):
         try:
             packed, result = pack_and_upload(
                 data_dir, target.prefix, lambda: connect(target, os.environ), labels=labels, max_side=max_side,
-                shard_bytes=shard_bytes, say=lambda line: click.echo(line, err=True), **bars.hooks())
+                shard_bytes=shard_bytes, say=warn, **bars.hooks())
         except KeyboardInterrupt:
             bars.stop()
             click.echo(f"interrupted ({bars.shards_sent} shard(s) confirmed sent); run the same command again to "
@@ -181,7 +189,7 @@ def pack(data_dir, out_dir, labels, max_side, shard_size, as_json):
                               **({"shard_bytes": _shard_bytes(shard_size)} if shard_size is not None else {}),
                               progress=bars.phase)
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        warn(f"warning: {warning}")
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
@@ -202,7 +210,7 @@ def pack_source(uri, labels):
     with PackProgress() as bars:
         result = pack_dataset(uri, default_pack_dir(uri), labels=labels or FOLDER, progress=bars.phase)
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        warn(f"warning: {warning}")
     return Path(result.out_dir)
 
 
@@ -255,8 +263,8 @@ def list_(to, as_json):
         return
     click.echo(f"{'PREFIX':<40} {'KIND':<10} {'IMAGES':>7} {'SHARDS':>6} {'MB':>9} {'UNUSED MB':>9}  LAST UPLOAD")
     for d in datasets:
-        click.echo(f"{d.prefix or '/':<40} {d.kind:<10} {d.images:>7} {d.shards:>6} {d.bytes / 1e6:>9.1f} "
-                   f"{d.unreferenced_bytes / 1e6:>9.1f}  {d.last_upload[:19]}")
+        click.echo(printable(f"{d.prefix or '/':<40} {d.kind:<10} {d.images:>7} {d.shards:>6} {d.bytes / 1e6:>9.1f} "
+                             f"{d.unreferenced_bytes / 1e6:>9.1f}  {d.last_upload[:19]}"))
 
 
 @data.command()

@@ -102,7 +102,7 @@ def evaluate(model, data, as_json):
         return
     from rich.table import Table
 
-    from ..render import _escape, console_for, metrics_table
+    from ..render import as_text, console_for, metrics_table
 
     console = console_for()
     console.print(metrics_table(metrics, title=f"Evaluation on {data}"))
@@ -110,9 +110,9 @@ def evaluate(model, data, as_json):
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
     table.add_column("")
     for label in cm["labels"]:
-        table.add_column(_escape(label), justify="right")
+        table.add_column(as_text(label), justify="right")
     for label, row in zip(cm["labels"], cm["matrix"]):
-        table.add_row(_escape(label), *map(str, row))
+        table.add_row(as_text(label), *map(str, row))
     console.print(table)
     if metrics["skipped"]:
         console.print(f"[yellow]skipped {len(metrics['skipped'])} unreadable image(s)[/yellow]")

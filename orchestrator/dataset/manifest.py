@@ -16,13 +16,13 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
 
 from ..errors import UserError
-from ..paths import state_dir
+from ..paths import private_state_dir
 
 MANIFEST_VERSION = 1
 CHUNK = 1 << 20
@@ -43,11 +43,14 @@ class Entry:
 
 @dataclass
 class Manifest:
-    """The images of one dataset, sorted by path; `to_json` is deterministic for equal content."""
+    """The images of one dataset, sorted by path; `to_json` is deterministic for equal content.
+    `skipped`: the scan's links that lead outside the folder, left out ({path, reason}), for the
+    upload to report; not part of the document."""
 
     name: str
     classes: list
     entries: list
+    skipped: list = field(default_factory=list)
 
     @property
     def total_bytes(self):
@@ -83,7 +86,7 @@ class HashCache:
 
     @classmethod
     def default(cls):
-        return cls(state_dir() / "hash-cache.sqlite3")
+        return cls(private_state_dir() / "hash-cache.sqlite3")
 
     @staticmethod
     def _key(path):
@@ -178,7 +181,7 @@ def manifest_from_scan(root, found, name=None, *, labels=FOLDER, workers=8, cach
     root = Path(root).resolve()
     with hash_cache(cache) as opened:
         entries = _hash_entries(root, files, workers, opened, progress)
-    return Manifest(name or root.name, list(found.classes), sorted(entries, key=lambda e: e.path))
+    return Manifest(name or root.name, list(found.classes), sorted(entries, key=lambda e: e.path), found.skipped)
 
 
 def _hash_entries(root, files, workers, cache, progress):

@@ -135,6 +135,7 @@ def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes
     found = source.scan(labels)
     report("scan", len(found.samples), len(found.samples))
     warnings = [f"no usable label: {problem}" for problem in found.problems]
+    warnings += [f"left out {link['path']}: {link['reason']}" for link in found.skipped]
     warnings += [f"folder '{name}' has no images and is not a class" for name in found.empty_classes]
     hashed = [0]
 

@@ -22,6 +22,8 @@ from hashlib import sha256
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlsplit
 
+from remote_scripts.atomic import write_atomically
+
 from ..backends.azure.settings import CONNECTION_STRING_ENV
 from ..errors import UserError
 from ..secrets import redact
@@ -271,8 +273,8 @@ def _put(container_client, prefix, relpath, data, digest, length=None):
 def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
     """Download every blob under `prefix` into `dest`, keeping the relative layout.
 
-    Each blob is streamed to a temporary file and renamed into place, so an interrupted download
-    never leaves a truncated file under its final name. Resumes file by file: a file already in
+    Each blob is streamed to a temporary file and renamed into place (write_atomically), so an
+    interrupted download never leaves a truncated file under its final name. Resumes file by file: a file already in
     place with its blob's size is kept, so an interrupted download completes when run again.
     Returns the paths (fetched or kept), sorted.
     """
@@ -288,10 +290,7 @@ def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
         if target.is_file() and target.stat().st_size == blob.size:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        with open(partial, "wb") as f:
-            container_client.download_blob(name).readinto(f)
-        partial.replace(target)
+        write_atomically(target, lambda tmp: _download_into(container_client, name, tmp))
         return target
 
     with _azure_errors(container_client, "downloading"), ThreadPoolExecutor(workers) as pool:
@@ -299,6 +298,11 @@ def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
                  # folder markers of accounts with a hierarchical namespace
                  if (b.metadata or {}).get("hdi_isfolder") != "true"]
         return sorted(pool.map(fetch, blobs))
+
+
+def _download_into(container_client, name, path):
+    with open(path, "wb") as f:
+        container_client.download_blob(name).readinto(f)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ goes through the job's parser (packed_dataset.parse_index); an index.json that i
 loose dataset's own file, a damaged one) is reported, its folder's shards left alone.
 Connections and errors: storage/blob.py.
 """
+import os
 import time
 from hashlib import sha256
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -110,8 +111,7 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
         doc = layout.read_index(str(pack_dir))
     except layout.DatasetError as exc:
         raise UserError(str(exc)) from None
-    with open(layout.index_path(str(pack_dir)), "rb") as handle:
-        index_data = handle.read()
+    index_data = layout.index_bytes(doc)  # as packed, also where another tool re-wrote the file (is_packed)
     index_digest = sha256(index_data).hexdigest()
     with _azure_errors(container_client, "listing"):
         present = _shard_blobs(container_client, prefix)
@@ -128,6 +128,10 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
             if sha256_file(path) != shard["sha256"]:
                 raise UserError(f"{path} does not match its name (changed or damaged since it was packed); "
                                 "pack the dataset again")
+            if os.path.getsize(path) != shard["size"]:  # the index's size is the length sent
+                raise UserError(f"{path} is {os.path.getsize(path)} bytes, not the {shard['size']} the index "
+                                f"{layout.index_path(str(pack_dir))} says (damaged since it was packed); pack "
+                                "the dataset again")
             with open(path, "rb") as handle:
                 container_client.upload_blob(
                     shard_blob(prefix, shard["name"]), handle, length=shard["size"], overwrite=True,

@@ -41,15 +41,20 @@ class UploadProgress:
         self.progress.advance(self.files_task)
         self.progress.advance(self.bytes_task, entry.size / 1024)
 
-    def upload(self, data_dir, prefix, open_container, name=None, labels="folder"):
+    def upload(self, data_dir, prefix, open_container, name=None, labels="folder", say=None):
         """Hash `data_dir` (labels: the job's --labels), then send what the container lacks;
         returns storage.blob's UploadResult.
 
-        `open_container` is called after hashing, so a bad folder is reported before any login.
+        `open_container` is called after hashing, so a bad folder is reported before any login;
+        say(line) receives, once the upload is done, a warning for each link the scan left out (one
+        leading outside DATA); a refused upload says its one line only.
         """
         from ..dataset.manifest import build_manifest
         from .blob import upload_dataset
 
         manifest = build_manifest(data_dir, name, labels=labels, progress=self.hashed)
         self.start_upload(len(manifest.entries), manifest.total_bytes)
-        return upload_dataset(data_dir, open_container(), prefix, manifest=manifest, progress=self.uploaded)
+        result = upload_dataset(data_dir, open_container(), prefix, manifest=manifest, progress=self.uploaded)
+        for link in manifest.skipped if say else ():
+            say(f"warning: left out {link['path']}: {link['reason']}")
+        return result

@@ -16,6 +16,7 @@ import shlex
 import time
 from pathlib import Path
 
+from remote_scripts.atomic import write_atomically
 from remote_scripts.metrics import HEADLINE_METRICS
 
 from ...errors import UserError
@@ -47,7 +48,7 @@ def read_state(run_dir):
 
 
 def write_state(run_dir, state):
-    (Path(run_dir) / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    write_atomically(Path(run_dir) / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 # register -------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def attach_job(seam, ledger, job_name, runs_dir, say=print):
     train_args = _train_args(job.get("command"))
     spec = {"backend": "azure", "run_id": run_id, "data": data_uri, "run_dir": str(run_dir),
             "train_args": train_args, "backend_options": backend_options}
-    (run_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_atomically(run_dir / "spec.json", json.dumps(spec, indent=2) + "\n")
     created = job.get("created_at") or time.time()
     record = RunRecord(run_id=run_id, name=job.get("display_name") or run_id, backend="azure",
                        status=map_status(job.get("status")), dataset=data_uri, run_dir=str(run_dir),

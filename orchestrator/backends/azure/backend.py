@@ -19,7 +19,10 @@ import json
 import sys
 import time
 
+from remote_scripts.atomic import write_atomically
+
 from ...errors import UserError
+from ...printable import printable
 from ..base import FAILED, TERMINAL, Backend, RunRef
 from .settings import PROFILE_FIELDS, Settings, load_settings
 
@@ -35,7 +38,7 @@ class AzureBackend(Backend):
         self.seam_factory = seam_factory
         self.sleep = sleep
         self.clock = clock
-        self.say = say or (lambda line: print(line, file=sys.stderr))
+        self.say = say or (lambda line: print(printable(line), file=sys.stderr))
         # Called once the plan of a cluster to create is shown, before it is created: the CLI's
         # confirmation on a terminal (it raises to stop); None creates without asking.
         self.approve = approve
@@ -72,7 +75,7 @@ class AzureBackend(Backend):
         else:
             with UploadProgress() as bars:
                 result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container,
-                                     labels=given_value(spec.train_args, "--labels"))
+                                     labels=given_value(spec.train_args, "--labels"), say=self.say)
             self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 
@@ -118,7 +121,9 @@ class AzureBackend(Backend):
             from .sweep_job import sweep_plan_from_spec
 
             sweep = sweep_plan_from_spec(spec, datastore=datastore["name"])
-            state["search"] = {"trials": sweep.trials, "budget_seconds": sweep.budget_seconds}
+            state["search"] = {"trials": sweep.trials, "budget_seconds": sweep.budget_seconds,
+                               "timeout_seconds": sweep.timeout_seconds,
+                               "trial_timeout_seconds": sweep.trial_timeout_seconds}
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         _write_state(spec.run_dir, state)
         with azure_errors():
@@ -269,10 +274,7 @@ STOPPED = frozenset({"NotResponding", "Paused"})  # SDK-terminal, not ended for 
 
 
 def _write_state(run_dir, state):
-    path = run_dir / STATE_FILE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(state, indent=2) + "\n")
-    partial.replace(path)
+    write_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 # `orchestrate train --backend azure --dry-run [--export FILE]`: no network, no credentials ------

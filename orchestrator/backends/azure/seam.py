@@ -363,7 +363,7 @@ class AzureSeam:
 
     def child_runs(self, name):
         """The trial runs of a sweep job (run history's runs/{name}/children, every page), as
-        [{name, status, start, end, canceled_because, error, tags, properties}], start and end
+        [{name, status, start, end, error, tags, properties}], start and end
         in epoch seconds or None. Private API: the run-history client behind _runs_operations
         (its public wrapper turns each run into a Job entity and loses the times)."""
         ops = self.ml.jobs._runs_operations
@@ -374,7 +374,6 @@ class AzureSeam:
             root = getattr(getattr(run, "error", None), "error", None)
             rows.append({"name": run.run_id or run.name, "status": run.status,
                          "start": _epoch(run.start_time_utc), "end": _epoch(run.end_time_utc),
-                         "canceled_because": run.cancelation_reason,
                          "error": ({"code": getattr(root, "code", None),
                                     "message": redact(getattr(root, "message", None) or "")} if root else None),
                          "tags": dict(run.tags or {}), "properties": dict(run.properties or {})})

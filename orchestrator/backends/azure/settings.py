@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remote_scripts.atomic import write_atomically
+
 from ...errors import UserError
 
 # field -> environment variable (MLClient itself reads none of these)
@@ -91,7 +93,7 @@ def save_profile(name, values, make_default=False, env=None):
     if make_default or "default_profile" not in data:
         data["default_profile"] = name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -3,7 +3,8 @@ ended, the best trial's model and outputs/search.json (the shape the local searc
 
 Where the facts come from (no MLflow client needed):
 - The trials are the sweep's child runs (run history, runs/<sweep>/children): name, status, start
-  and end times, why one was canceled, a failure's error.
+  and end times, a failure's error; why one was canceled follows from the statuses and times
+  against the limits azure.json records (_why_canceled).
 - Which trial a child ran: the service records each child's sampled values on the parent run as
   the tag "<parent>_<index>": '{"trial": K}' (the HyperDrive convention; azureml-train-core's
   HyperDriveRun.get_hyperparameters reads the same tags). A child without such a tag is taken for
@@ -27,6 +28,7 @@ that many lines of what the service's state gives then (the runner always follow
 import json
 import time
 
+from remote_scripts.atomic import write_atomically
 from remote_scripts.search_space import (PRIMARY_METRIC, SEARCH_FILE, parse_history, parse_metrics, rank_key, trial_id,
                                          trial_row)
 
@@ -97,8 +99,9 @@ def _state(child):
     return STATES.get(map_status(child["status"]))
 
 
-def trial_summary(number, config, child=None, metrics=None, history=None, sweep_status=None):
-    """A trial's row of search.json, in search.py's shape plus remote_id (the trial job)."""
+def trial_summary(number, config, child=None, metrics=None, history=None, sweep=None):
+    """A trial's row of search.json, in search.py's shape plus remote_id (the trial job);
+    sweep: the sweep's sweep_facts, which tell why a canceled trial was."""
     if child is None:
         return {**trial_row(trial_id(number), config, "not_started"), "remote_id": None}
     metrics, history = metrics or {}, history or []
@@ -112,25 +115,40 @@ def trial_summary(number, config, child=None, metrics=None, history=None, sweep_
     row = trial_row(trial_id(number), config, status, metrics, history, seconds, error or None)
     # what the service knows where the trial's files do not say: it stopped the trial, or the
     # trial was canceled before it wrote metrics.json
-    row.update(stopped=row["stopped"] or _why_canceled(child, status, sweep_status),
+    row.update(stopped=row["stopped"] or _why_canceled(child, status, sweep or {}),
                epochs=metrics.get("epochs_completed", len(history) or None), remote_id=child["name"])
     return row
 
 
-def _why_canceled(child, status, sweep_status):
-    """Why the service canceled a trial: its early termination policy or the sweep's timeout,
-    as its cancelation reason says; a trial canceled in a sweep that completed was stopped by
-    the policy (nothing else cancels one then); else unknown (None: a user's cancel)."""
+def sweep_facts(status, record, search):
+    """What tells why the sweep canceled a trial: its status, its run's start and end (epoch
+    seconds, None while it runs) and the limits it was submitted with (azure.json's search)."""
+    return {"status": status, "start": record.get("start"), "end": record.get("end"),
+            "timeout_seconds": search.get("timeout_seconds"),
+            "trial_timeout_seconds": search.get("trial_timeout_seconds")}
+
+
+def _why_canceled(child, status, sweep):
+    """Why the service canceled a trial, from statuses and run times -- never from the free text
+    of its cancelationReason, whose wording no documentation fixes. The service cancels a trial
+    that runs past trialTimeout, and every trial of a sweep that runs past its timeout: those met
+    the time budget. A trial canceled while its sweep goes on or after it completed was stopped
+    by the early termination policy (a user's cancel of that one trial in Studio looks the same
+    and is taken for it). With a sweep canceled before its timeout: a user's cancel (None)."""
     if status != "canceled":
         return None
-    reason = (child.get("canceled_because") or "").lower().replace(" ", "").replace("_", "")
-    if "earlytermination" in reason or "policy" in reason:
-        return "early_termination"
-    if "timeout" in reason or "timelimit" in reason:
+    if _ran_for(child, sweep.get("trial_timeout_seconds")):
         return "time_budget"
-    if sweep_status == "Completed":
-        return "early_termination"
-    return None
+    if sweep.get("status") in ("Canceled", "CancelRequested"):
+        return "time_budget" if _ran_for(sweep, sweep.get("timeout_seconds")) else None
+    return "early_termination"
+
+
+def _ran_for(run, seconds):
+    """Whether a run with start and end (epoch seconds) lasted `seconds` or more (False when any is unknown)."""
+    if seconds is None or run.get("start") is None or run.get("end") is None:
+        return False
+    return run["end"] - run["start"] >= seconds
 
 
 # --- the whole search ----------------------------------------------------------------------
@@ -155,7 +173,7 @@ def collect(seam, container, state, run_id):
             summaries.append(trial_summary(number, config))
             continue
         metrics, history, texts = read_trial_files(container, run_id, child["name"])
-        summaries.append(trial_summary(number, config, child, metrics, history, status))
+        summaries.append(trial_summary(number, config, child, metrics, history, sweep_facts(status, record, search)))
         files[trial_id(number)] = texts
     service_best = (record["properties"] or {}).get(BEST_CHILD_PROPERTY)
     service_best = next((trial_id(n) for name, n in numbers.items() if name == service_best), None)
@@ -197,9 +215,9 @@ def download_search(seam, container, state, run_id, dest, say=None):
         for name, data in texts.items():
             if data:
                 folder.mkdir(parents=True, exist_ok=True)
-                _write(folder / name, data)
+                write_atomically(folder / name, data)
     dest.mkdir(parents=True, exist_ok=True)
-    _write(dest / SEARCH_FILE, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
+    write_atomically(dest / SEARCH_FILE, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
     best = best_trial(summaries)
     if best is None:
         raise UserError(f"no trial of search {run_id} completed: there is no model to download "
@@ -213,12 +231,6 @@ def download_search(seam, container, state, run_id, dest, say=None):
 
 def _text(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _write(path, data):
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 # --- following a running sweep ---------------------------------------------------------------
@@ -287,6 +299,7 @@ def _sweep_lines(seam, container, state, run_id, follow, sleep, clock, on_status
         status = seam.job_status(parent)
         notices.see(status)
         done = map_status(status) in TERMINAL or status in stop
+        record = seam.run_record(parent) if done else {}  # its end: why trials were canceled, how long it ran
         children = seam.child_runs(parent)
         names = {c["name"] for c in children}
         if names != known or names - tagged:  # a new trial job, or one whose tag was not there yet
@@ -309,13 +322,13 @@ def _sweep_lines(seam, container, state, run_id, follow, sleep, clock, on_status
                         yield text
             if child_state in TERMINAL or (done and child_state != QUEUED):
                 metrics, history, _ = read_trial_files(container, run_id, name)
-                summary = trial_summary(number, trials[number - 1], child, metrics, history, status)
+                summary = trial_summary(number, trials[number - 1], child, metrics, history,
+                                        sweep_facts(status, record, search))
                 ended.add(name)
                 emitted = True
                 yield _event_text({"v": 1, "type": "trial_end", **summary})
         if done:
             end = {"v": 1, "type": "run_end", "status": STATES.get(map_status(status), status.lower())}
-            record = seam.run_record(parent)
             if record.get("start") is not None and record.get("end") is not None:
                 end["seconds"] = round(record["end"] - record["start"], 3)
             if map_status(status) == FAILED and failure:
