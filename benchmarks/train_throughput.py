@@ -15,7 +15,7 @@ this process may use).
     against the plain script's. The job runs twice: its default `--precision auto` (bf16 where the
     CPU has it in hardware, as this one does) and `--precision fp32`, the plain loop's arithmetic.
     Targets: per steady epoch at least as fast (>= 1.0x); whole command at most 1.15x.
-(b) featurize: images/s of the job's train.featurize over the cached images (the graph export
+(b) featurize: images/s of the job's featurize.featurize over the cached images (the graph export
     and ONNX Runtime session included, when onnxruntime is installed) against a plain inference
     loop (ImageFolder + Resize + DataLoader, model.eval(), torch.no_grad(), float32), in one
     process, alternating `--repeats` times, after a warm-up pass of each; medians. Also shown:
@@ -233,17 +233,18 @@ def measure_featurize(data, workers, repeats, work, try_compile):
     """Alternate the job's featurize and the plain loop `repeats` times, after a warm-up of each."""
     import torch
 
-    from remote_scripts import train
-    from remote_scripts.runtime import Dist
+    from remote_scripts import featurize, train
+    from remote_scripts.modes import MODES
+    from remote_scripts.runtime import Dist, compute_threads
 
-    torch.set_num_threads(train.compute_threads(1))  # what train.run sets on a CPU, one process
+    torch.set_num_threads(compute_threads(1))  # what train.run sets on a CPU, one process
     args = train.parse_args(["--data", str(data), "--output", str(work), "--mode", "linear", "--arch", "resnet50",
                              "--weights", "none", "--image-size", str(SIZE), "--batch-size", str(BATCH),
                              "--cache-dir", tempfile.mkdtemp(prefix="featurize-cache-", dir=work),
                              "--workers", str(workers)])
     report = QuietReport()
     dataset = train.load_data(args, Dist(), report)
-    model = train.create_model(args, train.MODES["linear"], dataset, None, torch.device("cpu"), report)
+    model = train.create_model(args, MODES["linear"], dataset, None, torch.device("cpu"), report)
     batches = imagecache.Batches(dataset, torch.device("cpu"), channels_last=True)
     everything = np.arange(len(dataset.paths))
     torch.manual_seed(SEED)
@@ -254,17 +255,17 @@ def measure_featurize(data, workers, repeats, work, try_compile):
     def setup():
         """Seconds of featurize's graph export and session start (zero with torch)."""
         started = time.perf_counter()
-        graph, session = train.backbone_in_onnx_runtime(model, batches, torch.get_num_threads())
+        graph, session = featurize.backbone_in_onnx_runtime(model, batches, torch.get_num_threads())
         return time.perf_counter() - started, "onnxruntime" if session is not None else "torch"
 
     cold_setup, engine = setup()  # what a run pays: the exporter's first use in the process
-    train.featurize(model, batches, everything[:4 * BATCH], BATCH, report)  # warm-up (first-call costs)
+    featurize.featurize(model, batches, everything[:4 * BATCH], BATCH, report)  # warm-up (first-call costs)
     plain_featurize_pass(data, workers, plain_model)
     ours, ours_loop, plain = [], [], []
     for _ in range(repeats):
         seconds_setup, _ = setup()
         started = time.perf_counter()
-        features, _ = train.featurize(model, batches, everything, BATCH, report)
+        features, _ = featurize.featurize(model, batches, everything, BATCH, report)
         seconds = time.perf_counter() - started
         ours.append(len(everything) / seconds)
         ours_loop.append(len(everything) / (seconds - seconds_setup))
@@ -368,7 +369,7 @@ def section_featurize(data, workers, work, repeats, try_compile, results):
     ours, plain = statistics.median(found["ours"]), statistics.median(found["plain"])
     print(f"  plain loop (ImageFolder + DataLoader, no_grad, fp32): {plain:7.1f} img/s  "
           f"(passes: {', '.join(f'{r:.0f}' for r in found['plain'])})")
-    print(f"  train.featurize ({found['engine']}, fp32):{'':<18}{ours:7.1f} img/s  "
+    print(f"  featurize.featurize ({found['engine']}, fp32):{'':<14}{ours:7.1f} img/s  "
           f"(passes: {', '.join(f'{r:.0f}' for r in found['ours'])}; graph export and session start included)")
     loop = statistics.median(found["ours_loop"])
     print(f"  ... its loop alone:{'':<34}{loop:7.1f} img/s  (the graph is model.onnx's backbone: a run "

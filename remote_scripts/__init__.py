@@ -1,7 +1,8 @@
-"""Code that runs inside the training job (torch, torchvision, pillow, numpy only).
+"""Code that runs inside the training job (torch, torchvision, pillow, numpy; never orchestrator).
 
-train.py is started as a script (`python remote_scripts/train.py ...`), so its sibling modules
-are imported as top-level modules there. The client imports the torch-free ones (imaging,
-metrics, folder_dataset, progress) as `remote_scripts.X`, so that prediction, evaluation and
-dataset validation use exactly the code the job uses.
+Every module here is imported one way, as `remote_scripts.<name>`: the client imports the
+torch-free ones (options, progress, imaging, metrics, folder_dataset, packed_dataset,
+search_space, weights_catalog) so that prediction, evaluation and dataset validation use exactly
+the code the job uses, and the job's entry points, started as files by every backend, first make
+their folder this package (job_package.py).
 """

@@ -34,10 +34,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-try:  # imported as remote_scripts.cache_store (client, tests)
-    from .atomic import write_atomically
-except ImportError:  # beside train.py, started as a script
-    from atomic import write_atomically
+from .atomic import write_atomically
 
 CACHE_FORMAT = 1
 KEY_LENGTH = 32  # hex digits of sha256 naming an entry: 128 bits, no collisions in practice

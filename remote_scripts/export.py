@@ -15,12 +15,8 @@ import onnx.compose
 import torch
 import torch.nn as nn
 
-try:  # imported as remote_scripts.export (tests)
-    from . import imaging
-    from .atomic import write_atomically
-except ImportError:  # beside train.py, started as a script
-    import imaging
-    from atomic import write_atomically
+from . import imaging
+from .atomic import write_atomically
 
 # The newest opset torch 1.13's exporter writes; ONNX Runtime >= 1.13 runs it.
 ONNX_OPSET = 17

@@ -21,10 +21,7 @@ import io
 import os
 import random
 
-try:  # imported as remote_scripts.folder_dataset by the client
-    from .image_names import is_image_name
-except ImportError:  # imported as a top-level module by train.py
-    from image_names import is_image_name
+from .image_names import is_image_name
 
 FOLDER, FILENAME = "folder", "filename"
 TABLE_EXTENSIONS = {".tsv": "\t", ".csv": ","}

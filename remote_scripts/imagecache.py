@@ -21,12 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-try:  # imported as remote_scripts.imagecache (tests)
-    from . import cache_store, folder_dataset, imaging
-except ImportError:  # beside train.py, started as a script
-    import cache_store
-    import folder_dataset
-    import imaging
+from . import cache_store, folder_dataset, imaging
 
 CROP_SCALE = (0.35, 1.0)  # augmentation: random crops keep this fraction of the image area
 SKIPPED_IN_EVENTS = 100   # files listed in a skipped event; metrics.json lists all

@@ -10,10 +10,7 @@ import re
 import numpy as np
 from PIL import Image
 
-try:  # imported as remote_scripts.imaging by the client
-    from .image_names import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 (re-exported)
-except ImportError:  # beside train.py, started as a script
-    from image_names import IMAGE_EXTENSIONS, is_image_name  # noqa: F401
+from .image_names import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -30,10 +30,9 @@ import socket
 import sys
 import uuid
 
-try:  # imported as remote_scripts.launch
-    from . import progress
-except ImportError:  # started as a script, beside train.py
-    import progress
+if not __package__:  # started as a file: this folder becomes the package remote_scripts
+    import job_package  # noqa: F401
+from remote_scripts import progress
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 # `--entry search`: search.py, which runs its trials one after another in one process.

@@ -16,12 +16,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-try:  # imported as remote_scripts.models (tests)
-    from .atomic import write_atomically
-    from .weights_catalog import IMAGENET1K_V1, expected_sha256, url
-except ImportError:  # train.py started as a script
-    from atomic import write_atomically
-    from weights_catalog import IMAGENET1K_V1, expected_sha256, url
+from .atomic import write_atomically
+from .weights_catalog import IMAGENET1K_V1, expected_sha256, url
 
 # --arch choices and the torchvision weights enum of each, from the torch-free catalogue the client
 # fetches the same files with. IMAGENET1K_V1 exists for all six, and its plain cross-entropy

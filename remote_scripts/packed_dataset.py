@@ -43,10 +43,7 @@ import re
 import stat
 import threading
 
-try:  # imported as remote_scripts.packed_dataset by the client
-    from .folder_dataset import DatasetError, Scan
-except ImportError:  # beside train.py, started as a script
-    from folder_dataset import DatasetError, Scan
+from .folder_dataset import DatasetError, Scan
 
 FORMAT = "orchestrate.packed"
 VERSION = 1

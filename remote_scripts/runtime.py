@@ -1,4 +1,5 @@
-"""Where the training job runs: its processes (torchrun / Azure ML) and its arithmetic (precision).
+"""Where the training job runs: its device and threads, its processes (torchrun / Azure ML) and its
+arithmetic (precision).
 
 Kept apart from train.py so that the loop there reads as the algorithm. Works on torch >= 1.13.
 """
@@ -13,6 +14,8 @@ from typing import Optional
 
 import torch
 import torch.distributed
+
+from .imagecache import available_cpus
 
 # The longest a collective (a training step's all-reduce, a gather, a broadcast) waits for the other
 # ranks. They arrive within seconds of each other -- the slowest is a step behind rank 0 writing a
@@ -275,6 +278,55 @@ def native_bf16_cpu():
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class DeviceError(ValueError):
+    """--device names a device this process cannot use: the job exits 2."""
+
+
+def resolve_device(name, dist):
+    """The torch.device of --device `name` for this process: under several processes per machine,
+    `cuda` is the GPU of the process's local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"--device {name}: {exc}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: CUDA is not available here (use --device cpu)")
+        if device.index is None:
+            count = torch.cuda.device_count()
+            if dist.local_rank >= count:
+                raise DeviceError(f"process {dist.local_rank} of this machine has no GPU of its own ({count} "
+                                 "visible): start at most one process per GPU, or use --device cpu")
+            device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise DeviceError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def compute_threads(processes):
+    """Threads for torch's CPU kernels: the CPUs this process may use, shared by the `processes`
+    computing on its machine.
+
+    Why not torch's default: it counts the machine's cores, not a container's CPU quota (docker
+    --cpus) or affinity mask, and oversubscribed threads run slower than fewer ones. A job not
+    started by torchrun honours an explicit OMP_NUM_THREADS; under torchrun (LOCAL_WORLD_SIZE is
+    set) torchrun's own OMP_NUM_THREADS=1 would leave cores idle, so the quota is divided instead.
+    """
+    if "LOCAL_WORLD_SIZE" not in os.environ and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, available_cpus() // processes)
+
+
+def describe_device(device):
+    """The device as the run_start event and the log name it."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 class PrecisionError(ValueError):

@@ -25,10 +25,9 @@ import os
 
 import numpy as np
 
-try:  # imported as remote_scripts.score_entry (by the tests)
-    from . import imaging
-except ImportError:  # the parallel runtime imports this file from the code folder
-    import imaging
+if not __package__:  # loaded as a file by the parallel runtime: this folder becomes the package
+    import job_package  # noqa: F401
+from remote_scripts import imaging
 
 BATCH_SIZE = 32  # images per session.run, as the client's OnnxClassifier batches them
 

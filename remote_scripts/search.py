@@ -39,15 +39,13 @@ STARTUP_SIGNALS = []
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda signum, frame: STARTUP_SIGNALS.append(signum))
 
-try:  # imported as remote_scripts.search (by the tests)
-    from . import options, progress, search_space, train
-    from .atomic import write_atomically
-except ImportError:  # started as a script: the sibling modules are top-level modules
-    import options
-    import progress
-    import search_space
-    import train
-    from atomic import write_atomically
+if not __package__:  # started as a file: this folder becomes the package remote_scripts
+    import job_package  # noqa: F401
+from remote_scripts import options, progress, search_space, train
+from remote_scripts.atomic import write_atomically
+from remote_scripts.lifecycle import Canceled, RunEnd, UsageError, outcome_of, run_job
+from remote_scripts.outputs import OUTPUT_FILES
+from remote_scripts.reporting import Reporter
 
 DELAY_EPOCHS = 2  # median stopping compares trials from this epoch on
 
@@ -61,9 +59,9 @@ def parse_args(argv):
     try:
         own.trials = search_space.parse_trials_argument(own.trials)
     except search_space.SpaceError as exc:
-        raise train.UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if own.trial is not None and not 1 <= own.trial <= len(own.trials):
-        raise train.UsageError(f"--trial {own.trial}: the search has trials 1 to {len(own.trials)}")
+        raise UsageError(f"--trial {own.trial}: the search has trials 1 to {len(own.trials)}")
     return own, shared
 
 
@@ -75,7 +73,7 @@ def trial_args(shared, trial, output):
     return args
 
 
-class TrialReporter(train.Reporter):
+class TrialReporter(Reporter):
     """A trial's events on stdout with its id ("trial": "t03"; its run_start is trial_start), and
     all of its events and lines, untagged, in its own log: a trial's folder is a run's folder."""
 
@@ -180,7 +178,7 @@ class Search(train.OneRun):
         goes on with the next), a cancel is the search's (recorded, then raised)."""
         folder = os.path.join(self.output, "trials", trial_id)
         report = TrialReporter(trial_id, config, os.path.join(folder, "logs", "train.log"))
-        end = train.RunEnd(report, time.time())
+        end = RunEnd(report, time.time())
         self.current = config
         status = error = None
         try:
@@ -191,12 +189,12 @@ class Search(train.OneRun):
             train.run(args, dist, report, end.started, stop, job=self)
             status = "completed"
             end(status, 0)
-        except train.Canceled as exc:
+        except Canceled as exc:
             status, error = "canceled", str(exc)
             end(status, 128 + exc.signum, error)
             raise
         except Exception as exc:
-            status, code, error = train.outcome_of(exc, dist, report)
+            status, code, error = outcome_of(exc, dist, report)
             end(status, code, error)
         finally:
             report.close()
@@ -227,7 +225,7 @@ class Search(train.OneRun):
     def publish_best(self):
         """The best trial's files as the search's own outputs (hard links where the disk allows)."""
         source = os.path.join(self.output, "trials", self.best["trial"], "outputs")
-        for name in train.OUTPUT_FILES:
+        for name in OUTPUT_FILES:
             target = os.path.join(self.output, name)
             _remove(target)
             try:
@@ -269,37 +267,25 @@ def _remove(path):
 
 
 def main(argv=None):
-    started = time.time()
-    dist = train.Dist.from_env()
-    report = train.Reporter(dist.main)
-    end = train.RunEnd(report, started)
-    stop = train.Stop()
-    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        if STARTUP_SIGNALS:
-            stop.handle(STARTUP_SIGNALS[0], None)
-        own, shared = parse_args(sys.argv[1:] if argv is None else argv)
-        base = train.parse_args(shared)
-        if own.trial is not None:  # one trial of an Azure ML sweep: a training run
-            args = trial_args(shared, own.trials[own.trial - 1], base.output)
-            args.checkpoint_dir = base.checkpoint_dir
-            train.run(args, dist, report, started, stop)
-            return end("completed", 0)
-        search = Search(base.output, own.trials, base.time_budget, started)
-        report.event("run_start", search={"trials": own.trials, "budget_seconds": base.time_budget})
-        completed = search.run(shared, dist, stop)
-        if not completed:
-            failures = [s for s in search.summaries if s["status"] == "failed"]
-            raise train.UsageError("no trial completed within the time budget" if not failures else
-                                   f"no trial completed; {failures[0]['trial']}: {failures[0]['error']}")
-        return end("completed", 0)
-    except Exception as exc:
-        stop.deferred = True
-        return end(*train.outcome_of(exc, dist, report))
-    finally:
-        dist.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return run_job(lambda dist, report, stop, started: search(sys.argv[1:] if argv is None else argv,
+                                                              dist, report, stop, started), STARTUP_SIGNALS)
+
+
+def search(argv, dist, report, stop, started):
+    """The job's work: every trial in turn, or the one --trial names (an Azure ML sweep's trial)."""
+    own, shared = parse_args(argv)
+    base = train.parse_args(shared)
+    if own.trial is not None:  # one trial of an Azure ML sweep: a training run
+        args = trial_args(shared, own.trials[own.trial - 1], base.output)
+        args.checkpoint_dir = base.checkpoint_dir
+        train.run(args, dist, report, started, stop)
+        return
+    trials = Search(base.output, own.trials, base.time_budget, started)
+    report.event("run_start", search={"trials": own.trials, "budget_seconds": base.time_budget})
+    if not trials.run(shared, dist, stop):
+        failures = [s for s in trials.summaries if s["status"] == "failed"]
+        raise UsageError("no trial completed within the time budget" if not failures else
+                         f"no trial completed; {failures[0]['trial']}: {failures[0]['error']}")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,8 @@ import itertools
 import json
 import math
 
-try:  # imported as remote_scripts.search_space
-    from .metrics import HEADLINE_METRICS
-    from .options import BY_DEST
-except ImportError:  # beside search.py in the job
-    from metrics import HEADLINE_METRICS
-    from options import BY_DEST
+from .metrics import HEADLINE_METRICS
+from .options import BY_DEST
 
 # The number trials are ranked by, on every backend: the validation accuracy of the epoch a trial
 # keeps (its lowest validation loss). train.py logs it to MLflow each epoch under this name, which

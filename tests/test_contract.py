@@ -78,7 +78,8 @@ ALONE = {"--val-fraction": ["--test-fraction", "0"], "--test-fraction": ["--val-
 
 
 def accepted_by_job(flag, value):
-    from remote_scripts.train import UsageError, parse_args
+    from remote_scripts.lifecycle import UsageError
+    from remote_scripts.train import parse_args
     try:
         parse_args(["--data", "d", "--output", "o", *ALONE.get(flag, []), flag, str(value)])
         return True
@@ -123,7 +124,7 @@ def test_the_client_reports_every_output_file_the_job_writes(tmp_path):
     from orchestrator.cli.common import run_summary
     from orchestrator.ledger import RunRecord
     from orchestrator.runner import Outcome
-    from remote_scripts.train import OUTPUT_FILES
+    from remote_scripts.outputs import OUTPUT_FILES
 
     record = RunRecord(run_id="r", name="r", backend="local", status="completed", dataset="d", run_dir=str(tmp_path))
     record.output_dir.mkdir()

@@ -22,7 +22,8 @@ from orchestrator.events import parse_line
 from remote_scripts import folder_dataset
 from remote_scripts.options import BY_DEST
 from remote_scripts.runtime import Dist
-from remote_scripts.train import UsageError, epoch_batches
+from remote_scripts.lifecycle import UsageError
+from remote_scripts.schedule import epoch_batches
 
 JOB = ["--mode", "full", "--arch", "resnet18", "--weights", "none", "--image-size", "32", "--workers", "1",
        "--val-fraction", "0.2", "--test-fraction", "0.25"]

@@ -20,7 +20,7 @@ import torch
 
 from imagegen import make_dataset, readable
 from orchestrator.events import parse_line
-from remote_scripts import folder_dataset, imagecache, imaging, metrics, progress, train
+from remote_scripts import folder_dataset, imagecache, imaging, metrics, outputs, progress, runtime, schedule, train
 from remote_scripts.export import ARCH_KEY, MODE_KEY, export_backbone, export_onnx
 from remote_scripts.models import WeightsError, build_model, load_weights
 
@@ -73,7 +73,7 @@ def resumed(data, tmp_path_factory):
 
 def test_outputs_follow_the_job_contract(resumed):
     out = resumed["out"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(train.OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(outputs.OUTPUT_FILES)
     assert json.loads((out / "labels.json").read_text()) == CLASSES
     rows = history(out)
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -94,7 +94,7 @@ def test_events_tell_the_whole_story_in_order(resumed):
     assert types.index("run_start") < types.index("epoch_end") < types.index("metrics") < types.index("artifact")
     in_epoch = [e for e in of_type(events, "progress") if e["phase"] == "train"]
     assert in_epoch and in_epoch[0]["epoch"] == 2 and in_epoch[0]["epochs"] == 2
-    assert [e["name"] for e in of_type(events, "artifact")] == list(train.OUTPUT_FILES)
+    assert [e["name"] for e in of_type(events, "artifact")] == list(outputs.OUTPUT_FILES)
 
 
 def test_artifact_events_describe_the_files_written(resumed):
@@ -197,13 +197,13 @@ def test_cpu_runs_in_float32_when_it_has_no_native_bf16(resumed):
     expected = "bf16" if native_bf16_cpu() else "fp32"
     start = of_type(resumed["first"].events, "run_start")[0]
     assert start["config"]["precision"] == "fp32"  # linear mode's features are float32 on any device
-    assert train.Precision(torch.device("cpu"), "auto").describe() == expected
+    assert runtime.Precision(torch.device("cpu"), "auto").describe() == expected
 
 
 def test_balance_weights_each_class_by_its_rarity():
     dataset = imagecache.DecodedDataset(["big", "small", "none"], [], np.array([0] * 8 + [1] * 2), None,
                               np.arange(10), np.array([], np.int64), np.array([], np.int64), [], None)
-    weights = train.class_weights(dataset, torch.device("cpu"))
+    weights = schedule.class_weights(dataset, torch.device("cpu"))
     assert weights.tolist() == pytest.approx([10 / (3 * 8), 10 / (3 * 2), 0.0])
 
 
@@ -485,7 +485,7 @@ def test_a_diverging_run_fails_and_exports_nothing(data, tmp_path):
 def test_events_and_json_files_are_strict_json(tmp_path, capsys):
     """NaN / Infinity are not JSON: a strict reader would refuse the whole line or file."""
     progress.emit("epoch_end", epoch=1, train_loss=float("nan"), val_loss=float("inf"), rows=[float("-inf")])
-    train.write_json(str(tmp_path / "m.json"), {"log_loss": float("nan"), "per_class": {"a": float("inf")}})
+    outputs.write_json(str(tmp_path / "m.json"), {"log_loss": float("nan"), "per_class": {"a": float("inf")}})
     event = json.loads(capsys.readouterr().out.removeprefix(progress.PREFIX), parse_constant=pytest.fail)
     assert (event["train_loss"], event["val_loss"], event["rows"]) == (None, None, [None])
     saved = json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail)
@@ -646,7 +646,7 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
 
 def test_processes_share_each_epoch_evenly_and_completely():
     train_idx = np.arange(100, 123)
-    shards = [train.epoch_batches(train_idx, 0, 3, train.Dist(world=2, rank=r), 4, drop_single=False)
+    shards = [schedule.epoch_batches(train_idx, 0, 3, runtime.Dist(world=2, rank=r), 4, drop_single=False)
               for r in (0, 1)]
     assert len(shards[0]) == len(shards[1])  # the same number of steps, or DDP would hang
     seen = np.concatenate([b for shard in shards for b in shard])
@@ -655,10 +655,10 @@ def test_processes_share_each_epoch_evenly_and_completely():
 
 def test_epoch_order_is_reproducible_so_a_resumed_epoch_is_the_same_epoch():
     def order(epoch):
-        return np.concatenate(train.epoch_batches(np.arange(50), 7, epoch, train.Dist(), 8, drop_single=False))
+        return np.concatenate(schedule.epoch_batches(np.arange(50), 7, epoch, runtime.Dist(), 8, drop_single=False))
     assert np.array_equal(order(3), order(3)) and not np.array_equal(order(3), order(4))
 
 
 def test_no_single_image_batch_reaches_batchnorm():
-    batches = train.epoch_batches(np.arange(9), 0, 1, train.Dist(), 4, drop_single=True)
+    batches = schedule.epoch_batches(np.arange(9), 0, 1, runtime.Dist(), 4, drop_single=True)
     assert [len(b) for b in batches] == [4, 4]
