@@ -604,3 +604,25 @@ def command_job(name, status="Completed", compute="gpu-t4", nodes=1, data_uri=No
             "systemData": {"createdAt": "2026-11-23T14:40:00Z", "createdBy": "someone", "createdByType": "User",
                            "lastModifiedAt": "2026-11-23T15:40:00Z", "lastModifiedBy": "someone",
                            "lastModifiedByType": "User"}}
+
+
+def code_and_environment_as_arm_ids(monkeypatch):
+    """Submit code and environment as ARM ids of the workspace (as one that has them): the SDK then
+    uploads nothing of its own, so every request of a submit, a command job's or a sweep's, goes to
+    the test's management plane."""
+    from orchestrator.backends.azure import job, sweep_job
+
+    ws = f"/subscriptions/{SUB}/resourceGroups/rg/providers/{ML}/workspaces/ws"
+    built_job, built_sweep = job.build_job, sweep_job.build_sweep
+
+    def as_arm_ids(command):
+        command.code = f"{ws}/codes/remote-scripts/versions/1"
+        command.environment = f"{ws}/environments/orchestrate/versions/1"
+        return command
+
+    def build_sweep(plan):
+        sweep = built_sweep(plan)
+        as_arm_ids(sweep.trial)
+        return sweep
+    monkeypatch.setattr(job, "build_job", lambda plan: as_arm_ids(built_job(plan)))
+    monkeypatch.setattr(sweep_job, "build_sweep", build_sweep)

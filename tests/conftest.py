@@ -3,8 +3,10 @@
 Real services (dockerd, Azurite) are started by the fixtures in tests/services/.
 """
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,26 @@ def isolated_home(tmp_path, monkeypatch):
                  "AZURE_STORAGE_CONNECTION_STRING", "ORCHESTRATE_PROFILE", "ORCHESTRATE_STORAGE_URI"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
+
+
+def default_sigint():
+    """preexec_fn of a child that a test sends Ctrl-C (SIGINT): the default disposition there,
+    whatever this process has. A shell or launcher that ignores SIGINT (`trap "" INT`, nohup)
+    passes SIG_IGN on through fork and exec, subprocess does not reset it, and a Python started
+    with SIGINT ignored never installs its KeyboardInterrupt handler: the Ctrl-C would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for(predicate, what, timeout=120):
+    """Poll `predicate` until it returns something true, and return that: tests wait on a condition
+    they can observe, never a fixed sleep, which a loaded machine outlasts. AssertionError naming
+    `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return found
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None):

@@ -2,6 +2,7 @@
 
     train_tiny_model(root) -> (model.onnx, the generated dataset)
     with running_server(model, *options) as base_url: ...
+    with server_process(model, *options) as (base_url, process): ...   (its pid, for its memory)
 
 The model is trained by remote_scripts/train.py itself (resnet18, random weights, 32 px, linear
 mode: seconds on a CPU), so it carries the labels and preprocessing metadata of a real run. The
@@ -41,7 +42,14 @@ def free_port():
 
 @contextmanager
 def running_server(model, *options, timeout=60, log_path=None):
-    """`orchestrate serve MODEL --port P OPTIONS` until the block ends; yields its base URL.
+    """`orchestrate serve MODEL --port P OPTIONS` until the block ends; yields its base URL."""
+    with server_process(model, *options, timeout=timeout, log_path=log_path) as (base_url, _):
+        yield base_url
+
+
+@contextmanager
+def server_process(model, *options, timeout=60, log_path=None):
+    """`orchestrate serve MODEL --port P OPTIONS` until the block ends; yields (base URL, its Popen).
 
     The server's output goes to log_path (by default serve-PORT.log beside the model) and is
     quoted when it does not come up within `timeout` seconds.
@@ -65,7 +73,7 @@ def running_server(model, *options, timeout=60, log_path=None):
             if time.monotonic() > deadline:
                 raise AssertionError(f"no answer from /health within {timeout}s:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield base_url
+        yield base_url, server
     finally:
         server.terminate()
         try:

@@ -8,7 +8,7 @@ What a user with Owner/Contributor and nothing else meets: the upload and the do
 datastore's own account key or SAS (no data role needed); an identity-based datastore uses the
 Azure AD sign-in, and its 403 names the role, the scope and the command that grants it; a
 connection string for another account than the datastore's is refused; no secret reaches stdout,
-stderr, the logs, the run folder or the state directory.
+stderr, the logs, the run folder, the state directory or the job the submit sends.
 """
 import ipaddress
 import json
@@ -19,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from azure_transport import SUB, TOKEN, ManagementPlane, StaticToken, add_datastore, aml_compute, datastore_body
+from azure_transport import (SUB, TOKEN, ManagementPlane, StaticToken, add_datastore, aml_compute,
+                             code_and_environment_as_arm_ids, datastore_body, set_job_status)
 from PIL import Image
 from services.azurite import ACCOUNT, ACCOUNT_KEY, azurite  # noqa: F401
 
@@ -230,15 +231,25 @@ def test_prepare_refuses_a_foreign_connection_string_before_creating_a_cluster(t
 
 
 # secrets in every output surface ---------------------------------------------------------------
-def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, caplog, monkeypatch):  # noqa: F811
-    """prepare (upload) and the download of a run, with the datastore's SAS, azure's DEBUG logging
-    on: the SAS signature, the bearer token and the account key appear nowhere."""
-    container = "azureml-blobstore-secrets"
+@pytest.mark.parametrize("kind", ["AccountKey", "Sas"])
+def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, caplog, monkeypatch, kind):  # noqa: F811
+    """prepare (upload), submit, status and download of a run, through the real seam, with the
+    datastore's own key or SAS (what listSecrets handed the product, and the upload and download
+    worked with) and azure's DEBUG logging on: that secret and the bearer token appear nowhere
+    the product writes or sends -- stdout, stderr, its lines, the logs, the run folder (the
+    azure.json submit wrote), the state directory, the job it PUT."""
+    container = f"azureml-blobstore-secrets-{kind.lower()}"
     admin = create_container(azurite, container)
-    sas = container_sas(container)
-    signature = dict(p.split("=", 1) for p in sas.split("&"))["sig"]
+    for blob in admin.list_blobs():
+        admin.delete_blob(blob.name)
     plane = ManagementPlane()
-    add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, container, kind="Sas"), sas_token=sas)
+    if kind == "Sas":
+        sas = container_sas(container)
+        secrets = [dict(p.split("=", 1) for p in sas.split("&"))["sig"]]
+        add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, container, kind=kind), sas_token=sas)
+    else:
+        secrets = [ACCOUNT_KEY, ACCOUNT_KEY[:20]]
+        add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, container, kind=kind), key=ACCOUNT_KEY)
     plane.computes["gpu-t4"] = aml_compute("gpu-t4", size="STANDARD_NC4AS_T4_V3", max_nodes=1)
     state = tmp_path / "state"
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
@@ -246,6 +257,7 @@ def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, cap
     for name, value in (("AZURE_SUBSCRIPTION_ID", SUB), ("AZURE_RESOURCE_GROUP", "rg"),
                         ("AZUREML_WORKSPACE_NAME", "ws")):
         monkeypatch.setenv(name, value)
+    code_and_environment_as_arm_ids(monkeypatch)
     caplog.set_level(logging.DEBUG, logger="azure")
     said = []
     backend = AzureBackend(seam_factory=lambda s: real_seam(plane, azurite.endpoint, storage_connection_string=None),
@@ -255,24 +267,24 @@ def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, cap
     spec = JobSpec(run_id="r1", data=data, run_dir=run_dir, train_args=[], backend_options={"compute": "gpu-t4"})
     backend.prepare(spec)
     assert {b.name for b in admin.list_blobs()} >= {f"{dataset_prefix(data, packed=True)}/index.json"}
-    # the run's state file as submit writes it (the datastore as the seam returns it), then a download
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "azure.json").write_text(json.dumps({"job": "r1", "datastore": backend._datastores["r1"],
-                                                     "workspace": settings().public()}))
+    run = backend.submit(spec)
+    (_, job_body), = plane.job_puts
+    set_job_status(plane, run.remote_id, "Completed")
     for name in ("model.onnx", "labels.json"):
         admin.upload_blob(f"orchestrate/runs/r1/model/{name}", b"x", overwrite=True)
-    client = real_seam(plane, azurite.endpoint).container_client(backend._datastores["r1"])
-    download_prefix(client, "orchestrate/runs/r1/model", run_dir / "outputs")
+    backend.download(run, run_dir / "outputs")
     assert (run_dir / "outputs" / "model.onnx").exists()
+    # the product did hold the secret: asked for it (prepare, download), and Azurite took it
+    assert plane.secret_requests == ["workspaceblobstore", "workspaceblobstore"]
 
     captured = capsys.readouterr()
     surfaces = {"stdout": captured.out, "stderr": captured.err, "said": "\n".join(said),
-                "logs": "\n".join(r.getMessage() for r in caplog.records)}
+                "logs": "\n".join(r.getMessage() for r in caplog.records), "job PUT": json.dumps(job_body)}
     for folder in (run_dir, state):
         for path in folder.rglob("*") if folder.exists() else []:
             if path.is_file():
                 surfaces[str(path)] = path.read_bytes().decode("utf-8", "replace")
-    assert caplog.records  # azure's request logging did run
+    assert caplog.records and str(run_dir / "azure.json") in surfaces  # request logging ran; submit wrote it
     for where, text in surfaces.items():
-        for secret in (signature, TOKEN, ACCOUNT_KEY, ACCOUNT_KEY[:20]):
+        for secret in (*secrets, TOKEN):
             assert secret not in text, f"a secret in {where}"

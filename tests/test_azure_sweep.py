@@ -10,19 +10,21 @@ delayEvaluation}, objective {primaryMetric, goal}, trial {command, codeId, envir
 resources}, searchSpace). The trials after the submit come from run history as the SDK's
 runhistory client reads it (runs/{id} and runs/{id}/children: PaginatedRunList {value, nextLink}
 of Run {runId, parentRunId, status, startTimeUtc, endTimeUtc, tags, properties,
-cancelationReason, error}), with each trial's sampled values as the parent's "<parent>_<index>"
-tags (the HyperDrive convention azureml-train-core's HyperDriveRun.get_hyperparameters reads);
-the trials' files and logs are blobs in Azurite, read through the datastore's own credential.
+cancelationReason, error}; cancelationReason stays null: no document gives its wording, and why a
+trial was canceled is read from statuses and times), with each trial's sampled values as the
+parent's "<parent>_<index>" tags (the HyperDrive convention azureml-train-core's
+HyperDriveRun.get_hyperparameters reads); the trials' files and logs are blobs in Azurite, read
+through the datastore's own credential.
 """
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from azure_transport import (SUB, ManagementPlane, Response, StaticToken, add_datastore, aml_compute, blob_container,
-                             datastore_body, run_error, set_job_status)
+                             code_and_environment_as_arm_ids, datastore_body, run_error, set_job_status)
 from services.azurite import ACCOUNT, ACCOUNT_KEY
 
-from orchestrator.backends.azure import AzureBackend, sweep_job
+from orchestrator.backends.azure import AzureBackend
 from orchestrator.backends.azure.backend import describe_plan, export_job_yaml
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.sweep_job import build_sweep, sweep_plan_from_spec, trial_prefix
@@ -65,13 +67,12 @@ def _iso(seconds):
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def run_body(name, status, parent=None, start=None, end=None, tags=None, properties=None, canceled_because=None,
-             error=None):
+def run_body(name, status, parent=None, start=None, end=None, tags=None, properties=None, error=None):
     """A run-history Run record (runhistory models.Run's wire names)."""
     return {"runId": name, "parentRunId": parent, "rootRunId": parent or name, "runUuid": f"uuid-{name}",
             "status": status, "startTimeUtc": _iso(start) if start else None,
             "endTimeUtc": _iso(end) if end else None, "tags": tags or {}, "properties": properties or {},
-            "cancelationReason": canceled_because, "error": error, "runType": "azureml.scriptrun",
+            "cancelationReason": None, "error": error, "runType": "azureml.scriptrun",
             "target": "gpu-t4", "displayName": name, "experimentId": "4d1c2e7a-0000-0000-0000-000000000001"}
 
 
@@ -124,21 +125,8 @@ def real_seam(plane, azurite):
                                       blob_endpoint=azurite.endpoint)
 
 
-def nothing_to_upload(monkeypatch):
-    """Code and environment as ARM ids (as a workspace that has them): the SDK uploads nothing, so
-    every request it makes goes to the management plane."""
-    built = sweep_job.build_sweep
-
-    def build(plan):
-        sweep = built(plan)
-        sweep.trial.code = f"{WS}/codes/remote-scripts/versions/1"
-        sweep.trial.environment = f"{WS}/environments/orchestrate/versions/1"
-        return sweep
-    monkeypatch.setattr(sweep_job, "build_sweep", build)
-
-
 def submitted(tmp_path, plane, azurite, monkeypatch, **options):
-    nothing_to_upload(monkeypatch)
+    code_and_environment_as_arm_ids(monkeypatch)
     said = []
     backend = AzureBackend(seam_factory=real_seam(plane, azurite), sleep=lambda s: None, say=said.append,
                            clock=iter(range(0, 10**6, 5)).__next__)
@@ -186,7 +174,8 @@ def test_a_search_is_submitted_as_a_sweep_job_in_the_services_shape(tmp_path, pl
                                                    f"runs/{RUN}/trials/${{{{name}}}}/{output}/")
         assert props["outputs"][output]["mode"] == "ReadWriteMount"
     state = json.loads((run.run_dir / "azure.json").read_text())
-    assert state["search"] == {"trials": TRIALS, "budget_seconds": 600.0}
+    assert state["search"] == {"trials": TRIALS, "budget_seconds": 600.0, "timeout_seconds": 2400,
+                               "trial_timeout_seconds": 1200}  # the limits it was sent with
     assert state["job"] == RUN and "ml.azure.com/runs/" in state["studio_url"]
     assert ACCOUNT_KEY not in json.dumps(state)
 
@@ -312,18 +301,18 @@ def ended_sweep(plane, azurite):
     whose last epoch logged 0.95; by the kept epoch (lowest val_loss, search.py's rule) trial 1 leads."""
     p = RUN
     children = {
-        f"{p}_0": (3, "Completed", T0 + 60, T0 + 360, None, None),
-        f"{p}_1": (1, "Completed", T0 + 60, T0 + 300, None, None),
-        f"{p}_2": (2, "Canceled", T0 + 60, T0 + 140, "Early termination policy: median stopping", None),
-        f"{p}_3": (4, "Failed", T0 + 300, T0 + 320, None, run_error("UserError", "CUDA out of memory")),
+        f"{p}_0": (3, "Completed", T0 + 60, T0 + 360, None),
+        f"{p}_1": (1, "Completed", T0 + 60, T0 + 300, None),
+        f"{p}_2": (2, "Canceled", T0 + 60, T0 + 140, None),  # in a sweep that went on to complete: the policy
+        f"{p}_3": (4, "Failed", T0 + 300, T0 + 320, run_error("UserError", "CUDA out of memory")),
     }
     tags = {"_aml_system_max_concurrent_jobs": "4", "_aml_system_max_total_jobs": "5",
             **{name: json.dumps({"trial": number}) for name, (number, *_rest) in children.items()}}
     plane.runs[p] = run_body(p, "Completed", start=T0, end=T0 + 400, tags=tags,
                              properties={"best_child_run_id": f"{p}_0", "score": "0.95"})
     plane.children[p] = list(children)
-    for name, (number, status, start, end, reason, error) in children.items():
-        plane.runs[name] = run_body(name, status, parent=p, start=start, end=end, canceled_because=reason, error=error)
+    for name, (number, status, start, end, error) in children.items():
+        plane.runs[name] = run_body(name, status, parent=p, start=start, end=end, error=error)
     put_trial(plane, azurite, f"{p}_0", {
         "history.jsonl": history(epoch(1, 0.85, 0.40, True), epoch(2, 0.91, 0.30, True), epoch(3, 0.95, 0.33, False)),
         "metrics.json": json.dumps({"accuracy": 0.90, "macro_accuracy": 0.89, "macro_f1": 0.88, "log_loss": 0.31,
@@ -508,29 +497,59 @@ def test_trial_lines_are_retagged_as_the_local_search_tags_them():
     assert parse_line(retag(event("epoch_end", epoch=1), "t02", {}))["trial"] == "t02"
 
 
-@pytest.mark.parametrize("reason,sweep,stopped", [
-    ("Early termination policy: median stopping", "Running", "early_termination"),
-    ("Run exceeded its timeout", "Running", "time_budget"),
-    (None, "Completed", "early_termination"),
-    (None, "Canceled", None),
+LIMITS = {"timeout_seconds": 2400, "trial_timeout_seconds": 1200}  # what a 600 s budget is sent with
+
+
+@pytest.mark.parametrize("trial_seconds,sweep,sweep_seconds,limits,stopped", [
+    (80, "Running", None, LIMITS, "early_termination"),     # the policy, while the sweep goes on
+    (80, "Completed", 1500, LIMITS, "early_termination"),   # ... or before it completed
+    (1200, "Running", None, LIMITS, "time_budget"),         # it ran its trialTimeout
+    (1201, "Completed", 2000, LIMITS, "time_budget"),
+    (500, "Canceled", 2400, LIMITS, "time_budget"),         # the sweep ran its timeout: it and its trials
+    (200, "Canceled", 300, LIMITS, None),                   # a sweep canceled sooner: a user's cancel
+    (200, "CancelRequested", None, LIMITS, None),
+    (5000, "Running", None, {}, "early_termination"),       # an azure.json from before the limits were kept
+    (5000, "Canceled", 9000, {}, None),
 ])
-def test_why_a_trial_was_canceled(reason, sweep, stopped):
-    child = {"name": "s_0", "status": "Canceled", "start": None, "end": None, "canceled_because": reason, "error": None}
-    assert trial_summary(1, {"lr": 0.1}, child, {}, [], sweep)["stopped"] == stopped
+def test_why_a_trial_was_canceled_follows_from_statuses_and_times(trial_seconds, sweep, sweep_seconds, limits,
+                                                                   stopped):
+    from orchestrator.backends.azure.sweep_results import sweep_facts
+
+    child = {"name": "s_0", "status": "Canceled", "start": T0 + 100, "end": T0 + 100 + trial_seconds, "error": None}
+    record = {"start": T0, "end": T0 + sweep_seconds if sweep_seconds is not None else None}
+    facts = sweep_facts(sweep, record, {"trials": TRIALS, "budget_seconds": 600.0, **limits})
+    assert trial_summary(1, {"lr": 0.1}, child, {}, [], facts)["stopped"] == stopped
+
+
+def test_a_sweep_that_ran_out_its_timeout_reports_its_trials_stopped_by_the_budget(tmp_path, plane, azurite,
+                                                                                    monkeypatch):
+    """The service cancels a sweep at its timeout (budget 600 s + 30 min) with the trials still
+    running: those are the budget's, in the trial_end events and in search.json."""
+    backend, run, said = submitted(tmp_path, plane, azurite, monkeypatch)
+    p = RUN
+    plane.runs[p] = run_body(p, "Canceled", start=T0, end=T0 + 2400, tags={f"{p}_0": json.dumps({"trial": 1}),
+                                                                         f"{p}_1": json.dumps({"trial": 2})})
+    plane.children[p] = [f"{p}_0", f"{p}_1"]
+    plane.runs[f"{p}_0"] = run_body(f"{p}_0", "Completed", parent=p, start=T0 + 60, end=T0 + 900)
+    plane.runs[f"{p}_1"] = run_body(f"{p}_1", "Canceled", parent=p, start=T0 + 900, end=T0 + 2400)
+    put_trial(plane, azurite, f"{p}_0", {
+        "history.jsonl": history(epoch(1, 0.8, 0.4, True)),
+        "metrics.json": json.dumps({"accuracy": 0.8, "stopped": "completed"}).encode(),
+        "model.onnx": b"onnx-of-trial-1"})
+    put_trial(plane, azurite, f"{p}_1", {"history.jsonl": history(epoch(1, 0.7, 0.5, True))})
+    set_job_status(plane, p, "Canceled")
+    ends = {e["trial"]: e for e in (parse_line(line.text) for line in backend.log_lines(run))
+            if e and e["type"] == "trial_end"}
+    assert (ends["t02"]["status"], ends["t02"]["stopped"]) == ("canceled", "time_budget")
+    backend.download(run, run.run_dir / "outputs")
+    rows = {row["trial"]: row for row in json.loads((run.run_dir / "outputs" / "search.json").read_text())["trials"]}
+    assert (rows["t01"]["stopped"], rows["t02"]["stopped"], rows["t03"]["status"]) == \
+        ("completed", "time_budget", "not_started")
 
 
 def test_a_run_record_without_a_search_is_still_a_command_job(tmp_path, plane, azurite, monkeypatch):
     """No trials: the backend submits the command job exactly as before."""
-    from orchestrator.backends.azure import job as job_module
-
-    built = job_module.build_job
-
-    def build(plan):
-        command = built(plan)
-        command.code = f"{WS}/codes/remote-scripts/versions/1"
-        command.environment = f"{WS}/environments/orchestrate/versions/1"
-        return command
-    monkeypatch.setattr(job_module, "build_job", build)
+    code_and_environment_as_arm_ids(monkeypatch)
     backend = AzureBackend(seam_factory=real_seam(plane, azurite), say=lambda line: None)
     run = backend.submit(spec(tmp_path, trials=None))
     (_, body), = plane.job_puts

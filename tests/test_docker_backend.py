@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from conftest import wait_for
 from imagegen import make_dataset
 from orchestrator.backends import docker as docker_backend
 from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, RUNNING, JobSpec, RunRef
@@ -48,13 +49,6 @@ def make_spec(root, data, train_args, base_image):
 
 def containers_of(client, run_id):
     return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
-
-
-def wait_for(predicate, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def submit_and_wait(tmp_path, docker_client, offline_base, train_args):
@@ -545,24 +539,28 @@ def test_no_mirror_anywhere_asks_for_one(tmp_path):
 
 def test_cli_ctrl_c_detaches_and_cancel_removes_the_container(tmp_path, docker_client, offline_base,
                                                                training_image):
-    from conftest import ORCHESTRATE, run_cli
+    from conftest import ORCHESTRATE, default_sigint, run_cli
 
     data = make_dataset(tmp_path / "data", per_class=12, size=32)
-    train = subprocess.Popen(
-        [str(ORCHESTRATE), "train", data, "--backend", "docker", "--base-image", offline_base, "--gpus", "none",
-         "--runs-dir", tmp_path / "runs", "--arch", "resnet18", "--weights", "none", "--image-size", "64",
-         "--mode", "full", "--epochs", "500", "--patience", "500"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: list((tmp_path / "runs").glob("*/spec.json")), "the run folder")
-        (run_dir,) = (tmp_path / "runs").iterdir()
-        wait_for(lambda: containers_of(docker_client, run_dir.name), "the container")
-        time.sleep(3)  # let the client stream for a while
-        assert train.poll() is None
-        train.send_signal(signal.SIGINT)
-        out, err = train.communicate(timeout=30)
-    finally:
-        train.kill()
+    train_err = tmp_path / "train.err"
+    with open(train_err, "wb") as err_file:
+        train = subprocess.Popen(
+            [str(ORCHESTRATE), "train", data, "--backend", "docker", "--base-image", offline_base, "--gpus", "none",
+             "--runs-dir", tmp_path / "runs", "--arch", "resnet18", "--weights", "none", "--image-size", "64",
+             "--mode", "full", "--epochs", "500", "--patience", "500"],
+            stdout=subprocess.DEVNULL, stderr=err_file, preexec_fn=default_sigint)
+        try:
+            wait_for(lambda: list((tmp_path / "runs").glob("*/spec.json")), "the run folder")
+            (run_dir,) = (tmp_path / "runs").iterdir()
+            wait_for(lambda: containers_of(docker_client, run_dir.name), "the container")
+            # the client streams the job's log: the Ctrl-C comes once it has shown an epoch
+            wait_for(lambda: "epoch 1/500" in train_err.read_text() or train.poll() is not None, "the first epoch")
+            assert train.poll() is None, train_err.read_text()
+            train.send_signal(signal.SIGINT)
+            train.wait(timeout=30)
+        finally:
+            train.kill()
+    err = train_err.read_text()
     assert train.returncode == 130 and "Re-attach with: orchestrate logs" in err, err
     assert [c.status for c in containers_of(docker_client, run_dir.name)] == ["running"]
 

@@ -7,12 +7,12 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import wait_for
 from orchestrator.dataset.pack import default_pack_dir, pack_dataset
 from orchestrator.storage import packed_blob
 from orchestrator.storage.blob import connect, parse_uri
@@ -120,31 +120,66 @@ def test_data_upload_packs_by_default_and_no_pack_keeps_the_loose_layout(dataset
     assert code == 2 and "packing options" in err and "Traceback" not in err
 
 
-def test_upload_killed_at_random_points_resumes_to_a_complete_copy(tmp_path, dataset, container, env):
-    """`orchestrate data upload` is killed (SIGKILL) several times while it packs and sends; each
-    rerun continues, and the final copy matches the source blob for blob."""
+def shard_names(container, prefix):
+    """The shard blobs under `prefix` now (none while the upload has not created the container)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return set(container.list_blob_names(name_starts_with=f"{prefix}/shards/"))
+    except ResourceNotFoundError:
+        return set()
+
+
+def sent_at_least(proc, container, wanted):
+    """Whether the upload `proc` has ended or the container shows `wanted` shards. The upload is
+    stopped (SIGSTOP) while the container is listed, and left stopped when the answer is yes: it
+    cannot send the rest between this look and its kill, however long the listing takes."""
+    proc.send_signal(signal.SIGSTOP)
+    if proc.poll() is not None or len(shard_names(container, "pets")) >= wanted:
+        return True
+    proc.send_signal(signal.SIGCONT)
+    return False
+
+
+def test_upload_killed_while_sending_resumes_to_a_complete_copy(tmp_path, dataset, container, env):
+    """`orchestrate data upload` is killed (SIGKILL) three times while it sends shards, each time
+    once the container shows a random 1 to 4 more of them than before that run (an observable
+    point, not a time: a slow machine still kills it mid-upload); the final run sends only what
+    is missing, and the copy matches the source blob for blob. The upload runs only between two
+    looks at the container (sent_at_least), and has ~440 shards to send: far more than a run
+    gets out while the test sleeps between looks."""
     rng = random.Random(7)
-    for i in range(200):  # more data (10 MB): each run takes long enough to be killed in the middle
-        (dataset / "fox" / f"big{i:03d}.png").write_bytes(os.urandom(50_000))
+    for i in range(400):  # 34 kB each: one to a 64 KiB shard, ~440 shards in all (16 MB)
+        (dataset / "fox" / f"big{i:03d}.png").write_bytes(os.urandom(34_000))
     command = [ORCHESTRATE, "data", "upload", str(dataset), "--to", f"az://{ACCOUNT}/{container.container_name}/pets",
-               "--shard-size", "0.25"]
+               "--shard-size", "0.0625"]
     environment = {**os.environ, **env}
-    kills = 0
-    for _ in range(5):
-        proc = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.2, 1.2))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    present = set()
+    for kill in range(3):
+        wanted = len(present) + rng.randint(1, 4)
+        with open(tmp_path / f"upload-{kill}.err", "wb") as err:
+            proc = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                wait_for(lambda: sent_at_least(proc, container, wanted), f"run {kill + 1} sending shard {wanted}")
+            finally:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL, (tmp_path / f"upload-{kill}.err").read_text()  # killed, not ended
+        now = shard_names(container, "pets")
+        assert now > present  # this run sent some before it was killed
+        present = now
+    assert not container.get_blob_client("pets/index.json").exists()  # no run got as far as the index
     done = subprocess.run(command + ["--json"], env=environment, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert kills >= 2
+    final = json.loads(done.stdout)
+    # it resumed: skipped what the killed runs had sent (a request in flight at a kill may still
+    # have landed after the listing, hence >=), and sent the rest
+    assert final["shards_skipped"] >= len(present) > 0 and final["shards_sent"] > 0
+    assert final["shards_skipped"] + final["shards_sent"] == final["pack"]["shards"] and final["images"] == 520
     check_remote_against_source(container, "pets", dataset)
     assert not any(p.name.startswith(".partial") for p in (default_pack_dir(dataset) / "shards").iterdir())
-    final = json.loads(done.stdout)
     repeat = subprocess.run(command + ["--json"], env=environment, capture_output=True, text=True, timeout=120)
-    assert json.loads(repeat.stdout)["bytes_sent"] == 0 and final["images"] == 320
+    assert json.loads(repeat.stdout)["bytes_sent"] == 0
 
 
 def test_list_and_gc_remove_only_shards_no_index_names(tmp_path, dataset, container, env, run):

@@ -4,6 +4,9 @@ Predictions must equal `orchestrate predict` on the same files (multipart, base6
 requests at once), and every kind of bad input -- bodies that are not JSON, not base64, not an
 image, the wrong content type, too large in bytes or, by their header, in pixels -- must be a 4xx
 answer with a JSON `{"error": ...}`, never a 500, with the server still healthy afterwards.
+Hostile clients, over raw sockets: a Host header not trusted (DNS rebinding), more connections
+than allowed, requests that stall or trickle, and abandoned 19 MB uploads, whose memory the
+server's process (its VmRSS) must give back.
 """
 import base64
 import io
@@ -13,9 +16,11 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,11 +29,15 @@ from PIL import Image
 
 from remote_scripts import imaging
 
-from serving import free_port, running_server, train_tiny_model
+from conftest import wait_for
+from orchestrator.errors import UserError
+from orchestrator.inference.serve_settings import trusted_hosts
+from serving import free_port, running_server, server_process, train_tiny_model
 
 pytestmark = pytest.mark.slow
 
 MAX_BYTES = 200_000  # small, so the oversized bodies of the tests stay small too
+READ_TIMEOUT = 4     # the guarded server's --read-timeout: short for the tests, long for a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +49,22 @@ def model(tmp_path_factory):
 def server(model):
     with running_server(model[0], "--max-bytes", MAX_BYTES) as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="module")
+def guarded(model):
+    """A server with small limits: two connections, four seconds to send a request, two more hosts."""
+    with running_server(model[0], "--max-connections", 2, "--read-timeout", READ_TIMEOUT,
+                        "--allowed-host", "serve.example", "--allowed-host", "*.apps.example") as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def open_server(model, tmp_path_factory):
+    """A server with the default limits that answers any Host: (base URL, its process, its log)."""
+    log = tmp_path_factory.mktemp("open") / "serve.log"
+    with server_process(model[0], "--allowed-host", "*", log_path=log) as (base_url, process):
+        yield base_url, process, log
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +336,7 @@ def test_serve_help_loads_neither_fastapi_nor_the_model_runtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--max-pixels" in out.stdout and "50000000" in out.stdout
+    assert all(option in out.stdout for option in ("--allowed-host", "--max-connections", "--read-timeout"))
     assert "HEAVY []" in out.stdout
 
 
@@ -378,7 +404,11 @@ def test_several_workers_serve_the_same_answers(model, images, expected):
             assert_same_prediction(answer.json(), expected[str(path)])
 
 
-def test_a_missing_model_or_a_busy_port_is_one_line_and_exit_2(model, cli, tmp_path):
+def test_a_missing_model_a_busy_port_or_a_bad_host_pattern_is_one_line_and_exit_2(model, cli, tmp_path):
+    for pattern, reason in [("a*.example", "wildcard"), ("*example.com", "wildcard"), ("serve.example:80", "port")]:
+        bad = cli("serve", model[0], "--allowed-host", pattern, timeout=60)
+        assert bad.returncode == 2 and reason in bad.stderr and pattern in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
     missing = cli("serve", tmp_path / "nope.onnx", timeout=60)
     assert missing.returncode == 2 and missing.stderr.startswith("error:")
     assert len(missing.stderr.strip().splitlines()) == 1
@@ -392,3 +422,191 @@ def test_a_missing_model_or_a_busy_port_is_one_line_and_exit_2(model, cli, tmp_p
         taken = cli("serve", model[0], "--port", busy.getsockname()[1], timeout=60)
     assert taken.returncode == 2 and "already in use" in taken.stderr
     assert len(taken.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile clients: hosts, connections, time, memory
+
+
+def send_head(sock, length, host="localhost", path="/predict"):
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode())
+
+
+def read_until_closed(sock, limit):
+    """Everything the server sends until it closes the connection, and the seconds that took."""
+    sock.settimeout(limit)
+    started, answer = time.monotonic(), b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer, time.monotonic() - started
+
+
+def test_an_untrusted_host_gets_400_not_a_prediction(server, images):
+    """DNS rebinding: a page of evil.example that resolves its name to 127.0.0.1 sends Host: evil.example."""
+    base = server.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{base}", "127.0.0.1.evil.example", "[::2]"):
+        refused = httpx.post(f"{server}/predict", json={"data": b64(images[0])}, headers={"host": host})
+        assert refused.status_code == 400 and refused.text == "Invalid host header", (host, refused.text)
+    for host in ("localhost", f"localhost:{base}", "127.0.0.1", "[::1]", "LocalHost"):
+        answered = httpx.post(f"{server}/predict", json={"data": b64(images[0])}, headers={"host": host})
+        assert answered.status_code == 200 and "label" in answered.json(), (host, answered.text)
+
+
+def test_allowed_host_adds_names_and_a_star_admits_any(guarded, open_server):
+    for host, status in [("serve.example", 200), ("serve.example:8000", 200), ("a.apps.example", 200),
+                         ("apps.example", 400), ("evil.example", 400), ("localhost", 200)]:
+        assert httpx.get(f"{guarded}/health", headers={"host": host}).status_code == status, host
+    open_url = open_server[0]
+    for host in ("evil.example", "anything.at.all:1234"):
+        assert httpx.get(f"{open_url}/health", headers={"host": host}).status_code == 200, host
+
+
+def test_the_trusted_hosts_are_loopback_the_bind_address_and_the_allowed_ones():
+    loopback = ["localhost", "127.0.0.1", "[::1]"]
+    assert trusted_hosts("127.0.0.1") == loopback
+    assert trusted_hosts("10.1.2.3") == [*loopback, "10.1.2.3"]
+    assert trusted_hosts("fe80::1") == [*loopback, "[fe80::1]"]
+    assert trusted_hosts("0.0.0.0") == trusted_hosts("::") == loopback  # not a name any client sends
+    assert trusted_hosts("0.0.0.0", ["Serve.Example", "2001:db8::7", "*.apps.example", "*"]) == [
+        *loopback, "serve.example", "[2001:db8::7]", "*.apps.example", "*"]
+    for bad in ("a*b", "*example.com", "**", "serve.example:8000"):
+        with pytest.raises(UserError, match="--allowed-host"):
+            trusted_hosts("127.0.0.1", [bad])
+
+
+def test_a_body_that_stalls_or_trickles_gets_408_and_its_connection_closed(guarded):
+    """The whole body has --read-timeout from its headers on: a byte now and then does not extend it."""
+    with socket.create_connection(("127.0.0.1", int(guarded.rsplit(":", 1)[1]))) as stalled:
+        send_head(stalled, 1000)
+        stalled.sendall(b'{"data": "AAAA')
+        answer, seconds = read_until_closed(stalled, READ_TIMEOUT + 30)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in answer.lower() and b"--read-timeout" in answer
+    assert READ_TIMEOUT - 0.5 < seconds < READ_TIMEOUT + 25
+
+    with socket.create_connection(("127.0.0.1", int(guarded.rsplit(":", 1)[1]))) as trickling:
+        send_head(trickling, 1000)
+        closed = threading.Event()
+
+        def trickle():
+            while not closed.wait(0.3):
+                try:
+                    trickling.sendall(b"A")
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            answer, seconds = read_until_closed(trickling, READ_TIMEOUT + 30)
+        finally:
+            closed.set()
+            sender.join()
+    assert answer.startswith(b"HTTP/1.1 408 ") and seconds < READ_TIMEOUT + 25
+    assert httpx.get(f"{guarded}/health").status_code == 200
+
+
+def test_a_silent_connection_or_unfinished_headers_are_closed_after_the_read_timeout(guarded):
+    """Closed, and not before: each socket stays open the whole --read-timeout from its connection."""
+    port = int(guarded.rsplit(":", 1)[1])
+    opened = time.monotonic()  # before the server can have taken either in, so its timers start later
+    with socket.create_connection(("127.0.0.1", port)) as silent, \
+            socket.create_connection(("127.0.0.1", port)) as halfway:
+        halfway.sendall(b"GET /health HTTP/1.1\r\nHost: loc")
+        for sock in (silent, halfway):
+            answer, seconds = read_until_closed(sock, READ_TIMEOUT + 30)
+            assert answer == b""
+            assert seconds < READ_TIMEOUT + 25
+            assert time.monotonic() - opened > READ_TIMEOUT - 0.5
+    assert httpx.get(f"{guarded}/health").status_code == 200
+
+
+def test_connections_beyond_the_limit_get_503_until_one_closes(model):
+    """A server of its own, whose --read-timeout no loaded machine outlasts: the holders' uploads are
+    not cut off with a 408 (which frees their connections) before the third one is asked."""
+    with running_server(model[0], "--max-connections", 2, "--read-timeout", 600) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        holders = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            for sock in holders:  # two uploads in progress: --max-connections 2
+                send_head(sock, 1000)
+                sock.sendall(b'{"data": "')
+            answers = []  # the server may not have taken the two in yet: asked until it has
+            wait_for(lambda: answers.append(httpx.get(f"{base_url}/health")) or answers[-1].status_code == 503,
+                     "a third connection refused", timeout=60)
+            assert answers[-1].text == "Service Unavailable"
+        finally:
+            for sock in holders:
+                sock.close()
+        wait_for(lambda: httpx.get(f"{base_url}/health").status_code == 200, "served again once they closed",
+                 timeout=20)
+
+
+def test_the_default_connection_limit_serves_the_benchmarks_clients(server, images):
+    """benchmarks/serve.py posts from 8 clients at once; 16 here, all kept open, all answered."""
+    clients = [httpx.Client(timeout=60) for _ in range(16)]
+    try:
+        for client in clients:  # every connection open at once before any of them is answered
+            assert client.get(f"{server}/health").status_code == 200
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda c: c.post(f"{server}/predict", json={"data": b64(images[0])}), clients))
+        assert [a.status_code for a in answers] == [200] * 16
+    finally:
+        for client in clients:
+            client.close()
+
+
+def vm_rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def bytes_in_flight(port):
+    """Bytes sent to `port` and not yet read by the server: the client sockets' send queues and the
+    server sockets' receive queues, from /proc/net/tcp."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state, queues = line.split()[1:5]
+        send_queue, receive_queue = (int(q, 16) for q in queues.split(":"))
+        if state == "01" and int(local.split(":")[1], 16) == port:
+            total += receive_queue
+        elif state == "01" and int(remote.split(":")[1], 16) == port:
+            total += send_queue
+    return total
+
+
+def test_ten_abandoned_19_mb_uploads_give_their_memory_back(open_server, images):
+    """Ten clients send 19 MB JSON bodies at once, in 64 KB pieces, and hang up before the end while
+    others are being answered: the server's resident memory must come back within 50 MB of where
+    it was, and the hang-ups are no errors in its log."""
+    base_url, process, log = open_server
+    port = int(base_url.rsplit(":", 1)[1])
+    # ONNX Runtime allocates its buffers on the first inference: made before, not counted as held.
+    assert httpx.post(f"{base_url}/predict", json={"data": b64(images[0])}).status_code == 200
+    before = vm_rss_mb(process.pid)
+    body_size, piece = 19_000_000, b"A" * 65536
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    try:
+        for sock in clients:
+            send_head(sock, body_size, host="127.0.0.1")
+            sock.sendall(b'{"data": "')
+        for _ in range((body_size - 1_000_000) // len(piece)):  # interleaved, as many clients' pieces arrive
+            for sock in clients:
+                sock.sendall(piece)
+        wait_for(lambda: bytes_in_flight(port) == 0, "the server reading what was sent", timeout=60)
+        for _ in range(3):  # the others' requests leave objects that live on above the pieces on the heap
+            assert httpx.post(f"{base_url}/predict", json={"data": b64(images[0])}).status_code == 200
+        held = vm_rss_mb(process.pid)
+    finally:
+        for sock in clients:
+            sock.close()
+    assert held - before > 80, (before, held)  # the bodies were held: a real test of giving back
+    deadline = time.monotonic() + 30  # the server notices the hang-ups as its loop gets to them
+    while (now := vm_rss_mb(process.pid)) >= before + 50 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert now < before + 50, f"VmRSS {before:.0f} MB before, {held:.0f} MB held, {now:.0f} MB after"
+    assert httpx.get(f"{base_url}/health").status_code == 200
+    assert "Exception in ASGI application" not in log.read_text()

@@ -1,10 +1,12 @@
 """`orchestrate serve`: put a trained model behind HTTP (the app: orchestrator.inference.serve)."""
+import functools
 import json
 import os
 
 import click
 
-from ..inference.serve_settings import CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, check_port_free
+from ..inference.serve_settings import (CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PIXELS,
+                                        DEFAULT_READ_TIMEOUT, EVERY_INTERFACE, check_port_free, trusted_hosts)
 from .predict import resolve_model
 
 
@@ -21,7 +23,18 @@ from .predict import resolve_model
               help="Largest request body accepted (413 beyond).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest image accepted, in pixels, read from its header before decoding (413 beyond).")
-def serve(model, host, port, workers, max_bytes, max_pixels):
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests whose Host header is NAME (repeatable; '*.example.com' for its "
+                   "subdomains, '*' for any, behind a proxy that checks Host itself). By default only "
+                   "localhost, 127.0.0.1, [::1] and the --host address: other names get 400, so that no web "
+                   "page can reach the service through a name of its own (DNS rebinding).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS, show_default=True,
+              help="Connections open at once, per worker process; a request while more are open gets 503.")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_READ_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Time a client has to send a request's headers (from its connection or its last answer "
+                   "on), and then its body; beyond, the connection is closed (after a 408 for a body).")
+def serve(model, host, port, workers, max_bytes, max_pixels, allowed_hosts, max_connections, read_timeout):
     """Serve a model file or the model of a run over HTTP, with a web page at /.
 
     \b
@@ -36,21 +49,30 @@ def serve(model, host, port, workers, max_bytes, max_pixels):
     """
     import uvicorn
 
+    from ..inference.serve import HeaderDeadline, create_app  # fastapi: loaded by the command, not by --help
+
+    hosts = trusted_hosts(host, allowed_hosts)
     model_path = resolve_model(model).resolve()
     check_port_free(host, port)
-    banner = f"serving {model_path} on http://{host}:{port}/ (API docs: /docs); Ctrl-C stops"
+    answering = "any Host header" if "*" in hosts else "Host " + ", ".join(hosts)
+    banner = f"serving {model_path} on http://{host}:{port}/ (API docs: /docs) for {answering}; Ctrl-C stops"
+    if host in EVERY_INTERFACE and "*" not in hosts:
+        banner += "\nlistening on every interface: other machines are answered for the names --allowed-host gives"
+    # uvicorn answers 503 once the open connections reach its limit, the asking one included.
+    limits = {"limit_concurrency": max_connections + 1, "log_level": "info",
+              "http": functools.partial(HeaderDeadline, read_timeout=read_timeout)}
     if workers == 1:
-        from ..inference.serve import create_app  # fastapi: loaded by the command, not by --help
-
-        app = create_app(model_path, max_bytes=max_bytes, max_pixels=max_pixels)  # a bad model fails here
+        app = create_app(model_path, max_bytes=max_bytes, max_pixels=max_pixels, allowed_hosts=hosts,
+                         read_timeout=read_timeout)  # a bad model fails here
         click.echo(banner, err=True)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, **limits)
         return
     from ..inference.classifier import OnnxClassifier
 
     OnnxClassifier(model_path)  # a bad model fails here, in one line, rather than in every worker
     # Worker processes build their own app from an import string; the settings travel in the environment.
-    os.environ[CONFIG_ENV] = json.dumps({"model": str(model_path), "max_bytes": max_bytes, "max_pixels": max_pixels})
+    os.environ[CONFIG_ENV] = json.dumps({"model": str(model_path), "max_bytes": max_bytes, "max_pixels": max_pixels,
+                                         "allowed_hosts": hosts, "read_timeout": read_timeout})
     click.echo(banner, err=True)
     uvicorn.run("orchestrator.inference.serve:app_from_environment", factory=True, host=host, port=port,
-                workers=workers, log_level="info")
+                workers=workers, **limits)

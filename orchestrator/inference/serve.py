@@ -8,17 +8,23 @@ the service answers what `orchestrate predict` answers for the same file.
 One ONNX Runtime session serves every request: its run is thread-safe, and decoding plus inference
 run in worker threads (at most one per CPU), off the event loop, so slow clients never stall the
 others and a queue of large uploads never holds more decoded images than there are cores. Input from the
-network is untrusted: bodies are capped in bytes before they are read whole, images in pixels by
-their header before they are decoded (a 100-byte PNG can claim 100000x100000 pixels), and every
-bad input is a 4xx answer `{"error": "..."}`, never a 500.
+network is untrusted: bodies are capped in bytes before they are read whole and in time while they
+arrive, images in pixels by their header before they are decoded (a 100-byte PNG can claim
+100000x100000 pixels), and every bad input is a 4xx answer `{"error": "..."}`, never a 500. Two
+refusals come from the libraries before the app: a Host header not trusted (DNS rebinding: a web
+page posting to the service under a name of its own) is Starlette's 400 "Invalid host header", and
+a request while --max-connections are open is uvicorn's 503 "Service Unavailable".
 """
 import base64
 import binascii
+import ctypes
+import functools
 import json
 import os
 from importlib import resources
 
 import anyio
+import h11
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,12 +32,17 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .classifier import EMPTY, TOO_LARGE, UNREADABLE, ImageRejected, OnnxClassifier, decode_threads
-from .serve_settings import CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS  # noqa: F401 (re-exported)
+from .serve_settings import (CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,  # noqa: F401 (re-exported)
+                             DEFAULT_READ_TIMEOUT, LOOPBACK_HOSTS)
 
 DEFAULT_TOP_K = 5
 MAX_BATCH = 64                        # images per /predict/batch request
+RELEASE_AFTER = 1024 * 1024           # a body this large, once dropped, is followed by giving memory back
 # The answer to each reason the classifier's loader refuses an image for.
 STATUS_OF = {EMPTY: 400, TOO_LARGE: 413, UNREADABLE: 422}
 
@@ -43,10 +54,11 @@ FORM_TYPE = "multipart/form-data"
 class BadInput(Exception):
     """A request the service refuses: answered with `status` and `{"error": message}`."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class Scored(BaseModel):
@@ -104,16 +116,27 @@ class Predictor:
                 for (name, _), (probs, error) in zip(items, scored, strict=True)]
 
 
-class BodySizeLimit:
-    """ASGI middleware: a body over max_bytes is refused with 413 before the app holds it all.
+class BodyLimits:
+    """ASGI middleware: a request body is capped in bytes and in time, and its memory given back after.
 
-    A declared Content-Length is checked before anything is read; a chunked body is counted as it
-    arrives and stopped at the limit (BadInput raised inside the endpoint that reads it).
+    Bytes: a declared Content-Length over max_bytes is refused with 413 before anything is read; a
+    chunked body is counted as it arrives and stopped at the limit (BadInput raised inside the
+    endpoint that reads it).
+    Time: the whole body must arrive within `timeout` seconds of its request's headers, or the answer
+    is 408 and the connection is closed. uvicorn has no such timeout (its keep-alive timeout runs
+    between requests only), so a client that stalls or trickles mid-body would hold one of the
+    --max-connections for as long as it likes. (The headers have theirs in HeaderDeadline.)
+    Memory: a client gone mid-body is nobody to answer and no fault of the service to log. Once a
+    large body is abandoned or refused (408, 413), the heap's free pages go back to the system, in a
+    worker thread: malloc_trim takes 5-50 ms, which on the event loop would stall every connection.
+    A body answered is not followed by one: every ordinary 2-8 MB photo would pay for it, and what
+    answered requests free is reused by the requests after them.
     """
 
-    def __init__(self, app, max_bytes):
+    def __init__(self, app, max_bytes, timeout):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     def too_large(self):
         return BadInput(413, f"request body larger than the limit of {self.max_bytes} bytes (--max-bytes)")
@@ -126,18 +149,95 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await send_json(send, 413, {"error": self.too_large().message})
             return
+        deadline = anyio.current_time() + self.timeout
         received = 0
+        complete = False
+        dropped = False  # the body was refused (408, 413) or its client went away before its end
 
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
+        async def limited_receive():
+            nonlocal received, complete, dropped
+            if complete:  # after the body only a disconnect can come, whenever it comes
+                return await receive()
+            try:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+                    message = await receive()
+            except TimeoutError:
+                dropped = True
+                raise BadInput(408, f"the request body did not arrive within {self.timeout:g} s (--read-timeout)",
+                               headers={"connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
+                    dropped = True
                     raise self.too_large()
             return message
 
-        await self.app(scope, counted_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        except ClientDisconnect:  # gone mid-body: nobody to answer, and no fault of the service to log
+            dropped = True
+        if dropped and received >= RELEASE_AFTER:
+            await anyio.to_thread.run_sync(release_freed_memory)
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, closed when it leaves a request's headers unfinished too long.
+
+    uvicorn times a connection out only after a response (its keep-alive timeout), and any byte that
+    arrives cancels even that: a connection opened and left silent, or sent half a request line,
+    would hold one of the --max-connections for good, and that many such sockets would shut every
+    client out. Here, from the connection's start and from each response on, the next request's
+    headers must be complete within `read_timeout` seconds; a request being answered is left alone
+    (its body has BodyLimits' deadline), but one answered early, whose body still trickles in, is not.
+    uvicorn builds its protocol objects itself: pass functools.partial(HeaderDeadline, read_timeout=T)
+    as its `http`.
+    """
+
+    def __init__(self, *args, read_timeout, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+        self.header_timer = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.await_headers()
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        self.await_headers()
+
+    def connection_lost(self, exc):
+        super().connection_lost(exc)
+        self.header_timer.cancel()
+
+    def await_headers(self):
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+        self.header_timer = self.loop.call_later(self.read_timeout, self.headers_overdue)
+
+    def headers_overdue(self):
+        if self.conn.our_state is not h11.SEND_RESPONSE:
+            self.transport.close()
+
+
+@functools.cache
+def malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def release_freed_memory():
+    """Give the pages of freed heap memory back to the system (glibc's malloc_trim(0)).
+
+    Why: a body arrives in 64 KB pieces, and those of several connections at once are interleaved
+    on the heap with objects that live on; freed, the pieces stay with the process, since a heap
+    only shrinks from its top. Ten bodies of 19 MB abandoned mid-upload kept 110 MB that way, for
+    good. malloc_trim returns every free page wherever it lies, in every thread's arena.
+    """
+    trim = malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 async def send_json(send, status, body):
@@ -244,8 +344,13 @@ ERRORS = {status: {"description": why, "content": {"application/json": {"example
                               (415, "neither multipart/form-data nor JSON"), (422, "not a readable image")]}
 
 
-def create_app(model_path, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS):
-    """The ASGI app serving the model at model_path (UserError when it is not a usable model)."""
+def create_app(model_path, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS, allowed_hosts=LOOPBACK_HOSTS,
+               read_timeout=DEFAULT_READ_TIMEOUT):
+    """The ASGI app serving the model at model_path (UserError when it is not a usable model).
+
+    allowed_hosts: the Host header values answered (serve_settings.trusted_hosts); any other gets
+    Starlette's 400 "Invalid host header" before the request reaches the app.
+    """
     classifier = OnnxClassifier(model_path, max_pixels=max_pixels)
     predictor = Predictor(classifier)
     # Predictions at once: one per CPU keeps every core busy (one decoding while another is in ONNX
@@ -255,11 +360,12 @@ def create_app(model_path, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_P
     app = FastAPI(title="orchestrate serve", version="1",
                   description=f"Image classification with `{classifier.path.name}`: "
                               f"{len(classifier.labels)} labels, input {classifier.preprocess['size']}.")
-    app.add_middleware(BodySizeLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimits, max_bytes=max_bytes, timeout=read_timeout)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
 
     @app.exception_handler(BadInput)
     async def bad_input(request, exc):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):  # 404, 405, a malformed multipart body (400) ...
@@ -313,4 +419,5 @@ def create_app(model_path, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_P
 def app_from_environment():
     """create_app with the settings `orchestrate serve` put in CONFIG_ENV: uvicorn's factory for workers."""
     config = json.loads(os.environ[CONFIG_ENV])
-    return create_app(config["model"], max_bytes=config["max_bytes"], max_pixels=config["max_pixels"])
+    return create_app(config["model"], max_bytes=config["max_bytes"], max_pixels=config["max_pixels"],
+                      allowed_hosts=config["allowed_hosts"], read_timeout=config["read_timeout"])

@@ -1,16 +1,22 @@
-"""What `orchestrate serve` needs before its app exists: the defaults of its limits, how it hands its
-settings to worker processes, and the check that its port is free.
+"""What `orchestrate serve` needs before its app exists: the defaults of its limits, the Host names it
+answers to, how it hands its settings to worker processes, and the check that its port is free.
 
 Standard library only, so that `orchestrate serve --help` and the CLI's option table never import
 fastapi (half a second); the app itself is orchestrator.inference.serve.
 """
 import errno
+import ipaddress
 import socket
 
 from ..errors import UserError
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # a request body; a phone photo is 2-8 MB, base64 adds a third
 DEFAULT_MAX_PIXELS = 50_000_000       # an image, by its header: a 50-megapixel photo decodes to 150 MB
+DEFAULT_MAX_CONNECTIONS = 64          # per process: benchmarks/serve.py's 8 clients many times over
+DEFAULT_READ_TIMEOUT = 60.0           # seconds for a request's headers, then for its body: 20 MB at 3 Mbit/s
+# Names of this machine no web site can point elsewhere: the Host check admits them by default.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
 # How `orchestrate serve --workers N` hands its settings to worker processes, which uvicorn starts
 # from an import string (serve.app_from_environment) rather than from an app object.
 CONFIG_ENV = "ORCHESTRATE_SERVE_CONFIG"
@@ -34,3 +40,33 @@ def check_port_free(host, port):
             if exc.errno == errno.EADDRINUSE:
                 raise UserError(f"port {port} on {host} is already in use (choose another with --port)") from None
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def trusted_hosts(bind_host, allowed=()):
+    """The Host header values the service answers: loopback names, the address it listens on, `allowed`.
+
+    Why check at all: a web page can point a name of its own at 127.0.0.1 (DNS rebinding) and then
+    make the visitor's browser post to the service as if same-origin; only the Host header gives
+    that away. A wildcard bind address is not a name clients use, so it adds nothing: the machine's
+    other names must be allowed by the user. "*" admits every Host (behind a proxy that checks it),
+    "*.example.com" a domain's subdomains; anything else with a "*" is a UserError, as is a port.
+    """
+    hosts = list(LOOPBACK_HOSTS)
+    if bind_host not in EVERY_INTERFACE:
+        hosts.append(bracketed(bind_host))
+    for name in allowed:
+        if name != "*" and "*" in name and not (name.startswith("*.") and "*" not in name[2:]):
+            raise UserError(f"--allowed-host {name!r}: a wildcard is '*' alone or leads a domain: '*.example.com'")
+        host = bracketed(name)
+        if ":" in host and not host.startswith("["):
+            raise UserError(f"--allowed-host {name!r}: give the name without a port")
+        hosts.append(host)
+    return list(dict.fromkeys(host.lower() for host in hosts))
+
+
+def bracketed(host):
+    """An IPv6 address as a Host header writes it ([::1]); any other name unchanged."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
