@@ -193,16 +193,42 @@ def test_a_long_queue_says_why_from_the_compute_get(tmp_path, plane, monkeypatch
     said = []
     backend = AzureBackend(seam_factory=real_seam(plane), sleep=sleep, say=said.append, clock=clock)
     assert list(backend.log_lines(run_dir_for(tmp_path, plane, "run-4"))) == []
-    waits = [line for line in said if " s; " in line]
-    assert waits == ["Azure ML job: Queued for 75 s; compute gpu-t4: Resizing allocation, 0 of 1 target "
-                     "node(s) (1 preparing); nodes are being allocated (this can take minutes; low-priority "
-                     "may wait longer)"]
+    waits = [line for line in said if " s: " in line]
+    assert waits == ["Azure ML job: Queued for 75 s: queued on the cluster, waiting for its nodes; compute "
+                     "gpu-t4: Resizing allocation, 0 of 1 target node(s) (1 preparing); nodes are being "
+                     "allocated (this can take minutes; low-priority may wait longer)"]
     assert said[0] == "Azure ML job: Queued" and said[-1] == "Azure ML job: Canceled"
     # provisioning errors of the cluster are named
     plane.computes["gpu-t4"] = aml_compute("gpu-t4", allocation="Steady", target=0,
                                            errors=[compute_error("QuotaExceeded", "Quota exceeded for NCASv3_T4")])
     line = AzureBackend._why_waiting(real_seam(plane)(WS_SETTINGS), "gpu-t4")
     assert line.endswith("errors: QuotaExceeded: Quota exceeded for NCASv3_T4")
+
+
+def test_a_long_preparing_is_the_image_build_not_the_cluster_nor_quota(tmp_path, plane):
+    """JobStatus Preparing: "The run environment is being prepared." (the service's enum, in
+    azure-ai-ml 1.35.2 _restclient/arm_ml_service/models/_enums.py); only Queued waits for nodes.
+    A cluster at 0 target nodes, as it is while the image builds, must not be blamed on quota."""
+    real_seam(plane)(WS_SETTINGS).submit(remote_job(plane, "run-7"))
+    set_job_status(plane, "run-7", "Preparing")
+    plane.computes["gpu-t4"] = aml_compute("gpu-t4", allocation="Steady", current=0, target=0)
+    clock, polls = Clock(), []
+
+    def sleep(seconds):
+        clock.now += 25
+        polls.append(seconds)
+        if len(polls) == 6:
+            set_job_status(plane, "run-7", "Canceled")
+
+    said = []
+    backend = AzureBackend(seam_factory=real_seam(plane), sleep=sleep, say=said.append, clock=clock)
+    plane.requests.clear()
+    assert list(backend.log_lines(run_dir_for(tmp_path, plane, "run-7"))) == []
+    waits = [line for line in said if " s: " in line]
+    assert waits == ["Azure ML job: Preparing for 75 s: the run environment is being prepared (its image is "
+                     "built and set up)"]
+    assert not any("quota" in line or "compute gpu-t4" in line for line in said)
+    assert not [p for m, p in plane.requests if "/computes/" in p]  # the cluster was not even asked
 
 
 def test_not_responding_ends_the_follow_with_a_line_but_not_the_run(tmp_path, plane):

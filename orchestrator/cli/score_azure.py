@@ -37,8 +37,9 @@ def refuse_azure_values(values):
 
 def azure_model(model_or_run):
     """The model of a score job: an Azure run's model.onnx where the workspace already holds it
-    (read in place), else the local file that `predict` would use (uploaded with the job), loaded
-    here first so that a file which is no orchestrate model fails now, not on every node."""
+    (read in place; a search's is its best trial's, refused while search.json does not name it),
+    else the local file that `predict` would use (uploaded with the job), loaded here first so
+    that a file which is no orchestrate model fails now, not on every node."""
     from ..backends.azure.score_job import azure_run_model_uri
     from ..inference.classifier import OnnxClassifier
     from .predict import resolve_model

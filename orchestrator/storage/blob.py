@@ -100,11 +100,16 @@ def container_client(container, *, account_url=None, credential=None, connection
     if hasattr(credential, "get_token"):
         _AZURE_AD[client] = role_scope or (f"$(az storage account show --name {client.account_name} "
                                            "--query id -o tsv)")
+    if connection_string:
+        _FROM_ENV.add(client)
     return client
 
 
 # ContainerClient -> the role scope to name when Azure AD access is refused (see container_client)
 _AZURE_AD = weakref.WeakKeyDictionary()
+# the clients whose key or SAS came from AZURE_STORAGE_CONNECTION_STRING, not from a datastore:
+# a refused key or SAS is fixed where it came from
+_FROM_ENV = weakref.WeakSet()
 
 
 def connect(target, environ):
@@ -320,25 +325,94 @@ def _azure_errors(container_client, doing):
         if exc.response is None:  # raised by azure.identity: no credential found
             raise UserError(redact(f"no Azure credentials for {endpoint}: set {CONNECTION_STRING_ENV} or "
                                    "sign in with `az login`")) from None
-        raise _refused(exc, endpoint, doing, container_client.container_name, role_scope) from None
+        raise refused(exc, doing, container_client.container_name, role_scope,
+                      from_env=container_client in _FROM_ENV) from None
     except HttpResponseError as exc:
-        raise _refused(exc, endpoint, doing, container_client.container_name, role_scope) from None
+        raise refused(exc, doing, container_client.container_name, role_scope,
+                      from_env=container_client in _FROM_ENV) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
         raise UserError(redact(f"cannot reach blob storage at {endpoint} while {doing} "
                                f"({type(exc).__name__}); check the account name and the network")) from None
 
 
-def _refused(exc, endpoint, doing, container_name, role_scope=None):
-    code = getattr(exc.error_code, "value", exc.error_code)  # azure gives a StorageErrorCode enum
+# The x-ms-error-code of a request whose account key or SAS the service did not accept: a rotated
+# key, an expired or revoked SAS (403 "Server failed to authenticate the request. Make sure the value
+# of Authorization header is formed correctly including the signature."; Azure Storage's common
+# error codes, https://learn.microsoft.com/rest/api/storageservices/common-rest-api-error-codes).
+# azure-storage-blob raises it as ClientAuthenticationError, the class azure-identity raises for a
+# failed sign-in, so the class alone cannot tell a storage refusal from an Azure AD one.
+KEY_REFUSED = "AuthenticationFailed"
+# the codes of that page that say the request's credential was not accepted (the 401s: none, or a
+# malformed or expired token), as opposed to one accepted but lacking a permission
+AUTHENTICATION_CODES = frozenset({KEY_REFUSED, "InvalidAuthenticationInfo", "NoAuthenticationInformation"})
+
+
+def storage_error_code(exc):
+    """The x-ms-error-code of an answer from the storage service; None for any other failure
+    (an Azure AD sign-in, a control-plane error), whose answers carry no such header."""
+    response = getattr(exc, "response", None)
+    return response.headers.get("x-ms-error-code") if response is not None else None
+
+
+def _credential_sent(exc):
+    """What the refused request carried: "account key", "SAS token", "Azure AD token" or None.
+    Read from the request itself (the Authorization scheme, a `sig` in the query), so it holds for
+    every client, ours or the SDK's, and never touches the secret's value."""
+    request = getattr(exc.response, "request", None)
+    if request is None:
+        return None
+    scheme = (request.headers.get("Authorization") or "").split(" ", 1)[0]
+    if scheme == "SharedKey":
+        return "account key"
+    if scheme == "Bearer":
+        return "Azure AD token"
+    return "SAS token" if "sig=" in urlsplit(request.url).query else None
+
+
+def refused(exc, doing=None, container_name=None, role_scope=None, from_env=None):
+    """One-line UserError for an error answer of the storage service: endpoint, HTTP status and the
+    service's error code, and what to do, which depends on the credential that was refused.
+
+    from_env: the key or SAS came from AZURE_STORAGE_CONNECTION_STRING (True), from the workspace's
+    datastore (False), or from either (None: the caller cannot tell)."""
+    code = getattr(exc, "error_code", None)  # azure-storage-blob sets it, a StorageErrorCode enum
+    code = getattr(code, "value", code) or storage_error_code(exc)
+    request = getattr(exc.response, "request", None)
+    parts = urlsplit(request.url) if request is not None else None
+    endpoint = f"{parts.scheme}://{parts.netloc}" if parts else "blob storage"
+    where = f" while {doing}" if doing else ""
+    where += f" in container '{container_name}'" if container_name else ""
+    answer = f"HTTP {exc.status_code} {code}"
+    sent = _credential_sent(exc)
     if code == "AuthorizationPermissionMismatch" and role_scope:
         # Owner and Contributor carry no blob data access: an Azure AD sign-in needs a data role
         return UserError(redact(
-            f"{endpoint} refused {doing} in container '{container_name}' (HTTP {exc.status_code} {code}): "
+            f"{endpoint} refused {doing} in container '{container_name}' ({answer}): "
             f"your Azure AD sign-in lacks the role \"{DATA_ROLE}\" on the storage account {role_scope}; "
             f"grant it with `az role assignment create --assignee $(az ad signed-in-user show --query id -o tsv) "
             f"--role \"{DATA_ROLE}\" --scope {role_scope}` (a service principal: --assignee its client id; "
             "roles take a few minutes to apply)"))
+    if code == KEY_REFUSED and sent in ("account key", "SAS token"):
+        return UserError(redact(f"{endpoint} did not accept the {sent}{where} ({answer}): "
+                                + _renew(sent, from_env)))
+    if sent == "Azure AD token" and code in AUTHENTICATION_CODES:
+        return UserError(redact(f"{endpoint} did not accept your Azure AD sign-in{where} ({answer}): "
+                                "run `az login` again, or check AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET"))
     hint = (f": check the credentials in {CONNECTION_STRING_ENV} or your Azure login, and their permissions"
             if exc.status_code in (401, 403) else "")
-    return UserError(redact(f"{endpoint} refused {doing} in container '{container_name}' "
-                            f"(HTTP {exc.status_code} {code}){hint}"))
+    return UserError(redact(f"{endpoint} refused {doing or 'the request'}"
+                            + (f" in container '{container_name}'" if container_name else "")
+                            + f" ({answer}){hint}"))
+
+
+def _renew(sent, from_env):
+    """What to do about a refused key or SAS, where it came from."""
+    why = "it may have been rotated" if sent == "account key" else "it may have expired or been revoked"
+    if from_env:
+        what = "the account's current key" if sent == "account key" else "a new SAS"
+        return f"{why}; put {what} in {CONNECTION_STRING_ENV}"
+    fix = ("give the workspace the new key (`az ml workspace sync-keys`) and update the datastore's credentials"
+           if sent == "account key" else "update the datastore's credentials with a new SAS")
+    also = f" (or renew {CONNECTION_STRING_ENV} if you set it)" if from_env is None else ""
+    return (f"{why}; run the command again to fetch the datastore's current credential, and if it is "
+            f"refused again, {fix}{also}")

@@ -85,6 +85,9 @@ def register_run(seam, record, state, model_name=None, data_name=None):
     """Register the completed run's ONNX model and its dataset; {"model": {...}, "data": {...}}.
 
     The model is the job's `model` output (lineage to the job); tags: labels and test metrics.
+    A search's model, labels and metrics are its best trial's (the downloaded outputs): the
+    output registered is that trial job's, since the sweep job's own `model` output is a template
+    path (`${{name}}`, one folder per trial) that holds no model.
     The data asset is the uri_folder the job's `data` input read.
     """
     if record.status != COMPLETED:
@@ -93,13 +96,20 @@ def register_run(seam, record, state, model_name=None, data_name=None):
     out = Path(record.run_dir) / "outputs"
     labels = label_names(_read_json(out / "labels.json", "labels"))
     metrics = _read_json(out / "metrics.json", "metrics")
+    tags = model_tags(record.run_id, labels, metrics)
+    model_job, what = job_name, f"orchestrate run {record.run_id}"
+    if state.get("search"):
+        from .sweep_results import recorded_best
+
+        trial, model_job = recorded_best(record.run_dir, record.run_id)
+        tags["orchestrate.trial"] = trial
+        what = f"orchestrate search {record.run_id}, best trial {trial} (job {model_job})"
     job = seam.get_job(job_name)
     if job is None:
         raise UserError(f"the Azure ML job {job_name} of run {record.run_id} no longer exists")
     model = seam.register_model(
-        name=asset_name(model_name or record.name), path=job_output_uri(job_name),
-        tags=model_tags(record.run_id, labels, metrics),
-        description=f"orchestrate run {record.run_id}: ONNX image classifier ({len(labels)} classes)")
+        name=asset_name(model_name or record.name), path=job_output_uri(model_job), tags=tags,
+        description=f"{what}: ONNX image classifier ({len(labels)} classes)")
     result = {"model": model}
     data_input = (job.get("inputs") or {}).get("data") or {}
     if data_input.get("path") and str(data_input["path"]).startswith("azureml://"):

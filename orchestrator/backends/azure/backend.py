@@ -149,11 +149,12 @@ class AzureBackend(Backend):
         return self.seam_factory(Settings(**state["workspace"], storage_connection_string=secret))
 
     def log_lines(self, run, cursor=0, follow=True):
-        """The job's rank-0 log; says each status change, why a job waits (every minute of an
-        unchanged Queued/Preparing), a restarted attempt, and a failure's code, message and
-        where the full logs are."""
+        """The job's rank-0 log; says each status change, what a job waits for (every minute of an
+        unchanged waiting status; the cluster's state only when Queued, since only then are nodes
+        what it waits for), a restarted attempt, and a failure's code, message and where the full
+        logs are."""
         from .seam import azure_errors, terminal_statuses
-        from .tailer import tail
+        from .tailer import WAITING, tail
 
         seam = self._run_seam(run)
         state = self._run_state(run)
@@ -167,8 +168,11 @@ class AzureBackend(Backend):
                          f"may recover: `orchestrate status {run.run_id}`, `orchestrate logs {run.run_id}`")
 
         def on_wait(status, seconds):
-            self.say(f"Azure ML job: {status} for {int(seconds)} s; "
-                     + self._why_waiting(seam, state.get("compute")))
+            # the cluster is what a Queued job waits for; a Preparing one waits for its image
+            line = f"Azure ML job: {status} for {int(seconds)} s: {WAITING.get(status, 'still waiting')}"
+            if status == "Queued":
+                line += "; " + self._why_waiting(seam, state.get("compute"))
+            self.say(line)
 
         with azure_errors():
             if state.get("search"):

@@ -97,7 +97,9 @@ def score_prefix(run_id):
 def azure_run_model_uri(run_dir, run_id):
     """The datastore URI of an Azure training run's model.onnx (from runs/<id>/azure.json), so a
     model the workspace already holds is read in place, not downloaded and uploaded again; None
-    when the run has no such record."""
+    when the run has no such record. A search's model is its best trial's, in that trial job's
+    own folder (the sweep writes nothing under the search's): a UserError saying what to run
+    while search.json does not name that trial yet, before any cluster or job is made for it."""
     from .job import run_prefix
 
     try:
@@ -107,7 +109,14 @@ def azure_run_model_uri(run_dir, run_id):
     datastore = (state.get("datastore") or {}).get("name")
     if not datastore or state.get("kind") == "score":  # a score run has predictions, no model
         return None
-    prefix = (state.get("outputs") or {}).get("model") or run_prefix(run_id, "model")
+    if state.get("search"):
+        from .sweep_job import trial_prefix
+        from .sweep_results import recorded_best
+
+        _, trial_job = recorded_best(run_dir, run_id)
+        prefix = trial_prefix(run_id, trial_job, "model")
+    else:
+        prefix = (state.get("outputs") or {}).get("model") or run_prefix(run_id, "model")
     return f"azureml://datastores/{datastore}/paths/{prefix.strip('/')}/model.onnx"
 
 

@@ -474,6 +474,11 @@ class azure_errors:
     """Context manager: Azure SDK exceptions become one-line UserErrors (exit 2), secrets removed.
 
     SAS tokens ride in URL query strings, so every query string is cut from the message.
+    A refusal is worded for the plane that refused: the storage service (a datastore's blobs, a
+    job's log) answers with an x-ms-error-code, and a rotated key or an expired SAS there is no
+    login problem (storage.blob.refused says which credential, and what to do), although
+    azure-storage-blob raises its AuthenticationFailed as the same ClientAuthenticationError that
+    azure-identity and the management plane raise for a sign-in that failed.
     """
 
     def __enter__(self):
@@ -484,8 +489,15 @@ class azure_errors:
 
         if exc is None or not isinstance(exc, AzureError):
             return False
+        from ...storage.blob import refused, storage_error_code
+
+        if storage_error_code(exc) and getattr(exc, "status_code", None) in (401, 403):
+            raise refused(exc) from None
         if isinstance(exc, ClientAuthenticationError):
-            raise UserError("Azure sign-in failed: run `az login` or set AZURE_CLIENT_ID/"
-                            "AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
+            # Azure AD: no credential at all (azure-identity, no response), or a token the
+            # management plane refused (its code: InvalidAuthenticationToken, ExpiredAuthenticationToken)
+            code = getattr(getattr(exc, "error", None), "code", None)
+            raise UserError(f"Azure sign-in failed{f' ({code})' if code else ''}: run `az login` or set "
+                            "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
         text = (getattr(exc, "message", None) or str(exc)).strip().splitlines()
         raise UserError(f"Azure: {redact(text[0] if text else type(exc).__name__)}") from None

@@ -186,6 +186,34 @@ def best_trial(summaries):
     return min(completed, key=rank_key) if completed else None
 
 
+def recorded_best(run_dir, run_id):
+    """(trial id, Azure job name) of the best trial of search `run_id`, as the search.json that
+    its download wrote in run_dir/outputs records it. The job name is what the best model is
+    addressed by: its blobs are under sweep_job.trial_prefix, and azureml://jobs/<name>/outputs/model
+    is its output; the sweep job's own outputs are templates (`${{name}}`) that hold nothing.
+    A UserError saying what to run when it is not known: the search has not ended and been
+    downloaded, or none of its trials completed."""
+    from pathlib import Path
+
+    from ...errors import UserError
+
+    path = Path(run_dir) / "outputs" / SEARCH_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"the best trial of search {run_id} is not known yet: once the search has ended, "
+                        f"run `orchestrate download {run_id}`") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable: {exc}") from None
+    doc = doc if isinstance(doc, dict) else {}
+    best = doc.get("best")
+    row = next((t for t in doc.get("trials") or [] if isinstance(t, dict) and t.get("trial") == best),
+               None) if best else None
+    if not row or not row.get("remote_id"):
+        raise UserError(f"no trial of search {run_id} completed: it has no model (see {path})")
+    return best, row["remote_id"]
+
+
 def search_document(run_id, budget, summaries, service_best=None):
     """outputs/search.json: the local search's document, with search_id and the service's pick."""
     best = best_trial(summaries)

@@ -29,6 +29,20 @@ STATUS = {
     "Failed": FAILED,
     "Canceled": CANCELED,
 }
+# What a job waits for in each waiting status, in the words of the service's JobStatus enum
+# (azure-rest-api-specs, machinelearningservices mfe.json; azure-ai-ml 1.35.2
+# _restclient/arm_ml_service/models/_enums.py JobStatus; https://learn.microsoft.com/dotnet/api/
+# azure.resourcemanager.machinelearning.models.machinelearningjobstatus): only Queued waits for
+# the cluster's nodes ("queued in the compute target ... waiting for all required nodes to be
+# ready"); Preparing is "the run environment is being prepared" (azure-ai-ml's Job.status: "Docker
+# image build, conda environment setup"), so neither nodes nor quota are what it waits for.
+WAITING = {
+    "NotStarted": "the service has not started the job yet",
+    "Starting": "the service has taken the job and is starting it",
+    "Provisioning": "the service is creating the job's compute target",
+    "Preparing": "the run environment is being prepared (its image is built and set up)",
+    "Queued": "queued on the cluster, waiting for its nodes",
+}
 # rank 0's stdout, the file Azure ML's own streamer follows (std_log.txt, std_log_process_0.txt)
 RANK0_LOG = re.compile(r"^user_logs/std_log[\D]*0*(?:_ps)?\.txt$")
 MIN_POLL, MAX_POLL = 2.0, 30.0
