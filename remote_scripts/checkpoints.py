@@ -11,6 +11,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import torch
 
@@ -18,7 +19,6 @@ from .atomic import write_atomically
 from .lifecycle import UsageError
 from .models import one_line, torch_load
 
-TIME_BUDGET = "time_budget"  # the TrainState.stopped that is not final: with more budget, the run goes on
 
 CHECKPOINT_FORMAT = 2
 
@@ -160,6 +160,21 @@ def read_checkpoint(directory, expected):
     return saved
 
 
+class Decision(IntEnum):
+    """What rank 0 decides after an epoch; every rank receives it by its value (Dist.broadcast)."""
+    GO_ON = 0
+    COMPLETED = 1
+    EARLY_STOPPING = 2
+    TIME_BUDGET = 3
+    EARLY_TERMINATION = 4
+    DIVERGED = 5
+
+    @property
+    def stopped(self):
+        """TrainState.stopped, as metrics.json and the checkpoint name it."""
+        return None if self is Decision.GO_ON else self.name.lower()
+
+
 @dataclass
 class TrainState:
     """Where a run stands between epochs. SAVED is what a checkpoint holds of it besides the
@@ -169,7 +184,7 @@ class TrainState:
     best_loss: float = math.inf                  # the lowest validation loss so far, and its epoch
     best_epoch: int = 0
     bad_epochs: int = 0                          # epochs since the best one (early stopping)
-    stopped: str = None                          # why the epochs ended (train.Decision.stopped); None: go on
+    stopped: str = None                          # why the epochs ended (Decision.stopped); None: go on
     elapsed: float = 0.0                         # seconds of training, earlier attempts included
     best_weights: dict = None                    # the best epoch's weights (best.pt)
     position: dict = None                        # where a mid-epoch checkpoint stopped (Position.state)
@@ -178,8 +193,8 @@ class TrainState:
 
 
 def resume(args, setup, report):
-    """The TrainState to start from: a new one, or the saved checkpoint's, whose weights, optimizer,
-    schedule and loss scale are loaded into `setup`."""
+    """The TrainState to start from: a new one, or that of the checkpoint `setup` (train.Setup)
+    read, whose weights, optimizer, schedule and loss scale are loaded into `setup`."""
     state, saved = TrainState(), setup.saved
     if not saved:
         return state
@@ -202,14 +217,14 @@ def resume(args, setup, report):
 
 
 def save_checkpoint(writer, setup, state, elapsed, position=None, best=False, wait=False):
-    """last.pt (and best.pt with `best`), written by the background `writer`; `elapsed`: the
-    seconds of training so far, this attempt's included."""
+    """last.pt (and best.pt with `best`) of the run `setup` (train.Setup), written by the background
+    `writer`; `elapsed`: the seconds of training so far, this attempt's included."""
     state.elapsed = elapsed
     writer.save({
         "format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint,
         **{key: getattr(state, key) for key in TrainState.SAVED},
         # A time-budget stop is not final: started again (with more budget), the run goes on.
-        "stopped": None if state.stopped == TIME_BUDGET else state.stopped,
+        "stopped": None if state.stopped == Decision.TIME_BUDGET.stopped else state.stopped,
         "weights": setup.trainable.state_dict(), "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict(),
         "scaler": setup.precision.scaler.state_dict() if setup.precision.scaler else None,

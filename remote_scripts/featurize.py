@@ -15,6 +15,7 @@ from .atomic import write_atomically
 from .checkpoints import read_own
 from .export import export_backbone
 
+
 @torch.no_grad()
 def featurize(model, batches, indices, batch_size, report):
     """Linear mode: (the frozen backbone's features [N, D] on the CPU, rows `indices` filled; the

@@ -14,8 +14,11 @@ import sys
 
 PACKAGE = "remote_scripts"
 
-if PACKAGE not in sys.modules:
-    _folder = os.path.dirname(os.path.abspath(__file__))
+_folder = os.path.dirname(os.path.abspath(__file__))
+if PACKAGE in sys.modules:  # another copy (an installed client's) would mix two versions of the job
+    if _folder not in [os.path.abspath(path) for path in getattr(sys.modules[PACKAGE], "__path__", ())]:
+        raise ImportError(f"{PACKAGE} is already imported from {sys.modules[PACKAGE].__path__}, not {_folder}")
+else:
     _spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(_folder, "__init__.py"),
                                                    submodule_search_locations=[_folder])
     _package = importlib.util.module_from_spec(_spec)

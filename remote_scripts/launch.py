@@ -30,7 +30,7 @@ import socket
 import sys
 import uuid
 
-if not __package__:  # started as a file: this folder becomes the package remote_scripts
+if not (__spec__ and __spec__.parent):  # started as a file: this folder becomes the package remote_scripts
     import job_package  # noqa: F401
 from remote_scripts import progress
 

@@ -121,7 +121,7 @@ def outcome_of(exc, dist, report):
 
 
 def run_job(work, startup_signals=()):
-    """Run work(dist, report, stop, started) as a job process; its exit code (see the module).
+    """Run work(dist, report, started, stop) as a job process; its exit code (see the module).
 
     startup_signals: the SIGTERMs an entry point caught during its imports (torch takes seconds,
     and torchrun's agent stops every process that early when one fails at once): honoured first.
@@ -137,7 +137,7 @@ def run_job(work, startup_signals=()):
     try:
         if startup_signals:
             stop.handle(startup_signals[0], None)
-        work(dist, report, stop, started)
+        work(dist, report, started, stop)
         return end("completed", 0)
     except Exception as exc:
         stop.deferred = True  # a SIGTERM now (torchrun stopping every process) must not cut the report short

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-if not __package__:  # loaded as a file by the parallel runtime: this folder becomes the package
+if not (__spec__ and __spec__.parent):  # loaded as a file by the parallel runtime: this folder becomes the package
     import job_package  # noqa: F401
 from remote_scripts import imaging
 

@@ -38,8 +38,9 @@ import time
 STARTUP_SIGNALS = []
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda signum, frame: STARTUP_SIGNALS.append(signum))
+    gc.disable()  # as in train.py: no collection walks the objects the imports make
 
-if not __package__:  # started as a file: this folder becomes the package remote_scripts
+if not (__spec__ and __spec__.parent):  # started as a file: this folder becomes the package remote_scripts
     import job_package  # noqa: F401
 from remote_scripts import options, progress, search_space, train
 from remote_scripts.atomic import write_atomically
@@ -267,11 +268,11 @@ def _remove(path):
 
 
 def main(argv=None):
-    return run_job(lambda dist, report, stop, started: search(sys.argv[1:] if argv is None else argv,
-                                                              dist, report, stop, started), STARTUP_SIGNALS)
+    return run_job(lambda dist, report, started, stop: run_search(sys.argv[1:] if argv is None else argv,
+                                                                  dist, report, started, stop), STARTUP_SIGNALS)
 
 
-def search(argv, dist, report, stop, started):
+def run_search(argv, dist, report, started, stop):
     """The job's work: every trial in turn, or the one --trial names (an Azure ML sweep's trial)."""
     own, shared = parse_args(argv)
     base = train.parse_args(shared)
@@ -280,14 +281,15 @@ def search(argv, dist, report, stop, started):
         args.checkpoint_dir = base.checkpoint_dir
         train.run(args, dist, report, started, stop)
         return
-    trials = Search(base.output, own.trials, base.time_budget, started)
+    search = Search(base.output, own.trials, base.time_budget, started)
     report.event("run_start", search={"trials": own.trials, "budget_seconds": base.time_budget})
-    if not trials.run(shared, dist, stop):
-        failures = [s for s in trials.summaries if s["status"] == "failed"]
+    if not search.run(shared, dist, stop):
+        failures = [s for s in search.summaries if s["status"] == "failed"]
         raise UsageError("no trial completed within the time budget" if not failures else
                          f"no trial completed; {failures[0]['trial']}: {failures[0]['error']}")
 
 
 if __name__ == "__main__":
     gc.freeze()  # as train.py does: the imports' objects are never garbage
+    gc.enable()
     sys.exit(main())

@@ -6,6 +6,7 @@ are also checked in-process where that is the sharper test (exact preprocessing,
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -662,3 +663,22 @@ def test_epoch_order_is_reproducible_so_a_resumed_epoch_is_the_same_epoch():
 def test_no_single_image_batch_reaches_batchnorm():
     batches = schedule.epoch_batches(np.arange(9), 0, 1, runtime.Dist(), 4, drop_single=True)
     assert [len(b) for b in batches] == [4, 4]
+
+
+@pytest.mark.parametrize("entry, code, said", [("train.py", 0, "usage:"), ("launch.py", 0, "usage:"),
+                                               ("search.py", 2, "arguments are required: --trials")])
+def test_the_job_runs_from_a_code_folder_of_any_name(tmp_path, entry, code, said):
+    """Backends start the entry points as files from a folder of another name (/code in a
+    container, an Azure ML snapshot): job_package.py makes it the package remote_scripts, so
+    every module imports (search.py then stops at its own arguments, as it should)."""
+    folder = tmp_path / "code"
+    shutil.copytree(Path(train.__file__).parent, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(folder / "options.py", "a") as options_file:  # tells this copy from the installed one
+        options_file.write("import dataclasses\nOPTIONS = (dataclasses.replace(OPTIONS[0], help='from the code folder'), *OPTIONS[1:])\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(folder / entry), "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result.stderr
+    assert said in result.stdout + result.stderr
+    if entry == "train.py":  # the job's modules came from its own folder, not the installed package
+        assert "from the code folder" in result.stdout
