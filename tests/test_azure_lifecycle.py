@@ -98,6 +98,8 @@ def test_the_azure_environment_builds_from_the_mcr_dockerfile(tmp_path):
     base = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM "))
     assert base.startswith("mcr.microsoft.com/azureml/") and ":latest" not in base and ":" in base
     assert "azureml-requirements.txt" in dockerfile and "requirements.txt" in dockerfile
+    # a rebuilt curated base that lost a package fails the image build, not the job
+    assert 'RUN python -c "import torch, torchvision, onnx, onnxruntime, mlflow"' in dockerfile.splitlines()
     shared = (docker_context_dir() / "requirements.txt").read_text().lower()
     assert "mlflow" not in shared  # the offline Debian base has no pip and no mlflow
     assert "azureml-mlflow" in (docker_context_dir() / "azureml-requirements.txt").read_text()
