@@ -6,7 +6,6 @@ The same split serves the three modes: `linear` and `head` freeze the backbone, 
 both. Works with torchvision >= 0.14 (the `weights=` enums exist since 0.13).
 """
 import functools
-import hashlib
 import io
 import os
 import pickle
@@ -126,16 +125,10 @@ def hub_cache_path(arch):
 
 
 def _download(source, tmp, file_name):
-    """torch hub's download of `source` into `tmp`, which checks the name's sha256 prefix; then
-    the whole digest where the catalogue has one."""
-    expected = expected_sha256(file_name)
-    torch.hub.download_url_to_file(source, tmp, hash_prefix=expected[:8], progress=False)
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(expected):
-        raise RuntimeError(f"its sha256 {digest.hexdigest()} is not the published {expected}")
+    """torch hub's download of `source` into `tmp`, which hashes the file as it arrives and checks
+    its sha256 against the published one: the whole digest where the catalogue has one, else the
+    name's prefix (download_url_to_file compares as many leading digits as it is given)."""
+    torch.hub.download_url_to_file(source, tmp, hash_prefix=expected_sha256(file_name), progress=False)
 
 
 def load_weights(arch, weights):

@@ -180,21 +180,29 @@ class Clock:
         return self.now
 
 
-def test_a_long_queue_says_why_from_the_compute_get(tmp_path, plane, monkeypatch):
-    real_seam(plane)(WS_SETTINGS).submit(remote_job(plane, "run-4"))
-    set_job_status(plane, "run-4", "Queued")
-    plane.computes["gpu-t4"] = aml_compute("gpu-t4", allocation="Resizing", current=0, target=1, preparing=1)
+def follow_while_waiting(tmp_path, plane, run_id, before_following=lambda: None):
+    """Follow `run_id`, which waits in its status, for six polls 25 s apart, then cancel it: what the
+    backend said."""
     clock, polls = Clock(), []
 
     def sleep(seconds):
         clock.now += 25
         polls.append(seconds)
         if len(polls) == 6:
-            set_job_status(plane, "run-4", "Canceled")
+            set_job_status(plane, run_id, "Canceled")
 
     said = []
     backend = AzureBackend(seam_factory=real_seam(plane), sleep=sleep, say=said.append, clock=clock)
-    assert list(backend.log_lines(run_dir_for(tmp_path, plane, "run-4"))) == []
+    before_following()
+    assert list(backend.log_lines(run_dir_for(tmp_path, plane, run_id))) == []
+    return said
+
+
+def test_a_long_queue_says_why_from_the_compute_get(tmp_path, plane, monkeypatch):
+    real_seam(plane)(WS_SETTINGS).submit(remote_job(plane, "run-4"))
+    set_job_status(plane, "run-4", "Queued")
+    plane.computes["gpu-t4"] = aml_compute("gpu-t4", allocation="Resizing", current=0, target=1, preparing=1)
+    said = follow_while_waiting(tmp_path, plane, "run-4")
     waits = [line for line in said if " s: " in line]
     assert waits == ["Azure ML job: Queued for 75 s: queued on the cluster, waiting for its nodes; compute "
                      "gpu-t4: Resizing allocation, 0 of 1 target node(s) (1 preparing); nodes are being "
@@ -214,18 +222,7 @@ def test_a_long_preparing_is_the_image_build_not_the_cluster_nor_quota(tmp_path,
     real_seam(plane)(WS_SETTINGS).submit(remote_job(plane, "run-7"))
     set_job_status(plane, "run-7", "Preparing")
     plane.computes["gpu-t4"] = aml_compute("gpu-t4", allocation="Steady", current=0, target=0)
-    clock, polls = Clock(), []
-
-    def sleep(seconds):
-        clock.now += 25
-        polls.append(seconds)
-        if len(polls) == 6:
-            set_job_status(plane, "run-7", "Canceled")
-
-    said = []
-    backend = AzureBackend(seam_factory=real_seam(plane), sleep=sleep, say=said.append, clock=clock)
-    plane.requests.clear()
-    assert list(backend.log_lines(run_dir_for(tmp_path, plane, "run-7"))) == []
+    said = follow_while_waiting(tmp_path, plane, "run-7", before_following=plane.requests.clear)
     waits = [line for line in said if " s: " in line]
     assert waits == ["Azure ML job: Preparing for 75 s: the run environment is being prepared (its image is "
                      "built and set up)"]
