@@ -6,8 +6,6 @@ Written once with numpy only: the training job writes them to metrics.json and
 import csv
 import io
 
-import numpy as np
-
 EPSILON = 1e-15  # ML.NET clamps probabilities the same way before taking the log
 # predictions.csv, one row per evaluated image: written by the job, read by `orchestrate report`
 PREDICTION_COLUMNS = ("path", "true_label", "predicted_label", "score", "true_label_score")
@@ -28,6 +26,8 @@ def classification_metrics(y_true, probabilities, labels):
       always predicting the test-set class frequencies (1 is perfect, <= 0 no better than prior).
     - per_class_log_loss, per_class precision/recall/f1/support, confusion_matrix[true][pred].
     """
+    import numpy as np  # here, so that the client reads HEADLINE_METRICS without loading numpy
+
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probabilities, dtype=np.float64)
     n, k = len(y_true), len(labels)
@@ -77,6 +77,8 @@ def predictions_csv(paths, y_true, probabilities, labels):
     """predictions.csv's text: per image its path, true and predicted label, the predicted
     label's probability (score) and the true label's, from the very probabilities the metrics
     are computed from, so a report can show the worst mistakes without running the model again."""
+    import numpy as np
+
     probs = np.asarray(probabilities, dtype=np.float64)
     predicted = probs.argmax(axis=1)
     text = io.StringIO()
