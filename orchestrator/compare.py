@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from remote_scripts.options import OPTIONS, from_arguments
 
 from .backends.base import COMPLETED, TERMINAL
-from .errors import UserError
-from .runner import job_seconds, read_history, read_log_events, read_metrics
+from .errors import OrchestrateError
+from .events import job_seconds
+from .run_folder import RunFolder
 
 HIGHER, LOWER = "higher", "lower"
 # Where a run's outputs are, as the comparison reports it.
@@ -86,7 +87,7 @@ def _best(values, better):
 
 def _measurements(record, cost_of):
     """One run's metric values, where its outputs are, and the mode its job chose."""
-    test = read_metrics(record.run_dir) or {}
+    test = RunFolder(record.run_dir).metrics() or {}
     history = _history(record)
     if test:
         outputs, summary = OUTPUTS_HERE, test
@@ -102,7 +103,7 @@ def _measurements(record, cost_of):
         best_val_accuracy=max(val_accuracies, default=None),
         epochs=test.get("epochs_completed") or len(history) or None,
         best_epoch=test.get("best_epoch") or (best_epochs[-1] if best_epochs else None),
-        seconds=job_seconds(read_log_events(record.run_dir)) if record.status in TERMINAL else None,
+        seconds=job_seconds(RunFolder(record.run_dir).log_events()) if record.status in TERMINAL else None,
     )
     cost = cost_of(record) if cost_of else None
     values["cost"] = (cost or {}).get("amount")
@@ -115,8 +116,8 @@ def _history(record):
     damaged run shows dashes, it does not stop the comparison of the others; `orchestrate report`
     names the damage)."""
     try:
-        return read_history(record.run_dir)
-    except UserError:
+        return RunFolder(record.run_dir).history()
+    except OrchestrateError:
         return []
 
 

@@ -1,13 +1,48 @@
-"""Errors the CLI turns into one line on stderr and an exit code, never a traceback."""
+"""The one exception hierarchy of orchestrate: what the SDK raises and the CLI turns into one line.
+
+Every error a caller should handle is an OrchestrateError, so a notebook can write
+`except orchestrator.OrchestrateError`. The CLI prints its message on one line (never a
+traceback) and exits with its `exit_code`: 2 for what the user can fix (input, configuration, a
+refused service call), 1 for a job that ran and failed.
+
+Example:
+    >>> import orchestrator
+    >>> try:
+    ...     orchestrator.train("./no-such-folder")
+    ... except orchestrator.DatasetError as exc:
+    ...     print(exc)
+    DATA ./no-such-folder is not a folder
+"""
 
 
-class UserError(Exception):
-    """Bad input or configuration: exit code 2."""
+class OrchestrateError(Exception):
+    """Base of every error orchestrate raises on purpose."""
 
     exit_code = 2
 
 
-class JobFailed(Exception):
-    """The job ran and failed: exit code 1."""
+class UsageError(OrchestrateError):
+    """Bad input or configuration: an unknown or out-of-range option, a missing file (exit code 2)."""
+
+
+class DatasetError(UsageError):
+    """The dataset cannot be trained or scored on: missing, empty, one class, a broken index (exit 2).
+
+    The job's torch-free scan raises remote_scripts.folder_dataset.DatasetError; the SDK
+    translates it at its boundary (orchestrator.errors.dataset_errors), so callers see this one.
+    """
+
+
+class ServiceError(OrchestrateError):
+    """Azure, Azure Storage, S3 or Docker refused or failed a call; the message names the service and
+    what to do, never a secret (exit code 2)."""
+
+
+class JobFailed(OrchestrateError):
+    """The job ran and failed or was canceled (exit code 1). `run_id`, `status` and `reason` say which and why."""
 
     exit_code = 1
+
+    def __init__(self, message, run_id=None, status=None, reason=None):
+        super().__init__(message)
+        self.run_id, self.status, self.reason = run_id, status, reason

@@ -21,10 +21,9 @@ import shutil
 import subprocess
 import tempfile
 from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UsageError
 from .paths import docker_context_dir
 
 IMAGE_REPOSITORY = "orchestrate/train"
@@ -75,7 +74,7 @@ def image_exists(client, tag):
 
 
 def ensure_base_image(client, base_image, on_line):
-    """Make `base_image` present locally, pulling it if needed; a clear UserError if it cannot be."""
+    """Make `base_image` present locally, pulling it if needed; a clear UsageError if it cannot be."""
     import docker.errors
 
     if image_exists(client, base_image):
@@ -94,14 +93,14 @@ def ensure_base_image(client, base_image, on_line):
         else:
             hint = ("on a host without registry access build an offline base with "
                     f"`orchestrate image build-base --offline` and add --base-image {OFFLINE_BASE_TAG}")
-        raise UserError(f"cannot pull base image {base_image} ({reason}); {hint}")
+        raise UsageError(f"cannot pull base image {base_image} ({reason}); {hint}")
 
 
 def ensure_training_image(client, base_image, on_line, context=None):
     """Build the training image for `base_image` unless its content-hash tag exists; return the tag.
 
     `on_line` receives the build's step lines ("Step 3/7 : RUN ..."), which are its progress.
-    A failed build raises UserError naming the failing step and the last lines it printed.
+    A failed build raises UsageError naming the failing step and the last lines it printed.
     """
     context = context or docker_context_dir()
     tag = image_tag(base_image, context)
@@ -116,7 +115,7 @@ def ensure_training_image(client, base_image, on_line, context=None):
     for chunk in stream:
         if "error" in chunk:
             output = "\n".join(tail)
-            raise UserError(f"image build failed at {step or 'start'}: {chunk['error'].strip()}"
+            raise UsageError(f"image build failed at {step or 'start'}: {chunk['error'].strip()}"
                             + (f"\nlast output:\n{output}" if output else ""))
         for line in chunk.get("stream", "").splitlines():
             if line.startswith("Step "):
@@ -132,18 +131,18 @@ def build_offline_base(client, tag=OFFLINE_BASE_TAG, mirror=None, on_line=print,
     """Build a Debian bookworm base image with debootstrap and `docker import` it as `tag`.
 
     `mirror` (a Debian archive URL) defaults to the one the host's apt uses (see host_debian_mirror);
-    with neither, a UserError asks for --mirror. Needs root (debootstrap creates device nodes and
-    chroots) and the debootstrap tool; says so, as a UserError, when either is missing. Takes a few
+    with neither, a UsageError asks for --mirror. Needs root (debootstrap creates device nodes and
+    chroots) and the debootstrap tool; says so, as a UsageError, when either is missing. Takes a few
     minutes (it downloads ~400 MB of .debs).
     """
     mirror = mirror or host_debian_mirror(apt_dir)
     if mirror is None:
-        raise UserError(f"no Debian archive found in the apt sources under {apt_dir}: "
+        raise UsageError(f"no Debian archive found in the apt sources under {apt_dir}: "
                         "pass --mirror URL (a Debian mirror that serves bookworm)")
     if shutil.which("debootstrap") is None:
-        raise UserError("the offline base builder needs debootstrap: apt-get install debootstrap")
+        raise UsageError("the offline base builder needs debootstrap: apt-get install debootstrap")
     if os.geteuid() != 0:
-        raise UserError("the offline base builder needs root (debootstrap chroots): run it with sudo")
+        raise UsageError("the offline base builder needs root (debootstrap chroots): run it with sudo")
     workdir = Path(tempfile.mkdtemp(prefix="orchestrate-rootfs-"))
     try:
         rootfs = workdir / "rootfs"
@@ -164,7 +163,7 @@ def build_offline_base(client, tag=OFFLINE_BASE_TAG, mirror=None, on_line=print,
         finally:
             tar.stdout.close()
             if tar.wait() != 0:
-                raise UserError(f"tar of the root filesystem failed (exit {tar.returncode})")
+                raise UsageError(f"tar of the root filesystem failed (exit {tar.returncode})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return tag
@@ -233,27 +232,6 @@ def _deb822_stanzas(text):
                    fields.get("suites", "").split(), fields.get("components", "").split())
 
 
-@contextmanager
-def build_progress():
-    """An `on_line` callback that shows build/pull/debootstrap output as progress on stderr.
-
-    Milestones (build steps, debootstrap phases, warnings) stay on screen; debootstrap's
-    hundreds of per-package "I: Unpacking libfoo..." lines only flash by in a status line.
-    """
-    from rich.markup import escape
-
-    from .render import console_for
-
-    console = console_for(stderr=True)
-    with console.status("starting") as status:
-        def on_line(line):
-            if not line.startswith("I: ") or DEBOOTSTRAP_PHASE.search(line):
-                console.print(escape(line), highlight=False)
-            status.update(escape(line[:100]))
-
-        yield on_line
-
-
 def split_tag(tag):
     """("orchestrate/base", "offline") for "orchestrate/base:offline"; "latest" when untagged."""
     repository, _, version = tag.rpartition(":")
@@ -263,7 +241,7 @@ def split_tag(tag):
 
 
 def _run_streaming(command, on_line, what):
-    """Run `command`, pass its output lines to `on_line`; UserError with the last lines on failure."""
+    """Run `command`, pass its output lines to `on_line`; UsageError with the last lines on failure."""
     tail = deque(maxlen=15)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
@@ -271,4 +249,4 @@ def _run_streaming(command, on_line, what):
         on_line(line.rstrip())
     if process.wait() != 0:
         output = "\n".join(tail)
-        raise UserError(f"{what} failed (exit {process.returncode}); last output:\n{output}")
+        raise UsageError(f"{what} failed (exit {process.returncode}); last output:\n{output}")

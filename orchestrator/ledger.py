@@ -11,7 +11,7 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UsageError
 from .paths import private_state_dir, state_dir
 
 SCHEMA = """
@@ -79,13 +79,13 @@ class Ledger:
                 self.path = private_state_dir() / "ledger.db"
         except OSError as exc:
             folder = Path(path).parent if path else state_dir()
-            raise UserError(f"cannot create the state folder {folder}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot create the state folder {folder}: {exc.strerror or exc}") from None
         try:
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             if self.path.stat().st_mode & 0o777 != 0o600:
                 self.path.chmod(0o600)  # a ledger an earlier version created with the umask's mode
         except OSError as exc:
-            raise UserError(f"run ledger {self.path} is unusable: {exc.strerror or exc}") from None
+            raise UsageError(f"run ledger {self.path} is unusable: {exc.strerror or exc}") from None
         with self._connect() as db:
             db.execute(SCHEMA)
             present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
@@ -106,7 +106,7 @@ class Ledger:
                 with db:
                     yield db
         except sqlite3.Error as exc:
-            raise UserError(f"run ledger {self.path} is unusable: {exc}") from None
+            raise UsageError(f"run ledger {self.path} is unusable: {exc}") from None
 
     def add(self, record):
         row = record.to_json()
@@ -131,13 +131,13 @@ class Ledger:
             db.execute(f"UPDATE runs SET {assignments} WHERE run_id = :run_id", {**changes, "run_id": run_id})
 
     def get(self, run_id):
-        """The run with this id, or the only run whose id starts with it; UserError otherwise.
+        """The run with this id, or the only run whose id starts with it; UsageError otherwise.
 
         A search's trials have ids that start with the search's, so a prefix is matched against
         runs and searches first, and against trials only when none of those matches: the prefix
         of a search's id names the search."""
         if not run_id:
-            raise UserError("a run id is needed (see 'orchestrate runs list')")
+            raise UsageError("a run id is needed (see 'orchestrate runs list')")
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchall()
             pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -146,10 +146,10 @@ class Ledger:
                     rows = db.execute(f"SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' AND {trials} LIMIT 6",
                                       (pattern,)).fetchall()
         if not rows:
-            raise UserError(f"unknown run {run_id!r} (see 'orchestrate runs list')")
+            raise UsageError(f"unknown run {run_id!r} (see 'orchestrate runs list')")
         if len(rows) > 1:
             names = ", ".join(r["run_id"] for r in rows[:5])
-            raise UserError(f"run id {run_id!r} is ambiguous: {names}")
+            raise UsageError(f"run id {run_id!r} is ambiguous: {names}")
         return self._record(rows[0])
 
     def children(self, search_id):

@@ -41,14 +41,14 @@ def docker_context_dir():
     installed wheel carries the same files as the package data of `orchestrator.infra_docker`
     (pyproject.toml maps that package to infra/docker, so there is one copy of the Dockerfile).
     """
-    from .errors import UserError
+    from .errors import UsageError
 
     source = remote_scripts_dir().parent / "infra" / "docker"
     installed = Path(__file__).resolve().parent / "infra_docker"
     for path in (source, installed):
         if (path / "Dockerfile").is_file():
             return path
-    raise UserError(f"the training image definition is missing ({source}/Dockerfile, "
+    raise UsageError(f"the training image definition is missing ({source}/Dockerfile, "
                     f"{installed}/Dockerfile): reinstall orchestrate")
 
 

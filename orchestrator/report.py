@@ -24,11 +24,11 @@ from pathlib import Path, PurePath
 from remote_scripts.atomic import write_atomically
 from remote_scripts.metrics import PREDICTION_COLUMNS
 
-from .errors import UserError
+from .errors import UsageError
 from .printable import printable
-from .runner import job_seconds, read_history, read_json_object, read_log_events, read_metrics
+from .events import job_seconds
+from .run_folder import METRICS, PREDICTIONS, RunFolder
 
-REPORT_NAME = "report.html"
 WRONG_SHOWN = 24           # the most confidently wrong images shown as thumbnails
 THUMBNAIL_PX = 160         # a thumbnail fits in a square of this side
 ANNOTATED_CLASSES = 25     # up to this many classes the heat map prints each count in its cell
@@ -38,13 +38,13 @@ SKIPPED_SHOWN = 200        # skipped files listed (metrics.json holds them all)
 CONFIG_HIDDEN = frozenset({"data", "output", "checkpoint_dir"})
 
 
-def write_report(run_dir):
-    """Write run_dir/report.html from the run's files and return its path.
+def write_report(run_dir, path=None):
+    """Write the report of the run in `run_dir` to `path` (default: its report.html) and return its path.
 
-    UserError when the run has no outputs yet (no metrics.json) or they cannot be read.
+    UsageError when the run has no outputs yet (no metrics.json) or they cannot be read.
     """
     run = read_run(Path(run_dir))
-    path = Path(run_dir) / REPORT_NAME
+    path = Path(path) if path else RunFolder(run_dir).report_path
     write_atomically(path, render_html(run))  # a browser showing the old one reloads a whole page
     return path
 
@@ -56,19 +56,19 @@ def write_report(run_dir):
 def read_run(run_dir):
     """Everything the report shows, as plain data: spec, metrics, history, predictions, log events.
 
-    UserError naming the file when one of them is damaged (its content is not of the job's shape):
+    UsageError naming the file when one of them is damaged (its content is not of the job's shape):
     a report shows what the job wrote, or says which file it could not read."""
-    out = run_dir / "outputs"
-    spec = read_json_object(run_dir / "spec.json", strict=True) or {}
-    _check_spec(spec, run_dir / "spec.json")
+    folder = RunFolder(run_dir)
+    spec = folder.spec() or {}
+    _check_spec(spec, folder.spec_path)
     run_id = spec.get("run_id") or run_dir.name
-    metrics = read_metrics(run_dir, strict=True)
+    metrics = folder.metrics(strict=True)
     if metrics is None:
-        raise UserError(f"run {run_id} has no outputs yet: no metrics.json in {out}")
-    _check_metrics(metrics, out / "metrics.json")
-    events = read_log_events(run_dir)
-    return {"run_id": run_id, "run_dir": run_dir, "spec": spec, "metrics": metrics, "history": read_history(run_dir),
-            "predictions": read_predictions(out / "predictions.csv"),
+        raise UsageError(f"run {run_id} has no outputs yet: no {METRICS} in {folder.outputs}")
+    _check_metrics(metrics, folder.output(METRICS))
+    events = folder.log_events()
+    return {"run_id": run_id, "run_dir": run_dir, "spec": spec, "metrics": metrics, "history": folder.history(),
+            "predictions": read_predictions(folder.output(PREDICTIONS)),
             "log": {} if events is None else last_attempt(events)}
 
 
@@ -78,7 +78,7 @@ SPEC_TYPES = {"run_id": str, "data": str, "backend": str, "backend_options": dic
 def _check_spec(spec, path):
     for key, kind in SPEC_TYPES.items():
         if spec.get(key) is not None and not isinstance(spec[key], kind):
-            raise UserError(f"{path} is damaged: {key} is not a JSON {_JSON_NAMES[kind]}")
+            raise UsageError(f"{path} is damaged: {key} is not a JSON {_JSON_NAMES[kind]}")
 
 
 _JSON_NAMES = {str: "string", dict: "object", list: "list"}
@@ -89,9 +89,9 @@ def _is_count(value):
 
 
 def _check_metrics(metrics, path):
-    """UserError naming metrics.json when it lacks what the report draws or has it in another shape."""
+    """UsageError naming metrics.json when it lacks what the report draws or has it in another shape."""
     def damaged(what):
-        return UserError(f"{path} is damaged: {what}")
+        return UsageError(f"{path} is damaged: {what}")
 
     confusion = metrics.get("confusion_matrix")
     if not isinstance(confusion, dict):
@@ -115,32 +115,32 @@ def _check_metrics(metrics, path):
 def read_predictions(path):
     """predictions.csv's rows as dicts with float scores; None when the run has none (a job older
     than the file). Paths that are not UTF-8 come back with surrogate escapes, as the job wrote them.
-    UserError naming the file (and line) when a row is short, long or has a score that is no number."""
+    UsageError naming the file (and line) when a row is short, long or has a score that is no number."""
     try:
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != PREDICTION_COLUMNS:
-                raise UserError(f"{path} has the columns {reader.fieldnames}, expected {list(PREDICTION_COLUMNS)}")
+                raise UsageError(f"{path} has the columns {reader.fieldnames}, expected {list(PREDICTION_COLUMNS)}")
             rows = list(reader)
     except FileNotFoundError:
         return None
     except (OSError, csv.Error) as exc:
-        raise UserError(f"{path} is unreadable: {exc}") from None
+        raise UsageError(f"{path} is unreadable: {exc}") from None
     for number, row in enumerate(rows, 2):  # line 1 is the header
         if None in row or None in row.values():
-            raise UserError(f"{path} is damaged: line {number} does not have the {len(PREDICTION_COLUMNS)} columns "
+            raise UsageError(f"{path} is damaged: line {number} does not have the {len(PREDICTION_COLUMNS)} columns "
                             f"{', '.join(PREDICTION_COLUMNS)}")
         try:
             row["score"], row["true_label_score"] = float(row["score"]), float(row["true_label_score"])
         except ValueError:
-            raise UserError(f"{path} is damaged: line {number} has a score that is not a number") from None
+            raise UsageError(f"{path} is damaged: line {number} has a score that is not a number") from None
     return rows
 
 
 def last_attempt(events):
     """The last attempt's events of the job's log (a resumed run's log holds every attempt, each
     beginning with its scan phase): run_start, run_end, the phases with their start times; how
-    many attempts there were, and the seconds of them all (runner.job_seconds)."""
+    many attempts there were, and the seconds of them all (events.job_seconds)."""
     found = {"attempts": 0, "phases": [], "seconds": job_seconds(events)}
     for event in events:
         kind = event.get("type")
@@ -499,7 +499,7 @@ def _timing(run):
     if phases and _real(phases[0][1]):
         rows.append(("started", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(phases[0][1]))))
     end = log.get("run_end") or {}
-    if log.get("seconds") is not None:  # runner.job_seconds, as `runs compare` shows it
+    if log.get("seconds") is not None:  # events.job_seconds, as `runs compare` shows it
         attempts = log.get("attempts", 0)
         rows.append(("job, start to end" if attempts <= 1 else f"job, its {attempts} attempts together",
                      f"{log['seconds']:.1f} s"))

@@ -1,7 +1,7 @@
 """Starting, following and finishing runs: what every backend shares.
 
 Backends only start jobs and hand back raw log lines; this module writes the run folder and
-the ledger row, parses events, renders them, detaches on Ctrl-C and records the outcome.
+the ledger row, parses events, passes them on and records the outcome.
 """
 import fcntl
 import json
@@ -11,17 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from remote_scripts.atomic import write_atomically
 from remote_scripts.metrics import HEADLINE_METRICS
 
 from .backends.base import COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
-from .errors import UserError
+from .errors import UsageError
 from .events import parse_line
 from .ledger import RunRecord
+from .run_folder import RunFolder
 
-
-class Detached(Exception):
-    """The user pressed Ctrl-C while following: the job goes on, the client leaves."""
+POLL_SECONDS = 1.0  # how often a follow with a timeout asks the backend for new lines
 
 
 @dataclass
@@ -59,9 +57,9 @@ def start(backend, ledger, spec, name):
     ledger.add(RunRecord(run_id=spec.run_id, name=name, backend=backend.name, status=QUEUED,
                          dataset=str(spec.data), run_dir=str(spec.run_dir), remote_id=planned or "", params=params))
     try:
-        (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        write_atomically(spec.run_dir / "spec.json",
-                         json.dumps({"backend": backend.name, **spec.to_json()}, indent=2) + "\n")
+        folder = RunFolder(spec.run_dir)
+        folder.logs.mkdir(parents=True, exist_ok=True)
+        folder.write_spec({"backend": backend.name, **spec.to_json()})
         run = backend.submit(spec)
     except BaseException:
         # With a planned remote id (Azure: the job name) the job may exist although the submit
@@ -80,13 +78,13 @@ def run_ref(record):
 
 def read_spec(run_dir, run_id):
     """The JobSpec that runs/<id>/spec.json recorded when the run started."""
-    path = Path(run_dir) / "spec.json"
+    path = RunFolder(run_dir).spec_path
     try:
         return JobSpec.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise UserError(f"run {run_id} cannot be resumed: {path} is missing") from None
+        raise UsageError(f"run {run_id} cannot be resumed: {path} is missing") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"run {run_id} cannot be resumed: {path} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"run {run_id} cannot be resumed: {path} is unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def resume(backend, ledger, record):
@@ -99,27 +97,27 @@ def resume(backend, ledger, record):
     same checkpoints (the second one finds the first one's job running).
     """
     if not backend.resumable:
-        raise UserError(f"--resume works for local and docker runs, not {backend.name} ones (Azure ML "
+        raise UsageError(f"--resume works for local and docker runs, not {backend.name} ones (Azure ML "
                         "restarts a preempted job by itself, from the run's checkpoint output)")
     if record.status == COMPLETED:
-        raise UserError(f"run {record.run_id} has completed: there is nothing to resume")
+        raise UsageError(f"run {record.run_id} has completed: there is nothing to resume")
     if "trials" in record.params:  # (a trial is refused before: it has no job of its own)
-        raise UserError(f"run {record.run_id} is a search, whose trials start from the beginning: "
+        raise UsageError(f"run {record.run_id} is a search, whose trials start from the beginning: "
                         "start the search again")
     run = run_ref(record)
     spec = read_spec(run.run_dir, record.run_id)
-    with open(run.run_dir / "spec.json") as lock:
+    with open(RunFolder(run.run_dir).spec_path) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"run {record.run_id} is being resumed by another client") from None
+            raise UsageError(f"run {record.run_id} is being resumed by another client") from None
         status = backend.status(run)
         if status == COMPLETED:
-            raise UserError(f"run {record.run_id} has completed: there is nothing to resume")
+            raise UsageError(f"run {record.run_id} has completed: there is nothing to resume")
         if status not in TERMINAL:
-            raise UserError(f"run {record.run_id} is still {status}: follow it with 'orchestrate logs {record.run_id}'")
+            raise UsageError(f"run {record.run_id} is still {status}: follow it with 'orchestrate logs {record.run_id}'")
         if not spec.data.is_dir():
-            raise UserError(f"the dataset of run {record.run_id} is gone: {spec.data}")
+            raise UsageError(f"the dataset of run {record.run_id} is gone: {spec.data}")
         backend.prepare(spec)
         try:
             resumed = backend.resume(spec, run)
@@ -131,33 +129,45 @@ def resume(backend, ledger, record):
     return resumed
 
 
-def follow(backend, run, ledger, renderer, until_end=True):
-    """Render the run's events until it ends, then record and return its Outcome.
+def follow(backend, run, ledger, on_event, on_line, timeout=None):
+    """Pass the run's events to `on_event` (its other lines to `on_line`) until it ends, then record
+    and return its Outcome.
 
-    Every follower renders the log from its start (cursor 0), so a client that re-attaches
-    shows the whole run, each event exactly once; Ctrl-C raises Detached and leaves the job
-    running. Without `until_end`, it renders what is logged so far and returns the current state.
+    Every follower reads the log from its start (cursor 0), so a client that re-attaches sees the
+    whole run, each event exactly once; KeyboardInterrupt leaves the job running. With `timeout`
+    (seconds) it stops following then and returns the current state (0: what is logged so far).
     A resumed run's log holds every attempt: the backend follows until the last attempt ends, and
     only the last attempt's run_end tells the outcome (a later run_start voids an earlier run_end,
     so a killed last attempt, which wrote none, is not reported with the canceled one's exit code).
     """
     run_end = None
-    try:
-        for line in backend.log_lines(run, 0, follow=until_end):
-            event = parse_line(line.text)
-            if event is None:
-                renderer.line(line.text)
-                continue
-            renderer.event(event)
-            if event.get("type") == "run_start":
-                run_end = None
-            elif event.get("type") == "run_end":
-                run_end = event
-    except KeyboardInterrupt:
-        raise Detached(run.run_id) from None
-    finally:
-        renderer.close()
+    for line in _lines(backend, run, timeout):
+        event = parse_line(line.text)
+        if event is None:
+            on_line(line.text)
+            continue
+        on_event(event)
+        if event.get("type") == "run_start":
+            run_end = None
+        elif event.get("type") == "run_end":
+            run_end = event
     return finish(backend, run, ledger, run_end)
+
+
+def _lines(backend, run, timeout):
+    """The run's log lines: followed to the end, or, with `timeout`, read as they come until then."""
+    if timeout is None:
+        yield from backend.log_lines(run, 0, follow=True)
+        return
+    deadline, cursor = time.monotonic() + timeout, 0
+    while True:
+        for line in backend.log_lines(run, cursor, follow=False):
+            cursor = line.cursor
+            yield line
+        if backend.status(run) in TERMINAL or time.monotonic() >= deadline:
+            yield from backend.log_lines(run, cursor, follow=False)  # what came before the end
+            return
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
 def finish(backend, run, ledger, run_end=None, download=True):
@@ -170,7 +180,7 @@ def finish(backend, run, ledger, run_end=None, download=True):
     run_end = run_end or {}
     record = ledger.get(run.run_id)
     if record.status in TERMINAL:
-        outcome = Outcome(record.status, record.exit_code, run_end.get("error") or "", read_metrics(run.run_dir))
+        outcome = Outcome(record.status, record.exit_code, run_end.get("error") or "", RunFolder(run.run_dir).metrics())
     else:
         status = backend.status(run)
         if status not in TERMINAL:
@@ -178,8 +188,8 @@ def finish(backend, run, ledger, run_end=None, download=True):
                 ledger.update(run.run_id, status=status)
             return Outcome(status)
         if status == COMPLETED and download:
-            backend.download(run, run.run_dir / "outputs")
-        metrics = read_metrics(run.run_dir)
+            backend.download(run, RunFolder(run.run_dir).outputs)
+        metrics = RunFolder(run.run_dir).metrics()
         exit_code = run_end.get("exit_code")
         if exit_code is None:
             exit_code = backend.exit_code(run)
@@ -202,72 +212,3 @@ def _record_trials(ledger, record):
         from .search import record_trials
 
         record_trials(ledger, record)
-
-
-def read_metrics(run_dir, strict=False):
-    """outputs/metrics.json as a dict; None when it is missing, or unreadable or not a JSON object
-    (with `strict`: a UserError naming the file instead)."""
-    return read_json_object(Path(run_dir) / "outputs" / "metrics.json", strict)
-
-
-def read_json_object(path, strict=False):
-    """The JSON object in the file `path`; None when the file is missing, or unreadable or not an
-    object (with `strict`: a UserError naming the file instead)."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:  # a bad UTF-8 byte is a ValueError too
-        if strict:
-            raise UserError(f"{path} is unreadable: {exc}") from None
-        return None
-    if not isinstance(value, dict):
-        if strict:
-            raise UserError(f"{path} is damaged: it holds a JSON {type(value).__name__}, not an object")
-        return None
-    return value
-
-
-def read_history(run_dir):
-    """outputs/history.jsonl's rows, one JSON object per epoch with its epoch number; [] when the
-    file is missing. UserError naming the file (and line) when it is damaged."""
-    path = Path(run_dir) / "outputs" / "history.jsonl"
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is unreadable: {exc}") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{path} is unreadable: line {number}: {exc}") from None
-        epoch = row.get("epoch") if isinstance(row, dict) else None
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise UserError(f"{path} is damaged: line {number} is not an epoch's row (a JSON object with an "
-                            "integer \"epoch\")")
-        rows.append(row)
-    return rows
-
-
-def read_log_events(run_dir):
-    """The progress events of logs/train.log in order, every attempt of a resumed run; None when
-    the run folder has no log (an Azure ML run's log stays in the workspace)."""
-    try:
-        with open(Path(run_dir) / "logs" / "train.log", encoding="utf-8", errors="replace") as log:
-            return [event for event in map(parse_line, log) if event]
-    except OSError:
-        return None
-
-
-def job_seconds(events):
-    """How long the job ran, in seconds: the run_end events' seconds of every attempt of a resumed
-    run together (the time the job was given, not the wall clock from the first start to the last
-    end); None when no attempt reported its end."""
-    seconds = [event["seconds"] for event in events or () if event.get("type") == "run_end"
-               and isinstance(event.get("seconds"), (int, float)) and not isinstance(event["seconds"], bool)]
-    return round(sum(seconds), 3) if seconds else None

@@ -5,7 +5,6 @@ writes outputs/search.json. From it every trial becomes a run of its own in the 
 search's id (its folder is the search's outputs/trials/tNN), so `runs compare SEARCH`, `report`
 and `predict` treat trials as runs; the search's own outputs are its best trial's.
 """
-import json
 from pathlib import Path
 
 from remote_scripts import search_space
@@ -13,8 +12,9 @@ from remote_scripts.metrics import HEADLINE_METRICS
 from remote_scripts.options import problems, to_arguments
 
 from .backends.base import CANCELED, COMPLETED, FAILED
-from .errors import UserError
+from .errors import UsageError
 from .ledger import RunRecord
+from .run_folder import RunFolder
 
 TRIAL_STATUS = {"completed": COMPLETED, "failed": FAILED, "canceled": CANCELED}  # not_started: no run
 TOP = 5  # trials in the final table
@@ -24,7 +24,7 @@ def plan_trials(values, space_file=None, max_trials=None):
     """The trials of a search, in order, at most `max_trials` of them: those of the --space file
     as written (the options given on the command line are what its trials share), or the
     default space narrowed by the options given (`values`: {dest: value}, None when not given:
-    `--search --mode linear` tries linear mode only). UserError naming a space file's problem."""
+    `--search --mode linear` tries linear mode only). UsageError naming a space file's problem."""
     try:
         if space_file is not None:
             trials = search_space.expand(read_space(space_file))
@@ -32,12 +32,12 @@ def plan_trials(values, space_file=None, max_trials=None):
             fixed = {dest: value for dest, value in values.items() if value is not None and value is not False}
             trials = search_space.with_fixed(search_space.expand(search_space.DEFAULT_SPACE), fixed)
     except search_space.SpaceError as exc:
-        raise UserError(f"--space {space_file}: {exc}" if space_file else str(exc)) from None
+        raise UsageError(f"--space {space_file}: {exc}" if space_file else str(exc)) from None
     trials = trials[:max_trials] if max_trials else trials
     for number, trial in enumerate(trials, 1):  # each value is checked; here, the rules across options
         found = problems({**values, **trial})
         if found:
-            raise UserError(f"{f'--space {space_file}: ' if space_file else ''}trial {number} "
+            raise UsageError(f"{f'--space {space_file}: ' if space_file else ''}trial {number} "
                             f"({search_space.describe(trial)}): {'; '.join(found)}")
     return trials
 
@@ -50,19 +50,12 @@ def read_space(path):
     try:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UserError(f"--space {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"--space {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"--space {path} is not YAML: {' '.join(str(exc).split())}") from None
+        raise UsageError(f"--space {path} is not YAML: {' '.join(str(exc).split())}") from None
     if isinstance(doc, dict) and set(doc) == {"space"}:
         doc = doc["space"]
     return doc
-
-
-def read_search(run_dir):
-    """outputs/search.json of a search's run folder, or None when there is none (yet)."""
-    from .runner import read_json_object
-
-    return read_json_object(Path(run_dir) / "outputs" / search_space.SEARCH_FILE, strict=True)
 
 
 def trial_run_id(search_id, trial):
@@ -72,7 +65,7 @@ def trial_run_id(search_id, trial):
 def record_trials(ledger, record):
     """Add a ledger row for each trial of the search `record` that ran (once: rows already there
     are left alone). The trial's parameters are the search's shared ones with its own on top."""
-    doc = read_search(record.run_dir)
+    doc = RunFolder(record.run_dir).search()
     if doc is None:
         return
     present = {child.run_id for child in ledger.children(record.run_id)}
@@ -84,7 +77,7 @@ def record_trials(ledger, record):
             continue
         ledger.add(RunRecord(
             run_id=run_id, name=f"{record.name} {trial['trial']}", backend=record.backend, status=status,
-            dataset=record.dataset, run_dir=str(Path(record.run_dir) / "outputs" / "trials" / trial["trial"]),
+            dataset=record.dataset, run_dir=str(RunFolder(record.run_dir).trial(trial["trial"]).path),
             remote_id=trial.get("remote_id") or "", search_id=record.run_id,
             params={"train_args": shared + to_arguments(trial.get("config") or {}),
                     "backend_options": record.params.get("backend_options") or {}},
@@ -95,7 +88,7 @@ def record_trials(ledger, record):
 def result(record):
     """The search's result as JSON: {"search_id", "best": {"run_id", metrics...} or None,
     "trials": [...]}, trials ranked by the primary metric (best first), each with its run id."""
-    doc = read_search(record.run_dir) or {}
+    doc = RunFolder(record.run_dir).search() or {}
     trials = [dict(trial, run_id=trial_run_id(record.run_id, trial.get("trial")))
               for trial in doc.get("trials") or []]
     ranked = sorted(trials, key=search_space.rank_key)
@@ -113,5 +106,5 @@ def expand_ids(ledger, run_ids):
         children = ledger.children(record.run_id)
         expanded += [child.run_id for child in children] if children else [record.run_id]
     if not expanded:
-        raise UserError("no runs to compare")
+        raise UsageError("no runs to compare")
     return expanded

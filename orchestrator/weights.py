@@ -27,7 +27,8 @@ from remote_scripts import weights_catalog as catalog
 from remote_scripts.atomic import write_atomically
 from remote_scripts.options import given_value
 
-from .errors import UserError
+from .errors import UsageError
+from .events import ignore, transfer
 from .secrets import redact
 
 # A mirror of the published files (a corporate artifact store, or a test server): the base URL
@@ -62,10 +63,21 @@ def ensure_imagenet_weights(arch, on_progress=None):
     """The path of `arch`'s ImageNet weights in the torch hub cache, downloaded first if missing.
 
     on_progress(done_bytes, total_bytes or None) is called as the download proceeds (not at all on
-    a cache hit). Raises UserError, in one line that says how to proceed offline, when the file
+    a cache hit). Raises UsageError, in one line that says how to proceed offline, when the file
     cannot be fetched, is not the published file, or cannot be written.
     """
     return ensure_hub_file(catalog.IMAGENET1K_V1[arch].file_name, on_progress)
+
+
+def fetch_imagenet_weights(train_args, on_event=ignore):
+    """Put the ImageNet weights a job with `train_args` will load into this machine's torch hub
+    cache, reporting the download as transfer events: a container has no network and a workspace
+    may have no outbound access, so the client fetches them. Nothing to do for --weights none|PATH."""
+    arch = wanted_imagenet_arch(train_args)
+    if arch is None:
+        return
+    what = f"{arch} ImageNet weights"
+    ensure_imagenet_weights(arch, lambda done, total: on_event(transfer(what, done, total)))
 
 
 def ensure_hub_file(file_name, on_progress=None):
@@ -83,21 +95,21 @@ def ensure_hub_file(file_name, on_progress=None):
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in schemes:
         opt_in = f" (or set {ALLOW_HTTP_ENV}=1 for a plain http mirror you trust)" if scheme == "http" else ""
-        raise UserError(f"{BASE_URL_ENV} must be an https:// URL, not {shown}{opt_in}")
+        raise UsageError(f"{BASE_URL_ENV} must be an https:// URL, not {shown}{opt_in}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda tmp: _download(url, tmp, expected, on_progress, schemes))
     except _Unreachable as exc:
-        raise UserError(f"cannot download {shown}: {exc}. {offline}") from None
+        raise UsageError(f"cannot download {shown}: {exc}. {offline}") from None
     except _Redirected as exc:
-        raise UserError(f"{shown} redirects to {exc}, which is refused: weights are fetched over "
+        raise UsageError(f"{shown} redirects to {exc}, which is refused: weights are fetched over "
                         f"{' or '.join(schemes)} only; nothing was kept") from None
     except _Corrupt as exc:
         what = "is not" if len(expected) == len(exc.digest) else "does not start with"
-        raise UserError(f"{shown} is not the published file (its sha256 {exc} {what} "
+        raise UsageError(f"{shown} is not the published file (its sha256 {exc} {what} "
                         f"{expected}); nothing was kept. {offline}") from None
     except OSError as exc:  # the cache folder: read-only, full, not a folder
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}. {offline}") from None
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}. {offline}") from None
     return path
 
 

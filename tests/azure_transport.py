@@ -626,3 +626,12 @@ def code_and_environment_as_arm_ids(monkeypatch):
         return sweep
     monkeypatch.setattr(job, "build_job", lambda plan: as_arm_ids(built_job(plan)))
     monkeypatch.setattr(sweep_job, "build_sweep", build_sweep)
+
+
+def notices(lines):
+    """An on_event that keeps the messages of the notice events in `lines` (other events, such as an
+    upload's transfer progress, are not lines of text): what a backend told its user, in order."""
+    def on_event(event):
+        if event["type"] == "notice":
+            lines.append(event["message"])
+    return on_event

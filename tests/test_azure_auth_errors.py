@@ -25,7 +25,7 @@ from services.azurite import ACCOUNT, ACCOUNT_KEY, azurite  # noqa: F401
 from orchestrator.backends.azure.seam import AzureSeam, azure_errors
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.backends.azure.sweep_results import read_trial_files
-from orchestrator.errors import UserError
+from orchestrator.errors import ServiceError
 from orchestrator.storage.blob import upload_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -150,7 +150,7 @@ def test_a_refused_datastore_key_or_sas_says_so_and_not_az_login(tmp_path, key_r
     endpoint = key_refusing_blob_service.rsplit("/", 1)[0]
 
     # the upload (storage.blob's translator, which knows the key came from the datastore)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         upload_dataset(make_dataset(tmp_path / "colors"), container, "ds")
     assert str(exc.value) == (
         f"{endpoint} did not accept the {sent} while listing in container 'azureml-blobstore-1' (HTTP 403 "
@@ -158,7 +158,7 @@ def test_a_refused_datastore_key_or_sas_says_so_and_not_az_login(tmp_path, key_r
         f"and if it is refused again, {fix}")
 
     # a read inside the seam's translator, as the sweep follower and a search download read trial files
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         with azure_errors():
             read_trial_files(container, "r1", "r1-trial-1")
     message = str(exc.value)
@@ -173,7 +173,7 @@ def test_a_refused_key_from_the_connection_string_says_to_renew_it(tmp_path, key
     conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={WRONG_KEY};"
             f"BlobEndpoint={key_refusing_blob_service};")
     seam, _ = datastore_seam(None, "AccountKey", "azureml-blobstore-1", storage_connection_string=conn)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         upload_dataset(make_dataset(tmp_path / "colors"), seam.container_client(seam.default_datastore()), "ds")
     message = str(exc.value)
     assert message.endswith("did not accept the account key while listing in container 'azureml-blobstore-1' "
@@ -193,7 +193,7 @@ def test_azurites_refusal_keeps_its_code_through_the_seam(azurite, kind):  # noq
         admin.create_container()
     seam, secret = datastore_seam(azurite.endpoint, kind, "azureml-blobstore-auth")
     container = seam.container_client(seam.default_datastore())
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         with azure_errors():
             read_trial_files(container, "r1", "r1-trial-1")
     message = str(exc.value)
@@ -226,7 +226,7 @@ class NoCredential:
 
 def test_a_token_the_management_plane_refuses_keeps_az_login_and_its_code():
     seam = AzureSeam(settings(), credential=RefusedToken(), transport=ManagementPlane())
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         with azure_errors():
             seam.job_status("run-1")
     # the plane's 401 body {"error": {"code": "AuthenticationFailed"}}: ARM's, without x-ms-error-code
@@ -242,13 +242,13 @@ def test_a_token_the_storage_refuses_is_an_azure_ad_problem(tmp_path, token_refu
     seam = AzureSeam(settings(), credential=StaticToken(), transport=plane, blob_endpoint=token_refusing_blob_service)
     container = seam.container_client(seam.default_datastore())
     endpoint = token_refusing_blob_service.rsplit("/", 1)[0]
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         upload_dataset(make_dataset(tmp_path / "colors"), container, "ds")
     assert str(exc.value) == (
         f"{endpoint} did not accept your Azure AD sign-in while listing in container 'azureml-blobstore-1' "
         "(HTTP 401 InvalidAuthenticationInfo): run `az login` again, or check "
         "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET")
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         with azure_errors():
             read_trial_files(container, "r1", "r1-trial-1")
     assert str(exc.value).startswith(f"{endpoint} did not accept your Azure AD sign-in (HTTP 401 "
@@ -257,7 +257,7 @@ def test_a_token_the_storage_refuses_is_an_azure_ad_problem(tmp_path, token_refu
 
 def test_no_credential_at_all_is_az_login():
     seam = AzureSeam(settings(), credential=NoCredential(), transport=ManagementPlane())
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         with azure_errors():
             seam.job_status("run-1")
     assert str(exc.value) == ("Azure sign-in failed: run `az login` or set "

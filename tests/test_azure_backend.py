@@ -8,7 +8,7 @@ test_compute_plan.py.
 import json
 
 import pytest
-from azure_transport import DS3_V2, GPU_SIZES, family_usage, regional_usage
+from azure_transport import DS3_V2, GPU_SIZES, family_usage, notices, regional_usage
 from PIL import Image
 
 from orchestrator.backends.azure import AzureBackend
@@ -18,7 +18,7 @@ from orchestrator.backends.azure.provision import ensure_compute, ensure_workspa
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.backends.azure.tailer import FINGERPRINT, map_status, rank0_log, tail
 from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
-from orchestrator.errors import UserError
+from orchestrator.errors import ServiceError, UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
 
@@ -169,7 +169,7 @@ def settings():
 def test_workspace_create_makes_the_resource_group_first_and_is_idempotent(world):
     world.resource_group, world.workspace = False, None
     seam = world.seam(settings())
-    with pytest.raises(UserError, match="--location"):
+    with pytest.raises(UsageError, match="--location"):
         ensure_workspace(seam)
     lines = ensure_workspace(seam, "westeurope")
     assert lines[:2] == ["created resource group rg in westeurope", "created workspace ws"]
@@ -186,7 +186,8 @@ def test_workspace_create_makes_the_resource_group_first_and_is_idempotent(world
 def test_compute_is_created_after_the_quota_check_and_only_once(world):
     seam = world.seam(settings())
     said = []
-    ensure_compute(seam, resolve("gpu-nc12"), say=said.append, max_nodes=1, low_priority=True)
+    ensure_compute(seam, resolve("gpu-nc12"),
+                   on_event=lambda event: said.append(event["message"]), max_nodes=1, low_priority=True)
     assert said[0].startswith("notice: Standard_NC12")
     created = next(c[1] for c in world.calls if c[0] == "create_compute")
     assert (created.name, created.size, created.tier, created.min_instances, created.max_instances) == \
@@ -195,20 +196,23 @@ def test_compute_is_created_after_the_quota_check_and_only_once(world):
     assert names(world).index("list_usage") < names(world).index("create_compute")
     world.calls.clear()
     said.clear()
-    ensure_compute(seam, resolve("Standard_NC16as_T4_v3"), say=said.append)
+    ensure_compute(seam, resolve("Standard_NC16as_T4_v3"),
+                   on_event=lambda event: said.append(event["message"]))
     assert "already exists" in said[0]
     assert said[1] == ("warning: nc16as-t4-v3 has low-priority nodes, not dedicated; "
                        "delete it to change its tier")
-    with pytest.raises(UserError, match="scales to at most 1 node\\(s\\), 2 needed"):
-        ensure_compute(seam, resolve("Standard_NC16as_T4_v3"), say=said.append, max_nodes=2)
+    with pytest.raises(UsageError, match="scales to at most 1 node\\(s\\), 2 needed"):
+        ensure_compute(seam, resolve("Standard_NC16as_T4_v3"),
+                       on_event=lambda event: said.append(event["message"]), max_nodes=2)
     assert "create_compute" not in names(world)
 
 
 def test_compute_create_stops_before_creating_when_quota_is_short(world):
     seam = world.seam(settings())
     said = []
-    with pytest.raises(UserError) as exc:
-        ensure_compute(seam, resolve("gpu-a100x2"), say=said.append, max_nodes=2)
+    with pytest.raises(UsageError) as exc:
+        ensure_compute(seam, resolve("gpu-a100x2"),
+                       on_event=lambda event: said.append(event["message"]), max_nodes=2)
     message = str(exc.value)
     assert ("'Standard NCADSA100v4 Family Cluster Dedicated vCPUs' needs 96 vCPUs, 72 available "
             "(limit 96, in use 24)") in message
@@ -361,8 +365,8 @@ def test_prepare_submit_follow_download(tmp_path, world, container, workspace_en
     spec = JobSpec(run_id="colors-1", data=data, run_dir=run_dir, train_args=["--epochs", "1"],
                    backend_options={"compute": "gpu-a100", "nodes": 2, "experiment": "colors", "no_pack": True})
     said, asked = [], []
-    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append,
-                           approve=lambda: asked.append(dict(world.computes)))
+    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, on_event=notices(said),
+                           approve=lambda question: asked.append(dict(world.computes)))
     backend.prepare(spec)
     assert asked == [{}]  # the CLI's confirmation came after the plan and before the cluster existed
     prefix = dataset_prefix(data)
@@ -382,10 +386,10 @@ def test_prepare_submit_follow_download(tmp_path, world, container, workspace_en
     for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
         monkeypatch.delenv(name)
     said.clear()
-    other = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append)
+    other = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, on_event=notices(said))
     run = RunRef("colors-1", "azure", run_dir, "colors-1")
     assert other.status(run) == QUEUED
-    with pytest.raises(UserError, match="not finished"):
+    with pytest.raises(UsageError, match="not finished"):
         other.download(run, run_dir / "outputs")
     world.jobs["colors-1"].update(status="Completed", log=b"epoch 1\n@@orchestrate {\"type\": \"run_end\"}\n")
     assert [l.text for l in other.log_lines(run)][-1] == '@@orchestrate {"type": "run_end"}'
@@ -431,11 +435,11 @@ def test_cancel_and_errors_are_one_line_without_secrets(tmp_path, world):
         raise HttpResponseError(message="(AuthorizationFailed) no access to "
                                         "https://sa.blob.core.windows.net/c/x?sv=1&sig=SECRETSIG\nmore")
     world.seam = lambda s: type("S", (RecordingSeam,), {"job_status": lambda self, n: refuse(n)})(s, world)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         AzureBackend(seam_factory=world.seam).status(run)
     assert "AuthorizationFailed" in str(exc.value) and "SECRETSIG" not in str(exc.value)
     assert "\n" not in str(exc.value)
-    with pytest.raises(UserError, match="azure.json is missing"):
+    with pytest.raises(UsageError, match="azure.json is missing"):
         backend.status(RunRef("x", "azure", tmp_path / "nowhere", "x"))
 
 
@@ -499,7 +503,7 @@ def test_sign_in_failures_become_one_line():
 
     from orchestrator.backends.azure.seam import azure_errors
 
-    with pytest.raises(UserError, match="^Azure sign-in failed: run `az login`"):
+    with pytest.raises(ServiceError, match="^Azure sign-in failed: run `az login`"):
         with azure_errors():
             raise ClientAuthenticationError("DefaultAzureCredential failed\nlong story")
 
@@ -511,7 +515,7 @@ def test_prepare_packs_the_dataset_and_the_job_downloads_its_shards(tmp_path, wo
     spec = JobSpec(run_id="colors-2", data=data, run_dir=tmp_path / "runs" / "colors-2", train_args=["--epochs", "1"],
                    backend_options={"compute": "gpu-a100"})
     said = []
-    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, say=said.append, approve=lambda: None)
+    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, on_event=notices(said), approve=lambda question: None)
     backend.prepare(spec)
     prefix = dataset_prefix(data, packed=True)
     names = {b.name for b in container.list_blobs()}

@@ -11,7 +11,7 @@ from orchestrator.backends.azure.job import build_job, dataset_prefix, describe,
 from orchestrator.backends.azure.provision import compute_entity
 from orchestrator.backends.azure.settings import load_settings
 from orchestrator.backends.base import JobSpec
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.paths import remote_scripts_dir
 
 # azure-ai-ml's schemas are full of marshmallow deprecation warnings: not ours to fix
@@ -81,13 +81,13 @@ def test_exported_yaml_is_accepted_by_load_job_and_keeps_everything(tmp_path):
 
 
 def test_bad_options_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="unknown compute"):
+    with pytest.raises(UsageError, match="unknown compute"):
         plan_from_spec(spec(tmp_path, compute="nc12"))
-    with pytest.raises(UserError, match="--nodes"):
+    with pytest.raises(UsageError, match="--nodes"):
         plan_from_spec(spec(tmp_path, nodes=0))
     bad = spec(tmp_path)
     bad.train_args = ["--name", "${{inputs.secret}}"]
-    with pytest.raises(UserError, match="must not contain"):
+    with pytest.raises(UsageError, match="must not contain"):
         build_job(plan_from_spec(bad))
 
 
@@ -176,16 +176,16 @@ def test_compute_entity_spells_the_tier_the_way_the_service_wants(tmp_path, low_
                                           ({"max_nodes": 1, "min_nodes": 2}, "--min-nodes"),
                                           ({"idle_minutes": 0}, "--idle-minutes")])
 def test_bad_cluster_sizes_are_user_errors(kwargs, match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UsageError, match=match):
         compute_entity(resolve("gpu-t4"), **kwargs)
 
 
 def test_export_to_a_missing_folder_is_a_user_error_before_anything_else(tmp_path):
     """The path is checked first: even a spec whose compute is unknown reports the path."""
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         export_job_yaml(spec(tmp_path, compute="gpu-k80"), Path("/nonexistent/dir/job.yml"))
     assert str(exc.value) == "cannot write /nonexistent/dir/job.yml: no such folder"
-    with pytest.raises(UserError, match="it is a folder"):
+    with pytest.raises(UsageError, match="it is a folder"):
         export_job_yaml(spec(tmp_path), tmp_path)
 
 
@@ -194,7 +194,7 @@ def test_sdk_validation_exceptions_become_one_line_user_errors():
 
     from orchestrator.backends.azure.job import sdk_validation_errors
 
-    with pytest.raises(UserError) as exc, sdk_validation_errors():
+    with pytest.raises(UsageError) as exc, sdk_validation_errors():
         command(command="echo", environment="img:1", compute="c", environment_variables=3)
     assert str(exc.value).startswith("invalid Azure ML job: Expecting <class 'dict'> for environment_variables")
     assert "\n" not in str(exc.value)
@@ -256,5 +256,5 @@ def test_exported_yaml_names_the_local_weights_file_for_az_ml_to_upload(tmp_path
 ])
 def test_weights_that_cannot_be_sent_are_user_errors(tmp_path, monkeypatch, args, options, match):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UsageError, match=match):
         plan_from_spec(with_weights(spec(tmp_path, **options), *args))

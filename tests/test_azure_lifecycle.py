@@ -8,7 +8,7 @@ streams) and a download that resumes file by file (Azurite).
 import json
 
 import pytest
-from azure_transport import (SUB, TOKEN, ManagementPlane, StaticToken, aml_compute, compute_error,
+from azure_transport import (SUB, TOKEN, ManagementPlane, StaticToken, aml_compute, compute_error, notices,
                              run_error, set_job_status)
 
 from orchestrator.backends.azure import AzureBackend
@@ -19,7 +19,7 @@ from orchestrator.backends.azure.seam import AzureSeam, terminal_statuses
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.backends.azure.tailer import tail
 from orchestrator.backends.base import FAILED, QUEUED, RUNNING, Backend, JobSpec, RunRef
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
 
@@ -83,7 +83,7 @@ def test_max_hours_is_the_jobs_timeout(tmp_path):
     rest = build_job(plan_from_spec(spec))._to_job()._to_rest_object().as_dict()
     assert rest["properties"]["limits"]["timeout"] == "P1D"  # 24 h by default
     spec.backend_options["max_hours"] = 0
-    with pytest.raises(UserError, match="--max-hours"):
+    with pytest.raises(UsageError, match="--max-hours"):
         plan_from_spec(spec)
 
 
@@ -132,7 +132,7 @@ def test_an_interrupted_submit_leaves_a_row_with_the_job_name(tmp_path, plane):
     assert (row.remote_id, row.status) == ("run-9", QUEUED)  # status asks the service next
     # the service never got the job: status says failed (and why) instead of an Azure error
     said = []
-    backend = AzureBackend(seam_factory=real_seam(plane), say=said.append)
+    backend = AzureBackend(seam_factory=real_seam(plane), on_event=notices(said))
     assert backend.status(run_dir_for(tmp_path, plane, "run-9")) == FAILED
     assert said == ["Azure ML job run-9 does not exist: its submit did not complete"]
 
@@ -161,12 +161,12 @@ def test_submit_writes_the_azure_record_before_the_create(tmp_path, plane, monke
 # following -------------------------------------------------------------------------------------
 def test_a_failed_job_says_the_service_error_and_where_the_logs_are(tmp_path, plane):
     real_seam(plane)(WS_SETTINGS).submit(remote_job(plane, "run-3"))
-    set_job_status(plane, "run-3", "Failed", run_error("UserError", FAILURE))
+    set_job_status(plane, "run-3", "Failed", run_error("UsageError", FAILURE))
     said = []
-    backend = AzureBackend(seam_factory=real_seam(plane), sleep=lambda s: None, say=said.append)
+    backend = AzureBackend(seam_factory=real_seam(plane), sleep=lambda s: None, on_event=notices(said))
     run = run_dir_for(tmp_path, plane, "run-3")
     assert list(backend.log_lines(run)) == []
-    assert said == ["Azure ML job: Failed", f"Azure ML error: UserError: {FAILURE}",
+    assert said == ["Azure ML job: Failed", f"Azure ML error: UsageError: {FAILURE}",
                     "full logs: https://ml.azure.com/runs/run-3?wsid=x (Outputs + logs)"]
     assert backend.status(run) == FAILED
     assert not any(TOKEN in line for line in said)
@@ -192,7 +192,7 @@ def follow_while_waiting(tmp_path, plane, run_id, before_following=lambda: None)
             set_job_status(plane, run_id, "Canceled")
 
     said = []
-    backend = AzureBackend(seam_factory=real_seam(plane), sleep=sleep, say=said.append, clock=clock)
+    backend = AzureBackend(seam_factory=real_seam(plane), sleep=sleep, on_event=notices(said), clock=clock)
     before_following()
     assert list(backend.log_lines(run_dir_for(tmp_path, plane, run_id))) == []
     return said
@@ -236,7 +236,7 @@ def test_not_responding_ends_the_follow_with_a_line_but_not_the_run(tmp_path, pl
     set_job_status(plane, "run-5", "NotResponding")
     said = []
     backend = AzureBackend(seam_factory=real_seam(plane), sleep=lambda s: pytest.fail("must not wait"),
-                           say=said.append)
+                           on_event=notices(said))
     run = run_dir_for(tmp_path, plane, "run-5")
     assert list(backend.log_lines(run)) == []
     assert said[0].startswith("Azure ML job: NotResponding (the service has not heard")
@@ -258,8 +258,8 @@ def test_a_failed_cluster_is_reported_with_its_errors(plane):
     name = resolve("gpu-t4").cluster
     plane.computes[name] = aml_compute(name, size="STANDARD_NC4AS_T4_V3", state="Failed", errors=[
         compute_error("BadRequest", "The subnet is full")])
-    with pytest.raises(UserError) as exc:
-        ensure_compute(real_seam(plane)(WS_SETTINGS), resolve("gpu-t4"), say=lambda line: None)
+    with pytest.raises(UsageError) as exc:
+        ensure_compute(real_seam(plane)(WS_SETTINGS), resolve("gpu-t4"))
     assert str(exc.value).startswith(f"compute {name} is in provisioning state Failed: BadRequest: The subnet is full")
     assert not any(m == "PUT" for m, _ in plane.requests)
 

@@ -25,7 +25,7 @@ from orchestrator.backends.azure.score_job import (APPEND_ROW_FILE, ScoreRun, bu
                                                    score_prefix)
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.settings import Settings
-from orchestrator.errors import JobFailed, UserError
+from orchestrator.errors import JobFailed, UsageError
 from orchestrator.ledger import Ledger
 from orchestrator.paths import remote_scripts_dir
 
@@ -166,7 +166,7 @@ def test_describe_names_what_would_run():
     ({"model": "/nonexistent/model.onnx"}, "no such file"),
 ])
 def test_bad_values_are_user_errors(values, match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UsageError, match=match):
         plan(**values)
 
 
@@ -266,7 +266,7 @@ def settings():
 
 
 def score_run(plane, azurite, said=None):
-    return ScoreRun(settings(), Ledger(), say=(said.append if said is not None else lambda line: None),
+    return ScoreRun(settings(), Ledger(), on_event=(said.append if said is not None else lambda event: None),
                     sleep=lambda s: None, seam_factory=real_seam(plane, azurite.endpoint))
 
 
@@ -374,10 +374,10 @@ def test_a_failed_job_is_exit_1_with_the_services_error(tmp_path, plane, azurite
     original = run.seam.job_status
 
     def fails(name):  # the service reports the failure on the first poll after the submit
-        set_job_status(plane, name, "Failed", run_error("UserError", "run() raised in 5 mini-batches"))
+        set_job_status(plane, name, "Failed", run_error("UsageError", "run() raised in 5 mini-batches"))
         return original(name)
     monkeypatch.setattr(run.seam, "job_status", fails)
-    with pytest.raises(JobFailed, match="failed: UserError: run\\(\\) raised in 5 mini-batches"):
+    with pytest.raises(JobFailed, match="failed: UsageError: run\\(\\) raised in 5 mini-batches"):
         run.run(plan(), tmp_path / "runs" / RUN, tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists() and Ledger().get(RUN).status == "failed"
 
@@ -423,7 +423,7 @@ def test_download_falls_back_to_the_runtimes_default_file_name(tmp_path, plane, 
 ])
 def test_an_unreadable_predictions_file_is_a_user_error_naming_file_and_line(tmp_path, plane, azurite, run_id, blobs,
                                                                               match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UsageError, match=match):
         download(plane, azurite, tmp_path, run_id, blobs)
 
 
@@ -439,7 +439,7 @@ def test_a_packed_prefix_is_refused_before_anything_is_created(tmp_path, plane, 
     nothing_to_upload(monkeypatch)
     plane.admin.upload_blob("packed/pets/index.json", packed_index(), overwrite=True)
     plane.admin.upload_blob("packed/pets/shards/0a1b.tar", b"\0" * 1024, overwrite=True)
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(UsageError) as refused:
         score_run(plane, azurite).submit(plan(data="az://workspaceblobstore/packed/pets"), tmp_path / "runs" / RUN)
     message = str(refused.value)
     assert message.startswith("az://workspaceblobstore/packed/pets is a packed dataset (index.json and shards/*.tar)")
@@ -469,14 +469,14 @@ def test_the_data_uri_names_a_datastore_a_storage_account_and_container_or_a_con
     assert resolved(f"az://{CONTAINER}/photos") == ("workspaceblobstore", "photos")
     known = ("\\(the blob datastores of workspace 'ws': workspaceblobstore \\(account devstoreaccount1, container "
              "azureml-blobstore-score\\), archive \\(account otheraccount, container old-images\\)\\)")
-    with pytest.raises(UserError, match=f"^az://{ACCOUNT}/datasets/pets: no datastore is on container 'datasets' of "
+    with pytest.raises(UsageError, match=f"^az://{ACCOUNT}/datasets/pets: no datastore is on container 'datasets' of "
                                         f"storage account '{ACCOUNT}': register one for it "
                                         f"\\(az ml datastore create\\) or upload to the container of one {known}$"):
         resolved(f"az://{ACCOUNT}/datasets/pets")
-    with pytest.raises(UserError, match="^az://elsewhere/x: no datastore has that name or container, nor is on "
+    with pytest.raises(UsageError, match="^az://elsewhere/x: no datastore has that name or container, nor is on "
                                         f"storage account 'elsewhere' {known}$"):
         resolved("az://elsewhere/x")
-    with pytest.raises(UserError, match=f"az://{ACCOUNT}/{CONTAINER}: name the blob folder of the images"):
+    with pytest.raises(UsageError, match=f"az://{ACCOUNT}/{CONTAINER}: name the blob folder of the images"):
         resolved(f"az://{ACCOUNT}/{CONTAINER}")
 
 

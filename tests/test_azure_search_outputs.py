@@ -32,7 +32,7 @@ from orchestrator.backends.azure.score_job import ScoreRun, plan_score
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.backends.azure.sweep_job import trial_prefix
 from orchestrator.backends.base import COMPLETED
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.ledger import Ledger, RunRecord
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -73,7 +73,7 @@ def search_in_ledger(run):
 
 def test_scoring_a_search_reads_its_best_trials_model_where_that_trial_wrote_it(tmp_path, plane, azurite,
                                                                                 monkeypatch):
-    from orchestrator.cli.score_azure import azure_model
+    from orchestrator.scoring import azure_model
 
     backend, run, _ = submitted(tmp_path, plane, azurite, monkeypatch)
     ended_sweep(plane, azurite)
@@ -86,7 +86,7 @@ def test_scoring_a_search_reads_its_best_trials_model_where_that_trial_wrote_it(
     nothing_to_upload(monkeypatch)
     run_id = "score-photos-20261204-090000-ef56"
     score = ScoreRun(Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws"), Ledger(),
-                     say=lambda line: None, sleep=lambda s: None)
+                     sleep=lambda s: None)
     score.submit(plan_score(uri, DATA, run_id=run_id), tmp_path / "runs" / run_id)
     (_, body), = [(name, body) for name, body in plane.job_puts if name == run_id]
     assert body["properties"]["jobs"]["score"]["inputs"]["model"] == {"job_input_type": "uri_file",
@@ -109,7 +109,7 @@ def test_scoring_a_search_whose_best_trial_is_not_known_yet_is_refused_before_an
     # a search without a completed trial has no model to score, said as plainly
     (run.run_dir / "outputs").mkdir()
     (run.run_dir / "outputs" / "search.json").write_text(json.dumps({"search_id": RUN, "best": None, "trials": []}))
-    with pytest.raises(UserError, match=f"^no trial of search {RUN} completed: it has no model "
+    with pytest.raises(UsageError, match=f"^no trial of search {RUN} completed: it has no model "
                                         "\\(see .*search.json\\)$"):
         score_job.azure_run_model_uri(run.run_dir, RUN)
 

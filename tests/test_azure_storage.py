@@ -29,7 +29,7 @@ from orchestrator.backends.azure.job import dataset_prefix
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.backends.base import JobSpec
-from orchestrator.errors import UserError
+from orchestrator.errors import ServiceError, UsageError
 from orchestrator.storage.blob import download_prefix, upload_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -168,7 +168,7 @@ def test_a_missing_data_role_says_which_role_on_which_scope_and_how_to_grant_it(
     client = seam.container_client(seam.default_datastore())
     assert plane.secret_requests == []  # an identity-based datastore has no secrets to ask for
     assert client.credential is seam.credential  # the Azure AD sign-in, not a key
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         upload_dataset(make_dataset(tmp_path / "colors"), client, "ds")
     message = str(exc.value)
     assert "\n" not in message
@@ -178,7 +178,7 @@ def test_a_missing_data_role_says_which_role_on_which_scope_and_how_to_grant_it(
             f'--role "Storage Blob Data Contributor" --scope {STORAGE_ID}`') in message
     assert RefusingBlobService.seen and all(h == f"Bearer {TOKEN}" for h in RefusingBlobService.seen)
     assert TOKEN not in message
-    with pytest.raises(UserError, match="Storage Blob Data Contributor"):
+    with pytest.raises(ServiceError, match="Storage Blob Data Contributor"):
         download_prefix(client, "orchestrate/runs/r/model", tmp_path / "out")
 
 
@@ -187,7 +187,7 @@ def test_a_wrong_key_is_one_line_without_the_key_nor_a_role_hint(tmp_path, azuri
     plane = ManagementPlane()
     add_datastore(plane, datastore_body("workspaceblobstore", ACCOUNT, "azureml-blobstore-wrong"), key=wrong)
     seam = real_seam(plane, azurite.endpoint)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(ServiceError) as exc:
         upload_dataset(make_dataset(tmp_path / "colors"), seam.container_client(seam.default_datastore()), "ds")
     message = str(exc.value)
     assert "HTTP 403 " in message and "\n" not in message
@@ -200,7 +200,7 @@ def test_a_connection_string_for_another_account_is_refused_for_the_datastore(az
     add_datastore(plane, datastore_body("workspaceblobstore", "wsstorage", "azureml-blobstore-1"), key="a2V5")
     other = "DefaultEndpointsProtocol=https;AccountName=otheraccount;AccountKey=b3RoZXJrZXk=;EndpointSuffix=core.windows.net"
     seam = real_seam(plane, None, storage_connection_string=other)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         seam.container_client(seam.default_datastore())
     message = str(exc.value)
     assert message == ("AZURE_STORAGE_CONNECTION_STRING is for storage account 'otheraccount', but the "
@@ -223,9 +223,8 @@ def test_prepare_refuses_a_foreign_connection_string_before_creating_a_cluster(t
         monkeypatch.setenv(name, value)
     spec = JobSpec(run_id="r1", data=make_dataset(tmp_path / "colors"), run_dir=tmp_path / "runs" / "r1",
                    train_args=[], backend_options={"compute": "gpu-t4"})
-    backend = AzureBackend(seam_factory=lambda s: AzureSeam(s, credential=StaticToken(), transport=plane),
-                           say=lambda line: None)
-    with pytest.raises(UserError, match="is for storage account 'otheraccount'"):
+    backend = AzureBackend(seam_factory=lambda s: AzureSeam(s, credential=StaticToken(), transport=plane))
+    with pytest.raises(UsageError, match="is for storage account 'otheraccount'"):
         backend.prepare(spec)
     assert not [r for r in plane.requests if r[0] == "PUT"]  # no cluster was created
 
@@ -261,7 +260,7 @@ def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, cap
     caplog.set_level(logging.DEBUG, logger="azure")
     said = []
     backend = AzureBackend(seam_factory=lambda s: real_seam(plane, azurite.endpoint, storage_connection_string=None),
-                           say=said.append)
+                           on_event=said.append)
     data = make_dataset(tmp_path / "colors")
     run_dir = tmp_path / "runs" / "r1"
     spec = JobSpec(run_id="r1", data=data, run_dir=run_dir, train_args=[], backend_options={"compute": "gpu-t4"})
@@ -278,7 +277,7 @@ def test_datastore_secrets_never_reach_any_output(tmp_path, azurite, capsys, cap
     assert plane.secret_requests == ["workspaceblobstore", "workspaceblobstore"]
 
     captured = capsys.readouterr()
-    surfaces = {"stdout": captured.out, "stderr": captured.err, "said": "\n".join(said),
+    surfaces = {"stdout": captured.out, "stderr": captured.err, "said": "\n".join(map(json.dumps, said)),
                 "logs": "\n".join(r.getMessage() for r in caplog.records), "job PUT": json.dumps(job_body)}
     for folder in (run_dir, state):
         for path in folder.rglob("*") if folder.exists() else []:

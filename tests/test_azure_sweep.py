@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from azure_transport import (SUB, ManagementPlane, Response, StaticToken, add_datastore, aml_compute, blob_container,
-                             code_and_environment_as_arm_ids, datastore_body, run_error, set_job_status)
+                             code_and_environment_as_arm_ids, datastore_body, notices, run_error, set_job_status)
 from services.azurite import ACCOUNT, ACCOUNT_KEY
 
 from orchestrator.backends.azure import AzureBackend
@@ -30,7 +30,7 @@ from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.sweep_job import build_sweep, sweep_plan_from_spec, trial_prefix
 from orchestrator.backends.azure.sweep_results import retag, trial_numbers, trial_summary
 from orchestrator.backends.base import COMPLETED, JobSpec, RunRef
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.events import parse_line
 from remote_scripts.search_space import PRIMARY_METRIC, trials_argument
 
@@ -128,7 +128,7 @@ def real_seam(plane, azurite):
 def submitted(tmp_path, plane, azurite, monkeypatch, **options):
     code_and_environment_as_arm_ids(monkeypatch)
     said = []
-    backend = AzureBackend(seam_factory=real_seam(plane, azurite), sleep=lambda s: None, say=said.append,
+    backend = AzureBackend(seam_factory=real_seam(plane, azurite), sleep=lambda s: None, on_event=notices(said),
                            clock=iter(range(0, 10**6, 5)).__next__)
     s = spec(tmp_path, **options)
     run = backend.submit(s)
@@ -206,13 +206,13 @@ def test_concurrency_policy_and_limits_follow_the_options(tmp_path):
     ({"early_termination": "truncation"}, "median, bandit, none"),
 ])
 def test_bad_search_options_are_user_errors(tmp_path, options, match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UsageError, match=match):
         sweep_plan_from_spec(spec(tmp_path, **options))
 
 
 def test_trial_options_may_not_smuggle_in_bindings(tmp_path):
     bad = spec(tmp_path, train_args=["--labels", "${{inputs.secret}}"])
-    with pytest.raises(UserError, match="must not contain"):
+    with pytest.raises(UsageError, match="must not contain"):
         build_sweep(sweep_plan_from_spec(bad))
 
 
@@ -304,7 +304,7 @@ def ended_sweep(plane, azurite):
         f"{p}_0": (3, "Completed", T0 + 60, T0 + 360, None),
         f"{p}_1": (1, "Completed", T0 + 60, T0 + 300, None),
         f"{p}_2": (2, "Canceled", T0 + 60, T0 + 140, None),  # in a sweep that went on to complete: the policy
-        f"{p}_3": (4, "Failed", T0 + 300, T0 + 320, run_error("UserError", "CUDA out of memory")),
+        f"{p}_3": (4, "Failed", T0 + 300, T0 + 320, run_error("UsageError", "CUDA out of memory")),
     }
     tags = {"_aml_system_max_concurrent_jobs": "4", "_aml_system_max_total_jobs": "5",
             **{name: json.dumps({"trial": number}) for name, (number, *_rest) in children.items()}}
@@ -423,13 +423,13 @@ def test_a_sweep_without_a_completed_trial_writes_search_json_and_refuses_the_mo
     plane.runs[p] = run_body(p, "Failed", start=T0, end=T0 + 100, tags={f"{p}_0": json.dumps({"trial": 2})})
     plane.children[p] = [f"{p}_0"]
     plane.runs[f"{p}_0"] = run_body(f"{p}_0", "Failed", parent=p, start=T0, end=T0 + 50,
-                                    error=run_error("UserError", "bad data"))
-    set_job_status(plane, p, "Failed", error=run_error("UserError", "every trial failed"))
+                                    error=run_error("UsageError", "bad data"))
+    set_job_status(plane, p, "Failed", error=run_error("UsageError", "every trial failed"))
     events = [parse_line(line.text) for line in backend.log_lines(run)]
     assert events[-1]["type"] == "run_end" and events[-1]["status"] == "failed"
-    assert events[-1]["error"] == "UserError: every trial failed"
+    assert events[-1]["error"] == "UsageError: every trial failed"
     out = run.run_dir / "outputs"
-    with pytest.raises(UserError, match="no trial of search .* completed"):
+    with pytest.raises(UsageError, match="no trial of search .* completed"):
         backend.download(run, out)
     doc = json.loads((out / "search.json").read_text())
     assert doc["best"] is None and [r["status"] for r in doc["trials"]] == [
@@ -467,7 +467,7 @@ def test_an_existing_smaller_cluster_runs_fewer_trials_at_once(tmp_path, plane, 
     from orchestrator.backends.azure.job import plan_from_spec
 
     said = []
-    backend = AzureBackend(seam_factory=real_seam(plane, azurite), say=said.append)
+    backend = AzureBackend(seam_factory=real_seam(plane, azurite), on_event=notices(said))
     s = spec(tmp_path)
     seam = backend._spec_seam(s)
     assert backend._nodes_needed(seam, s, plan_from_spec(s)) == 2  # the cluster scales to 2, 4 wanted
@@ -550,7 +550,7 @@ def test_a_sweep_that_ran_out_its_timeout_reports_its_trials_stopped_by_the_budg
 def test_a_run_record_without_a_search_is_still_a_command_job(tmp_path, plane, azurite, monkeypatch):
     """No trials: the backend submits the command job exactly as before."""
     code_and_environment_as_arm_ids(monkeypatch)
-    backend = AzureBackend(seam_factory=real_seam(plane, azurite), say=lambda line: None)
+    backend = AzureBackend(seam_factory=real_seam(plane, azurite))
     run = backend.submit(spec(tmp_path, trials=None))
     (_, body), = plane.job_puts
     assert body["properties"]["jobType"] == "Command" and "python train.py" in body["properties"]["command"]

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.storage import blob
 from orchestrator.storage.blob import connect, download_prefix, parse_uri, upload_dataset
 from services.azurite import ACCOUNT, ACCOUNT_KEY
@@ -123,7 +123,7 @@ def test_a_file_edited_after_hashing_is_not_stored_under_a_stale_digest(dataset,
 
     manifest = build_manifest(dataset)
     (dataset / "cat" / "00.png").write_bytes(b"edited meanwhile")
-    with pytest.raises(UserError, match="changed during the upload"):
+    with pytest.raises(UsageError, match="changed during the upload"):
         upload_dataset(dataset, container, "pets", manifest=manifest)
     assert "cat/00.png" not in remote(container, "pets")
 
@@ -155,7 +155,7 @@ def test_download_round_trip(dataset, container, tmp_path):
 def test_download_refuses_names_that_escape_the_destination(container, tmp_path):
     container.create_container()
     container.upload_blob("out//evil.txt", b"x")  # relative name "/evil.txt"
-    with pytest.raises(UserError, match="outside"):
+    with pytest.raises(UsageError, match="outside"):
         download_prefix(container, "out", tmp_path / "dest")
     assert not (tmp_path / "evil.txt").exists()
 
@@ -167,7 +167,7 @@ def test_download_refuses_a_blob_name_climbing_out_with_dot_dot(azurite, contain
     azurite.put_blob_as_named(container.container_name, "out/../../evil.txt", b"x")
     assert "out/../../evil.txt" in [blob.name for blob in container.list_blobs()]  # stored as named
     dest = tmp_path / "a" / "dest"
-    with pytest.raises(UserError, match="refusing to download blob 'out/../../evil.txt': it would land outside"):
+    with pytest.raises(UsageError, match="refusing to download blob 'out/../../evil.txt': it would land outside"):
         download_prefix(container, "out", dest)
     assert not list(tmp_path.rglob("evil*"))
 
@@ -307,5 +307,5 @@ def test_redact_removes_every_kind_of_secret(text, secrets, kept):
 def test_uri_parsing():
     assert parse_uri("az://acct123/data", default_prefix="pets").uri == "az://acct123/data/pets"
     assert parse_uri("az://acct123/data/a/b/").prefix == "a/b"
-    with pytest.raises(UserError):
+    with pytest.raises(UsageError):
         parse_uri("az://acct123/data/../x")

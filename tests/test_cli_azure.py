@@ -13,8 +13,7 @@ import pytest
 from click.testing import CliRunner
 from test_azure_backend import World
 
-from orchestrator.cli import compute as compute_cli
-from orchestrator.cli import workspace as workspace_cli
+import orchestrator.workspace
 from orchestrator.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -27,10 +26,9 @@ WS = ["--subscription-id", "sub", "-g", "rg", "-w", "ws"]
 @pytest.fixture
 def world(monkeypatch):
     world = World()
-    def make_seam(settings):
+    def seam_for(settings):
         return world.seam(settings.require("subscription_id", "resource_group", "workspace_name"))
-    for module in (workspace_cli, compute_cli):
-        monkeypatch.setattr(module, "make_seam", make_seam)
+    monkeypatch.setattr(orchestrator.workspace, "seam_for", seam_for)
     return world
 
 
@@ -231,7 +229,7 @@ def test_an_azure_option_with_another_backend_is_refused(cli, dataset, tmp_path)
 
 
 def test_auto_names_the_workspace_it_found_and_where(monkeypatch, tmp_path):
-    from orchestrator.cli.train import choose_backend
+    from orchestrator.training import choose_backend
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "0000-sub")
     monkeypatch.setenv("AZURE_RESOURCE_GROUP", "rg-ml")
@@ -244,7 +242,7 @@ def test_auto_names_the_workspace_it_found_and_where(monkeypatch, tmp_path):
 
 
 def test_auto_without_azure_options_or_workspace_stays_on_this_machine(monkeypatch, tmp_path):
-    from orchestrator.cli.train import choose_backend
+    from orchestrator.training import choose_backend
     monkeypatch.chdir(tmp_path)
     backend, line = choose_backend("auto", {"cpus": 2})
     assert backend in ("docker", "local") and line is None

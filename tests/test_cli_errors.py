@@ -3,7 +3,7 @@ import pytest
 
 from imagegen import make_dataset
 from orchestrator.backends.local import LocalBackend
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 
 
 def assert_one_line_error(result, *fragments):
@@ -72,7 +72,7 @@ def test_local_backend_without_torch_names_the_extra_and_docker(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
-    with pytest.raises(UserError, match=r"orchestrator\[local\].*--backend docker"):
+    with pytest.raises(UsageError, match=r"orchestrator\[local\].*--backend docker"):
         LocalBackend().prepare(None)
 
 

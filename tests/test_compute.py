@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator.backends.azure.catalogue import (ALIASES, SIZES, SUBSTITUTES, catalogue, cluster_name_for,
                                                   resolve)
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 
 
 @pytest.mark.parametrize("alias,size,gpus", [
@@ -68,7 +68,7 @@ def test_raw_size_names_resolve_case_insensitively():
 
 
 def test_unknown_compute_is_a_user_error_listing_the_aliases():
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         resolve("gpu-k80")
     message = str(exc.value)
     assert "gpu-k80" in message and all(alias in message for alias in ALIASES)

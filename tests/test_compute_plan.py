@@ -15,11 +15,11 @@ from azure_transport import (DOCUMENTED_USAGES, DS3_V2, SUB, TOKEN, ManagementPl
                              family_usage, regional_usage, vm_size)
 from click.testing import CliRunner
 
+import orchestrator.workspace
 from orchestrator.backends.azure.catalogue import catalogue, resolve
 from orchestrator.backends.azure.provision import ensure_compute, family_quota_name
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.settings import Settings
-from orchestrator.cli import compute as compute_cli
 from orchestrator.cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -35,10 +35,10 @@ def plane(monkeypatch):
     """The management plane every `compute` command of these tests talks to."""
     plane = ManagementPlane()
 
-    def make_seam(settings):
+    def seam_for(settings):
         return AzureSeam(settings.require("subscription_id", "resource_group", "workspace_name"),
                          credential=StaticToken(), transport=plane)
-    monkeypatch.setattr(compute_cli, "make_seam", make_seam)
+    monkeypatch.setattr(orchestrator.workspace, "seam_for", seam_for)
     return plane
 
 
@@ -114,7 +114,8 @@ def test_low_priority_family_rows_have_no_limit_and_the_cluster_is_created_after
     settings = Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws")
     seam = AzureSeam(settings, credential=StaticToken(), transport=plane)
     said = []
-    ensure_compute(seam, resolve("cpu"), say=said.append, max_nodes=3, low_priority=True)  # the train path's call
+    ensure_compute(seam, resolve("cpu"),
+                   on_event=lambda event: said.append(event["message"]), max_nodes=3, low_priority=True)  # the train path's call
     text = "\n".join(said)
     assert plan_row(text, "Standard DSv2 Family Cluster LowPriority vCPUs") == ["12", "0", "none"]
     assert plan_row(text, "Total Cluster LowPriority Regional vCPUs") == ["12", "18", "50"]

@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator.backends.azure.settings import (config_path, find_azureml_config, load_settings,
                                                  save_profile, workspace_configured)
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 
 CONN = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.windows.net"
 
@@ -60,12 +60,12 @@ def test_named_profiles_and_the_default_profile(tmp_path, env):
     save_profile("prod", {"location": "eastus"}, make_default=True, env=env)
     s = load_settings(env=env, cwd=tmp_path)
     assert (s.profile, s.resource_group, s.location) == ("prod", "rg-prod", "eastus")
-    with pytest.raises(UserError, match="unknown profile 'nope'.*dev, prod"):
+    with pytest.raises(UsageError, match="unknown profile 'nope'.*dev, prod"):
         load_settings(profile="nope", env=env, cwd=tmp_path)
 
 
 def test_missing_settings_name_the_flags_and_variables(tmp_path, env):
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         load_settings({"workspace_name": "w"}, env=env, cwd=tmp_path).require(
             "subscription_id", "resource_group", "workspace_name")
     message = str(exc.value)
@@ -87,6 +87,6 @@ def test_unreadable_profile_file_is_a_user_error(tmp_path, env):
     path = config_path(env)
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
-    with pytest.raises(UserError, match="cannot read the profile file"):
+    with pytest.raises(UsageError, match="cannot read the profile file"):
         load_settings(env=env, cwd=tmp_path)
     assert not workspace_configured(env=env, cwd=tmp_path)

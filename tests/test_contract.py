@@ -9,7 +9,7 @@ import click
 import pytest
 
 from orchestrator.events import KNOWN_TYPES, PREFIX, parse_line
-from orchestrator.render import EventRenderer
+from orchestrator.cli.render import EventRenderer
 from remote_scripts import progress
 from remote_scripts.options import ARCHS, BY_DEST, OPTIONS, to_arguments
 
@@ -120,17 +120,16 @@ def test_every_architecture_has_torchvision_weights():
 
 
 def test_the_client_reports_every_output_file_the_job_writes(tmp_path):
-    """train --json lists the job's outputs (4.1): a file added to the job is added there too."""
-    from orchestrator.cli.common import run_summary
-    from orchestrator.ledger import RunRecord
-    from orchestrator.runner import Outcome
+    """train --json lists the job's outputs (4.1) as the run folder knows them: a file added to the
+    job is added there too."""
+    from orchestrator.run_folder import RunFolder
     from remote_scripts.outputs import OUTPUT_FILES
 
-    record = RunRecord(run_id="r", name="r", backend="local", status="completed", dataset="d", run_dir=str(tmp_path))
-    record.output_dir.mkdir()
+    folder = RunFolder(tmp_path)
+    folder.outputs.mkdir()
     for name in OUTPUT_FILES:
-        (record.output_dir / name).write_bytes(b"")
-    assert set(run_summary(record, Outcome("completed"))["outputs"]) == set(OUTPUT_FILES)
+        folder.output(name).write_bytes(b"")
+    assert set(folder.output_files()) == set(OUTPUT_FILES)
 
 
 def test_client_understands_every_event_type_the_script_emits():
@@ -140,7 +139,7 @@ def test_client_understands_every_event_type_the_script_emits():
 
 def test_renderer_has_a_handler_for_every_known_type():
     """A training run's renderer handles every type but a search's; a search's renderer all of them."""
-    from orchestrator.render import SearchRenderer
+    from orchestrator.cli.render import SearchRenderer
 
     search_only = {"trial_start", "trial_end"}
     assert not [t for t in KNOWN_TYPES - search_only if not hasattr(EventRenderer, "_on_" + t)]

@@ -21,7 +21,7 @@ from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, RUNNING, Job
 from orchestrator.backends.docker import (RUN_DIR_LABEL, RUN_LABEL, DockerBackend, engine_available,
                                           explain_engine_error, parse_options)
 from orchestrator.backends.local import CANCEL_MARKER
-from orchestrator.errors import UserError
+from orchestrator.errors import ServiceError, UsageError
 from orchestrator.events import parse_line
 from orchestrator.images import build_offline_base, ensure_training_image, host_debian_mirror, image_tag
 from orchestrator.paths import image_cache_dir
@@ -227,7 +227,7 @@ def test_a_cache_dir_in_the_train_args_is_mounted_instead(tmp_path, monkeypatch)
 
     (tmp_path / "file").write_text("")
     spec = make_spec(tmp_path, tmp_path, ["--cache-dir", str(tmp_path / "file" / "cache")], "any")
-    with pytest.raises(UserError, match=r"^cannot create the image cache folder .*/file/cache: Not a directory$"):
+    with pytest.raises(UsageError, match=r"^cannot create the image cache folder .*/file/cache: Not a directory$"):
         docker_backend.container_settings(spec, parse_options(spec.backend_options))
 
 
@@ -240,7 +240,7 @@ def test_a_cache_dir_overlapping_another_mount_is_refused_in_one_line(tmp_path, 
     spec = make_spec(tmp_path, data, [], "any")
     host = {"data": data, "parent": tmp_path / "work", "outputs": spec.output_dir}[cache]
     spec.train_args = ["--cache-dir", str(host), *FAST_JOB]
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(UsageError) as refused:
         docker_backend.container_settings(spec, parse_options(spec.backend_options))
     assert "\n" not in str(refused.value) and "give separate folders" in str(refused.value)
     assert str(host) in str(refused.value)
@@ -307,7 +307,7 @@ def test_reap_skips_a_run_folder_it_cannot_write(tmp_path, docker_client, offlin
     spec.log_path.parent.write_text("")  # logs/ is a file: the log cannot be saved (chmod means nothing to root)
     DockerBackend().reap()  # what every submit does: someone else's run must not fail it
     assert [c.id for c in containers_of(docker_client, spec.run_id)] == [run.remote_id]  # its log is kept
-    with pytest.raises(UserError, match=r"^cannot save the finished run into .*: (File exists|Not a directory)$"):
+    with pytest.raises(UsageError, match=r"^cannot save the finished run into .*: (File exists|Not a directory)$"):
         DockerBackend().status(run)
     spec.log_path.parent.unlink()
     assert DockerBackend().status(run) == COMPLETED
@@ -360,7 +360,7 @@ def test_a_start_the_engine_refuses_leaves_no_container(tmp_path, docker_client,
     spec = make_spec(tmp_path, data, ["--help"], offline_base)
     if problem == "device request":
         spec.backend_options["gpus"] = "all"
-    with pytest.raises(UserError, match=r"^docker could not start the job: [^\n]+$"):
+    with pytest.raises(ServiceError, match=r"^docker could not start the job: [^\n]+$"):
         DockerBackend().submit(spec)
     assert containers_of(docker_client, spec.run_id) == []
 
@@ -394,13 +394,13 @@ def test_cancel_after_the_job_ended_keeps_its_outcome(tmp_path, docker_client, o
 
 def test_failed_build_names_the_failing_step(tmp_path, docker_client, offline_base):
     (tmp_path / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo about to fail && exit 3\n")
-    with pytest.raises(UserError, match=r"Step 3/\d+ : RUN echo about to fail.*: 3\nlast output:\nabout to fail$"):
+    with pytest.raises(UsageError, match=r"Step 3/\d+ : RUN echo about to fail.*: 3\nlast output:\nabout to fail$"):
         ensure_training_image(docker_client, offline_base, on_line=lambda line: None, context=tmp_path)
 
 
 def test_unpullable_base_suggests_the_offline_base(tmp_path, docker_client, offline_base):
     spec = make_spec(tmp_path, tmp_path, [], "registry.invalid/pytorch:none")
-    with pytest.raises(UserError, match="cannot pull base image .*--base-image orchestrate/base:offline"):
+    with pytest.raises(UsageError, match="cannot pull base image .*--base-image orchestrate/base:offline"):
         DockerBackend().prepare(spec)
 
 
@@ -409,7 +409,7 @@ def test_gpus_without_gpu_runtime_is_a_user_error(tmp_path, docker_client, offli
         pytest.skip("this engine has a GPU runtime")
     spec = make_spec(tmp_path, tmp_path, [], offline_base)
     spec.backend_options["gpus"] = "all"
-    with pytest.raises(UserError, match="no GPU runtime"):
+    with pytest.raises(UsageError, match="no GPU runtime"):
         DockerBackend().prepare(spec)
 
 
@@ -418,7 +418,7 @@ def test_gpus_without_gpu_runtime_is_a_user_error(tmp_path, docker_client, offli
     ({"memory": "lots"}, "--memory"),
 ])
 def test_bad_options_are_user_errors(options, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UsageError, match=message):
         parse_options(options)
 
 
@@ -436,7 +436,7 @@ def test_missing_engine_is_explained_fast(monkeypatch, tmp_path):
     started = time.monotonic()
     assert engine_available() is False
     assert time.monotonic() - started < 1
-    with pytest.raises(UserError, match="no Docker engine is running .*start it"):
+    with pytest.raises(ServiceError, match="no Docker engine is running .*start it"):
         DockerBackend().prepare(make_spec(tmp_path, tmp_path, [], "any"))
 
 
@@ -457,11 +457,11 @@ def test_missing_engine_skips_locally_and_fails_in_ci(tmp_path, ci, outcome):
 def test_offline_builder_says_what_it_needs(monkeypatch):
     with monkeypatch.context() as patch:
         patch.setenv("PATH", "/nonexistent")
-        with pytest.raises(UserError, match="needs debootstrap: apt-get install debootstrap"):
+        with pytest.raises(UsageError, match="needs debootstrap: apt-get install debootstrap"):
             build_offline_base(client=None, mirror=ANY_MIRROR)
     if shutil.which("debootstrap"):
         monkeypatch.setattr(os, "geteuid", lambda: 1000)
-        with pytest.raises(UserError, match="needs root"):
+        with pytest.raises(UsageError, match="needs root"):
             build_offline_base(client=None, mirror=ANY_MIRROR)
 
 
@@ -532,7 +532,7 @@ def test_an_updates_entry_serves_when_no_plain_one_exists_security_never(tmp_pat
 
 def test_no_mirror_anywhere_asks_for_one(tmp_path):
     sources = apt_dir(tmp_path, {"sources.list": "deb http://vendor.invalid/apt nodistro main\n"})
-    with pytest.raises(UserError, match=r"^no Debian archive found in the apt sources under .*: "
+    with pytest.raises(UsageError, match=r"^no Debian archive found in the apt sources under .*: "
                                         r"pass --mirror URL[^\n]*$"):
         build_offline_base(client=None, apt_dir=sources)
 

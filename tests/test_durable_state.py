@@ -9,12 +9,13 @@ import time
 import pytest
 
 from orchestrator import runner
-from orchestrator.backends.azure import assets, settings
+from orchestrator.backends.azure import settings
 from orchestrator.backends.base import JobSpec
 from orchestrator.backends.local import LocalBackend
 from orchestrator.backends.local_job import EXIT_CODE_FILE
 from orchestrator.ledger import Ledger
 from orchestrator.paths import state_dir
+from orchestrator.run_folder import RunFolder
 from remote_scripts.atomic import write_atomically
 from test_cloud_assets import WS, invoke, plane  # noqa: F401  (plane: the fixture of the Azure plane)
 
@@ -77,8 +78,8 @@ def test_the_profile_file_is_written_durably(synced):
 
 
 def test_the_azure_run_state_is_written_durably(tmp_path, synced):
-    assets.write_state(tmp_path, {"job": "j-1"})
-    assert durably_written(synced, tmp_path / assets.STATE_FILE)
+    RunFolder(tmp_path).write_backend_state({"job": "j-1"})
+    assert durably_written(synced, RunFolder(tmp_path).backend_state_path)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -86,7 +87,7 @@ def test_attach_writes_its_state_and_spec_durably(plane, tmp_path, synced):  # n
     code, _, stderr = invoke("attach", "studio-job-1", "--runs-dir", tmp_path / "runs", *WS)
     assert code == 0, stderr
     run_dir = tmp_path / "runs" / "studio-job-1"
-    assert durably_written(synced, run_dir / assets.STATE_FILE)
+    assert durably_written(synced, RunFolder(run_dir).backend_state_path)
     assert durably_written(synced, run_dir / "spec.json")
 
 

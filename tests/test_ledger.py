@@ -1,7 +1,7 @@
 """The SQLite run ledger: add, find by id or prefix, update, list."""
 import pytest
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.ledger import Ledger, RunRecord
 
 
@@ -27,11 +27,11 @@ def test_unique_prefix_finds_a_run_and_ambiguous_or_unknown_ones_are_user_errors
     ledger.add(record("flowers-a2"))
     ledger.add(record("digits_x"))
     assert ledger.get("digits").run_id == "digits_x"
-    with pytest.raises(UserError, match="ambiguous"):
+    with pytest.raises(UsageError, match="ambiguous"):
         ledger.get("flowers-a")
-    with pytest.raises(UserError, match="unknown run"):
+    with pytest.raises(UsageError, match="unknown run"):
         ledger.get("nothing")
-    with pytest.raises(UserError, match="unknown run"):
+    with pytest.raises(UsageError, match="unknown run"):
         ledger.get("digits%")  # LIKE wildcards in a user's id match literally
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from orchestrator.dataset.manifest import HashCache, build_manifest
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 
 
 def make_tree(root, files):
@@ -97,7 +97,7 @@ def test_bad_datasets_are_user_errors(tmp_path, files, message):
     root = tmp_path / "data"
     if files:
         make_tree(root, files)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UsageError, match=message):
         build_manifest(root)
 
 
@@ -108,13 +108,13 @@ def test_a_file_that_cannot_be_read_is_a_user_error_naming_it(tmp_path):
 
     root = make_tree(tmp_path / "d", {"cat/a.png": b"a", "dog/b.png": b"b"})
     (root / "cat" / "gone.png").symlink_to("nowhere.png")  # inside the folder: one leading out is left out
-    with pytest.raises(UserError, match=r"cannot read .*cat/gone\.png: No such file"):
+    with pytest.raises(UsageError, match=r"cannot read .*cat/gone\.png: No such file"):
         build_manifest(root, cache=False)
     (root / "cat" / "gone.png").unlink()
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(root / "dog" / "s.png"))
-        with pytest.raises(UserError, match=r"cannot read .*dog/s\.png: "):
+        with pytest.raises(UsageError, match=r"cannot read .*dog/s\.png: "):
             build_manifest(root, cache=False)
     finally:
         sock.close()

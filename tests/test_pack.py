@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from orchestrator.dataset.pack import pack_dataset
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from remote_scripts import packed_dataset
 
 SHARD = 64 << 10
@@ -126,12 +126,12 @@ def test_max_side_downscales_keeping_the_aspect(tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    with pytest.raises(UserError, match="data folder not found"):
+    with pytest.raises(UsageError, match="data folder not found"):
         pack_dataset(tmp_path / "missing", tmp_path / "out")
     data = random_dataset(tmp_path / "pets", per_class=2)
-    with pytest.raises(UserError, match="inside the data folder"):
+    with pytest.raises(UsageError, match="inside the data folder"):
         pack_dataset(data, data / "packed")
-    with pytest.raises(UserError, match="at least"):
+    with pytest.raises(UsageError, match="at least"):
         pack_dataset(data, tmp_path / "out", shard_bytes=1000)
 
 
@@ -201,18 +201,18 @@ def test_a_non_empty_out_that_holds_no_packed_dataset_is_refused(tmp_path):
     data = random_dataset(tmp_path / "pets", per_class=3)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty and holds no packed dataset"):
+    with pytest.raises(UsageError, match="not empty and holds no packed dataset"):
         pack_dataset(data, tmp_path / "mine", shard_bytes=SHARD)
     (tmp_path / "other" / "shards").mkdir(parents=True)
     (tmp_path / "other" / "shards" / "photo.jpg").write_bytes(b"x")
-    with pytest.raises(UserError, match="shards/photo.jpg"):
+    with pytest.raises(UsageError, match="shards/photo.jpg"):
         pack_dataset(data, tmp_path / "other", shard_bytes=SHARD)
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "index.json").write_text('{"not": "ours"}')
-    with pytest.raises(UserError, match="holds no packed dataset"):
+    with pytest.raises(UsageError, match="holds no packed dataset"):
         pack_dataset(data, tmp_path / "foreign", shard_bytes=SHARD)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(UsageError, match="is a file"):
         pack_dataset(data, tmp_path / "file", shard_bytes=SHARD)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and (tmp_path / "other" / "shards" / "photo.jpg").exists()
     # an interrupted first pack (shards and a partial file, no index yet) is taken up again
@@ -250,7 +250,7 @@ def test_a_pack_into_a_folder_another_pack_holds_is_refused(tmp_path):
     fd = os.open(out, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as a concurrent pack holds it
-        with pytest.raises(UserError, match="another pack is writing to"):
+        with pytest.raises(UsageError, match="another pack is writing to"):
             pack_dataset(data, out, shard_bytes=SHARD)
     finally:
         os.close(fd)
@@ -486,6 +486,6 @@ def test_an_upload_sends_the_index_as_packed_and_refuses_a_shard_of_another_size
     assert container.download_blob("pets/index.json").readall() == packed_dataset.index_bytes(doc)
     claim_a_huge_member(doc)
     (tmp_path / "out" / "index.json").write_bytes(packed_dataset.index_bytes(doc))
-    with pytest.raises(UserError, match=r"shards/[0-9a-f]{64}\.tar is \d+ bytes, not the 68719476736 the index"):
+    with pytest.raises(UsageError, match=r"shards/[0-9a-f]{64}\.tar is \d+ bytes, not the 68719476736 the index"):
         upload_packed(tmp_path / "out", container, "again")
     assert not [blob.name for blob in container.list_blobs(name_starts_with="again/")]

@@ -212,7 +212,7 @@ def test_missing_credentials_and_bad_shards_are_one_line(tmp_path, dataset, cont
     pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD)
     shard = next((tmp_path / "packed" / "shards").iterdir())
     shard.write_bytes(b"damaged")
-    with pytest.raises(packed_blob.UserError, match="does not match its name"):
+    with pytest.raises(packed_blob.UsageError, match="does not match its name"):
         upload_packed(tmp_path / "packed", container, "pets")
 
 
@@ -222,7 +222,7 @@ def test_a_shard_damaged_at_the_same_size_is_refused_then_re_packed_and_sent(tmp
     damaged = bytearray(shard.read_bytes())
     damaged[600] ^= 0x01  # one bit: the size, the name and the index are as they were
     shard.write_bytes(bytes(damaged))
-    with pytest.raises(packed_blob.UserError, match="does not match its name"):
+    with pytest.raises(packed_blob.UsageError, match="does not match its name"):
         upload_packed(tmp_path / "packed", container, "pets")
     assert pack_dataset(dataset, tmp_path / "packed", shard_bytes=SHARD).shards_written == 1
     upload_packed(tmp_path / "packed", container, "pets")

@@ -12,7 +12,7 @@ import re
 from rich.console import Console
 
 from orchestrator.ledger import Ledger, RunRecord
-from orchestrator.render import PLAIN_PROGRESS_SECONDS, EventRenderer
+from orchestrator.cli.render import PLAIN_PROGRESS_SECONDS, EventRenderer
 
 NARROW = {"COLUMNS": "80"}
 LONG_NAME = "aerial-imagery-land-use-walkthrough-with-a-name-longer-than-a-terminal"

@@ -338,21 +338,22 @@ def test_a_damaged_report_after_a_completed_job_is_a_warning_not_a_traceback(tra
     from orchestrator import report
     from orchestrator.cli.common import completed_run_report
     from orchestrator.ledger import RunRecord
+    from orchestrator.run import Run
 
     copy = tmp_path / "run"
     shutil.copytree(trained["run_dir"], copy)
     (copy / "report.html").unlink()
-    record = RunRecord(run_id="r", name="r", backend="local", status="completed", dataset="d", run_dir=str(copy))
+    run = Run(RunRecord(run_id="r", name="r", backend="local", status="completed", dataset="d", run_dir=str(copy)))
     (copy / "outputs" / "metrics.json").write_text("[]")
-    assert completed_run_report(record, write=True) is None
+    assert completed_run_report(run, write=True) is None
     err = capsys.readouterr().err
     assert err.startswith("warning: no report: ") and err.count("\n") == 1 and "metrics.json" in err
 
-    def broken(run_dir):
+    def broken(run_dir, path=None):
         raise KeyError("confusion_matrix")
 
     monkeypatch.setattr(report, "write_report", broken)  # a failure the checks did not foresee
-    assert completed_run_report(record, write=True) is None
+    assert completed_run_report(run, write=True) is None
     err = capsys.readouterr().err
     assert err == "warning: no report: KeyError: 'confusion_matrix'\n"
     assert not (copy / "report.html").exists()
@@ -415,17 +416,18 @@ def test_a_resumed_runs_seconds_are_every_attempt_together_as_runs_compare_count
     from orchestrator.events import PREFIX
     from orchestrator.ledger import RunRecord
     from orchestrator.report import read_run, render_html
-    from orchestrator.runner import job_seconds, read_log_events
+    from orchestrator.events import job_seconds
+    from orchestrator.run_folder import RunFolder
 
     copy = tmp_path / "run"
     shutil.copytree(trained["run_dir"], copy)
-    first = job_seconds(read_log_events(copy))
+    first = job_seconds(RunFolder(copy).log_events())
     assert first > 0
     with open(copy / "logs" / "train.log", "a") as log:  # a second attempt, 7.5 s long
         for event in ({"type": "phase", "name": "scan", "time": 1e9}, {"type": "phase", "name": "train", "time": 1e9 + 1},
                       {"type": "run_end", "status": "completed", "seconds": 7.5, "time": 1e9 + 7.5}):
             log.write(PREFIX + json.dumps({"v": 1, **event}) + "\n")
-    assert job_seconds(read_log_events(copy)) == pytest.approx(first + 7.5)
+    assert job_seconds(RunFolder(copy).log_events()) == pytest.approx(first + 7.5)
     timing = dict(Page(render_html(read_run(copy))).tables["timing"][1:])
     assert timing["job, its 2 attempts together"] == f"{first + 7.5:.1f} s"
     assert timing["phase train"] == "6.5 s" and timing["attempts"].startswith("2 ")

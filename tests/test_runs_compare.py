@@ -155,7 +155,7 @@ def test_training_epoch_lines_are_whole_off_a_terminal(three_runs):
 
 
 def test_damaged_run_files_show_dashes_and_do_not_stop_the_comparison(tmp_path):
-    """compare reads with the report's readers (runner.read_metrics, read_history, read_log_events),
+    """compare reads with the report's readers (RunFolder.metrics, history, log_events),
     but one damaged run must not hide the others: its values are dashes (`orchestrate report`
     names the damaged file)."""
     from orchestrator.compare import compare

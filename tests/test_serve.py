@@ -30,7 +30,7 @@ from PIL import Image
 from remote_scripts import imaging
 
 from conftest import wait_for
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.inference.serve_settings import trusted_hosts
 from serving import free_port, running_server, server_process, train_tiny_model
 
@@ -471,7 +471,7 @@ def test_the_trusted_hosts_are_loopback_the_bind_address_and_the_allowed_ones():
     assert trusted_hosts("0.0.0.0", ["Serve.Example", "2001:db8::7", "*.apps.example", "*"]) == [
         *loopback, "serve.example", "[2001:db8::7]", "*.apps.example", "*"]
     for bad in ("a*b", "*example.com", "**", "serve.example:8000"):
-        with pytest.raises(UserError, match="--allowed-host"):
+        with pytest.raises(UsageError, match="--allowed-host"):
             trusted_hosts("127.0.0.1", [bad])
 
 

@@ -16,7 +16,7 @@ import pytest
 from imagegen import colour_of, make_dataset, picture
 from orchestrator.dataset.pack import default_pack_dir, pack_dataset
 from orchestrator.dataset.sources import S3Source
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from orchestrator.storage.blob import connect, parse_uri
 from remote_scripts.folder_dataset import scan, scan_listing
 from services.azurite import ACCOUNT
@@ -188,7 +188,7 @@ def test_a_loose_dataset_in_blob_storage_packs_the_same_as_the_folder(tmp_path, 
     local = pack_dataset(pets, tmp_path / "local", shard_bytes=SHARD, cache=False)
     assert_same_pack(local, pack_dataset(target.uri, tmp_path / "remote", shard_bytes=SHARD))
 
-    with pytest.raises(UserError, match=r"container 'nosuchcontainer' does not exist"):
+    with pytest.raises(UsageError, match=r"container 'nosuchcontainer' does not exist"):
         pack_dataset(f"az://{ACCOUNT}/nosuchcontainer/pets", tmp_path / "none")
 
 

@@ -18,7 +18,7 @@ import torchvision
 from conftest import REPO, run_cli
 from imagegen import make_dataset
 from orchestrator import weights
-from orchestrator.errors import UserError
+from orchestrator.errors import UsageError
 from remote_scripts import models, options, weights_catalog
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -208,7 +208,7 @@ def test_imagenet_weights_already_in_the_cache_need_no_network(torch_home, monke
 
 def test_a_file_whose_hash_does_not_match_its_name_is_refused_and_not_kept(torch_home, mirror):
     (mirror.folder / "efficientnet_b0_rwightman-7f5810bc.pth").write_bytes(b"not the published weights")
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_imagenet_weights("efficientnet_b0")
     message = str(exc.value)
     assert message.startswith(f"{mirror.base}efficientnet_b0_rwightman-7f5810bc.pth is not the published file "
@@ -227,7 +227,7 @@ def test_a_whole_published_digest_is_checked_beyond_the_names_prefix(torch_home,
     digest = hashlib.sha256(content).hexdigest()
     forged_record = weights_catalog.PublishedWeights("Net_Weights", name, digest[:8] + "0" * 56)
     monkeypatch.setitem(weights_catalog.IMAGENET1K_V1, "net", forged_record)  # as if published so
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_hub_file(name)
     assert f"(its sha256 {digest} is not {digest[:8]}{'0' * 56}); nothing was kept" in str(exc.value)
     assert hub_files(torch_home) == []
@@ -237,14 +237,14 @@ def test_a_whole_published_digest_is_checked_beyond_the_names_prefix(torch_home,
 
 def test_the_published_resnet18_file_is_checked_by_its_whole_digest(torch_home, mirror):
     (mirror.folder / "resnet18-f37072fd.pth").write_bytes(b"not the published resnet18 weights")
-    with pytest.raises(UserError, match=r"\(its sha256 [0-9a-f]{64} is not f37072fd47e89c5e827621c5baffa75"):
+    with pytest.raises(UsageError, match=r"\(its sha256 [0-9a-f]{64} is not f37072fd47e89c5e827621c5baffa75"):
         weights.ensure_imagenet_weights("resnet18")
 
 
 def test_a_plain_http_mirror_needs_the_users_opt_in(torch_home, mirror, monkeypatch):
     name = publish(mirror.folder, "net", b"weights")
     monkeypatch.delenv(weights.ALLOW_HTTP_ENV)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_hub_file(name)
     assert str(exc.value) == (f"{weights.BASE_URL_ENV} must be an https:// URL, not {mirror.base}{name} (or set "
                               f"{weights.ALLOW_HTTP_ENV}=1 for a plain http mirror you trust)")
@@ -257,7 +257,7 @@ def test_a_plain_http_mirror_needs_the_users_opt_in(torch_home, mirror, monkeypa
 def test_a_mirror_of_another_scheme_is_refused_even_with_the_http_opt_in(torch_home, monkeypatch, base):
     monkeypatch.setenv(weights.BASE_URL_ENV, base)
     monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
-    with pytest.raises(UserError, match=f"^{weights.BASE_URL_ENV} must be an https:// URL, not {base}net-"):
+    with pytest.raises(UsageError, match=f"^{weights.BASE_URL_ENV} must be an https:// URL, not {base}net-"):
         weights.ensure_hub_file("net-0123abcd.pth")
 
 
@@ -272,7 +272,7 @@ def test_a_redirect_from_https_to_plain_http_is_refused(torch_home, https_mirror
     https_mirror.redirects[f"/models/{name}"] = f"{mirror.base}{name}?sig=s3cret-token"
     monkeypatch.setenv(weights.BASE_URL_ENV, https_mirror.base)  # the mirror fixture named its own
     monkeypatch.delenv(weights.ALLOW_HTTP_ENV)
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_hub_file(name)
     assert str(exc.value) == (f"{https_mirror.base}{name} redirects to http://127.0.0.1, which is refused: "
                               "weights are fetched over https only; nothing was kept")
@@ -282,7 +282,7 @@ def test_a_redirect_from_https_to_plain_http_is_refused(torch_home, https_mirror
 def test_a_redirect_to_a_file_url_is_refused_in_one_line(torch_home, https_mirror, monkeypatch):
     https_mirror.redirects["/models/net-0123abcd.pth"] = "file:///etc/passwd"
     monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_hub_file("net-0123abcd.pth")
     assert str(exc.value) == (f"{https_mirror.base}net-0123abcd.pth redirects to file://, which is refused: "
                               "weights are fetched over https or http only; nothing was kept")
@@ -293,7 +293,7 @@ def test_server_down_is_one_line_that_says_how_to_go_on_offline(torch_home, monk
     port = closed_port()
     monkeypatch.setenv(weights.ALLOW_HTTP_ENV, "1")
     monkeypatch.setenv(weights.BASE_URL_ENV, f"http://127.0.0.1:{port}/models")  # no trailing slash
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_imagenet_weights("resnet50")
     message = str(exc.value)
     assert message.startswith(f"cannot download http://127.0.0.1:{port}/models/resnet50-0676ba61.pth: ")
@@ -304,7 +304,7 @@ def test_server_down_is_one_line_that_says_how_to_go_on_offline(torch_home, monk
 
 
 def test_missing_file_on_the_mirror_is_named_by_its_http_status(torch_home, mirror):
-    with pytest.raises(UserError, match=r"resnet34-b627a593\.pth: HTTP 404 File not found\. Offline\?"):
+    with pytest.raises(UsageError, match=r"resnet34-b627a593\.pth: HTTP 404 File not found\. Offline\?"):
         weights.ensure_imagenet_weights("resnet34")
 
 
@@ -313,7 +313,7 @@ def test_mirror_credentials_go_as_basic_auth_and_never_into_a_message(torch_home
     monkeypatch.setenv(weights.BASE_URL_ENV, f"http://reader:s3cr%40t@127.0.0.1:{mirror.port}/models/")
     weights.ensure_hub_file(name)
     assert mirror.requests[-1] == (f"/models/{name}", "Basic " + base64.b64encode(b"reader:s3cr@t").decode())
-    with pytest.raises(UserError) as exc:
+    with pytest.raises(UsageError) as exc:
         weights.ensure_imagenet_weights("resnet34")  # not on the mirror
     assert "s3cr" not in str(exc.value) and "reader" not in str(exc.value)
     assert f"cannot download http://127.0.0.1:{mirror.port}/models/resnet34-b627a593.pth: HTTP 404" in str(exc.value)
@@ -322,7 +322,7 @@ def test_mirror_credentials_go_as_basic_auth_and_never_into_a_message(torch_home
 def test_an_unwritable_cache_is_a_user_error(tmp_path, monkeypatch, mirror):
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a-file"))
-    with pytest.raises(UserError, match=r"^cannot write .*/a-file/hub/checkpoints/net-.*: Not a directory\. "):
+    with pytest.raises(UsageError, match=r"^cannot write .*/a-file/hub/checkpoints/net-.*: Not a directory\. "):
         weights.ensure_hub_file(publish(mirror.folder, "net", b"weights"))
 
 

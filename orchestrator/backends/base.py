@@ -11,6 +11,8 @@ from pathlib import Path
 
 from remote_scripts.search_space import trials_argument
 
+from ..run_folder import RunFolder
+
 # Run states, the same words for every backend and in the ledger.
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed", "failed", "canceled"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
@@ -36,11 +38,11 @@ class JobSpec:
 
     @property
     def output_dir(self):
-        return self.run_dir / "outputs"
+        return RunFolder(self.run_dir).outputs
 
     @property
     def log_path(self):
-        return self.run_dir / "logs" / "train.log"
+        return RunFolder(self.run_dir).log_path
 
     def to_json(self):
         data = asdict(self)
@@ -80,7 +82,7 @@ class Backend(ABC):
     def prepare(self, spec):
         """Make the backend ready for `spec`: idempotent (build image, provision, stage data).
 
-        Raises UserError with a one-line reason when the backend cannot run here.
+        Raises UsageError with a one-line reason when the backend cannot run here.
         """
 
     @abstractmethod

@@ -31,9 +31,11 @@ from typing import NamedTuple
 
 from remote_scripts.atomic import write_atomically
 
-from ..errors import UserError
-from ..images import DEFAULT_BASE_IMAGE, build_progress, ensure_training_image
+from ..errors import OrchestrateError, ServiceError, UsageError
+from ..events import build_output, ignore
+from ..images import DEFAULT_BASE_IMAGE, ensure_training_image
 from ..paths import image_cache_dir, remote_scripts_dir
+from ..run_folder import RunFolder
 from ..weights import hub_dir
 from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef, launch_command
 from .local import CANCEL_MARKER  # the same marker name in every run folder, whichever backend ran it
@@ -58,17 +60,17 @@ TMP_OPTIONS = "rw,nosuid,nodev,mode=1777"
 
 
 def connect(timeout=60):
-    """A docker client that answered a ping, or a UserError that says what is missing and how to fix it."""
+    """A docker client that answered a ping, or a UsageError that says what is missing and how to fix it."""
     try:
         import docker
     except ImportError:
-        raise UserError("the docker backend needs the docker SDK for Python: pip install 'docker>=7'")
+        raise UsageError("the docker backend needs the docker SDK for Python: pip install 'docker>=7'")
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
         return client
     except Exception as exc:  # the SDK raises DockerException, requests and OS errors alike
-        raise UserError(explain_engine_error(exc))
+        raise ServiceError(explain_engine_error(exc))
 
 
 def explain_engine_error(exc):
@@ -98,7 +100,7 @@ def engine_available():
     try:
         connect(timeout=1)
         return True
-    except UserError:
+    except OrchestrateError:
         return False
 
 
@@ -111,17 +113,17 @@ def parse_options(options):
     """Validated docker settings from JobSpec.backend_options (base_image, gpus, cpus, memory)."""
     gpus = str(options.get("gpus") or "auto").lower()
     if gpus not in ("auto", "all", "none") and not (gpus.isdigit() and int(gpus) > 0):
-        raise UserError(f"--gpus must be all, none or a positive count, not {options.get('gpus')!r}")
+        raise UsageError(f"--gpus must be all, none or a positive count, not {options.get('gpus')!r}")
     cpus = options.get("cpus")
     try:
         cpus = float(cpus) if cpus is not None else None
     except ValueError:
         cpus = 0
     if cpus is not None and not cpus > 0:
-        raise UserError(f"--cpus must be a positive number, not {options.get('cpus')!r}")
+        raise UsageError(f"--cpus must be a positive number, not {options.get('cpus')!r}")
     memory = options.get("memory")
     if memory is not None and not re.fullmatch(r"\d+(\.\d+)?[bkmg]?", str(memory).lower()):
-        raise UserError(f"--memory must be a size like 8g or 512m, not {memory!r}")
+        raise UsageError(f"--memory must be a size like 8g or 512m, not {memory!r}")
     return {"base_image": options.get("base_image") or DEFAULT_BASE_IMAGE, "gpus": gpus,
             "cpus": cpus, "memory": memory}
 
@@ -133,7 +135,7 @@ def device_requests(client, gpus):
     if gpus == "none" or (gpus == "auto" and not gpu_runtime(client)):
         return []
     if gpus != "auto" and not gpu_runtime(client):
-        raise UserError(f"--gpus {gpus}: the Docker engine has no GPU runtime (install the NVIDIA "
+        raise UsageError(f"--gpus {gpus}: the Docker engine has no GPU runtime (install the NVIDIA "
                         "Container Toolkit and restart Docker), or use --gpus none")
     count = int(gpus) if gpus.isdigit() else -1
     return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
@@ -143,8 +145,10 @@ class DockerBackend(Backend):
     name = "docker"
     resumable = True
 
-    def __init__(self):
+    def __init__(self, on_event=None):
         self._client = None
+        # the image build's output (base image, pulls, debootstrap), one build event per line
+        self.on_event = on_event or ignore
 
     @property
     def client(self):
@@ -155,11 +159,10 @@ class DockerBackend(Backend):
     def prepare(self, spec):
         options = parse_options(spec.backend_options)
         if not Path(spec.data).is_dir():
-            raise UserError(f"dataset folder not found: {spec.data}")
+            raise UsageError(f"dataset folder not found: {spec.data}")
         container_settings(spec, options)  # its refusals (overlapping mounts) before any image work
         device_requests(self.client, options["gpus"])
-        with build_progress() as on_line:
-            ensure_training_image(self.client, options["base_image"], on_line)
+        ensure_training_image(self.client, options["base_image"], lambda line: self.on_event(build_output(line)))
 
     def submit(self, spec):
         import docker.errors
@@ -176,12 +179,12 @@ class DockerBackend(Backend):
                 image_tag(options["base_image"]), command,
                 device_requests=device_requests(self.client, options["gpus"]), **settings)
         except docker.errors.APIError as exc:
-            raise UserError(f"docker could not create the job's container: {_reason(exc)}")
+            raise ServiceError(f"docker could not create the job's container: {_reason(exc)}")
         try:
             container.start()
         except docker.errors.APIError as exc:
             _remove(container)
-            raise UserError(f"docker could not start the job: {_reason(exc)}")
+            raise ServiceError(f"docker could not start the job: {_reason(exc)}")
         return RunRef(run_id=spec.run_id, backend=self.name, run_dir=Path(spec.run_dir).resolve(),
                       remote_id=container.id)
 
@@ -194,14 +197,15 @@ class DockerBackend(Backend):
         """
         import docker.errors
 
-        earlier = _read_bytes(_log_path(run.run_dir).with_name(EARLIER_LOG)) or b""
+        folder = RunFolder(run.run_dir)
+        earlier = _read_bytes(folder.logs / EARLIER_LOG) or b""
         container = self._container(run)
         try:
             stream = container.logs(stream=True, follow=follow, stdout=True, stderr=True) if container else None
         except docker.errors.NotFound:  # finalized between the lookup and this call
             stream = None
         if stream is None:
-            persisted = _read_bytes(_log_path(run.run_dir))
+            persisted = _read_bytes(folder.log_path)
             yield from _numbered_lines([earlier if persisted is None else persisted], cursor)
             return
         try:
@@ -240,7 +244,7 @@ class DockerBackend(Backend):
         died on its own (an OOM kill is 137 too) is not recorded as canceled by a late cancel.
         """
         if not Path(run.run_dir).is_dir():
-            raise UserError(f"the folder of run {run.run_id} is missing: {run.run_dir}")
+            raise UsageError(f"the folder of run {run.run_id} is missing: {run.run_dir}")
         if _read_exit(run.run_dir):
             return
         container = self._container(run)
@@ -265,7 +269,8 @@ class DockerBackend(Backend):
         earlier_container = self._container(dataclasses.replace(run, remote_id=""))  # by name
         if earlier_container is not None:
             _finalize(run_dir, earlier_container)
-        log, earlier = _log_path(run_dir), _log_path(run_dir).with_name(EARLIER_LOG)
+        folder = RunFolder(run_dir)
+        log, earlier = folder.log_path, folder.logs / EARLIER_LOG
         try:
             if log.exists():
                 os.replace(log, earlier)
@@ -277,12 +282,12 @@ class DockerBackend(Backend):
             for name in (EXIT_FILE, CANCEL_MARKER):
                 (run_dir / name).unlink(missing_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot prepare run folder {run_dir} for the resumed job: {exc.strerror or exc}")
+            raise UsageError(f"cannot prepare run folder {run_dir} for the resumed job: {exc.strerror or exc}")
         return self.submit(spec)
 
     def download(self, run, dest):
         self.status(run)  # finalizes (persists log and exit, removes the container) once terminal
-        source = Path(run.run_dir) / "outputs"
+        source = RunFolder(run.run_dir).outputs
         if source.is_dir() and Path(dest).resolve() != source.resolve():
             shutil.copytree(source, dest, dirs_exist_ok=True)
 
@@ -301,7 +306,7 @@ class DockerBackend(Backend):
                 continue  # another client may be about to start it
             try:
                 _finalize(Path(container.labels[RUN_DIR_LABEL]), container)
-            except UserError:
+            except OrchestrateError:
                 continue
 
     def _container(self, run):
@@ -322,12 +327,12 @@ def container_settings(spec, options):
     docker would create missing ones owned by root.
     """
     run_dir = Path(spec.run_dir).resolve()
-    for folder in (spec.output_dir, run_dir / "checkpoints", spec.log_path.parent):
-        Path(folder).mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir)
+    folder.create()
     mounts = [
         Mount(Path(spec.data).resolve(), "/data", "ro", "the data folder"),
-        Mount(Path(spec.output_dir).resolve(), "/outputs", "rw", "the run's outputs folder"),
-        Mount(run_dir / "checkpoints", "/checkpoints", "rw", "the run's checkpoints folder"),
+        Mount(folder.outputs, "/outputs", "rw", "the run's outputs folder"),
+        Mount(folder.checkpoints, "/checkpoints", "rw", "the run's checkpoints folder"),
         Mount(remote_scripts_dir().resolve(), "/code", "ro", "the job's code"),
     ]
     train_args = _mount_image_cache(_mount_weights(list(spec.train_args), mounts), mounts)
@@ -388,7 +393,7 @@ def _volumes(mounts):
                 same = outer.host == inner.host
                 if same or (outer.mode == "rw" and inner.host.is_relative_to(outer.host)):
                     relation = "is" if same else "holds"
-                    raise UserError(f"{outer.what} {outer.host} {relation} {inner.what} {inner.host}: the "
+                    raise UsageError(f"{outer.what} {outer.host} {relation} {inner.what} {inner.host}: the "
                                     f"container would see it through two mounts, writable through one; give "
                                     f"separate folders")
     return {str(mount.host): {"bind": mount.bind, "mode": mount.mode} for mount in mounts}
@@ -411,7 +416,7 @@ def _mount_image_cache(train_args, mounts):
     try:
         host.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the image cache folder {host}: {exc.strerror or exc}")
+        raise UsageError(f"cannot create the image cache folder {host}: {exc.strerror or exc}")
     mounts.append(Mount(host.resolve(), CACHE_MOUNT, "rw", "the decoded-image cache (--cache-dir)"))
     return train_args
 
@@ -451,11 +456,6 @@ def _read_exit(run_dir):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _log_path(run_dir):
-    """runs/<id>/logs/train.log, where the container's log is persisted (JobSpec.log_path for a RunRef)."""
-    return Path(run_dir) / "logs" / "train.log"
-
-
 def _read_bytes(path):
     """The file's content, or None when there is no such file."""
     try:
@@ -471,7 +471,7 @@ def _finalize(run_dir, container):
     without running out of memory: exit 0 stays completed whenever the cancel came. A container
     still `created` never ran: it has no exit code, and is canceled when marked, else failed.
     A deleted run folder is not recreated (the user threw the run away): the container just goes.
-    A folder that cannot be written raises UserError and keeps the container, so the log survives.
+    A folder that cannot be written raises UsageError and keeps the container, so the log survives.
     """
     import docker.errors
 
@@ -487,17 +487,18 @@ def _finalize(run_dir, container):
                   "finished_at": state.get("FinishedAt")}
         # The earlier attempts' lines before the container's log: read first, since a concurrent
         # finalizer deletes that file only after it removed the container (then logs() fails here).
-        earlier = _log_path(run_dir).with_name(EARLIER_LOG)
+        folder = RunFolder(run_dir)
+        earlier = folder.logs / EARLIER_LOG
         earlier_lines = _read_bytes(earlier) or b""
         try:
             log = container.logs(stdout=True, stderr=True)
         except docker.errors.NotFound:  # a concurrent finalizer got there first: its record stands
             return _read_exit(run_dir) or record
-        _log_path(run_dir).parent.mkdir(exist_ok=True)
-        write_atomically(_log_path(run_dir), earlier_lines + log)
+        folder.logs.mkdir(exist_ok=True)
+        write_atomically(folder.log_path, earlier_lines + log)
         write_atomically(run_dir / EXIT_FILE, json.dumps(record, indent=2))
     except OSError as exc:
-        raise UserError(f"cannot save the finished run into {run_dir}: {exc.strerror or exc}")
+        raise UsageError(f"cannot save the finished run into {run_dir}: {exc.strerror or exc}")
     _remove(container)
     earlier.unlink(missing_ok=True)  # train.log holds those lines now
     return record

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import time
 
-from ..errors import UserError
+from ..errors import UsageError
+from ..events import ignore
 from ..paths import remote_scripts_dir
+from ..run_folder import RunFolder
 from .base import CANCELED, COMPLETED, FAILED, RUNNING, Backend, LogLine, RunRef, launch_command
 from .local_job import EXIT_CODE_FILE, write_exit_code
 
@@ -26,20 +28,25 @@ class LocalBackend(Backend):
     name = "local"
     resumable = True
 
+    def __init__(self, on_event=None):
+        # the same constructor as every backend's (backends.get_backend passes it): a local job's
+        # progress is its log, so nothing of the client's own is reported yet
+        self.on_event = on_event or ignore
+
     def prepare(self, spec):
         missing = [m for m in ("torch", "torchvision", "onnx") if importlib.util.find_spec(m) is None]
         if missing:
-            raise UserError(
+            raise UsageError(
                 f"{', '.join(missing)} not installed in {sys.executable}: the local backend trains in this "
                 "Python; run pip install 'orchestrator[local]', or use --backend docker")
 
     def submit(self, spec):
-        for sub in ("logs", "outputs", "checkpoints"):
-            (spec.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        folder = RunFolder(spec.run_dir)
+        folder.create()
         command = launch_command(sys.executable, remote_scripts_dir(), [
             "--data", str(spec.data.resolve()),
             "--output", str(spec.output_dir.resolve()),
-            "--checkpoint-dir", str((spec.run_dir / "checkpoints").resolve()),
+            "--checkpoint-dir", str(folder.checkpoints.resolve()),
             *spec.train_args,
         ], nproc=spec.backend_options.get("nproc"), gpus=spec.backend_options.get("gpus"), trials=spec.trials)
         with open(spec.log_path, "ab") as log:
@@ -53,9 +60,9 @@ class LocalBackend(Backend):
 
     def log_lines(self, run, cursor=0, follow=True):
         self._require_run_dir(run)
-        path = run.run_dir / "logs" / "train.log"
+        path = RunFolder(run.run_dir).log_path
         if not path.is_file():
-            raise UserError(f"the log of run {run.run_id} is missing: {path}")
+            raise UsageError(f"the log of run {run.run_id} is missing: {path}")
         with open(path, "rb") as log:
             log.seek(cursor)
             pending = b""
@@ -119,7 +126,7 @@ class LocalBackend(Backend):
         self._require_run_dir(run)
         leftovers = job_processes(run)
         if leftovers:
-            raise UserError(f"the earlier job of run {run.run_id} still runs without its supervisor "
+            raise UsageError(f"the earlier job of run {run.run_id} still runs without its supervisor "
                             f"(pid {', '.join(map(str, leftovers))}): stop it (kill -- -{_pid(run)}), then resume")
         for marker in (EXIT_CODE_FILE, CANCEL_MARKER):
             (run.run_dir / marker).unlink(missing_ok=True)
@@ -136,7 +143,7 @@ class LocalBackend(Backend):
     @staticmethod
     def _require_run_dir(run):
         if not run.run_dir.is_dir():
-            raise UserError(f"the folder of run {run.run_id} is missing: {run.run_dir}")
+            raise UsageError(f"the folder of run {run.run_id} is missing: {run.run_dir}")
 
     @staticmethod
     def _exit_code(run):

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ..errors import UserError
+from ..errors import UsageError
 
 CACHE_DIR_HELP = ("The cache folder (the job's --cache-dir); default: $XDG_CACHE_HOME/orchestrate/images, "
                   "i.e. ~/.cache/orchestrate/images.")
@@ -58,7 +58,7 @@ def list_entries(cache_dir, as_json):
     if not entries:
         click.echo(f"the image cache {root} is empty")
         return
-    from ..render import console_for
+    from .render import console_for
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold", caption=f"{root}, {_size(sum(e.bytes for e in entries))}")
@@ -86,7 +86,7 @@ def clear_entries(keys, everything, cache_dir):
     from remote_scripts import cache_store
 
     if bool(keys) == everything:
-        raise UserError("name the entries to remove (see `orchestrate cache list`) or pass --all, not both")
+        raise UsageError("name the entries to remove (see `orchestrate cache list`) or pass --all, not both")
     root = _root(cache_dir)
     if everything:
         removed, busy = cache_store.clear(root)
@@ -94,7 +94,7 @@ def clear_entries(keys, everything, cache_dir):
         try:
             full_keys = cache_store.resolve_keys(root, keys)
         except ValueError as exc:
-            raise UserError(f"{exc} in {root} (see `orchestrate cache list`)") from None
+            raise UsageError(f"{exc} in {root} (see `orchestrate cache list`)") from None
         removed, busy = cache_store.clear(root, full_keys)
     click.echo(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} from {root}")
     for key in busy:

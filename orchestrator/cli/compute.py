@@ -1,17 +1,20 @@
-"""`orchestrate compute sizes|create|show|delete`: the NC-series catalogue and the GPU cluster.
+"""`orchestrate compute sizes|create|show|list|delete`: a shell over orchestrator.compute.
 
-`sizes` needs no Azure when no workspace is configured (backends.azure.catalogue); with one, it
-adds the region's prices. The others go through the seam.
+`sizes` needs no Azure when no workspace is configured; with one, it adds the region's prices.
+Each command parses, makes one call to orchestrator.compute, and prints what it returns.
 """
 import sys
 
 import click
 
-from ..errors import UserError
-from .azure_options import with_settings, workspace_flags, workspace_options
-from .workspace import make_seam
+from .azure_options import workspace_options
 
 COMPUTE_HELP = "Alias (gpu-t4, gpu-a100, ...) or Azure size name; see `orchestrate compute sizes`."
+
+
+def _err_notice(event):
+    """on_event of the commands that print results: notices (a retired size's) on stderr."""
+    click.echo(event["message"], err=True)
 
 
 @click.group()
@@ -36,18 +39,15 @@ def sizes(as_json, profile, **flags):
     Example:
       orchestrate compute sizes --json
     """
-    from ..backends.azure.catalogue import catalogue
-    from ..backends.azure.settings import load_settings
+    from .. import compute as sdk
     from .common import print_json
 
-    settings = load_settings(workspace_flags(flags), profile=profile)
-    location, rows = None, catalogue()
-    if settings.subscription_id and settings.resource_group and settings.workspace_name:
-        location, rows = _priced(settings) or (location, rows)
+    rows = sdk.sizes(on_event=_err_notice, profile=profile, **flags)
+    location = rows.location
     if as_json:
         print_json(rows)
         return
-    from ..render import console_for
+    from .render import console_for
     from rich.table import Table
 
     columns = ["alias", "Azure size", "GPUs", "GPU", "GPU mem (GiB)", "vCPUs", "status"]
@@ -69,31 +69,8 @@ def sizes(as_json, profile, **flags):
                    "(- = not offered there or no estimate)")
 
 
-def _priced(settings):
-    """(region, rows with prices) for the configured workspace, or None (with a note on stderr)
-    when it cannot be reached: the catalogue alone is still worth showing."""
-    from ..backends.azure.provision import priced_catalogue
-    from ..backends.azure.seam import azure_errors
-
-    try:
-        with azure_errors():
-            return priced_catalogue(make_seam(settings))
-    except UserError as exc:
-        click.echo(f"note: no prices ({exc}); showing the catalogue only", err=True)
-        return None
-
-
 def _money(value):
     return "-" if value is None else f"{value:.2f}"
-
-
-def _resolve(value):
-    from ..backends.azure.catalogue import resolve
-
-    resolved = resolve(value)
-    if resolved.notice:
-        click.echo(resolved.notice, err=True)
-    return resolved
 
 
 @compute.command()
@@ -106,8 +83,8 @@ def _resolve(value):
 @click.option("--low-priority", is_flag=True,
               help="Low-priority (preemptible, much cheaper) nodes; runs resume from checkpoints.")
 @click.option("--yes", is_flag=True, help="Create without asking (asked only on a terminal).")
-@with_settings
-def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_priority, yes):
+@workspace_options()
+def create(compute_name, max_nodes, min_nodes, idle_minutes, low_priority, yes, **workspace):
     """Create the cluster unless it exists: first a plan (size, GPUs, price per hour, cost at
     max nodes, quota), then a confirmation on a terminal; short quota stops before anything is
     created.
@@ -116,39 +93,28 @@ def create(settings, compute_name, max_nodes, min_nodes, idle_minutes, low_prior
     Example:
       orchestrate compute create --compute gpu-t4 --max-nodes 2 --low-priority --yes
     """
-    from ..backends.azure.catalogue import resolve
-    from ..backends.azure.provision import ensure_compute
-    from ..backends.azure.seam import azure_errors
+    from .. import compute as sdk
 
-    resolved = resolve(compute_name)
-    seam = make_seam(settings)
-
-    def approve():
-        click.confirm(f"create compute {resolved.cluster}?", abort=True)
+    def approve(question):
+        return click.confirm(question, abort=True)
     ask = not yes and sys.stdin.isatty()  # a script or a pipe has nobody to answer
-    with azure_errors():
-        ensure_compute(seam, resolved, max_nodes=max_nodes, min_nodes=min_nodes,
-                       idle_minutes=idle_minutes, low_priority=low_priority,
-                       approve=approve if ask else None,
-                       say=lambda line: click.echo(line, err=line == resolved.notice))
+    # the plan and the outcome are the result (stdout); a retired size's notice goes to stderr
+    sdk.create(compute_name, max_nodes=max_nodes, min_nodes=min_nodes, idle_minutes=idle_minutes,
+               low_priority=low_priority, approve=approve if ask else None,
+               on_event=lambda event: click.echo(event["message"], err=event["message"].startswith("notice: ")),
+               **workspace)
 
 
 @compute.command()
 @click.option("--compute", "compute_name", required=True, help=COMPUTE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@with_settings
-def show(settings, compute_name, as_json):
+@workspace_options()
+def show(compute_name, as_json, **workspace):
     """Show the cluster: size, node range, tier, state."""
-    from ..backends.azure.seam import azure_errors
+    from .. import compute as sdk
     from .common import print_json
 
-    resolved = _resolve(compute_name)
-    seam = make_seam(settings)
-    with azure_errors():
-        found = seam.get_compute(resolved.cluster)
-    if found is None:
-        raise UserError(f"compute {resolved.cluster!r} does not exist; create it with "
-                        f"`orchestrate compute create --compute {resolved.cluster}`")
+    found = sdk.show(compute_name, on_event=_err_notice, **workspace)
     if as_json:
         print_json(found)
         return
@@ -159,27 +125,23 @@ def show(settings, compute_name, as_json):
 @compute.command()
 @click.option("--compute", "compute_name", required=True, help=COMPUTE_HELP)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@with_settings
-def delete(settings, compute_name, yes):
+@workspace_options()
+def delete(compute_name, yes, **workspace):
     """Delete the cluster (running jobs on it fail)."""
-    from ..backends.azure.seam import azure_errors
+    from .. import compute as sdk
 
-    resolved = _resolve(compute_name)
-    seam = make_seam(settings)
-    if not yes:
-        click.confirm(f"delete compute {resolved.cluster}?", abort=True)
-    with azure_errors():
-        if seam.get_compute(resolved.cluster) is None:
-            click.echo(f"compute {resolved.cluster} does not exist")
-            return
-        seam.delete_compute(resolved.cluster)
-    click.echo(f"deleted compute {resolved.cluster}")
+    result = sdk.delete(compute_name, on_event=_err_notice,
+                        approve=None if yes else (lambda question: click.confirm(question, abort=True)), **workspace)
+    if not result["deleted"]:
+        click.echo(f"compute {result['compute']} does not exist")
+        return
+    click.echo(f"deleted compute {result['compute']}")
 
 
 @compute.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@with_settings
-def list_clusters(settings, as_json):
+@workspace_options()
+def list_clusters(as_json, **workspace):
     """List every AmlCompute cluster of the workspace with its size, tier, node range and the
     nodes it holds now (current, idle, busy): a node that is up bills, busy or idle.
 
@@ -187,19 +149,17 @@ def list_clusters(settings, as_json):
     Example:
       orchestrate compute list --json
     """
-    from ..backends.azure.seam import azure_errors
+    from .. import compute as sdk
     from .common import print_json
 
-    seam = make_seam(settings)
-    with azure_errors():
-        rows = seam.list_clusters()
+    rows = sdk.list(**workspace)
     if as_json:
         print_json(rows)
         return
     if not rows:
-        click.echo(f"no AmlCompute clusters in workspace {settings.workspace_name}")
+        click.echo(f"no AmlCompute clusters in workspace {rows.workspace_name}")
         return
-    from ..render import console_for
+    from .render import console_for
     from rich.table import Table
 
     table = Table("cluster", "size", "tier", "nodes min-max", "current", "idle", "busy", "allocation", "state",

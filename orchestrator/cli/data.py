@@ -1,26 +1,16 @@
-"""`orchestrate data upload`: send a dataset to Azure Blob storage, incrementally.
+"""`orchestrate data pack|upload|list|gc`: a shell over orchestrator.data.
 
-Thin on purpose: the work is `orchestrator.storage.blob.upload_dataset`, which the Azure ML
-backend calls too. This module picks the target, draws the progress bars and prints the summary.
+Each command parses its options, makes one call to orchestrator.data (where the policy lives:
+the target, the defaults, what is refused), draws its events as progress bars
+(client_events.ClientEvents) and prints the summary.
 """
 import json
-import logging
-import math
-import os
 import sys
-from pathlib import Path
 
 import click
 
+from ..data import DEFAULT_CONTAINER, URI_ENV
 from ..printable import printable
-
-URI_ENV = "ORCHESTRATE_STORAGE_URI"
-DEFAULT_CONTAINER = "datasets"
-
-
-def warn(line):
-    """A warning on stderr; it names the dataset's labels and paths, shown but never acted on."""
-    click.echo(printable(line), err=True)
 
 
 @click.group()
@@ -65,91 +55,38 @@ def upload(data_dir, name, to, labels, no_pack, max_side, shard_size, as_json):
     Example:
       orchestrate data upload ./EuroSAT --to az://myaccount/datasets --json
     """
-    from remote_scripts.folder_dataset import DatasetError, label_source_for_job
+    from .. import data as sdk
+    from .client_events import ClientEvents
 
-    from ..dataset.sources import open_source
-    from ..errors import UserError
-    from ..storage.blob import connect
-    from ..storage.packed_blob import check_layout
-    from ..storage.upload_progress import UploadProgress
-
-    source = open_source(data_dir)  # a bad URI is refused before anything else
-    if no_pack and source.remote:
-        raise UserError(f"--no-pack uploads the files of a local folder; {source.uri} is always packed: drop --no-pack")
-    name = name or source.name
-    target = _target_for(to, "upload target", default_prefix=name)
-    try:
-        labels = label_source_for_job(data_dir, labels)
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
-    if not no_pack:
-        _upload_packed(data_dir, target, labels, max_side, shard_size, as_json)
-        return
-    if max_side is not None or shard_size is not None:
-        raise UserError("--max-side and --shard-size are packing options: drop them or --no-pack")
-
-    def open_container():  # a prefix holding a packed index is refused: the job would read that
-        container = connect(target, os.environ)
-        check_layout(container, target.prefix, packed=False)
-        return container
-
-    with UploadProgress() as bars:
+    what = "file" if no_pack else "shard"
+    with ClientEvents() as bars:
         try:
-            result = bars.upload(data_dir, target.prefix, open_container, name=name, labels=labels,
-                                 say=warn)
+            result = sdk.upload(data_dir, to, name=name, labels=labels, pack=not no_pack, max_side=max_side,
+                                shard_size=shard_size, on_event=bars)
         except KeyboardInterrupt:
             bars.stop()
-            click.echo(f"interrupted ({bars.sent} file(s) confirmed sent); run the same command again to resume "
-                       "(files already uploaded are skipped)", err=True)
+            click.echo(f"interrupted ({bars.sent(what + 's')} {what}(s) confirmed sent); run the same command again "
+                       f"to resume ({what}s already uploaded are skipped)", err=True)
             sys.exit(130)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
-    click.echo(f"sent {result.files_sent} file(s) ({_mb(result.bytes_sent)}), skipped {result.files_skipped} "
-               f"unchanged ({_mb(result.bytes_skipped)}), deleted {result.files_deleted} stale, "
-               f"in {result.seconds:.1f} s", err=True)
+    sent, packed = result.sent, result.pack
+    if packed is None:
+        click.echo(f"sent {sent.files_sent} file(s) ({_mb(sent.bytes_sent)}), skipped {sent.files_skipped} "
+                   f"unchanged ({_mb(sent.bytes_skipped)}), deleted {sent.files_deleted} stale, "
+                   f"in {sent.seconds:.1f} s", err=True)
+    else:
+        click.echo(f"packed {packed.files} image(s) into {packed.shards} shard(s) ({packed.shards_written} "
+                   f"rewritten); sent {sent.shards_sent} shard(s) ({_mb(sent.bytes_sent)}), skipped "
+                   f"{sent.shards_skipped} unchanged ({_mb(sent.bytes_skipped)}), index "
+                   f"{'sent' if sent.index_sent else 'unchanged'}, deleted {sent.shards_deleted} old shard(s) "
+                   f"({_mb(sent.bytes_deleted)}), in {sent.seconds:.1f} s", err=True)
     click.echo(result.uri)
 
 
 def _mb(n):
     return f"{n / 1e6:.1f} MB"
-
-
-def _upload_packed(data_dir, target, labels, max_side, shard_size, as_json):
-    from ..storage.blob import connect
-    from ..storage.packed_blob import pack_and_upload
-    from .dataset_progress import PackProgress
-
-    shard_bytes = _shard_bytes(shard_size)
-    with PackProgress() as bars:
-        try:
-            packed, result = pack_and_upload(
-                data_dir, target.prefix, lambda: connect(target, os.environ), labels=labels, max_side=max_side,
-                shard_bytes=shard_bytes, say=warn, **bars.hooks())
-        except KeyboardInterrupt:
-            bars.stop()
-            click.echo(f"interrupted ({bars.shards_sent} shard(s) confirmed sent); run the same command again to "
-                       "resume (shards already uploaded are skipped)", err=True)
-            sys.exit(130)
-    if as_json:
-        click.echo(json.dumps({**result.to_dict(), "pack": packed.to_dict()}))
-        return
-    click.echo(f"packed {packed.files} image(s) into {packed.shards} shard(s) ({packed.shards_written} rewritten); "
-               f"sent {result.shards_sent} shard(s) ({_mb(result.bytes_sent)}), skipped {result.shards_skipped} "
-               f"unchanged ({_mb(result.bytes_skipped)}), index {'sent' if result.index_sent else 'unchanged'}, "
-               f"deleted {result.shards_deleted} old shard(s) ({_mb(result.bytes_deleted)}), "
-               f"in {result.seconds:.1f} s", err=True)
-    click.echo(result.uri)
-
-
-def _shard_bytes(shard_size):
-    from ..errors import UserError
-
-    if shard_size is None:
-        return None
-    if not math.isfinite(shard_size):
-        raise UserError(f"--shard-size {shard_size}: give a number of MB (default 64)")
-    return int(shard_size * (1 << 20))
 
 
 @data.command()
@@ -174,69 +111,17 @@ def pack(data_dir, out_dir, labels, max_side, shard_size, as_json):
       orchestrate data pack ./EuroSAT --out ./EuroSAT.packed
       orchestrate data pack s3://mybucket/eurosat --out ./EuroSAT.packed
     """
-    from remote_scripts.folder_dataset import DatasetError, label_source_for_job
+    from .. import data as sdk
+    from .client_events import ClientEvents
 
-    from ..dataset.pack import pack_dataset
-    from ..errors import UserError
-    from .dataset_progress import PackProgress
-
-    try:
-        labels = label_source_for_job(data_dir, labels)
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
-    with PackProgress() as bars:
-        result = pack_dataset(data_dir, out_dir, labels=labels, max_side=max_side,
-                              **({"shard_bytes": _shard_bytes(shard_size)} if shard_size is not None else {}),
-                              progress=bars.phase)
-    for warning in result.warnings:
-        warn(f"warning: {warning}")
+    with ClientEvents() as bars:
+        result = sdk.pack(data_dir, out_dir, labels=labels, max_side=max_side, shard_size=shard_size, on_event=bars)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
     click.echo(f"packed {result.files} image(s) ({result.unique} unique) into {result.shards} shard(s), "
                f"{_mb(result.bytes)}: {result.shards_written} written, {result.shards_kept} unchanged", err=True)
     click.echo(result.out_dir)
-
-
-def pack_source(uri, labels):
-    """`orchestrate train s3://... | az://...`: pack the dataset at `uri` into its cache folder
-    (pack.default_pack_dir, so a re-run reads only what changed) with progress bars; the folder,
-    which every backend trains on as a packed dataset."""
-    from remote_scripts.folder_dataset import FOLDER
-
-    from ..dataset.pack import default_pack_dir, pack_dataset
-    from .dataset_progress import PackProgress
-
-    with PackProgress() as bars:
-        result = pack_dataset(uri, default_pack_dir(uri), labels=labels or FOLDER, progress=bars.phase)
-    for warning in result.warnings:
-        warn(f"warning: {warning}")
-    return Path(result.out_dir)
-
-
-def _target_for(to, what, default_prefix=""):
-    """The BlobTarget of --to, defaulting to container DEFAULT_CONTAINER of the connection
-    string's account; `what` names it in the error when there is neither."""
-    from ..errors import UserError
-    from ..storage.blob import default_account, parse_uri
-
-    # azure.identity logs each failed sign-in attempt at WARNING; the errors say it in one line.
-    logging.getLogger("azure").setLevel(logging.ERROR)
-    if not to:
-        account = default_account(os.environ)
-        if not account:
-            raise UserError(f"no {what}: pass --to az://ACCOUNT/CONTAINER[/PREFIX] or set {URI_ENV} "
-                            "(or AZURE_STORAGE_CONNECTION_STRING to use its account)")
-        to = f"az://{account}/{DEFAULT_CONTAINER}"
-    return parse_uri(to, default_prefix=default_prefix)
-
-
-def _container_for(to):
-    """(ContainerClient, prefix) for --to (see _target_for)."""
-    from ..storage.blob import connect
-
-    target = _target_for(to, "container")
-    return connect(target, os.environ), target.prefix
 
 
 @data.command(name="list")
@@ -251,10 +136,9 @@ def list_(to, as_json):
     Example:
       orchestrate data list --to az://myaccount/datasets
     """
-    from ..storage.packed_blob import list_datasets
+    from .. import data as sdk
 
-    container, prefix = _container_for(to)
-    datasets = list_datasets(container, prefix)
+    datasets = sdk.list(to)
     if as_json:
         click.echo(json.dumps([d.to_dict() for d in datasets]))
         return
@@ -282,13 +166,9 @@ def gc(to, grace_hours, dry_run, as_json):
     Example:
       orchestrate data gc --to az://myaccount/datasets --dry-run
     """
-    from ..errors import UserError
-    from ..storage.packed_blob import collect_garbage
+    from .. import data as sdk
 
-    if grace_hours < 0:
-        raise UserError("--grace-hours must be 0 or more")
-    container, prefix = _container_for(to)
-    result = collect_garbage(container, prefix, grace_hours=grace_hours, dry_run=dry_run)
+    result = sdk.gc(to, grace_hours=grace_hours, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

@@ -19,12 +19,12 @@ MARKS = {OK: "[green]✓[/green]", WARN: "[yellow]![/yellow]", FAIL: "[red]✗[/
 def run_checks(base_image):
     """(check, result, detail) rows; stops after the engine check when there is no engine."""
     from ..backends.docker import connect, gpu_runtime
-    from ..errors import UserError
+    from ..errors import OrchestrateError
     from ..images import host_debian_mirror, image_exists, image_tag
 
     try:
         client = connect(timeout=5)
-    except UserError as exc:
+    except OrchestrateError as exc:
         return [("engine", FAIL, str(exc))]
     version = client.version()
     rows = [("engine", OK, f"Docker {version.get('Version')} (API {version.get('ApiVersion')})")]
@@ -79,7 +79,7 @@ def doctor(base_image, as_json):
     if as_json:
         click.echo(json.dumps([{"check": c, "result": r, "detail": d} for c, r, d in rows], indent=2))
     else:
-        from ..render import console_for
+        from .render import console_for
         from rich.table import Table
 
         table = Table(show_header=False, box=None)

@@ -3,9 +3,33 @@
 Both are also done on demand by `orchestrate train --backend docker`; these commands exist for
 air-gapped hosts (build the base once) and for CI (build before the timed part of a pipeline).
 """
+from contextlib import contextmanager
+
 import click
 
-from ..images import DEFAULT_BASE_IMAGE, OFFLINE_BASE_TAG
+from ..images import DEBOOTSTRAP_PHASE, DEFAULT_BASE_IMAGE, OFFLINE_BASE_TAG
+
+
+@contextmanager
+def build_progress():
+    """An `on_line` callback for orchestrator.images that shows build/pull/debootstrap output as
+    progress on stderr.
+
+    Milestones (build steps, debootstrap phases, warnings) stay on screen; debootstrap's
+    hundreds of per-package "I: Unpacking libfoo..." lines only flash by in a status line.
+    """
+    from rich.markup import escape
+
+    from .render import console_for
+
+    console = console_for(stderr=True)
+    with console.status("starting") as status:
+        def on_line(line):
+            if not line.startswith("I: ") or DEBOOTSTRAP_PHASE.search(line):
+                console.print(escape(line), highlight=False)
+            status.update(escape(line[:100]))
+
+        yield on_line
 
 
 @click.group()
@@ -36,11 +60,11 @@ def build_base(offline, tag, mirror, force):
       sudo orchestrate image build-base --offline --tag orchestrate/base:offline
     """
     from ..backends.docker import connect
-    from ..errors import UserError
-    from ..images import build_offline_base, build_progress, image_exists
+    from ..errors import UsageError
+    from ..images import build_offline_base, image_exists
 
     if not offline:
-        raise UserError("only --offline is supported: a registry base is pulled by `orchestrate image build`")
+        raise UsageError("only --offline is supported: a registry base is pulled by `orchestrate image build`")
     client = connect()
     if image_exists(client, tag) and not force:
         click.echo(f"{tag} already exists (use --force to rebuild)")
@@ -60,7 +84,7 @@ def build(base_image):
       orchestrate image build --base-image orchestrate/base:offline
     """
     from ..backends.docker import connect
-    from ..images import build_progress, ensure_training_image
+    from ..images import ensure_training_image
 
     with build_progress() as on_line:
         tag = ensure_training_image(connect(), base_image, on_line)

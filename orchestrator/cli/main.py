@@ -9,7 +9,7 @@ from importlib import import_module
 
 import click
 
-from ..errors import JobFailed, UserError
+from ..errors import OrchestrateError
 from ..printable import printable
 
 # name -> (module, attribute, one-line help shown by `orchestrate --help`)
@@ -75,7 +75,7 @@ def main():
     (printable): no name can act on the terminal."""
     try:
         code = cli.main(standalone_mode=False)
-    except (UserError, JobFailed) as exc:
+    except OrchestrateError as exc:
         click.echo(printable(f"error: {exc}"), err=True)
         code = exc.exit_code
     except click.ClickException as exc:  # bad usage: unknown option, invalid value ...

@@ -1,24 +1,13 @@
-"""`orchestrate predict` and `orchestrate evaluate`: use a trained model (a file or a run id)."""
+"""`orchestrate predict` and `orchestrate evaluate`: use a trained model (a file or a run id).
+
+Shells over orchestrator.model.Model (predict, evaluate) and orchestrator.scoring.score (--out).
+"""
 from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from ..errors import UsageError
 from .common import print_json
-
-
-def resolve_model(model_or_run):
-    """The model.onnx for a file path, a run folder, or a run id (downloading outputs if needed)."""
-    path = Path(model_or_run)
-    if path.is_file():
-        return path
-    from .common import resolve_run_dir
-
-    folder = resolve_run_dir(model_or_run, wanted="model.onnx")  # a run id's model is there, or UserError
-    for candidate in (folder / "model.onnx", folder / "outputs" / "model.onnx"):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"no model.onnx in {path}")
 
 
 OUT_HELP = ("Write one row per image to FILE.csv or FILE.jsonl (columns: path, label, score, top_k, error) "
@@ -45,38 +34,33 @@ def predict(model, paths, top_k, as_json, out, force):
       orchestrate predict digits-20261123-101500-ab12 a.jpg b.jpg --top-k 3 --json
       orchestrate predict digits-20261123-101500-ab12 ./new-photos --out scores.csv
     """
-    from ..inference.classifier import OnnxClassifier
-    from ..inference.score import check_out, list_images, prediction_rows, score_to_file
-
     if out is not None and as_json:
-        raise UserError("--json prints the predictions and --out writes them to a file: choose one")
+        raise UsageError("--json prints the predictions and --out writes them to a file: choose one")
     if out is not None:
-        out = check_out(out, force)
-    classifier = OnnxClassifier(resolve_model(model))  # the arguments' order: the model's problems first
-    images = list_images(paths)
-    if out is not None:
-        summary = score_to_file(classifier, images, out, top_k)
+        from ..scoring import score
+
+        summary = score(model, paths, out, top_k=top_k, force=force)
         click.echo(f"wrote {summary['images']} row(s) to {out}: {summary['scored']} classified, "
                    f"{summary['errors']} unreadable", err=True)
         if not summary["scored"]:
-            raise UserError(f"no image could be read (the reasons are in {out})")
+            raise UsageError(f"no image could be read (the reasons are in {out})")
         return
-    rows = list(prediction_rows(classifier, images, top_k))
+    from ..model import Model
+
+    predictions = Model(model).predict(paths, top_k)
     if as_json:
-        print_json([{"image": r["path"], "error": r["error"]} if r["error"] else
-                    {"image": r["path"], "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
-                    for r in rows])
+        print_json([p.to_json() for p in predictions])
     else:
         from ..printable import printable
 
-        for r in rows:  # names from the dataset and the model, shown but never acted on
-            if r["error"]:
-                click.echo(printable(f"{r['path']}: error: {r['error']}"), err=True)
+        for p in predictions:  # names from the dataset and the model, shown but never acted on
+            if p.error:
+                click.echo(printable(f"{p.image}: error: {p.error}"), err=True)
             else:
-                others = "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:])
-                click.echo(printable(f"{r['path']}: {r['label']} {r['score']:.3f}" + (f"  ({others})" if others else "")))
-    if all(r["error"] for r in rows):
-        raise UserError("no image could be read")
+                others = "  ".join(f"{label} {score:.3f}" for label, score in p.top_k[1:])
+                click.echo(printable(f"{p.image}: {p.label} {p.score:.3f}" + (f"  ({others})" if others else "")))
+    if all(p.error for p in predictions):
+        raise UsageError("no image could be read")
 
 
 @click.command()
@@ -93,16 +77,15 @@ def evaluate(model, data, as_json):
     Example:
       orchestrate evaluate digits-20261123-101500-ab12 ./holdout --json
     """
-    from ..inference.classifier import OnnxClassifier
-    from ..inference.evaluate import evaluate_folder
+    from ..model import Model
 
-    metrics = evaluate_folder(OnnxClassifier(resolve_model(model)), data)
+    metrics = Model(model).evaluate(data)
     if as_json:
         print_json(metrics)
         return
     from rich.table import Table
 
-    from ..render import as_text, console_for, metrics_table
+    from .render import as_text, console_for, metrics_table
 
     console = console_for()
     console.print(metrics_table(metrics, title=f"Evaluation on {data}"))

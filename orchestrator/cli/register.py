@@ -3,57 +3,24 @@
 register: the run's ONNX model as an Azure ML model asset (the job's `model` output, so Studio
 shows the lineage; labels and test metrics as tags) and its dataset as a data asset. attach: a job
 started elsewhere (another machine, Studio) into the ledger. The work is
-orchestrator.backends.azure.assets; the network the seam's.
+the SDK's (Run.register, runs.attach).
 """
 from pathlib import Path
 
 import click
 
-from ..errors import UserError
 from .azure_options import with_settings
+from .client_events import ClientEvents
 from .common import print_json
-from .workspace import make_seam
 
 
-def run_seam(record):
-    """The seam on the workspace a run's azure.json names (no flags needed)."""
-    from ..backends.azure.assets import read_state
-    from ..backends.azure.settings import Settings, load_settings
-
-    if record.backend != "azure":
-        raise UserError(f"run {record.run_id} ran on the {record.backend} backend: only Azure runs can be "
-                        "registered as Azure ML assets")
-    state = read_state(record.run_dir)
-    if state is None:
-        raise UserError(f"{Path(record.run_dir) / 'azure.json'} is missing or unreadable: "
-                        f"cannot find the Azure ML job of run {record.run_id}")
-    secret = load_settings().storage_connection_string
-    return make_seam(Settings(**state["workspace"], storage_connection_string=secret)), state
-
-
-def register_and_report(run_id, model_name=None, data_name=None, as_json=False, err=False):
-    """Register run `run_id` (downloading its outputs first when needed) and print the assets
-    (on stderr with `err`)."""
-    from ..backends.azure.assets import register_run
-    from ..backends.azure.seam import azure_errors
-    from ..runner import fetch_outputs
-    from .common import find_run
-
-    ledger, record, backend, _ = find_run(run_id)
-    seam, state = run_seam(record)
-    if not (record.output_dir / "labels.json").is_file():
-        fetch_outputs(backend, ledger, record)
-    with azure_errors():
-        result = register_run(seam, record, state, model_name, data_name)
-    if as_json:
-        print_json(result)
-        return result
+def print_assets(result, err=False):
+    """The registered assets, one line each (on stderr with `err`)."""
     model = result["model"]
     click.echo(f"model: {model['name']}:{model['version']} ({model['path']})", err=err)
     if "data" in result:
         data = result["data"]
         click.echo(f"data:  {data['name']}:{data['version']} ({data['path']})", err=err)
-    return result
 
 
 @click.command()
@@ -69,7 +36,13 @@ def register(run_id, model_name, data_name, as_json):
     Example:
       orchestrate register eurosat-20261123-101500-ab12 --name eurosat-resnet50
     """
-    register_and_report(run_id, model_name, data_name, as_json)
+    from ..runs import get
+
+    result = get(run_id).register(model_name, data_name)
+    if as_json:
+        print_json(result)
+    else:
+        print_assets(result)
 
 
 @click.command()
@@ -87,30 +60,14 @@ def attach(settings, job_name, runs_dir, as_json):
       orchestrate attach eurosat-20261123-101500-ab12
       orchestrate logs eurosat-20261123-101500-ab12
     """
-    from ..backends.azure.assets import attach_job
-    from ..backends.azure.seam import azure_errors
-    from ..ledger import Ledger
+    from ..runs import attach
 
-    seam = make_seam(settings)
-    with azure_errors():
-        record = attach_job(seam, Ledger(), job_name, runs_dir, say=lambda line: click.echo(line, err=True))
+    with ClientEvents() as on_event:
+        run = attach(job_name, runs_dir=runs_dir, settings=settings, on_event=on_event)
+    record = run.to_json()
     if as_json:
-        print_json(record.to_json())
+        print_json(record)
         return
-    click.echo(f"attached Azure ML job {record.remote_id} as run {record.run_id} ({record.status}); "
-               f"folder {record.run_dir}\nfollow with: orchestrate logs {record.run_id}")
+    click.echo(f"attached Azure ML job {record['remote_id']} as run {record['run_id']} ({record['status']}); "
+               f"folder {record['run_dir']}\nfollow with: orchestrate logs {record['run_id']}")
 
-
-def cost_of(record):
-    """`runs show`: the cost estimate of an Azure run (assets.cost_estimate), or None for others.
-
-    The price comes from azure.json when cached there, else from the workspace's list_sizes (then
-    cached); no reachable workspace is a reason in the estimate, never an error of `runs show`."""
-    from ..backends.azure.assets import cost_estimate, read_state
-
-    if record.backend != "azure":
-        return None
-    state = read_state(record.run_dir)
-    if state is None:
-        return {"error": "azure.json is missing"}
-    return cost_estimate(record, state, seam_factory=lambda: run_seam(record)[0])

@@ -1,7 +1,6 @@
-"""`orchestrate report RUN`: a finished run's self-contained HTML report (orchestrator/report.py)."""
+"""`orchestrate report RUN`: a finished run's self-contained HTML report (orchestrator.runs.report)."""
 import click
 
-from .common import resolve_run_dir
 
 
 @click.command()
@@ -18,9 +17,9 @@ def report(run, open_browser):
       orchestrate report digits-20261123-101500-ab12 --open
       orchestrate report runs/digits-20261123-101500-ab12
     """
-    from ..report import write_report
+    from ..runs import report as write_report
 
-    path = write_report(resolve_run_dir(run, wanted="metrics.json"))
+    path = write_report(run)
     click.echo(str(path))
     if open_browser:
         import webbrowser

@@ -3,7 +3,7 @@ import time
 
 import click
 
-from .common import find_run, follow_and_report, print_json
+from .common import follow_and_report, print_json
 
 
 @click.group()
@@ -25,21 +25,22 @@ def list_runs(limit, as_json):
     """List recent runs, newest first."""
     from rich.table import Table
 
-    from ..ledger import Ledger
-    from ..render import console_for
+    from .. import runs as all_runs
+    from .render import console_for
 
-    records = Ledger().list(limit)
+    records = [run.to_json() for run in all_runs.list(limit)]
     if as_json:
-        print_json([r.to_json() for r in records])
+        print_json(records)
         return
     table = Table(show_header=True, header_style="bold")
     table.add_column("run", no_wrap=True)
     for column in ("backend", "status", "started", "accuracy", "dataset"):
         table.add_column(column)
     for r in records:
-        accuracy = r.metrics.get("accuracy")
-        table.add_row(r.run_id, r.backend, r.status, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
-                      "-" if accuracy is None else f"{accuracy:.4f}", r.dataset)
+        accuracy = r["metrics"].get("accuracy")
+        table.add_row(r["run_id"], r["backend"], r["status"],
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+                      "-" if accuracy is None else f"{accuracy:.4f}", r["dataset"])
     console_for().print(table)
 
 
@@ -48,12 +49,13 @@ def list_runs(limit, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 def show_run(run_id, as_json):
     """Show one run: parameters, status, outputs and metrics."""
-    from ..runner import read_metrics
+    from ..run_folder import RunFolder
+    from ..runs import get
 
-    _, record, _, _ = find_run(run_id, job=False)
-    data = record.to_json()
-    data["test_metrics"] = read_metrics(record.run_dir)
-    cost = _azure_cost(record)
+    run = get(run_id)
+    data = run.to_json()
+    data["test_metrics"] = RunFolder(run.folder).metrics()
+    cost = run.cost()
     if cost is not None:
         data["cost_estimate"] = cost
     if as_json:
@@ -61,13 +63,13 @@ def show_run(run_id, as_json):
         return
     for key in ("run_id", "name", "backend", "status", "exit_code", "attempts", "dataset", "run_dir", "remote_id"):
         click.echo(f"{key:10} {data[key]}")
-    click.echo(f"{'params':10} {' '.join(record.params.get('train_args', [])) or '(defaults)'}")
+    click.echo(f"{'params':10} {' '.join(run.params.get('train_args', [])) or '(defaults)'}")
     if cost is not None:
         from ..backends.azure.assets import cost_line
 
         click.echo(cost_line(cost))
     if data["test_metrics"]:
-        from ..render import console_for, metrics_table
+        from .render import console_for, metrics_table
 
         console_for().print(metrics_table(data["test_metrics"]))
 
@@ -86,38 +88,18 @@ def compare_runs(run_ids, as_json):
       orchestrate runs compare digits-20261123-101500-ab12 digits-20261123-103000-cd34 --json
       orchestrate runs compare digits-20261202-101500-ef56
     """
-    from ..compare import compare
-    from ..errors import UserError
-    from ..ledger import Ledger
-    from ..search import expand_ids
+    from ..runs import compare
 
-    ledger = Ledger()
-    records = [ledger.get(run_id) for run_id in expand_ids(ledger, run_ids)]
-    ids = [record.run_id for record in records]
-    repeated = sorted({run_id for run_id in ids if ids.count(run_id) > 1})
-    if repeated:
-        raise UserError(f"run {repeated[0]} is named more than once")
-    if len(records) < 2:
-        raise UserError("compare needs at least two runs (see 'orchestrate runs list')")
-    comparison = compare(records, cost_of=_azure_cost)
+    comparison = compare(list(run_ids))
     if as_json:
         print_json(comparison)
         return
-    from ..render import comparison_notes, comparison_table, console_for
+    from .render import comparison_notes, comparison_table, console_for
 
     console = console_for()
     console.print(comparison_table(comparison))
     for note in comparison_notes(comparison):
         console.print(note)
-
-
-def _azure_cost(record):
-    """The estimated cost of an Azure run (duration x nodes x hourly price), None for other runs."""
-    if record.backend != "azure":
-        return None
-    from .register import cost_of
-
-    return cost_of(record)
 
 
 @click.command()
@@ -131,8 +113,9 @@ def logs(run_id, verbose, no_follow):
     Example:
       orchestrate logs digits-20261123-101500-ab12
     """
-    _, _, backend, run = find_run(run_id)
-    follow_and_report(backend, run, verbose=verbose, until_end=not no_follow)
+    from ..runs import get
+
+    follow_and_report(get(run_id), verbose=verbose, until_end=not no_follow)
 
 
 @click.command()
@@ -145,14 +128,13 @@ def status(run_id, as_json):
     Example:
       orchestrate status digits-20261123-101500-ab12
     """
-    from ..runner import finish
+    from ..runs import get
 
-    ledger, record, backend, run = find_run(run_id)
-    outcome = finish(backend, run, ledger, download=False)
+    run = get(run_id).refresh()
     if as_json:
-        print_json({"run_id": record.run_id, "status": outcome.status})
+        print_json({"run_id": run.id, "status": run.status})
     else:
-        click.echo(outcome.status)
+        click.echo(run.status)
 
 
 @click.command()
@@ -165,16 +147,14 @@ def cancel(run_id):
       orchestrate cancel digits-20261123-101500-ab12
     """
     from ..backends.base import TERMINAL
-    from ..runner import finish
+    from ..runs import get
 
-    ledger, record, backend, run = find_run(run_id)
-    current = backend.status(run)
+    run = get(run_id)
+    current = run.refresh().status
     if current in TERMINAL:
-        click.echo(f"run {record.run_id} has already ended ({current})")
+        click.echo(f"run {run.id} has already ended ({current})")
         return
-    backend.cancel(run)
-    outcome = finish(backend, run, ledger)
-    click.echo(f"run {record.run_id} {outcome.status}")
+    click.echo(f"run {run.id} {run.cancel().status}")
 
 
 @click.command()
@@ -186,12 +166,6 @@ def download(run_id):
     Example:
       orchestrate download digits-20261123-101500-ab12
     """
-    from ..errors import UserError
+    from ..runs import get
 
-    from ..runner import fetch_outputs
-
-    ledger, record, backend, run = find_run(run_id)
-    fetch_outputs(backend, ledger, record)
-    if not (record.output_dir / "model.onnx").is_file():
-        raise UserError(f"run {record.run_id} has no outputs to download (status: {backend.status(run)})")
-    click.echo(str(record.output_dir))
+    click.echo(str(get(run_id).download()))

@@ -1,21 +1,19 @@
 """`orchestrate score`: batch scoring of a folder into a predictions file, with progress and images/s.
 
-The rows are those of `predict --out` (orchestrator.inference.score); what this command adds is
-the shape of a long run: the decode/inference pipeline's batch size and threads, progress on
-stderr that suits a terminal as well as a CI log, and the throughput at the end.
+A shell over orchestrator.scoring.score (a local folder here, az:// DATA on Azure ML). The rows
+are those of `predict --out`; what this command adds is how a long run shows: progress on stderr
+that suits a terminal as well as a CI log, and the throughput at the end.
 """
+import sys
 import time
 from pathlib import Path
 
 import click
 
-from ..errors import UserError
-from ..inference.classifier import BATCH_SIZE
+from ..errors import UsageError
+from ..inference import BATCH_SIZE
 from .azure_options import workspace_options
 from .common import print_json
-from .score_azure import pop_azure_values, refuse_azure_values
-
-AZURE_DATA = "az://"  # a blob prefix: scored on Azure ML as a parallel job
 
 
 class ScoreProgress:
@@ -26,7 +24,7 @@ class ScoreProgress:
         from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        from ..render import console_for, progress_bars
+        from .render import console_for, progress_bars
 
         self.total = total
         self.clock = clock
@@ -92,25 +90,56 @@ def score(model, data, out, force, top_k, batch_size, workers, as_json, **azure)
     account and container), is scored on Azure ML as a parallel job, the predictions downloaded
     to --out at the end. A packed dataset is refused: score a folder of image files.
     """
-    values = pop_azure_values(azure)
-    if data.startswith(AZURE_DATA):
-        from .score_azure import score_on_azure
+    from ..scoring import Plan, score as score_data
 
-        return score_on_azure(model, data, out, force=force, top_k=top_k, as_json=as_json, values=values)
-    refuse_azure_values(values)
-    from ..inference.classifier import OnnxClassifier
-    from ..inference.score import check_out, list_images, score_to_file
-    from .predict import resolve_model
-
-    out = check_out(out, force)
-    images = list_images([data])
-    classifier = OnnxClassifier(resolve_model(model))
-    with ScoreProgress(len(images)) as progress:
-        summary = score_to_file(classifier, images, out, top_k, batch_size, workers, on_progress=progress.update)
+    progress = ProgressEvents()
+    with progress:
+        result = score_data(model, data, out, top_k=top_k, force=force, batch_size=batch_size, workers=workers,
+                            processes_per_node=azure.pop("processes"), export=azure.pop("export_path"),
+                            approve=approval(azure.pop("yes")), on_event=progress, **azure)
+    if isinstance(result, Plan):
+        click.echo(result.description)
+        if result.export:
+            click.echo(f"wrote {result.export} (submit it with: az ml job create -f {result.export})")
+        return
     if as_json:
-        print_json(summary)
-    else:
-        click.echo(f"scored {summary['scored']} of {summary['images']} image(s) ({summary['errors']} unreadable) "
-                   f"in {summary['seconds']:.1f} s: {summary['images_per_second']:.1f} images/s; wrote {out}", err=True)
-    if not summary["scored"]:
-        raise UserError(f"no image could be read (the reasons are in {out})")
+        print_json(result)
+    if "scored" not in result:  # a parallel job: its notices said how it went
+        return
+    if not as_json:
+        click.echo(f"scored {result['scored']} of {result['images']} image(s) ({result['errors']} unreadable) "
+                   f"in {result['seconds']:.1f} s: {result['images_per_second']:.1f} images/s; wrote {out}", err=True)
+    if not result["scored"]:
+        raise UsageError(f"no image could be read (the reasons are in {out})")
+
+
+def approval(yes):
+    """score's `approve`: None (create a missing cluster without asking) with --yes, and where nobody
+    can answer (a script, a pipe); else a question on the terminal."""
+    if yes or not sys.stdin.isatty():
+        return None
+
+    return lambda question: click.confirm(question, abort=True)
+
+
+class ProgressEvents:
+    """score's on_event: notices as lines on stderr, the images' transfer events as a ScoreProgress
+    bar, started at the first of them (when the number of images is known)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event):
+        if event["type"] == "notice":
+            click.echo(event["message"], err=True)
+        elif event["type"] == "transfer":
+            if self.bar is None:
+                self.bar = ScoreProgress(event["total"]).__enter__()
+            self.bar.update(event["done"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -1,13 +1,8 @@
-"""`orchestrate serve`: put a trained model behind HTTP (the app: orchestrator.inference.serve)."""
-import functools
-import json
-import os
-
+"""`orchestrate serve`: put a trained model behind HTTP, a shell over orchestrator.model.Model.serve."""
 import click
 
-from ..inference.serve_settings import (CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PIXELS,
-                                        DEFAULT_READ_TIMEOUT, EVERY_INTERFACE, check_port_free, trusted_hosts)
-from .predict import resolve_model
+from ..inference.serve_settings import (DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PIXELS,
+                                        DEFAULT_READ_TIMEOUT)
 
 
 @click.command()
@@ -47,32 +42,8 @@ def serve(model, host, port, workers, max_bytes, max_pixels, allowed_hosts, max_
       orchestrate serve runs/RUN/outputs/model.onnx --port 9000
       curl -F file=@seven.png http://127.0.0.1:8000/predict
     """
-    import uvicorn
+    from ..model import Model
 
-    from ..inference.serve import HeaderDeadline, create_app  # fastapi: loaded by the command, not by --help
-
-    hosts = trusted_hosts(host, allowed_hosts)
-    model_path = resolve_model(model).resolve()
-    check_port_free(host, port)
-    answering = "any Host header" if "*" in hosts else "Host " + ", ".join(hosts)
-    banner = f"serving {model_path} on http://{host}:{port}/ (API docs: /docs) for {answering}; Ctrl-C stops"
-    if host in EVERY_INTERFACE and "*" not in hosts:
-        banner += "\nlistening on every interface: other machines are answered for the names --allowed-host gives"
-    # uvicorn answers 503 once the open connections reach its limit, the asking one included.
-    limits = {"limit_concurrency": max_connections + 1, "log_level": "info",
-              "http": functools.partial(HeaderDeadline, read_timeout=read_timeout)}
-    if workers == 1:
-        app = create_app(model_path, max_bytes=max_bytes, max_pixels=max_pixels, allowed_hosts=hosts,
-                         read_timeout=read_timeout)  # a bad model fails here
-        click.echo(banner, err=True)
-        uvicorn.run(app, host=host, port=port, **limits)
-        return
-    from ..inference.classifier import OnnxClassifier
-
-    OnnxClassifier(model_path)  # a bad model fails here, in one line, rather than in every worker
-    # Worker processes build their own app from an import string; the settings travel in the environment.
-    os.environ[CONFIG_ENV] = json.dumps({"model": str(model_path), "max_bytes": max_bytes, "max_pixels": max_pixels,
-                                         "allowed_hosts": hosts, "read_timeout": read_timeout})
-    click.echo(banner, err=True)
-    uvicorn.run("orchestrator.inference.serve:app_from_environment", factory=True, host=host, port=port,
-                workers=workers, **limits)
+    Model(model).serve(host, port, workers=workers, max_bytes=max_bytes, max_pixels=max_pixels,
+                       allowed_hosts=allowed_hosts, max_connections=max_connections, read_timeout=read_timeout,
+                       on_event=lambda event: click.echo(event["message"], err=True))

@@ -1,4 +1,4 @@
-"""The training options of `orchestrate train`: click options generated from the job's own table.
+"""The options of `orchestrate train`: click options generated from the job's own table and the backends'.
 
 remote_scripts/options.py declares every train.py option once (type, range, choices, default,
 help); train.py's argparse is generated from it too, so the client accepts exactly what the job
@@ -30,12 +30,13 @@ class JobNumber(click.ParamType):
         return number
 
 
-def click_option(option):
+def click_option(option, help_=None):
     """The click option for one job option. Defaults stay None (click's): the client passes only
     what the user set, so the job's defaults apply, and the help shows them."""
-    help_ = option.help[0].upper() + option.help[1:] + "."
-    if option.default is not None and option.kind != "flag":
-        help_ += f" [default: {option.default}]"
+    if help_ is None:
+        help_ = option.help[0].upper() + option.help[1:] + "."
+        if option.default is not None and option.kind != "flag":
+            help_ += f" [default: {option.default}]"
     if option.kind == "flag":
         return click.option(option.flag, option.dest, is_flag=True, default=None, help=help_)
     if option.kind == "choice":
@@ -54,6 +55,12 @@ def training_options(command):
     return command
 
 
-def pop_training_values(kwargs):
-    """Remove the training options from a command's kwargs and return them as {dest: value}."""
-    return {option.dest: kwargs.pop(option.dest) for option in OPTIONS}
+def backend_options(command):
+    """Decorator adding the backends' options of `train` (orchestrator.training.BACKEND_OPTIONS),
+    each help text led by the backends that take it ("docker: CPU limit.")."""
+    from ..training import BACKEND_OPTIONS
+
+    for option in reversed(BACKEND_OPTIONS):
+        help_ = f"{', '.join(option.backends)}: {option.help}"
+        command = click_option(option, help_ if help_.endswith("]") else help_ + ".")(command)
+    return command

@@ -1,19 +1,11 @@
-"""`orchestrate workspace create|show|delete`.
+"""`orchestrate workspace create|show|delete`: a shell over orchestrator.workspace.
 
-The commands are thin: settings come from orchestrator.backends.azure.settings (flags > env >
-profile > config.json), the work from its provision module, the network from its seam.
+Settings come from the workspace flags (flags > env > profile > config.json, resolved by the
+SDK); each command makes one call to orchestrator.workspace and prints what it returns.
 """
 import click
 
-from ..errors import UserError
-from .azure_options import with_settings
-
-
-def make_seam(settings):
-    """The network seam for `settings`; tests replace this function."""
-    from ..backends.azure.seam import AzureSeam
-
-    return AzureSeam(settings.require("subscription_id", "resource_group", "workspace_name"))
+from .azure_options import workspace_options
 
 
 @click.group()
@@ -27,68 +19,54 @@ def workspace():
 
 
 @workspace.command()
-@with_settings
-def create(settings):
+@workspace_options()
+def create(**flags):
     """Create the workspace (and its resource group when missing); idempotent."""
-    from ..backends.azure.provision import ensure_workspace
-    from ..backends.azure.seam import azure_errors
+    from .. import workspace as sdk
 
-    seam = make_seam(settings)
-    with azure_errors():
-        lines = ensure_workspace(seam, settings.location)
-    click.echo("\n".join(lines))
+    click.echo("\n".join(sdk.create(**flags)))
 
 
 @workspace.command()
-@with_settings
+@workspace_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(settings, as_json):
+def show(as_json, **flags):
     """Show the workspace, where its settings came from, and its Studio URL."""
-    from ..backends.azure.seam import azure_errors
-    from ..backends.azure.settings import studio_url
+    from .. import workspace as sdk
     from .common import print_json
 
-    seam = make_seam(settings)
-    with azure_errors():
-        found = seam.get_workspace()
-    if found is None:
-        raise UserError(f"workspace {settings.workspace_name!r} not found in resource group "
-                        f"{settings.resource_group!r}; create it with `orchestrate workspace create`")
-    info = {**settings.public(), "location": found["location"], "studio_url": studio_url(settings),
-            "sources": settings.sources}
+    info = sdk.show(**flags)
     if as_json:
         print_json(info)
         return
     for key in ("workspace_name", "resource_group", "subscription_id"):
-        click.echo(f"{key:16} {info[key]}  ({settings.sources[key]})")
+        click.echo(f"{key:16} {info[key]}  ({info['sources'][key]})")
     click.echo(f"{'location':16} {info['location']}")
     click.echo(f"{'studio':16} {info['studio_url']}")
 
 
 @workspace.command()
-@with_settings
+@workspace_options()
 @click.option("--delete-dependent-resources", is_flag=True,
               help="Also delete its storage account, key vault and Application Insights.")
 @click.option("--permanently", is_flag=True,
               help="No soft delete: the name is free again at once (else Azure keeps the workspace "
                    "recoverable, and its name taken, for 14 days).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(settings, delete_dependent_resources, permanently, yes):
+def delete(delete_dependent_resources, permanently, yes, **flags):
     """Delete the workspace (its jobs, models and clusters go with it).
 
     \b
     Example:
       orchestrate workspace delete -g rg -w ws --permanently --yes
     """
-    from ..backends.azure.seam import azure_errors
+    from .. import workspace as sdk
 
-    seam = make_seam(settings)
-    if not yes:
-        click.confirm(f"delete workspace {settings.workspace_name}?", abort=True)
-    with azure_errors():
-        if seam.get_workspace() is None:
-            click.echo(f"workspace {settings.workspace_name} does not exist")
-            return
-        seam.delete_workspace(delete_dependent_resources, permanently=permanently)
-    click.echo(f"deleted workspace {settings.workspace_name}"
+    result = sdk.delete(delete_dependent_resources=delete_dependent_resources, permanently=permanently,
+                        approve=None if yes else (lambda question: click.confirm(question, abort=True)), **flags)
+    name = result["workspace"]
+    if not result["deleted"]:
+        click.echo(f"workspace {name} does not exist")
+        return
+    click.echo(f"deleted workspace {name}"
                + (" permanently" if permanently else " (soft delete: recoverable, name taken, for 14 days)"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
 
-from ..errors import UserError
+from ..errors import UsageError
 from ..paths import private_state_dir
 
 MANIFEST_VERSION = 1
@@ -126,12 +126,12 @@ def build_manifest(root, name=None, *, labels=FOLDER, workers=8, cache=None, pro
 
     cache: a HashCache, None for the default one in the state dir, False for none.
     progress: optional callable(entry) called on this thread as each file is done.
-    Raises UserError for a missing folder or one that gives no usable dataset.
+    Raises UsageError for a missing folder or one that gives no usable dataset.
     """
     try:
         found = scan(str(root), labels=labels)
     except DatasetError as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     return manifest_from_scan(root, found, name, labels=labels, workers=workers, cache=cache, progress=progress)
 
 
@@ -195,7 +195,7 @@ def _hash_entries(root, files, workers, cache, progress):
         try:
             st = os.stat(full)
         except OSError as exc:
-            raise UserError(f"cannot read {full}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {full}: {exc.strerror}") from None
         cached = known.get(full)
         digest = cached[2] if cached and cached[:2] == (st.st_size, st.st_mtime_ns) else None
         entry = Entry(relpath.replace(os.sep, "/"), st.st_size, digest or "", label)
@@ -210,7 +210,7 @@ def _hash_entries(root, files, workers, cache, progress):
         try:
             return sha256_file(job[1])
         except OSError as exc:
-            raise UserError(f"cannot read {job[1]}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {job[1]}: {exc.strerror}") from None
 
     new_rows = []
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -37,13 +37,16 @@ from remote_scripts import packed_dataset as layout
 from remote_scripts.atomic import write_atomically
 from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError
 
-from ..errors import UserError
+from .. import events
+from ..errors import UsageError
 from ..paths import image_cache_dir
 from .manifest import file_digest, hash_cache
 from .sources import open_source
 
 DEFAULT_SHARD_MB = 64
 MIN_SHARD_BYTES = 64 << 10
+# the transfer event's `what` of each phase of a pack
+PHASES = {"scan": "scanning", "hash": "hashing", "pack": "packing"}
 PROGRESS_EVERY = 256  # files between progress calls: a bar update per file costs more than its lookup
 MEMBER_MODE = 0o644
 TEMPORARY_PREFIX = ".partial-"
@@ -77,11 +80,11 @@ class PackResult:
 
 
 def packed_summary(out_dir):
-    """The PackResult of a folder packed already (nothing written); UserError when it is not one."""
+    """The PackResult of a folder packed already (nothing written); UsageError when it is not one."""
     try:
         return PackResult.of_index(out_dir, layout.read_index(str(out_dir)))
     except DatasetError as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def default_pack_dir(data_dir):
@@ -110,25 +113,29 @@ def shard_key(member_names):
 
 
 def pack_dataset(data_dir, out_dir, *, labels=FOLDER, max_side=None, shard_bytes=DEFAULT_SHARD_MB << 20,
-                 cache=None, progress=None):
+                 cache=None, on_event=events.ignore):
     """Pack the images of `data_dir` (a folder or an s3:// or az:// URI; labels: the job's
     --labels) into the local folder `out_dir`; a PackResult.
 
     max_side: downscale images whose longer side exceeds it (aspect kept; None: store the files
     as they are). cache: manifest.HashCache (None: the default one, False: none).
-    progress: optional callable(phase, done, total) with phase "scan", "hash" or "pack".
+    on_event: receives events.transfer(what, done, total, "files") with what "scanning",
+    "hashing" or "packing" (PHASES) as each phase goes on.
     Shard files of an earlier pack in `out_dir` that the new index does not name are removed
     after the index is written (the folder is one dataset: a non-empty folder that holds no packed
-    dataset is refused, and the folder is locked while packing). Raises UserError for unusable data.
+    dataset is refused, and the folder is locked while packing). Raises UsageError for unusable data.
     """
     if max_side is not None and max_side < 16:
-        raise UserError(f"--max-side {max_side}: give at least 16 pixels (or leave it out to keep sizes)")
+        raise UsageError(f"--max-side {max_side}: give at least 16 pixels (or leave it out to keep sizes)")
     if not shard_bytes >= MIN_SHARD_BYTES or math.isinf(shard_bytes):  # nan fails the first test
-        raise UserError(f"--shard-size must be a number of MB, at least {MIN_SHARD_BYTES / (1 << 20):g}")
-    report = progress or (lambda phase, done, total: None)
+        raise UsageError(f"--shard-size must be a number of MB, at least {MIN_SHARD_BYTES / (1 << 20):g}")
+
+    def report(phase, done, total):
+        on_event(events.transfer(PHASES[phase], done, total, "files"))
+
     source, out_dir = open_source(data_dir), Path(out_dir)
     if source.contains(out_dir):
-        raise UserError(f"--out {out_dir} is inside the data folder {data_dir}: the shards would be "
+        raise UsageError(f"--out {out_dir} is inside the data folder {data_dir}: the shards would be "
                         "scanned as data next time; choose a folder outside it")
     _check_out_dir(out_dir)
     report("scan", 0, None)
@@ -242,7 +249,7 @@ def _check_out_dir(out_dir):
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file; give a folder for the packed dataset")
+        raise UsageError(f"--out {out_dir} is a file; give a folder for the packed dataset")
     if layout.is_packed(str(out_dir)):
         return
     shards_dir = out_dir / layout.SHARDS_DIR
@@ -251,14 +258,14 @@ def _check_out_dir(out_dir):
         foreign = [f"{layout.SHARDS_DIR}/{path.name}" for path in shards_dir.iterdir()
                    if not (layout.SHARD_NAME.fullmatch(path.name) or PARTIAL_FILE.fullmatch(path.name))]
     if foreign:
-        raise UserError(f"--out {out_dir} is not empty and holds no packed dataset (it has '{sorted(foreign)[0]}'); "
+        raise UsageError(f"--out {out_dir} is not empty and holds no packed dataset (it has '{sorted(foreign)[0]}'); "
                         "choose a new or empty folder")
 
 
 @contextmanager
 def _locked(out_dir):
     """Hold an exclusive lock on the folder (flock on the folder itself, no lock file) while
-    packing into it; UserError when another pack holds it."""
+    packing into it; UsageError when another pack holds it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -270,7 +277,7 @@ def _locked(out_dir):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another pack is writing to {out_dir}; wait for it to finish, then run this "
+            raise UsageError(f"another pack is writing to {out_dir}; wait for it to finish, then run this "
                             "again") from None
         yield
     finally:
@@ -427,7 +434,7 @@ def _write_shard(shards_dir, group, members, source, max_side):
                     if max_side is not None and data is not original and \
                             hashlib.sha256(original).hexdigest() == source_digest:
                         raise _EncoderDrift(path)
-                    raise UserError(f"{source.where(path)} changed while it was packed; run the command again")
+                    raise UsageError(f"{source.where(path)} changed while it was packed; run the command again")
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = size, 0, MEMBER_MODE
                 info.uid = info.gid = 0

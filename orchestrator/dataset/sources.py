@@ -12,7 +12,7 @@ shard can be written before every image is hashed, and keeping the bytes in betw
 full copy of the dataset. A re-pack reads neither: digests are cached by (URI, size, ETag), and
 a shard whose members have not changed is kept.
 
-Errors are one-line UserErrors, translated here once per store, without secrets: no
+Errors are one-line UsageErrors, translated here once per store, without secrets: no
 credentials, a missing bucket or container, an empty prefix, refused access, an unreachable
 endpoint.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from remote_scripts.folder_dataset import DatasetError, scan, scan_listing
 
-from ..errors import UserError
+from ..errors import ServiceError, UsageError
 from ..secrets import redact
 from .manifest import Entry, Manifest, hash_cache, manifest_from_scan, scanned_files
 
@@ -86,7 +86,7 @@ class LocalSource:
         try:
             return scan(str(self.root), labels=labels)
         except DatasetError as exc:
-            raise UserError(str(exc)) from None
+            raise UsageError(str(exc)) from None
 
     def manifest(self, found, labels, cache, progress):
         return manifest_from_scan(self.root, found, labels=labels, cache=cache, progress=progress)
@@ -109,7 +109,7 @@ class RemoteSource:
 
     Subclasses give `uri`, `key`, `name`, `prefix`, `holder` (what holds the prefix: bucket,
     container) and implement `_list(start)` (yielding key, size and ETag of every object whose
-    key begins with `start`) and `_read(key)` (its bytes), both raising UserError for what the
+    key begins with `start`) and `_read(key)` (its bytes), both raising UsageError for what the
     store refuses.
     """
 
@@ -137,7 +137,7 @@ class RemoteSource:
                     # "etag ...": text that the hash cache's INTEGER column never takes for a number
                     found[relative] = StoredObject(size, f"etag {etag}")
             if not found:
-                raise UserError(f"{self.uri} is empty: no objects under it (check the {self.holder} and the prefix)")
+                raise UsageError(f"{self.uri} is empty: no objects under it (check the {self.holder} and the prefix)")
             self._objects = found
         return self._objects
 
@@ -145,7 +145,7 @@ class RemoteSource:
         try:
             return scan_listing(self.uri, list(self.objects()), self.read, labels=labels)
         except DatasetError as exc:
-            raise UserError(str(exc)) from None
+            raise UsageError(str(exc)) from None
 
     def read(self, path):
         return self._read(f"{self.prefix}/{path}" if self.prefix else path)
@@ -192,7 +192,7 @@ class RemoteSource:
             rows = []
             for entry, data in zip(todo, self.read_many(entry.path for entry in todo)):
                 if len(data) != entry.size:
-                    raise UserError(f"{self.where(entry.path)} changed while it was read; run the command again")
+                    raise UsageError(f"{self.where(entry.path)} changed while it was read; run the command again")
                 entries.append(replace(entry, sha256=hashlib.sha256(data).hexdigest()))
                 rows.append((self.where(entry.path), entry.size, objects[entry.path].version, entries[-1].sha256))
                 if progress:
@@ -214,7 +214,7 @@ class S3Source(RemoteSource):
         m = _BUCKET.match(uri)
         prefix = ((m["prefix"] or "") if m else "").strip("/")
         if not m or any(part in (".", "..") for part in prefix.split("/")):
-            raise UserError(f"bad S3 URI {redact(uri)!r}: expected s3://BUCKET[/PREFIX] (bucket: 3-63 lowercase "
+            raise UsageError(f"bad S3 URI {redact(uri)!r}: expected s3://BUCKET[/PREFIX] (bucket: 3-63 lowercase "
                             "letters, digits, dots, hyphens)")
         self.bucket, self.prefix = m["bucket"], prefix
         self.uri = self.key = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -247,7 +247,7 @@ class S3Source(RemoteSource):
 
     @contextmanager
     def _errors(self, doing, key=None):
-        """botocore's exceptions as one-line UserErrors, built from the error code (never from
+        """botocore's exceptions as one-line ServiceErrors, built from the error code (never from
         the request, which carries the access key id in its signature)."""
         from botocore.exceptions import BotoCoreError, ClientError
         from botocore.exceptions import ConnectionError as UnreachableError
@@ -258,30 +258,30 @@ class S3Source(RemoteSource):
         try:
             yield
         except (NoCredentialsError, PartialCredentialsError):
-            raise UserError(f"no AWS credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            raise ServiceError(f"no AWS credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                             "or AWS_PROFILE with ~/.aws/credentials (`aws configure`)") from None
         except ProfileNotFound as exc:
-            raise UserError(f"AWS profile '{exc.kwargs.get('profile')}' is not in ~/.aws/config or "
+            raise ServiceError(f"AWS profile '{exc.kwargs.get('profile')}' is not in ~/.aws/config or "
                             "~/.aws/credentials: check AWS_PROFILE") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "NoSuchBucket":
-                raise UserError(f"S3 bucket '{self.bucket}' does not exist at {endpoint}") from None
+                raise ServiceError(f"S3 bucket '{self.bucket}' does not exist at {endpoint}") from None
             if code in _CREDENTIAL_CODES:
-                raise UserError(f"{endpoint} refused the AWS credentials ({code}) while {doing} {what}: check "
+                raise ServiceError(f"{endpoint} refused the AWS credentials ({code}) while {doing} {what}: check "
                                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
             if code in _DENIED_CODES or status == 403:
-                raise UserError(f"{endpoint} denied {doing} {what} ({code or status}): the AWS credentials need "
+                raise ServiceError(f"{endpoint} denied {doing} {what} ({code or status}): the AWS credentials need "
                                 "s3:ListBucket on the bucket and s3:GetObject on the prefix") from None
             if key and (code == "NoSuchKey" or status == 404):
-                raise UserError(f"{what} is gone (deleted since it was listed); run the command again") from None
-            raise UserError(redact(f"{endpoint} refused {doing} {what} (HTTP {status} {code})")) from None
+                raise UsageError(f"{what} is gone (deleted since it was listed); run the command again") from None
+            raise ServiceError(redact(f"{endpoint} refused {doing} {what} (HTTP {status} {code})")) from None
         except UnreachableError as exc:
-            raise UserError(f"cannot reach S3 at {endpoint} while {doing} {what} ({type(exc).__name__}); check "
+            raise ServiceError(f"cannot reach S3 at {endpoint} while {doing} {what} ({type(exc).__name__}); check "
                             "AWS_ENDPOINT_URL and the network") from None
         except BotoCoreError as exc:
-            raise UserError(redact(f"S3 error while {doing} {what}: {exc}")) from None
+            raise ServiceError(redact(f"S3 error while {doing} {what}: {exc}")) from None
 
 
 class BlobSource(RemoteSource):
@@ -313,27 +313,27 @@ class BlobSource(RemoteSource):
     def _list(self, start):
         from azure.core.exceptions import ResourceNotFoundError
 
-        from ..storage.blob import _azure_errors
+        from ..storage.blob import storage_errors
 
         container = self.container()
-        with _azure_errors(container, "listing"):
+        with storage_errors(container, "listing"):
             try:
                 for blob in container.list_blobs(name_starts_with=start or None, include=["metadata"]):
                     if (blob.metadata or {}).get("hdi_isfolder") != "true":  # hierarchical namespace folders
                         yield blob.name, blob.size, blob.etag
             except ResourceNotFoundError:
-                raise UserError(f"container '{self.target.container}' does not exist in storage account "
+                raise UsageError(f"container '{self.target.container}' does not exist in storage account "
                                 f"'{self.target.account}'") from None
 
     def _read(self, key):
         from azure.core.exceptions import ResourceNotFoundError
 
-        from ..storage.blob import _azure_errors
+        from ..storage.blob import storage_errors
 
         container = self.container()
-        with _azure_errors(container, "reading"):
+        with storage_errors(container, "reading"):
             try:
                 return container.download_blob(key).readall()
             except ResourceNotFoundError:
-                raise UserError(f"az://{self.target.account}/{self.target.container}/{key} is gone (deleted since "
+                raise UsageError(f"az://{self.target.account}/{self.target.container}/{key} is gone (deleted since "
                                 "it was listed); run the command again") from None

@@ -4,6 +4,7 @@ Labels and preprocessing come from the ONNX metadata written by train.py (labels
 the model is the fallback for labels), and images go through remote_scripts.imaging, the code
 the training job used, so predictions here match the job's test metrics.
 """
+import copy
 import io
 import json
 import os
@@ -17,12 +18,9 @@ from PIL import Image
 
 from remote_scripts import imaging
 
-from ..errors import UserError
+from ..errors import UsageError
+from . import BATCH_SIZE
 
-# Images per ONNX Runtime call. On the 2-core AVX2 build machine ResNet50 at 224 px runs about 15%
-# faster per image at 8 than at 1, and slightly slower again at 16 and 32 (benchmarks/score.py);
-# a GPU wants larger batches (`score --batch-size`).
-BATCH_SIZE = 8
 # Batches decoded ahead of the one ONNX Runtime is computing: enough to keep the decode threads
 # busy through a batch's inference, few enough that memory stays a few batches of tensors.
 DECODE_AHEAD = 2
@@ -50,24 +48,33 @@ class ImageRejected(Exception):
 def load_image(source, spec, max_pixels=None):
     """The model's float32 input [3, H, W] for one image, or ImageRejected saying why not.
 
-    source: a file path, or (name, bytes) of an image held in memory (an upload; name may be None).
+    source: a file path, (name, bytes) of an image file held in memory (an upload; name may be
+    None), or a PIL image (encoded by `encoded`, then decoded as a file is).
     max_pixels: refuse an image whose header claims more pixels before a single one is decoded
     (a 100-byte PNG can claim 100000x100000); PIL's own decompression-bomb limit, which trips as
     that header is read, is named the same way. Decode errors are the job's words ("cannot read
     image: ..."), so predict, score and the job's metrics.json agree, except that an image from
     memory is named by its file name rather than by PIL's repr of a buffer.
     """
+    if isinstance(source, Image.Image):
+        shown = "(the image in memory)"
+        try:
+            source = (None, encoded(source))
+        except imaging.DECODE_ERRORS as exc:  # a mode no format holds
+            raise ImageRejected("cannot read image: " + imaging.describe_decode_error(exc, name=shown),
+                                UNREADABLE) from None
+    elif isinstance(source, tuple):
+        shown = repr(source[0]) if source[0] else "(the uploaded image)"
+    else:
+        shown = None
     if isinstance(source, tuple):
-        name, data = source
+        data = source[1]
         if not data:
             raise ImageRejected("the image is empty (0 bytes)", EMPTY)
-        shown = repr(name) if name else "(the uploaded image)"
 
         def opened():
             return io.BytesIO(data)
     else:
-        shown = None
-
         def opened():
             return source
     try:
@@ -86,6 +93,23 @@ def load_image(source, spec, max_pixels=None):
         raise ImageRejected("cannot read image: " + imaging.describe_decode_error(exc, name=shown), reason) from None
 
 
+def encoded(image):
+    """A PIL image as the bytes of a lossless image file, for load_image.
+
+    Why an image in memory is encoded and decoded again rather than fed as it is: its bytes then
+    go through the very decode of a file (imaging.load_rgb: transparency composited on white,
+    16-bit scaled to 8), so a picture predicts the same from memory as from its PNG file. PNG
+    holds the usual modes; the others (CMYK, 32-bit float...) go as TIFF, which holds them all.
+    """
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="PNG", compress_level=0)  # lossless; no compression: memory, not disk
+    except (OSError, KeyError):  # a mode PNG cannot hold
+        buffer = io.BytesIO()
+        image.save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
 class OnnxClassifier:
     """max_pixels: images claiming more pixels by their header are refused unread (see load_image)."""
 
@@ -97,11 +121,11 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(self.path), providers=ort.get_available_providers())
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise UserError(f"{self.path} is not a readable ONNX model ({type(exc).__name__})") from None
+            raise UsageError(f"{self.path} is not a readable ONNX model ({type(exc).__name__})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels = self._labels(meta)
         if imaging.PREPROCESS_KEY not in meta:
-            raise UserError(f"{self.path} has no '{imaging.PREPROCESS_KEY}' metadata: not a model made by orchestrate")
+            raise UsageError(f"{self.path} has no '{imaging.PREPROCESS_KEY}' metadata: not a model made by orchestrate")
         self.preprocess = json.loads(meta[imaging.PREPROCESS_KEY])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -111,7 +135,7 @@ class OnnxClassifier:
         fallback = self.path.with_name("labels.json")
         if fallback.exists():
             return json.loads(fallback.read_text())
-        raise UserError(f"{self.path} has no label metadata and no labels.json beside it")
+        raise UsageError(f"{self.path} has no label metadata and no labels.json beside it")
 
     def probabilities(self, batch):
         """Class probabilities [n, classes] for a preprocessed float32 batch [n, 3, H, W]."""
@@ -124,7 +148,8 @@ class OnnxClassifier:
     def stream(self, paths, batch_size=BATCH_SIZE, workers=None):
         """Yield (probabilities or None, error or None) for each of `paths`, in order, as batches finish.
 
-        Each of `paths` is what load_image takes: a file path, or (name, bytes) of an image in memory.
+        Each of `paths` is what load_image takes: a file path, (name, bytes) of an image file in
+        memory, or a PIL image.
 
         Decoding (PIL and numpy, which release the GIL) runs in a thread pool while ONNX Runtime
         computes the batch before them, so neither waits for the other. The decode futures form
@@ -146,8 +171,14 @@ class OnnxClassifier:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def limited(self, max_pixels):
+        """This classifier, sharing its ONNX Runtime session, refusing images of more than `max_pixels`."""
+        bounded = copy.copy(self)
+        bounded.max_pixels = max_pixels
+        return bounded
+
     def load(self, source):
-        """The model's input for one image (a path, or (name, bytes)); ImageRejected when it cannot be used."""
+        """The model's input for one image (what load_image takes); ImageRejected when it cannot be used."""
         return load_image(source, self.preprocess, self.max_pixels)
 
     def _load(self, source):

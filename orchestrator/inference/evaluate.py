@@ -3,21 +3,21 @@ import os
 
 import numpy as np
 
-from remote_scripts.folder_dataset import DatasetError, scan
+from remote_scripts.folder_dataset import DatasetError as ScanError, scan
 from remote_scripts.metrics import classification_metrics
 
-from ..errors import UserError
+from ..errors import DatasetError, UsageError
 
 
 def evaluate_folder(classifier, data_dir):
     """Metrics dict (remote_scripts.metrics) plus `skipped` files, for DATA/<label>/<images>."""
     try:
         found = scan(str(data_dir), min_classes=1)  # one labeled class is enough to evaluate on
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
+    except ScanError as exc:
+        raise DatasetError(str(exc)) from None
     unknown = sorted(set(found.classes) - set(classifier.labels))
     if unknown:
-        raise UserError(f"folder(s) {', '.join(unknown)} in {data_dir} are not labels of this model "
+        raise UsageError(f"folder(s) {', '.join(unknown)} in {data_dir} are not labels of this model "
                         f"(its labels: {', '.join(classifier.labels)})")
     index = {label: i for i, label in enumerate(classifier.labels)}
     paths = [os.path.join(str(data_dir), rel) for rel, _ in found.samples]
@@ -30,7 +30,7 @@ def evaluate_folder(classifier, data_dir):
             y_true.append(t)
             rows.append(probs)
     if not rows:
-        raise UserError(f"no readable images in {data_dir}")
+        raise DatasetError(f"no readable images in {data_dir}")
     metrics = classification_metrics(np.array(y_true), np.stack(rows), classifier.labels)
     metrics["skipped"] = skipped
     return metrics

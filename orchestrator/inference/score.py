@@ -21,27 +21,27 @@ from pathlib import Path
 from remote_scripts import imaging
 from remote_scripts.atomic import write_atomically
 
-from ..errors import UserError
-from .classifier import BATCH_SIZE
+from ..errors import UsageError
+from . import BATCH_SIZE
 
 COLUMNS = ("path", "label", "score", "top_k", "error")
 FORMATS = (".csv", ".jsonl")
 
 
 def check_out(out, force):
-    """`out` as a Path, once it is known to be writable as asked; a UserError otherwise.
+    """`out` as a Path, once it is known to be writable as asked; a UsageError otherwise.
 
     Checked before the model loads and any image is decoded, so a wrong name costs nothing.
     """
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
-        raise UserError(f"--out {out}: the file name must end in .csv or .jsonl (it chooses the format)")
+        raise UsageError(f"--out {out}: the file name must end in .csv or .jsonl (it chooses the format)")
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; name a .csv or .jsonl file")
+        raise UsageError(f"--out {out} is a folder; name a .csv or .jsonl file")
     if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     if out.exists() and not force:
-        raise UserError(f"--out {out} exists; pass --force to replace it (it is replaced only once every image is scored)")
+        raise UsageError(f"--out {out} exists; pass --force to replace it (it is replaced only once every image is scored)")
     return out
 
 
@@ -50,27 +50,31 @@ def list_images(arguments):
 
     A file is taken as given, whatever its name: the user named it. A folder gives its images,
     recursively, sorted (each folder's files before its subfolders, as the job's scan lists
-    them). A path that does not exist, or a folder without images, is a UserError: a typo must
+    them). A path that does not exist, or a folder without images, is a UsageError: a typo must
     not pass for an empty result.
     """
     found, seen = [], set()
     for argument in arguments:
-        path = os.fspath(argument)
-        if os.path.isdir(path):
-            images = _folder_images(path)
-            if not images:
-                raise UserError(f"no images in folder {path} (looked recursively for "
-                                f"{', '.join(sorted(imaging.IMAGE_EXTENSIONS))}, in any case)")
-        elif os.path.exists(path):
-            images = [path]
-        else:
-            raise UserError(f"no such file or folder: {path}")
-        for image in images:
+        for image in images_of(argument):
             key = os.path.normpath(image)
             if key not in seen:
                 seen.add(key)
                 found.append(image)
     return found
+
+
+def images_of(argument):
+    """The image files one path argument names (list_images' rules), duplicates left in."""
+    path = os.fspath(argument)
+    if os.path.isdir(path):
+        images = _folder_images(path)
+        if not images:
+            raise UsageError(f"no images in folder {path} (looked recursively for "
+                            f"{', '.join(sorted(imaging.IMAGE_EXTENSIONS))}, in any case)")
+        return images
+    if os.path.exists(path):
+        return [path]
+    raise UsageError(f"no such file or folder: {path}")
 
 
 def _folder_images(folder):
@@ -83,7 +87,7 @@ def _folder_images(folder):
 
 def _unreadable_folder(exc):
     """os.walk's error hook: a folder that cannot be listed is an error, not a folder without images."""
-    raise UserError(f"cannot read folder {exc.filename}: {exc.strerror}")
+    raise UsageError(f"cannot read folder {exc.filename}: {exc.strerror}")
 
 
 def prediction_rows(classifier, paths, top_k=1, batch_size=BATCH_SIZE, workers=None):

@@ -37,8 +37,10 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .classifier import EMPTY, TOO_LARGE, UNREADABLE, ImageRejected, OnnxClassifier, decode_threads
-from .serve_settings import (CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,  # noqa: F401 (re-exported)
-                             DEFAULT_READ_TIMEOUT, LOOPBACK_HOSTS)
+from .. import events
+from .serve_settings import (CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS,  # noqa: F401 (re-exported)
+                             DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT, EVERY_INTERFACE, LOOPBACK_HOSTS,
+                             check_port_free, trusted_hosts)
 
 DEFAULT_TOP_K = 5
 MAX_BATCH = 64                        # images per /predict/batch request
@@ -344,14 +346,16 @@ ERRORS = {status: {"description": why, "content": {"application/json": {"example
                               (415, "neither multipart/form-data nor JSON"), (422, "not a readable image")]}
 
 
-def create_app(model_path, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS, allowed_hosts=LOOPBACK_HOSTS,
+def create_app(model, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS, allowed_hosts=LOOPBACK_HOSTS,
                read_timeout=DEFAULT_READ_TIMEOUT):
-    """The ASGI app serving the model at model_path (UserError when it is not a usable model).
+    """The ASGI app serving `model`: a model file (UsageError when it is not a usable model), or an
+    OnnxClassifier already loaded, whose session is shared.
 
     allowed_hosts: the Host header values answered (serve_settings.trusted_hosts); any other gets
     Starlette's 400 "Invalid host header" before the request reaches the app.
     """
-    classifier = OnnxClassifier(model_path, max_pixels=max_pixels)
+    classifier = (model.limited(max_pixels) if isinstance(model, OnnxClassifier)
+                  else OnnxClassifier(model, max_pixels=max_pixels))
     predictor = Predictor(classifier)
     # Predictions at once: one per CPU keeps every core busy (one decoding while another is in ONNX
     # Runtime) and bounds the decoded images held in memory, however many requests are waiting.
@@ -421,3 +425,38 @@ def app_from_environment():
     config = json.loads(os.environ[CONFIG_ENV])
     return create_app(config["model"], max_bytes=config["max_bytes"], max_pixels=config["max_pixels"],
                       allowed_hosts=config["allowed_hosts"], read_timeout=config["read_timeout"])
+
+
+def run_server(classifier, host="127.0.0.1", port=8000, *, workers=1, max_bytes=DEFAULT_MAX_BYTES,
+               max_pixels=DEFAULT_MAX_PIXELS, allowed_hosts=(), max_connections=DEFAULT_MAX_CONNECTIONS,
+               read_timeout=DEFAULT_READ_TIMEOUT, on_event=events.ignore):
+    """Serve `classifier` (an OnnxClassifier) with uvicorn on host:port until interrupted.
+
+    Everything that can be refused is refused before the server starts, as one UsageError: a bad
+    --allowed-host, a port in use. Then one notice event says where it serves, and uvicorn logs the
+    requests. With `workers` > 1, each worker process loads the model itself (uvicorn starts them
+    from an import string, app_from_environment), the settings handed over in CONFIG_ENV.
+    """
+    import uvicorn
+
+    hosts = trusted_hosts(host, allowed_hosts)
+    model_path = classifier.path.resolve()
+    check_port_free(host, port)
+    answering = "any Host header" if "*" in hosts else "Host " + ", ".join(hosts)
+    banner = f"serving {model_path} on http://{host}:{port}/ (API docs: /docs) for {answering}; Ctrl-C stops"
+    if host in EVERY_INTERFACE and "*" not in hosts:
+        banner += "\nlistening on every interface: other machines are answered for the names --allowed-host gives"
+    # uvicorn answers 503 once the open connections reach its limit, the asking one included.
+    limits = {"limit_concurrency": max_connections + 1, "log_level": "info",
+              "http": functools.partial(HeaderDeadline, read_timeout=read_timeout)}
+    if workers == 1:
+        app = create_app(classifier, max_bytes=max_bytes, max_pixels=max_pixels, allowed_hosts=hosts,
+                         read_timeout=read_timeout)
+        on_event(events.notice(banner))
+        uvicorn.run(app, host=host, port=port, **limits)
+        return
+    os.environ[CONFIG_ENV] = json.dumps({"model": str(model_path), "max_bytes": max_bytes, "max_pixels": max_pixels,
+                                         "allowed_hosts": hosts, "read_timeout": read_timeout})
+    on_event(events.notice(banner))
+    uvicorn.run("orchestrator.inference.serve:app_from_environment", factory=True, host=host, port=port,
+                workers=workers, **limits)

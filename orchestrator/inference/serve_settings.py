@@ -8,7 +8,7 @@ import errno
 import ipaddress
 import socket
 
-from ..errors import UserError
+from ..errors import UsageError
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # a request body; a phone photo is 2-8 MB, base64 adds a third
 DEFAULT_MAX_PIXELS = 50_000_000       # an image, by its header: a 50-megapixel photo decodes to 150 MB
@@ -23,14 +23,14 @@ CONFIG_ENV = "ORCHESTRATE_SERVE_CONFIG"
 
 
 def check_port_free(host, port):
-    """UserError when host:port cannot be listened on, so the user gets one line, not uvicorn's log.
+    """UsageError when host:port cannot be listened on, so the user gets one line, not uvicorn's log.
 
     SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT by a previous server counts as free.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise UserError(f"cannot listen on host {host!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot listen on host {host!r}: {exc.strerror}") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -38,8 +38,8 @@ def check_port_free(host, port):
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is already in use (choose another with --port)") from None
-            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                raise UsageError(f"port {port} on {host} is already in use (choose another with --port)") from None
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def trusted_hosts(bind_host, allowed=()):
@@ -49,17 +49,17 @@ def trusted_hosts(bind_host, allowed=()):
     make the visitor's browser post to the service as if same-origin; only the Host header gives
     that away. A wildcard bind address is not a name clients use, so it adds nothing: the machine's
     other names must be allowed by the user. "*" admits every Host (behind a proxy that checks it),
-    "*.example.com" a domain's subdomains; anything else with a "*" is a UserError, as is a port.
+    "*.example.com" a domain's subdomains; anything else with a "*" is a UsageError, as is a port.
     """
     hosts = list(LOOPBACK_HOSTS)
     if bind_host not in EVERY_INTERFACE:
         hosts.append(bracketed(bind_host))
     for name in allowed:
         if name != "*" and "*" in name and not (name.startswith("*.") and "*" not in name[2:]):
-            raise UserError(f"--allowed-host {name!r}: a wildcard is '*' alone or leads a domain: '*.example.com'")
+            raise UsageError(f"--allowed-host {name!r}: a wildcard is '*' alone or leads a domain: '*.example.com'")
         host = bracketed(name)
         if ":" in host and not host.startswith("["):
-            raise UserError(f"--allowed-host {name!r}: give the name without a port")
+            raise UsageError(f"--allowed-host {name!r}: give the name without a port")
         hosts.append(host)
     return list(dict.fromkeys(host.lower() for host in hosts))
 

@@ -24,9 +24,13 @@ from urllib.parse import quote, urlsplit
 
 from remote_scripts.atomic import write_atomically
 
-from ..backends.azure.settings import CONNECTION_STRING_ENV
-from ..errors import UserError
+from .. import events
+from ..errors import ServiceError, UsageError
 from ..secrets import redact
+
+# The one storage secret the product reads, from the environment only (never a profile): how
+# Azurite and a key or SAS are reached. backends.azure.settings reads it too, from here.
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 
 SHA256_KEY = "sha256"
 # The prefix an upload wrote a blob under (URL-quoted: metadata is ASCII). Only blobs carrying this
@@ -68,12 +72,12 @@ def parse_uri(uri, default_prefix=""):
     """Parse az://ACCOUNT/CONTAINER[/PREFIX]; the prefix defaults to `default_prefix`."""
     m = _URI.match(uri or "")
     if not m or "--" in m["container"]:
-        raise UserError(f"bad storage URI {redact(uri or '')!r}: expected az://ACCOUNT/CONTAINER[/PREFIX] "
+        raise UsageError(f"bad storage URI {redact(uri or '')!r}: expected az://ACCOUNT/CONTAINER[/PREFIX] "
                         "(account: 3-24 lowercase letters/digits; container: 3-63 lowercase letters, "
                         "digits, single hyphens)")
     prefix = (m["prefix"] or "").strip("/") or default_prefix.strip("/")
     if prefix and any(part in (".", "..") for part in prefix.split("/")):
-        raise UserError(redact(f"bad prefix {prefix!r} in {uri}: '.' and '..' are not allowed"))
+        raise UsageError(redact(f"bad prefix {prefix!r} in {uri}: '.' and '..' are not allowed"))
     return BlobTarget(m["account"], m["container"], prefix)
 
 
@@ -119,7 +123,7 @@ def connect(target, environ):
     if environ.get(CONNECTION_STRING_ENV):
         client = container_client(target.container, connection_string=environ[CONNECTION_STRING_ENV])
         if client.account_name and client.account_name != target.account:
-            raise UserError(f"{CONNECTION_STRING_ENV} is for account '{client.account_name}', "
+            raise UsageError(f"{CONNECTION_STRING_ENV} is for account '{client.account_name}', "
                             f"not '{target.account}' named in {target.uri}")
         return client
     from azure.identity import DefaultAzureCredential
@@ -128,7 +132,7 @@ def connect(target, environ):
     client = container_client(target.container, account_url=f"https://{target.account}.blob.core.windows.net",
                               credential=credential)
     # Ask for a token now: inside the pipeline a missing login is retried with back-off.
-    with _azure_errors(client, "signing in"):
+    with storage_errors(client, "signing in"):
         credential.get_token(STORAGE_SCOPE)
     return client
 
@@ -145,7 +149,7 @@ def _from_connection_string(conn_str, **options):
     try:
         return BlobServiceClient.from_connection_string(conn_str, **options)
     except ValueError:
-        raise UserError(f"{CONNECTION_STRING_ENV} is malformed (expected '...;AccountName=...;AccountKey=...' "
+        raise UsageError(f"{CONNECTION_STRING_ENV} is malformed (expected '...;AccountName=...;AccountKey=...' "
                         "or a BlobEndpoint with a SharedAccessSignature)") from None
 
 
@@ -174,18 +178,22 @@ def location(container_client, prefix):
     return uri, url
 
 
-def _blob_name(prefix, relpath):
+def blob_name(prefix, relpath):
+    """The blob name of `relpath` under `prefix` (the container's root when the prefix is empty)."""
     return f"{prefix}/{relpath}" if prefix else relpath
 
 
-def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers=WORKERS, manifest=None):
+def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers=WORKERS, manifest=None,
+                   on_event=events.ignore):
     """Upload a folder-per-label dataset under `prefix`, sending only what the container lacks.
 
     progress: optional callable(entry, sent) called on this thread as each file is done or skipped.
+    on_event: receives, on this thread, events.transfer("uploading", ...) in files and in bytes
+    of what is sent (files already there with the same digest are not counted).
     manifest: a Manifest already built for `data_dir` (else it is built here).
     Blobs that an earlier upload to the same prefix wrote and that the dataset no longer has are
     deleted, so the remote tree stays a mirror of the folder.
-    Raises UserError for bad data, missing credentials, refused requests, unreachable endpoints.
+    Raises UsageError for bad data, missing credentials, refused requests, unreachable endpoints.
     """
     from ..dataset.manifest import build_manifest
 
@@ -195,9 +203,9 @@ def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers
     for entry in manifest.entries:  # a blob name is Unicode text: refused before any request
         shown = entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         if shown != entry.path:
-            raise UserError(f"cannot upload {shown}: its file name is not UTF-8, which blob names must be; "
+            raise UsageError(f"cannot upload {shown}: its file name is not UTF-8, which blob names must be; "
                             f"rename it (convmv -f latin1 -t utf8 -r --notest {data_dir} converts a whole tree)")
-    with _azure_errors(container_client, "listing"):
+    with storage_errors(container_client, "listing"):
         existing = _existing_metadata(container_client, prefix)
 
     def recorded(name):
@@ -205,10 +213,13 @@ def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers
 
     todo, skipped = [], []
     for entry in manifest.entries:
-        (skipped if recorded(_blob_name(prefix, entry.path)) == entry.sha256 else todo).append(entry)
+        (skipped if recorded(blob_name(prefix, entry.path)) == entry.sha256 else todo).append(entry)
     for entry in skipped:
         if progress:
             progress(entry, False)
+    total_bytes, files_done, bytes_done = sum(e.size for e in todo), 0, 0
+    on_event(events.transfer("uploading", 0, len(todo), "files"))
+    on_event(events.transfer("uploading", 0, total_bytes, "bytes"))
 
     def send(entry):
         path = root / entry.path
@@ -216,27 +227,30 @@ def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers
             if entry.size <= VERIFY_MAX_BYTES:
                 data = path.read_bytes()
                 if sha256(data).hexdigest() != entry.sha256:
-                    raise UserError(f"{path} changed during the upload; run the upload again")
+                    raise UsageError(f"{path} changed during the upload; run the upload again")
                 _put(container_client, prefix, entry.path, data, entry.sha256)
             else:
                 with open(path, "rb") as f:
                     _put(container_client, prefix, entry.path, f, entry.sha256, entry.size)
         except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         return entry
 
-    with _azure_errors(container_client, "uploading"), ThreadPoolExecutor(workers) as pool:
+    with storage_errors(container_client, "uploading"), ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(send, e) for e in todo]
         try:
             for future in as_completed(futures):
                 entry = future.result()
+                files_done, bytes_done = files_done + 1, bytes_done + entry.size
+                on_event(events.transfer("uploading", files_done, len(todo), "files"))
+                on_event(events.transfer("uploading", bytes_done, total_bytes, "bytes"))
                 if progress:
                     progress(entry, True)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-        wanted = {_blob_name(prefix, e.path) for e in manifest.entries}
-        manifest_blob = _blob_name(prefix, MANIFEST_NAME)
+        wanted = {blob_name(prefix, e.path) for e in manifest.entries}
+        manifest_blob = blob_name(prefix, MANIFEST_NAME)
         stale = [n for n, meta in existing.items()
                  if meta.get(PREFIX_KEY) == quote(prefix) and n not in wanted and n != manifest_blob]
         list(pool.map(container_client.delete_blob, stale))
@@ -248,6 +262,37 @@ def upload_dataset(data_dir, container_client, prefix, *, progress=None, workers
                         files_skipped=len(skipped), bytes_skipped=sum(e.size for e in skipped),
                         files_deleted=len(stale), seconds=round(time.perf_counter() - started, 3),
                         uri=uri, url=url)
+
+
+def upload_folder(data_dir, prefix, open_container, *, name=None, labels="folder", on_event=events.ignore):
+    """Hash the dataset folder `data_dir` (labels: the job's --labels), then send what the
+    container lacks under `prefix` (upload_dataset); an UploadResult.
+
+    Why `open_container` is a callable: it is called after hashing, so a bad folder is reported
+    before any sign-in. on_event receives events.transfer("hashing", ...) in files, then
+    upload_dataset's, then, once the upload is done, events.notice("warning: left out ...") for
+    each link the scan left out (one leading outside DATA); a refused upload raises, its one line only.
+
+    Example:
+        >>> from orchestrator.storage.blob import connect, parse_uri, upload_folder
+        >>> target = parse_uri("az://myaccount/datasets/pets")
+        >>> upload_folder("./pets", target.prefix, lambda: connect(target, os.environ)).files_sent
+        30
+    """
+    from ..dataset.manifest import build_manifest
+
+    hashed = [0]
+
+    def on_hashed(entry):
+        hashed[0] += 1
+        on_event(events.transfer("hashing", hashed[0], None, "files"))
+
+    manifest = build_manifest(data_dir, name, labels=labels, progress=on_hashed)
+    on_event(events.transfer("hashing", len(manifest.entries), len(manifest.entries), "files"))
+    result = upload_dataset(data_dir, open_container(), prefix, manifest=manifest, on_event=on_event)
+    for link in manifest.skipped:
+        on_event(events.notice(f"warning: left out {link['path']}: {link['reason']}"))
+    return result
 
 
 def _existing_metadata(container_client, prefix):
@@ -270,7 +315,7 @@ def _put(container_client, prefix, relpath, data, digest, length=None):
     from azure.storage.blob import ContentSettings
 
     content_type = mimetypes.guess_type(relpath)[0] or "application/octet-stream"
-    container_client.upload_blob(_blob_name(prefix, relpath), data, length=length, overwrite=True,
+    container_client.upload_blob(blob_name(prefix, relpath), data, length=length, overwrite=True,
                                  metadata={SHA256_KEY: digest, PREFIX_KEY: quote(prefix)},
                                  content_settings=ContentSettings(content_type=content_type))
 
@@ -290,7 +335,7 @@ def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
         name = blob.name
         rel = PurePosixPath(name[len(start):])
         if rel.is_absolute() or ".." in rel.parts:
-            raise UserError(f"refusing to download blob {name!r}: it would land outside {dest}")
+            raise UsageError(f"refusing to download blob {name!r}: it would land outside {dest}")
         target = dest.joinpath(*rel.parts)
         if target.is_file() and target.stat().st_size == blob.size:
             return target
@@ -298,7 +343,7 @@ def download_prefix(container_client, prefix, dest, *, workers=WORKERS):
         write_atomically(target, lambda tmp: _download_into(container_client, name, tmp))
         return target
 
-    with _azure_errors(container_client, "downloading"), ThreadPoolExecutor(workers) as pool:
+    with storage_errors(container_client, "downloading"), ThreadPoolExecutor(workers) as pool:
         blobs = [b for b in container_client.list_blobs(name_starts_with=start or None, include=["metadata"])
                  # folder markers of accounts with a hierarchical namespace
                  if (b.metadata or {}).get("hdi_isfolder") != "true"]
@@ -311,8 +356,14 @@ def _download_into(container_client, name, path):
 
 
 @contextmanager
-def _azure_errors(container_client, doing):
-    """Turn azure-core exceptions into one-line UserErrors that name the endpoint, not the secret."""
+def storage_errors(container_client, doing):
+    """The one error translator of Azure Blob storage: inside it, azure-core exceptions become
+    one-line ServiceErrors that name the endpoint and what to do, never the secret.
+
+    Example:
+        >>> with storage_errors(container, "listing"):
+        ...     names = [b.name for b in container.list_blobs()]
+    """
     from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ServiceRequestError,
                                        ServiceResponseError)
 
@@ -323,7 +374,7 @@ def _azure_errors(container_client, doing):
         yield
     except ClientAuthenticationError as exc:
         if exc.response is None:  # raised by azure.identity: no credential found
-            raise UserError(redact(f"no Azure credentials for {endpoint}: set {CONNECTION_STRING_ENV} or "
+            raise ServiceError(redact(f"no Azure credentials for {endpoint}: set {CONNECTION_STRING_ENV} or "
                                    "sign in with `az login`")) from None
         raise refused(exc, doing, container_client.container_name, role_scope,
                       from_env=container_client in _FROM_ENV) from None
@@ -331,7 +382,7 @@ def _azure_errors(container_client, doing):
         raise refused(exc, doing, container_client.container_name, role_scope,
                       from_env=container_client in _FROM_ENV) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
-        raise UserError(redact(f"cannot reach blob storage at {endpoint} while {doing} "
+        raise ServiceError(redact(f"cannot reach blob storage at {endpoint} while {doing} "
                                f"({type(exc).__name__}); check the account name and the network")) from None
 
 
@@ -370,7 +421,7 @@ def _credential_sent(exc):
 
 
 def refused(exc, doing=None, container_name=None, role_scope=None, from_env=None):
-    """One-line UserError for an error answer of the storage service: endpoint, HTTP status and the
+    """One-line ServiceError for an error answer of the storage service: endpoint, HTTP status and the
     service's error code, and what to do, which depends on the credential that was refused.
 
     from_env: the key or SAS came from AZURE_STORAGE_CONNECTION_STRING (True), from the workspace's
@@ -386,21 +437,21 @@ def refused(exc, doing=None, container_name=None, role_scope=None, from_env=None
     sent = _credential_sent(exc)
     if code == "AuthorizationPermissionMismatch" and role_scope:
         # Owner and Contributor carry no blob data access: an Azure AD sign-in needs a data role
-        return UserError(redact(
+        return ServiceError(redact(
             f"{endpoint} refused {doing} in container '{container_name}' ({answer}): "
             f"your Azure AD sign-in lacks the role \"{DATA_ROLE}\" on the storage account {role_scope}; "
             f"grant it with `az role assignment create --assignee $(az ad signed-in-user show --query id -o tsv) "
             f"--role \"{DATA_ROLE}\" --scope {role_scope}` (a service principal: --assignee its client id; "
             "roles take a few minutes to apply)"))
     if code == KEY_REFUSED and sent in ("account key", "SAS token"):
-        return UserError(redact(f"{endpoint} did not accept the {sent}{where} ({answer}): "
+        return ServiceError(redact(f"{endpoint} did not accept the {sent}{where} ({answer}): "
                                 + _renew(sent, from_env)))
     if sent == "Azure AD token" and code in AUTHENTICATION_CODES:
-        return UserError(redact(f"{endpoint} did not accept your Azure AD sign-in{where} ({answer}): "
+        return ServiceError(redact(f"{endpoint} did not accept your Azure AD sign-in{where} ({answer}): "
                                 "run `az login` again, or check AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET"))
     hint = (f": check the credentials in {CONNECTION_STRING_ENV} or your Azure login, and their permissions"
             if exc.status_code in (401, 403) else "")
-    return UserError(redact(f"{endpoint} refused {doing or 'the request'}"
+    return ServiceError(redact(f"{endpoint} refused {doing or 'the request'}"
                             + (f" in container '{container_name}'" if container_name else "")
                             + f" ({answer}){hint}"))
 

@@ -23,6 +23,7 @@ loose dataset's own file, a damaged one) is reported, its folder's shards left a
 Connections and errors: storage/blob.py.
 """
 import os
+import threading
 import time
 from hashlib import sha256
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -31,9 +32,10 @@ from datetime import datetime, timedelta, timezone
 
 from remote_scripts import packed_dataset as layout
 
+from .. import events
 from ..dataset.manifest import sha256_file
-from ..errors import UserError
-from .blob import MANIFEST_NAME, SHA256_KEY, _azure_errors, _blob_name, location
+from ..errors import UsageError
+from .blob import MANIFEST_NAME, SHA256_KEY, blob_name, location, storage_errors
 
 # Shards are a few tens of MB: a few in parallel, each in parallel blocks, keeps the link busy
 # without exceeding requests' 10 connections per host.
@@ -67,7 +69,7 @@ class PackedUploadResult:
 
 
 def shard_blob(prefix, name):
-    return _blob_name(prefix, f"{layout.SHARDS_DIR}/{name}")
+    return blob_name(prefix, f"{layout.SHARDS_DIR}/{name}")
 
 
 def check_layout(container_client, prefix, packed):
@@ -77,32 +79,38 @@ def check_layout(container_client, prefix, packed):
     from azure.core.exceptions import ResourceNotFoundError
 
     uri = location(container_client, prefix)[0]
-    with _azure_errors(container_client, "listing"):
+    with storage_errors(container_client, "listing"):
         if packed:
-            if container_client.get_blob_client(_blob_name(prefix, MANIFEST_NAME)).exists():
-                raise UserError(f"{uri} holds a dataset uploaded with --no-pack; upload the packed one under "
+            if container_client.get_blob_client(blob_name(prefix, MANIFEST_NAME)).exists():
+                raise UsageError(f"{uri} holds a dataset uploaded with --no-pack; upload the packed one under "
                                 "another prefix (--to az://ACCOUNT/CONTAINER/PREFIX) or delete that one first")
             return
         try:
-            head = container_client.download_blob(_blob_name(prefix, layout.INDEX_NAME), offset=0,
+            head = container_client.download_blob(blob_name(prefix, layout.INDEX_NAME), offset=0,
                                                   length=len(layout.INDEX_START)).readall()
         except ResourceNotFoundError:
             return
         if head == layout.INDEX_START:
-            raise UserError(f"{uri} holds a packed dataset; upload --no-pack under another prefix "
+            raise UsageError(f"{uri} holds a packed dataset; upload --no-pack under another prefix "
                             "(--to az://ACCOUNT/CONTAINER/PREFIX) or delete that one first")
 
 
-def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes=None, workers=SHARD_WORKERS,
+def upload_packed(pack_dir, container_client, prefix, *, on_event=events.ignore, workers=SHARD_WORKERS,
                   grace_hours=DEFAULT_GC_GRACE_HOURS, now=None):
     """Upload the packed dataset in `pack_dir` under `prefix`, sending only the shards the
     container lacks, then the index if it changed; then remove the shards of the index it
-    replaced that the new one does not name, when older than `grace_hours` (as `data gc`).
+    replaced that the new one does not name, when older than `grace_hours` (as `data gc`);
+    a PackedUploadResult.
 
-    on_shard(shard, sent): called on this thread as each shard is sent or found there;
-    on_bytes(n): called (from upload threads) as bytes go out.
-    Raises UserError for a bad folder, a prefix holding a loose dataset, missing credentials,
-    refused requests, unreachable endpoints.
+    on_event receives events.transfer("uploading", ...) in shards and in bytes of what is sent
+    (shards found there are not counted), one call at a time (bytes come from the upload threads).
+    Raises UsageError for a bad folder or a prefix holding a loose dataset, ServiceError for
+    missing credentials, refused requests, unreachable endpoints.
+
+    Example:
+        >>> result = upload_packed("./pets.packed", container, "pets", on_event=print)
+        >>> result.shards_sent, result.index_sent
+        (3, True)
     """
     from azure.storage.blob import ContentSettings
 
@@ -110,26 +118,24 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
     try:
         doc = layout.read_index(str(pack_dir))
     except layout.DatasetError as exc:
-        raise UserError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     index_data = layout.index_bytes(doc)  # as packed, also where another tool re-wrote the file (is_packed)
     index_digest = sha256(index_data).hexdigest()
-    with _azure_errors(container_client, "listing"):
+    with storage_errors(container_client, "listing"):
         present = _shard_blobs(container_client, prefix)
     check_layout(container_client, prefix, packed=True)
     todo = [s for s in doc["shards"] if shard_blob(prefix, s["name"]) not in present]
     skipped = [s for s in doc["shards"] if shard_blob(prefix, s["name"]) in present]
-    for shard in skipped:
-        if on_shard:
-            on_shard(shard, False)
+    progress = _ShardProgress(on_event, todo)
 
     def send(shard):
         path = f"{pack_dir}/{layout.SHARDS_DIR}/{shard['name']}"
         try:
             if sha256_file(path) != shard["sha256"]:
-                raise UserError(f"{path} does not match its name (changed or damaged since it was packed); "
+                raise UsageError(f"{path} does not match its name (changed or damaged since it was packed); "
                                 "pack the dataset again")
             if os.path.getsize(path) != shard["size"]:  # the index's size is the length sent
-                raise UserError(f"{path} is {os.path.getsize(path)} bytes, not the {shard['size']} the index "
+                raise UsageError(f"{path} is {os.path.getsize(path)} bytes, not the {shard['size']} the index "
                                 f"{layout.index_path(str(pack_dir))} says (damaged since it was packed); pack "
                                 "the dataset again")
             with open(path, "rb") as handle:
@@ -137,19 +143,18 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
                     shard_blob(prefix, shard["name"]), handle, length=shard["size"], overwrite=True,
                     max_concurrency=BLOCK_CONCURRENCY, metadata={SHA256_KEY: shard["sha256"]},
                     content_settings=ContentSettings(content_type=SHARD_CONTENT_TYPE),
-                    progress_hook=_progress_hook(on_bytes))
+                    progress_hook=progress.bytes_hook())
         except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         return shard
 
-    index_name = _blob_name(prefix, layout.INDEX_NAME)
+    index_name = blob_name(prefix, layout.INDEX_NAME)
     sent, deleted = list(todo), []
-    with _azure_errors(container_client, "uploading"), ThreadPoolExecutor(max(1, workers)) as pool:
+    with storage_errors(container_client, "uploading"), ThreadPoolExecutor(max(1, workers)) as pool:
         try:
             for future in as_completed([pool.submit(send, shard) for shard in todo]):
-                shard = future.result()
-                if on_shard:
-                    on_shard(shard, True)
+                future.result()
+                progress.shard_sent()
             index_sent = _recorded_digest(container_client, index_name) != index_digest
             if index_sent:
                 replaced = _read_stored_index(container_client, prefix)[0]
@@ -157,7 +162,10 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
                 # ETag stops its deletion) and send again those it deleted since the listing
                 vanished = [s for s, there in zip(skipped, pool.map(lambda s: _touch(container_client, prefix, s),
                                                                    skipped)) if not there]
-                sent += pool.map(send, vanished)
+                progress.add(vanished)
+                for shard in pool.map(send, vanished):
+                    sent.append(shard)
+                    progress.shard_sent()
                 container_client.upload_blob(index_name, index_data, overwrite=True,
                                              metadata={SHA256_KEY: index_digest},
                                              content_settings=ContentSettings(content_type=INDEX_CONTENT_TYPE))
@@ -182,13 +190,18 @@ def upload_packed(pack_dir, container_client, prefix, *, on_shard=None, on_bytes
 
 
 def pack_and_upload(data_dir, prefix, open_container, *, labels="folder", max_side=None, shard_bytes=None,
-                    say=None, progress=None, on_upload_start=None, on_shard=None, on_bytes=None):
+                    on_event=events.ignore):
     """Pack `data_dir` into its packing folder (pack.default_pack_dir; a folder packed already is
     taken as it is), then send what the container lacks under `prefix`; (PackResult, PackedUploadResult).
 
-    `open_container` is called after packing, so a bad folder is reported before any login;
-    say(line) receives the pack's warnings; progress is pack_dataset's, on_upload_start(shards,
-    bytes) is called before the upload, on_shard and on_bytes are upload_packed's.
+    Why `open_container` is a callable: it is called after packing, so a bad folder is reported
+    before any sign-in. on_event receives pack_dataset's events, the pack's warnings as
+    events.notice("warning: ..."), then upload_packed's.
+
+    Example:
+        >>> packed, sent = pack_and_upload("./pets", "pets", lambda: container, on_event=print)
+        >>> packed.shards == sent.shards_sent + sent.shards_skipped
+        True
     """
     from ..dataset.pack import DEFAULT_SHARD_MB, default_pack_dir, pack_dataset, packed_summary
 
@@ -197,25 +210,48 @@ def pack_and_upload(data_dir, prefix, open_container, *, labels="folder", max_si
     else:
         packed = pack_dataset(data_dir, default_pack_dir(data_dir), labels=labels, max_side=max_side,
                               shard_bytes=DEFAULT_SHARD_MB << 20 if shard_bytes is None else shard_bytes,
-                              progress=progress)
+                              on_event=on_event)
     for warning in packed.warnings:
-        if say:
-            say(f"warning: {warning}")
-    if on_upload_start:
-        on_upload_start(packed.shards, packed.bytes)
-    return packed, upload_packed(packed.out_dir, open_container(), prefix, on_shard=on_shard, on_bytes=on_bytes)
+        on_event(events.notice(f"warning: {warning}"))
+    return packed, upload_packed(packed.out_dir, open_container(), prefix, on_event=on_event)
 
 
-def _progress_hook(on_bytes):
-    """azure's progress_hook(current, total) as deltas for on_bytes."""
-    if on_bytes is None:
-        return None
-    last = [0]
+class _ShardProgress:
+    """upload_packed's transfer events: shards and bytes sent of those to send, one on_event call
+    at a time (azure's progress hooks run on the upload threads)."""
 
-    def hook(current, total):
-        on_bytes(current - last[0])
-        last[0] = current
-    return hook
+    def __init__(self, on_event, todo):
+        self.on_event = on_event
+        self.lock = threading.Lock()
+        self.shards = self.bytes = 0
+        self.total_shards, self.total_bytes = len(todo), sum(s["size"] for s in todo)
+        self._emit()
+
+    def _emit(self):
+        self.on_event(events.transfer("uploading", self.shards, self.total_shards, "shards"))
+        self.on_event(events.transfer("uploading", self.bytes, self.total_bytes, "bytes"))
+
+    def add(self, shards):
+        """More shards to send (those a gc deleted since the listing)."""
+        with self.lock:
+            self.total_shards += len(shards)
+            self.total_bytes += sum(s["size"] for s in shards)
+
+    def shard_sent(self):
+        with self.lock:
+            self.shards += 1
+            self._emit()
+
+    def bytes_hook(self):
+        """azure's progress_hook(current, total) of one blob, as this upload's bytes sent."""
+        last = [0]
+
+        def hook(current, total):
+            with self.lock:
+                self.bytes += current - last[0]
+                last[0] = current
+                self.on_event(events.transfer("uploading", self.bytes, self.total_bytes, "bytes"))
+        return hook
 
 
 def _shard_blobs(container_client, prefix):
@@ -302,7 +338,7 @@ def _scan_container(container_client, prefix):
     try:
         blobs = list(container_client.list_blobs(name_starts_with=start))
     except ResourceNotFoundError:
-        raise UserError(f"container '{container_client.container_name}' does not exist") from None
+        raise UsageError(f"container '{container_client.container_name}' does not exist") from None
     for blob in blobs:
         folder, what = _dataset_folder(blob.name)
         if what == "shard":
@@ -322,7 +358,7 @@ def _read_stored_index(container_client, folder):
     packed dataset's index (a loose dataset's own file, damaged, another version)."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    name = _blob_name(folder, layout.INDEX_NAME)
+    name = blob_name(folder, layout.INDEX_NAME)
     try:
         stream = container_client.download_blob(name)
         data = stream.readall()
@@ -343,7 +379,7 @@ def list_datasets(container_client, prefix=""):
     A folder whose index.json is not a packed index is listed as "unknown" when it has shards
     (which gc leaves alone), else not at all."""
     datasets = []
-    with _azure_errors(container_client, "listing"):
+    with storage_errors(container_client, "listing"):
         for folder, found in sorted(_scan_container(container_client, prefix).items()):
             shards = found.get("shards", {})
             doc, modified, problem = (_read_stored_index(container_client, folder) if shards or "index" in found
@@ -389,7 +425,7 @@ def collect_garbage(container_client, prefix="", *, grace_hours=DEFAULT_GC_GRACE
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(hours=grace_hours)
     candidates, recent, unreadable = {}, 0, []
-    with _azure_errors(container_client, "listing"):
+    with storage_errors(container_client, "listing"):
         for folder, found in sorted(_scan_container(container_client, prefix).items()):
             if not found.get("shards"):
                 continue
@@ -421,7 +457,7 @@ def _delete_unreferenced(container_client, candidates, workers=SHARD_WORKERS):
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
     doomed = []
-    with _azure_errors(container_client, "listing"):
+    with storage_errors(container_client, "listing"):
         for folder, blobs in candidates.items():
             if not blobs:
                 continue
@@ -439,5 +475,5 @@ def _delete_unreferenced(container_client, candidates, workers=SHARD_WORKERS):
 
     if not doomed:
         return []
-    with _azure_errors(container_client, "deleting"), ThreadPoolExecutor(max(1, workers)) as pool:
+    with storage_errors(container_client, "deleting"), ThreadPoolExecutor(max(1, workers)) as pool:
         return [blob for blob, gone in zip(doomed, pool.map(delete, doomed)) if gone]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from orchestrator.errors import UserError
+from orchestrator.errors import OrchestrateError
 
 
 def missing(reason):
@@ -25,7 +25,7 @@ def docker_client():
 
     try:
         return connect()
-    except UserError as exc:
+    except OrchestrateError as exc:
         missing(f"no Docker engine: {exc}")
 
 
@@ -38,7 +38,7 @@ def offline_base(docker_client):
     if not image_exists(docker_client, OFFLINE_BASE_TAG):
         try:
             build_offline_base(docker_client, on_line=lambda line: None)
-        except UserError as exc:
+        except OrchestrateError as exc:
             missing(f"no offline base image {OFFLINE_BASE_TAG} and cannot build it: {exc}")
     return OFFLINE_BASE_TAG
 

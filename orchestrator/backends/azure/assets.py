@@ -16,12 +16,12 @@ import shlex
 import time
 from pathlib import Path
 
-from remote_scripts.atomic import write_atomically
 from remote_scripts.metrics import HEADLINE_METRICS
 
-from ...errors import UserError
+from ...errors import OrchestrateError, UsageError
+from ...events import ignore, notice
+from ...run_folder import LABELS, METRICS, RunFolder
 from ..base import COMPLETED, TERMINAL
-from .backend import STATE_FILE
 
 MODEL_OUTPUT = "model"
 ASSET_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -32,23 +32,12 @@ def asset_name(text):
     """Azure ML asset names: letters, digits, '-' and '_', starting with a letter or digit."""
     name = ASSET_NAME.sub("-", text).strip("-_")[:255]
     if not name:
-        raise UserError(f"cannot make an Azure ML asset name of {text!r}: give one with --name")
+        raise UsageError(f"cannot make an Azure ML asset name of {text!r}: give one with --name")
     return name
 
 
 def job_output_uri(job, output=MODEL_OUTPUT):
     return f"azureml://jobs/{job}/outputs/{output}"
-
-
-def read_state(run_dir):
-    try:
-        return json.loads((Path(run_dir) / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_state(run_dir, state):
-    write_atomically(Path(run_dir) / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 # register -------------------------------------------------------------------------------------
@@ -67,9 +56,9 @@ def _read_json(path, what):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} is missing: download the run first (orchestrate download RUN)") from None
+        raise UsageError(f"{path} is missing: download the run first (orchestrate download RUN)") from None
     except ValueError:
-        raise UserError(f"{path} is not valid JSON ({what})") from None
+        raise UsageError(f"{path} is not valid JSON ({what})") from None
 
 
 def label_names(labels):
@@ -91,11 +80,11 @@ def register_run(seam, record, state, model_name=None, data_name=None):
     The data asset is the uri_folder the job's `data` input read.
     """
     if record.status != COMPLETED:
-        raise UserError(f"run {record.run_id} is {record.status}: only a completed run can be registered")
+        raise UsageError(f"run {record.run_id} is {record.status}: only a completed run can be registered")
     job_name = state["job"]
-    out = Path(record.run_dir) / "outputs"
-    labels = label_names(_read_json(out / "labels.json", "labels"))
-    metrics = _read_json(out / "metrics.json", "metrics")
+    folder = RunFolder(record.run_dir)
+    labels = label_names(_read_json(folder.output(LABELS), "labels"))
+    metrics = _read_json(folder.output(METRICS), "metrics")
     tags = model_tags(record.run_id, labels, metrics)
     model_job, what = job_name, f"orchestrate run {record.run_id}"
     if state.get("search"):
@@ -106,7 +95,7 @@ def register_run(seam, record, state, model_name=None, data_name=None):
         what = f"orchestrate search {record.run_id}, best trial {trial} (job {model_job})"
     job = seam.get_job(job_name)
     if job is None:
-        raise UserError(f"the Azure ML job {job_name} of run {record.run_id} no longer exists")
+        raise UsageError(f"the Azure ML job {job_name} of run {record.run_id} no longer exists")
     model = seam.register_model(
         name=asset_name(model_name or record.name), path=job_output_uri(model_job), tags=tags,
         description=f"{what}: ONNX image classifier ({len(labels)} classes)")
@@ -117,8 +106,7 @@ def register_run(seam, record, state, model_name=None, data_name=None):
             name=asset_name(data_name or Path(record.dataset.rstrip("/")).name),
             path=data_input["path"], tags={"orchestrate.run_id": record.run_id},
             description=f"dataset of orchestrate run {record.run_id}")
-    state = {**state, "registered": result}
-    write_state(record.run_dir, state)
+    folder.write_backend_state({**state, "registered": result})
     return result
 
 
@@ -151,28 +139,30 @@ def _datastore_prefix(uri):
     return (match.group(1), match.group(2)) if match else (None, None)
 
 
-def attach_job(seam, ledger, job_name, runs_dir, say=print):
+def attach_job(seam, ledger, job_name, runs_dir, on_event=None):
     """Adopt the Azure ML job `job_name` into the ledger; returns the new RunRecord.
 
     Writes runs/<job>/azure.json and spec.json as a submit of ours does, so `logs`, `status`,
     `download` and `predict` work on it; a job the ledger already holds is left as it is.
+    A job whose model output cannot be found is adopted all the same, with a notice to `on_event`.
     """
     from ...ledger import RunRecord
     from .tailer import map_status
 
     job = seam.get_job(job_name)
     if job is None:
-        raise UserError(f"no Azure ML job named {job_name!r} in workspace "
+        raise UsageError(f"no Azure ML job named {job_name!r} in workspace "
                         f"{seam.settings.workspace_name!r}")
     run_id = job["name"]
     try:
         existing = ledger.get(run_id)
-    except UserError:
+    except OrchestrateError:
         existing = None
     if existing is not None and existing.run_id == run_id:
-        raise UserError(f"job {run_id} is already in the ledger as run {run_id}")
+        raise UsageError(f"job {run_id} is already in the ledger as run {run_id}")
     run_dir = (Path(runs_dir) / run_id).resolve()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir)
+    folder.logs.mkdir(parents=True, exist_ok=True)
     datastore = seam.default_datastore()
     state = {"job": run_id, "studio_url": job.get("studio_url"), "datastore": datastore,
              "workspace": seam.settings.public(), "attached": True}
@@ -181,15 +171,15 @@ def attach_job(seam, ledger, job_name, runs_dir, say=print):
     if prefix and store == datastore["name"]:
         state["outputs"] = {MODEL_OUTPUT: prefix}
     elif model_uri or MODEL_OUTPUT not in (job.get("outputs") or {}):
-        say(f"note: job {run_id} has no '{MODEL_OUTPUT}' output on {datastore['name']}: "
-            "download and predict will not find its model")
+        (on_event or ignore)(notice(f"note: job {run_id} has no '{MODEL_OUTPUT}' output on {datastore['name']}: "
+                                    "download and predict will not find its model"))
     cluster = seam.get_compute(job["compute"]) if job.get("compute") else None
     if job.get("compute"):
         state["compute"] = job["compute"]  # the cluster, as the backend's submit records it
     if cluster:
         state["compute_size"] = {"size": cluster.get("size"), "tier": cluster.get("tier"),
                                  "nodes": job.get("instance_count") or 1}
-    write_state(run_dir, state)
+    folder.write_backend_state(state)
     data_uri = ((job.get("inputs") or {}).get("data") or {}).get("path") or ""
     backend_options = {"compute": job.get("compute"), "nodes": job.get("instance_count") or 1,
                        "experiment": job.get("experiment"), "attached": True}
@@ -197,7 +187,7 @@ def attach_job(seam, ledger, job_name, runs_dir, say=print):
     train_args = _train_args(job.get("command"))
     spec = {"backend": "azure", "run_id": run_id, "data": data_uri, "run_dir": str(run_dir),
             "train_args": train_args, "backend_options": backend_options}
-    write_atomically(run_dir / "spec.json", json.dumps(spec, indent=2) + "\n")
+    folder.write_spec(spec)
     created = job.get("created_at") or time.time()
     record = RunRecord(run_id=run_id, name=job.get("display_name") or run_id, backend="azure",
                        status=map_status(job.get("status")), dataset=data_uri, run_dir=str(run_dir),
@@ -257,9 +247,9 @@ def cost_estimate(record, state, seam_factory=None, now=None):
         try:
             with azure_errors():
                 price = size_price(seam_factory(), compute["size"], compute["tier"])
-        except UserError as exc:
+        except OrchestrateError as exc:
             return {"error": str(exc)}
-        write_state(record.run_dir, {**state, "price": price})
+        RunFolder(record.run_dir).write_backend_state({**state, "price": price})
     h = hours(record, now)
     out = {"hours": round(h, 3), "nodes": compute["nodes"], "size": compute["size"], "tier": compute["tier"],
            "per_node_hour": price.get("per_node_hour"), "currency": price.get("currency"),

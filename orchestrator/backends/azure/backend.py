@@ -6,43 +6,51 @@ job.py, or, for a search (spec.trials set), the sweep job of sweep_job.py: one t
 configuration, the same dataset upload. log_lines/status/cancel/download: by the Azure ML job name
 (tailer.py, seam.py; a search's trials and best model: sweep_results.py).
 
-Why runs/<id>/azure.json: `orchestrate logs/status/download RUN` may run in another process,
-directory or shell than the submit; the file holds the workspace coordinates and the datastore of
-the run (no secrets), so they work without the flags the run was started with.
+Why runs/<id>/azure.json (RunFolder's backend state): `orchestrate logs/status/download RUN` may run
+in another process, directory or shell than the submit; the file holds the workspace coordinates and
+the datastore of the run (no secrets), so they work without the flags the run was started with.
+
+What the backend does on the client's side (cluster, upload, submit, the job's service status) goes
+to `on_event` as event dicts (orchestrator.events: notice, transfer); it never prints.
 
 backend_options (from `orchestrate train`): compute (alias or size; default gpu-t4), nodes,
 low_priority, experiment, max_hours (the job's timeout; default 24), and the workspace flags subscription_id, resource_group,
 workspace_name, profile. A search also reads max_concurrent_trials (default min(trials, 4)) and
 early_termination (median | bandit | none; default median): see sweep_job.py.
 """
-import json
-import sys
 import time
 
-from remote_scripts.atomic import write_atomically
-
-from ...errors import UserError
-from ...printable import printable
+from ...errors import UsageError
+from ...events import ignore, notice
+from ...run_folder import RunFolder
 from ..base import FAILED, TERMINAL, Backend, RunRef
 from .settings import PROFILE_FIELDS, Settings, load_settings
 
-STATE_FILE = "azure.json"
-
 
 class AzureBackend(Backend):
+    """Runs the job contract on an Azure ML cluster; `on_event` receives its progress as event dicts,
+    `approve()` is asked before a missing cluster is created (None: created without asking).
+
+    Example:
+        >>> backend = AzureBackend(on_event=print, approve=lambda: True)
+        >>> backend.prepare(spec); run = backend.submit(spec)
+    """
     name = "azure"
 
-    def __init__(self, seam_factory=None, sleep=time.sleep, say=None, clock=time.monotonic, approve=None):
+    def __init__(self, seam_factory=None, sleep=time.sleep, on_event=None, clock=time.monotonic, approve=None):
         if seam_factory is None:
             from .seam import AzureSeam as seam_factory
         self.seam_factory = seam_factory
         self.sleep = sleep
         self.clock = clock
-        self.say = say or (lambda line: print(printable(line), file=sys.stderr))
+        self.on_event = on_event or ignore
         # Called once the plan of a cluster to create is shown, before it is created: the CLI's
         # confirmation on a terminal (it raises to stop); None creates without asking.
         self.approve = approve
         self._datastores = {}  # run_id -> datastore resolved by prepare()
+
+    def _notice(self, message):
+        self.on_event(notice(message))
 
     # submit side --------------------------------------------------------------------------
     def _spec_seam(self, spec):
@@ -52,7 +60,6 @@ class AzureBackend(Backend):
     def prepare(self, spec):
         from remote_scripts.options import given_value
 
-        from ...storage.upload_progress import UploadProgress
         from .job import dataset_prefix
         from .provision import ensure_compute
         from .seam import azure_errors
@@ -63,20 +70,21 @@ class AzureBackend(Backend):
             # storage first: a refused connection string or datastore fails before a cluster exists
             datastore = seam.default_datastore()
             container = seam.container_client(datastore)
-            ensure_compute(seam, plan.compute, say=self.say, max_nodes=self._nodes_needed(seam, spec, plan),
+            ensure_compute(seam, plan.compute, on_event=self.on_event, max_nodes=self._nodes_needed(seam, spec, plan),
                            low_priority=plan.low_priority, approve=self.approve)
         if plan.packed:  # shards, content-addressed: see storage/packed_blob.py
             from ...storage.packed_blob import pack_and_upload
 
             _, result = pack_and_upload(spec.data, dataset_prefix(spec.data, packed=True), lambda: container,
-                                        labels=given_value(spec.train_args, "--labels"), say=self.say)
-            self.say(f"dataset: {result.shards_sent} shard(s) uploaded ({result.bytes_sent / 1e6:.1f} MB), "
-                     f"{result.shards_skipped} unchanged")
+                                        labels=given_value(spec.train_args, "--labels"), on_event=self.on_event)
+            self._notice(f"dataset: {result.shards_sent} shard(s) uploaded ({result.bytes_sent / 1e6:.1f} MB), "
+                         f"{result.shards_skipped} unchanged")
         else:
-            with UploadProgress() as bars:
-                result = bars.upload(spec.data, dataset_prefix(spec.data), lambda: container,
-                                     labels=given_value(spec.train_args, "--labels"), say=self.say)
-            self.say(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
+            from ...storage.blob import upload_folder
+
+            result = upload_folder(spec.data, dataset_prefix(spec.data), lambda: container,
+                                   labels=given_value(spec.train_args, "--labels"), on_event=self.on_event)
+            self._notice(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
 
     def _nodes_needed(self, seam, spec, plan):
@@ -90,8 +98,8 @@ class AzureBackend(Backend):
         existing = seam.get_compute(plan.compute.cluster)
         have = (existing or {}).get("max_instances") or 0
         if existing and existing.get("state") != "Failed" and have < wanted:
-            self.say(f"compute {plan.compute.cluster} scales to {have} node(s): {have} of the "
-                     f"{wanted} concurrent trials run at once, the others queue")
+            self._notice(f"compute {plan.compute.cluster} scales to {have} node(s): {have} of the "
+                         f"{wanted} concurrent trials run at once, the others queue")
             return have
         return wanted
 
@@ -124,23 +132,25 @@ class AzureBackend(Backend):
             state["search"] = {"trials": sweep.trials, "budget_seconds": sweep.budget_seconds,
                                "timeout_seconds": sweep.timeout_seconds,
                                "trial_timeout_seconds": sweep.trial_timeout_seconds}
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_state(spec.run_dir, state)
+        folder = RunFolder(spec.run_dir)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_backend_state(state)
         with azure_errors():
             submitted = seam.submit(job)
         state["studio_url"] = submitted["studio_url"]
-        _write_state(spec.run_dir, state)
+        folder.write_backend_state(state)
         again = "" if submitted.get("created", True) else " (already submitted: not created again)"
-        self.say(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
+        self._notice(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
         return RunRef(spec.run_id, self.name, spec.run_dir, remote_id=submitted["name"])
 
     # run side -----------------------------------------------------------------------------
     def _run_state(self, run):
-        try:
-            return json.loads((run.run_dir / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{run.run_dir / STATE_FILE} is missing or unreadable: "
-                            f"cannot find the Azure ML job of run {run.run_id}") from None
+        folder = RunFolder(run.run_dir)
+        state = folder.backend_state()
+        if state is None:
+            raise UsageError(f"{folder.backend_state_path} is missing or unreadable: "
+                             f"cannot find the Azure ML job of run {run.run_id}")
+        return state
 
     def _run_seam(self, run):
         """A seam on the run's workspace; the storage secret (if any) comes from the env again."""
@@ -162,17 +172,17 @@ class AzureBackend(Backend):
 
         def on_status(status):
             seen.append(status)
-            self.say(f"Azure ML job: {status}{STATUS_NOTES.get(status, '')}")
+            self._notice(f"Azure ML job: {status}{STATUS_NOTES.get(status, '')}")
             if status in STOPPED:
-                self.say(f"  following stops here (azure-ai-ml counts {status} as an end); the job "
-                         f"may recover: `orchestrate status {run.run_id}`, `orchestrate logs {run.run_id}`")
+                self._notice(f"  following stops here (azure-ai-ml counts {status} as an end); the job "
+                             f"may recover: `orchestrate status {run.run_id}`, `orchestrate logs {run.run_id}`")
 
         def on_wait(status, seconds):
             # the cluster is what a Queued job waits for; a Preparing one waits for its image
             line = f"Azure ML job: {status} for {int(seconds)} s: {WAITING.get(status, 'still waiting')}"
             if status == "Queued":
                 line += "; " + self._why_waiting(seam, state.get("compute"))
-            self.say(line)
+            self._notice(line)
 
         with azure_errors():
             if state.get("search"):
@@ -188,12 +198,12 @@ class AzureBackend(Backend):
             else:
                 yield from tail(seam, run.remote_id, cursor, follow, sleep=self.sleep,
                                 on_status=on_status, on_wait=on_wait,
-                                on_restart=lambda: self.say("Azure ML job: a new attempt started "
-                                                            "(its log follows)"),
+                                on_restart=lambda: self._notice("Azure ML job: a new attempt started "
+                                                                "(its log follows)"),
                                 stop=terminal_statuses(), clock=self.clock)
             if seen and seen[-1] == "Failed":
                 for line in self._failure_lines(seam, run, state):
-                    self.say(line)
+                    self._notice(line)
 
     @staticmethod
     def _why_waiting(seam, compute):
@@ -237,7 +247,7 @@ class AzureBackend(Backend):
                 return map_status(seam.job_status(run.remote_id))
             except ResourceNotFoundError:
                 # the submit was interrupted before the service created the job
-                self.say(f"Azure ML job {run.remote_id} does not exist: its submit did not complete")
+                self._notice(f"Azure ML job {run.remote_id} does not exist: its submit did not complete")
                 return FAILED
 
     def cancel(self, run):
@@ -255,14 +265,14 @@ class AzureBackend(Backend):
 
         state = self._run_state(run)
         if self.status(run) not in TERMINAL:
-            raise UserError(f"run {run.run_id} has not finished yet; download it when it has")
+            raise UsageError(f"run {run.run_id} has not finished yet; download it when it has")
         seam = self._run_seam(run)
         with azure_errors():
             container = seam.container_client(state["datastore"])
             if state.get("search"):
                 from .sweep_results import download_search
 
-                download_search(seam, container, state, run.run_id, dest, say=self.say)
+                download_search(seam, container, state, run.run_id, dest, on_event=self.on_event)
                 return
         # an attached job (orchestrate attach) records where its model output is
         prefix = (state.get("outputs") or {}).get("model") or run_prefix(run.run_id, "model")
@@ -275,10 +285,6 @@ STATUS_NOTES = {
     "CancelRequested": " (it may still write a checkpoint, or even complete)",
 }
 STOPPED = frozenset({"NotResponding", "Paused"})  # SDK-terminal, not ended for the ledger
-
-
-def _write_state(run_dir, state):
-    write_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 # `orchestrate train --backend azure --dry-run [--export FILE]`: no network, no credentials ------

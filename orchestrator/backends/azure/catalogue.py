@@ -12,7 +12,7 @@ sizes` and alias checks must stay instant.
 """
 from dataclasses import asdict, dataclass
 
-from ...errors import UserError
+from ...errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def cluster_name_for(size_name):
 def resolve(value):
     """Resolve an alias or a raw size name; retired sizes become their substitute.
 
-    Unknown names raise UserError listing the aliases (exit 2), so a typo never reaches Azure.
+    Unknown names raise UsageError listing the aliases (exit 2), so a typo never reaches Azure.
     """
     key = value.strip().lower()
     if key in ALIASES:
@@ -120,7 +120,7 @@ def resolve(value):
     elif key in SIZES:
         size = SIZES[key]
     else:
-        raise UserError(f"unknown compute {value!r}; use an alias ({', '.join(ALIASES)}) or an "
+        raise UsageError(f"unknown compute {value!r}; use an alias ({', '.join(ALIASES)}) or an "
                         f"Azure size name such as Standard_NC24ads_A100_v4 "
                         f"(see `orchestrate compute sizes`)")
     if size.retired:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from remote_scripts.options import given_value
 
-from ...errors import UserError
+from ...errors import UsageError
 from ...paths import docker_context_dir, remote_scripts_dir
 from ...secrets import redact
 from ...weights import cached_weights_path
@@ -102,7 +102,7 @@ class JobPlan:
         `script`, `script_args` and `bindings`: a sweep trial runs search.py with its --trials
         (plain arguments, quoted like the others) and its `--trial ${{inputs.trial}}` binding."""
         if any("${{" in arg for arg in [*self.train_args, *script_args]):
-            raise UserError("training arguments must not contain '${{' (Azure ML bindings)")
+            raise UsageError("training arguments must not contain '${{' (Azure ML bindings)")
         fixed = COMMAND.replace("python train.py", f"python {script}", 1)
         if self.weights_file:
             fixed = f"{fixed} {WEIGHTS_BINDING}"
@@ -124,7 +124,7 @@ def split_weights_input(train_args, upload):
     weights = given_value(train_args, "--weights")
     if weights == "none":
         if upload:
-            raise UserError("--weights-upload sends the ImageNet weights or a --weights file: "
+            raise UsageError("--weights-upload sends the ImageNet weights or a --weights file: "
                             "there is nothing to send with --weights none")
         return train_args, None
     if weights == "imagenet":
@@ -134,7 +134,7 @@ def split_weights_input(train_args, upload):
     else:
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
-            raise UserError(f"--weights {weights}: no such file (it is uploaded with the job)")
+            raise UsageError(f"--weights {weights}: no such file (it is uploaded with the job)")
     kept = []
     pairs = iter(train_args)
     for arg in pairs:
@@ -151,10 +151,10 @@ def plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
     options = spec.backend_options
     nodes = int(options["nodes"]) if options.get("nodes") is not None else 1
     if nodes < 1:
-        raise UserError("--nodes must be at least 1")
+        raise UsageError("--nodes must be at least 1")
     max_hours = float(options["max_hours"]) if options.get("max_hours") is not None else DEFAULT_MAX_HOURS
     if max_hours <= 0:
-        raise UserError("--max-hours must be more than 0")
+        raise UsageError("--max-hours must be more than 0")
     train_args, weights_file = split_weights_input(list(spec.train_args), bool(options.get("weights_upload")))
     return JobPlan(run_id=spec.run_id, data_dir=Path(spec.data), train_args=train_args,
                    compute=catalogue.resolve(options.get("compute") or DEFAULT_COMPUTE),
@@ -213,33 +213,33 @@ def command_job(plan, command, output_prefix, distribution=None, extra_inputs=No
         )
     errors = job_validation_errors(job)
     if errors is not None:
-        raise UserError(f"invalid Azure ML job: {errors}")
+        raise UsageError(f"invalid Azure ML job: {errors}")
     return job
 
 
 @contextmanager
 def sdk_validation_errors():
     """azure.ai.ml checks entities and paths offline and raises ValidationException, whose message
-    can run over several lines of SDK detail: the user gets its first line as a UserError."""
+    can run over several lines of SDK detail: the user gets its first line as a UsageError."""
     from azure.ai.ml.exceptions import ValidationException
 
     try:
         yield
     except ValidationException as exc:
         lines = str(exc).strip().splitlines()
-        raise UserError(redact(f"invalid Azure ML job: {lines[0] if lines else type(exc).__name__}")) from None
+        raise UsageError(redact(f"invalid Azure ML job: {lines[0] if lines else type(exc).__name__}")) from None
 
 
 def check_export_path(path):
-    """Raise UserError unless `path` can be a new file: asked before any job is built, so a typo
+    """Raise UsageError unless `path` can be a new file: asked before any job is built, so a typo
     in --export is reported as such, not as whatever the SDK trips over first."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: no such folder")
+        raise UsageError(f"cannot write {path}: no such folder")
     if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a folder")
+        raise UsageError(f"cannot write {path}: it is a folder")
     if path.exists():
-        raise UserError(f"{path} already exists; choose another --export path")
+        raise UsageError(f"{path} already exists; choose another --export path")
 
 
 def export_yaml(job, path):

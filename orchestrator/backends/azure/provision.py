@@ -16,7 +16,8 @@ no family-level limit (the low-priority family rows).
 import re
 from dataclasses import dataclass
 
-from ...errors import UserError
+from ... import events
+from ...errors import UsageError
 from .catalogue import Size, catalogue
 from .seam import load_sdk
 from .settings import studio_url
@@ -40,7 +41,7 @@ def ensure_workspace(seam, location=None):
     lines = []
     if not seam.resource_group_exists():
         if not location:
-            raise UserError(f"resource group {s.resource_group!r} does not exist; give "
+            raise UsageError(f"resource group {s.resource_group!r} does not exist; give "
                             "--location (or AZURE_LOCATION) to create it")
         seam.create_resource_group(location)
         lines.append(f"created resource group {s.resource_group} in {location}")
@@ -66,10 +67,10 @@ def compute_entity(resolved, max_nodes=1, min_nodes=0, idle_minutes=DEFAULT_IDLE
     (notes section 2): only "low_priority" / "dedicated" are correct.
     """
     if not 0 <= min_nodes <= max_nodes or max_nodes < 1:
-        raise UserError(f"need 0 <= --min-nodes <= --max-nodes and --max-nodes >= 1 "
+        raise UsageError(f"need 0 <= --min-nodes <= --max-nodes and --max-nodes >= 1 "
                         f"(got {min_nodes} and {max_nodes})")
     if idle_minutes < 1:
-        raise UserError("--idle-minutes must be at least 1")
+        raise UsageError("--idle-minutes must be at least 1")
     load_sdk()
     from azure.ai.ml.entities import AmlCompute
 
@@ -165,7 +166,7 @@ class ComputePlan:
         return lines
 
     def require_quota(self):
-        """Raise UserError (one line) naming each short quota, what it needs and what to request."""
+        """Raise UsageError (one line) naming each short quota, what it needs and what to request."""
         short = [q for q in self.quotas if q.short]
         if not short:
             return
@@ -175,23 +176,23 @@ class ComputePlan:
             f"{q.name!r} needs {q.needed} vCPUs, {q.available} available (limit {q.limit}, in use "
             f"{q.used}{'' if q.listed else ', no quota row'})" for q in short)
         request = ", ".join(f"{q.name!r} to at least {q.used + q.needed}" for q in short)
-        raise UserError(f"not enough quota in {self.location} for {self.max_nodes} x "
+        raise UsageError(f"not enough quota in {self.location} for {self.max_nodes} x "
                         f"{self.size.name} ({self.tier}): {found}; request {request} in "
                         f"{self.location} at {QUOTA_URL}{hint}")
 
 
 def plan_compute(seam, resolved, max_nodes, low_priority, location):
     """The ComputePlan of `max_nodes` nodes of `resolved` in `location`, from the service's sizes
-    (vCPUs, prices, low-priority capability) and usages. Raises UserError when the size is not
+    (vCPUs, prices, low-priority capability) and usages. Raises UsageError when the size is not
     offered there or cannot run low-priority."""
     name = resolved.size.name
     vm = next((r for r in seam.list_sizes(location) if (r["name"] or "").lower() == name.lower()),
               None)
     if vm is None:
-        raise UserError(f"{name} is not offered for Azure ML compute in {location}; "
+        raise UsageError(f"{name} is not offered for Azure ML compute in {location}; "
                         "pick another region or size (`orchestrate compute sizes`)")
     if low_priority and vm["low_priority_capable"] is False:
-        raise UserError(f"{name} cannot run low-priority nodes in {location}; drop --low-priority")
+        raise UsageError(f"{name} cannot run low-priority nodes in {location}; drop --low-priority")
     vcpus = int(vm["vcpus"] or resolved.size.vcpus)
     needed = vcpus * max_nodes
     usage = seam.list_usage(location)
@@ -206,21 +207,26 @@ def priced_catalogue(seam):
     Linux estimates per node-hour; prices None for a size the region does not offer."""
     workspace = seam.get_workspace()
     if workspace is None:
-        raise UserError(f"workspace {seam.settings.workspace_name!r} does not exist")
+        raise UsageError(f"workspace {seam.settings.workspace_name!r} does not exist")
     location = workspace["location"]
     offered = {r["name"].lower(): r["prices"] for r in seam.list_sizes(location) if r["name"]}
     return location, [{**row, "prices": offered.get(row["name"].lower())} for row in catalogue()]
 
 
-def ensure_compute(seam, resolved, *, say, max_nodes=1, min_nodes=0,
+def ensure_compute(seam, resolved, *, on_event=events.ignore, max_nodes=1, min_nodes=0,
                    idle_minutes=DEFAULT_IDLE_MINUTES, low_priority=False, approve=None):
-    """Create the cluster for `resolved` unless it exists, saying each step as it happens.
+    """Create the cluster for `resolved` unless it exists, telling each step as it happens (an
+    events.notice per line to `on_event`: a retired size's notice, the plan, warnings, the result).
 
-    Before a create: the plan (ComputePlan.lines), then the quota check (UserError before anything
-    is created), then `approve()` when given (the CLI's confirmation; it raises to stop).
+    Before a create: the plan (ComputePlan.lines), then the quota check (UsageError before anything
+    is created), then `approve("create compute NAME?")` when given (the CLI's confirmation, a notebook's question): False
+    stops with a UsageError, nothing created (the CLI's confirmation raises click's Abort instead).
     An existing cluster is left as it is, but one that cannot scale to `max_nodes` is an error:
     a job asking for more nodes than its cluster allows would only fail later.
     """
+    def say(line):
+        on_event(events.notice(line))
+
     if resolved.notice:
         say(resolved.notice)
     entity = compute_entity(resolved, max_nodes, min_nodes, idle_minutes, low_priority)
@@ -228,11 +234,11 @@ def ensure_compute(seam, resolved, *, say, max_nodes=1, min_nodes=0,
     if existing:
         if existing.get("state") == "Failed":
             errors = "; ".join(existing.get("errors") or []) or "the service gives no error details"
-            raise UserError(f"compute {resolved.cluster} is in provisioning state Failed: {errors}; "
+            raise UsageError(f"compute {resolved.cluster} is in provisioning state Failed: {errors}; "
                             f"delete it (`orchestrate compute delete --compute {resolved.cluster}`) and "
                             "create it again")
         if (existing["max_instances"] or 0) < max_nodes:
-            raise UserError(f"compute {resolved.cluster} scales to at most "
+            raise UsageError(f"compute {resolved.cluster} scales to at most "
                             f"{existing['max_instances']} node(s), {max_nodes} needed; delete it "
                             "(`orchestrate compute delete`) and create it with more --max-nodes")
         say(f"compute {resolved.cluster} already exists ({existing['size']}, "
@@ -246,15 +252,15 @@ def ensure_compute(seam, resolved, *, say, max_nodes=1, min_nodes=0,
         return
     workspace = seam.get_workspace()
     if workspace is None:
-        raise UserError(f"workspace {seam.settings.workspace_name!r} does not exist; run "
+        raise UsageError(f"workspace {seam.settings.workspace_name!r} does not exist; run "
                         "`orchestrate workspace create` first")
     # clusters live in their workspace's region
     plan = plan_compute(seam, resolved, max_nodes, low_priority, workspace["location"])
     for line in plan.lines():
         say(line)
     plan.require_quota()
-    if approve:
-        approve()
+    if approve and approve(f"create compute {resolved.cluster}?") is False:
+        raise UsageError(f"compute {resolved.cluster} not created: not approved")
     seam.create_compute(entity)
     say(f"created compute {resolved.cluster}: {resolved.size.name}, {min_nodes}-{max_nodes} nodes "
         f"({_tier_word(entity.tier)}), scales down after {idle_minutes} idle minutes")

@@ -55,8 +55,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from ...errors import JobFailed, UserError
+from ... import events
+from ...errors import JobFailed, UsageError
 from ...paths import docker_context_dir, remote_scripts_dir
+from ...run_folder import RunFolder
 from ..base import QUEUED, TERMINAL
 from . import catalogue
 from .job import (AZUREML_DOCKERFILE, DEFAULT_DATASTORE, DEFAULT_EXPERIMENT, REMOTE_PATH, datastore_uri,
@@ -83,7 +85,7 @@ def parse_data_uri(text):
     match = _DATA_URI.match(text or "")
     prefix = (match.group("prefix") or "").strip("/") if match else ""
     if not match or not prefix or ".." in PurePosixPath(prefix).parts:
-        raise UserError(f"bad data URI {text!r}: expected az://DATASTORE/PREFIX (e.g. "
+        raise UsageError(f"bad data URI {text!r}: expected az://DATASTORE/PREFIX (e.g. "
                         f"az://{DEFAULT_DATASTORE}/orchestrate/datasets/x) or az://ACCOUNT/CONTAINER/PREFIX, "
                         "the blob folder of the images")
     return match.group("name"), prefix
@@ -98,13 +100,12 @@ def azure_run_model_uri(run_dir, run_id):
     """The datastore URI of an Azure training run's model.onnx (from runs/<id>/azure.json), so a
     model the workspace already holds is read in place, not downloaded and uploaded again; None
     when the run has no such record. A search's model is its best trial's, in that trial job's
-    own folder (the sweep writes nothing under the search's): a UserError saying what to run
+    own folder (the sweep writes nothing under the search's): a UsageError saying what to run
     while search.json does not name that trial yet, before any cluster or job is made for it."""
     from .job import run_prefix
 
-    try:
-        state = json.loads((Path(run_dir) / "azure.json").read_text())
-    except (OSError, ValueError):
+    state = RunFolder(run_dir).backend_state()
+    if state is None:
         return None
     datastore = (state.get("datastore") or {}).get("name")
     if not datastore or state.get("kind") == "score":  # a score run has predictions, no model
@@ -164,18 +165,18 @@ class ScorePlan:
 
 def plan_score(model, data, *, run_id, compute=None, instances=None, processes=None, mini_batch_size=None,
                top_k=1, experiment=None):
-    """A ScorePlan from the command's values; bad ones are UserErrors before anything is built."""
+    """A ScorePlan from the command's values; bad ones are UsageErrors before anything is built."""
     source, prefix = parse_data_uri(data)
     resolved = catalogue.resolve(compute or DEFAULT_COMPUTE)
     for flag, value in (("--instances", instances), ("--processes-per-node", processes),
                         ("--mini-batch-size", mini_batch_size), ("--top-k", top_k)):
         if value is not None and int(value) < 1:
-            raise UserError(f"{flag} must be at least 1")
+            raise UsageError(f"{flag} must be at least 1")
     model = str(model)
     if not REMOTE_PATH.match(model):
         path = Path(model).expanduser().resolve()
         if not path.is_file():
-            raise UserError(f"model {model}: no such file")
+            raise UsageError(f"model {model}: no such file")
         model = str(path)
     # one process per 2 vCPUs: decoding in one process overlaps inference in the other
     default_processes = max(1, resolved.size.vcpus // 2)
@@ -226,7 +227,7 @@ def build_score_job(plan):
         )
     errors = job_validation_errors(job)
     if errors is not None:
-        raise UserError(f"invalid Azure ML job: {errors}")
+        raise UsageError(f"invalid Azure ML job: {errors}")
     return job
 
 
@@ -279,7 +280,7 @@ def resolve_datastore(seam, name):
     found = next((d for d in stores if d["name"] == name), None) \
         or next((d for d in stores if d["container"] == name), None)
     if found is None:
-        raise UserError(f"az://{name}/...: no datastore of workspace {seam.settings.workspace_name!r} has that "
+        raise UsageError(f"az://{name}/...: no datastore of workspace {seam.settings.workspace_name!r} has that "
                         f"name or container (its blob datastores: {_known_datastores(stores)})")
     return found
 
@@ -297,7 +298,7 @@ def resolve_data(seam, source, rest):
     found = next((d for d in stores if d["account"] == source and d["container"] == container), None)
     if found:
         if not prefix.strip("/"):
-            raise UserError(f"az://{source}/{container}: name the blob folder of the images in the container "
+            raise UsageError(f"az://{source}/{container}: name the blob folder of the images in the container "
                             f"(az://{source}/{container}/PREFIX)")
         return found, prefix.strip("/")
     found = next((d for d in stores if d["container"] == source), None)
@@ -307,7 +308,7 @@ def resolve_data(seam, source, rest):
     hint = (f"no datastore is on container {container!r} of storage account {source!r}: register one for it "
             "(az ml datastore create) or upload to the container of one" if on_account else
             f"no datastore has that name or container, nor is on storage account {source!r}")
-    raise UserError(f"az://{source}/{rest}: {hint} (the blob datastores of workspace "
+    raise UsageError(f"az://{source}/{rest}: {hint} (the blob datastores of workspace "
                     f"{seam.settings.workspace_name!r}: {_known_datastores(stores)})")
 
 
@@ -332,7 +333,7 @@ def is_packed_prefix(container, prefix):
 def refuse_packed(plan):
     from remote_scripts.packed_dataset import INDEX_NAME, SHARDS_DIR, SHARD_SUFFIX
 
-    return UserError(f"{plan.data} is a packed dataset ({INDEX_NAME} and {SHARDS_DIR}/*{SHARD_SUFFIX}), which a "
+    return UsageError(f"{plan.data} is a packed dataset ({INDEX_NAME} and {SHARDS_DIR}/*{SHARD_SUFFIX}), which a "
                      "parallel job cannot score: it hands run() files, and these are shards; score a folder of "
                      "image files instead, e.g. one uploaded with `orchestrate data upload DATA --no-pack --to "
                      "az://ACCOUNT/CONTAINER/PREFIX`")
@@ -342,24 +343,26 @@ class ScoreRun:
     """Submit a ScorePlan, follow the job to its end and write the predictions to `out`.
 
     seam_factory(settings) -> a seam (seam.AzureSeam in use, a stand-in or a transport-backed one
-    in tests); ledger: where the run is recorded (orchestrator.ledger.Ledger); say: one line to the
-    user; approve: the CLI's confirmation before a cluster is created (None: create).
+    in tests); ledger: where the run is recorded (orchestrator.ledger.Ledger); on_event: what is
+    done, as notice events; approve: asked before a cluster is created (None: create).
     """
 
-    def __init__(self, settings, ledger, seam_factory=None, say=print, sleep=time.sleep, clock=time.monotonic,
-                 approve=None, poll=(5.0, 30.0)):
+    def __init__(self, settings, ledger, seam_factory=None, on_event=events.ignore, sleep=time.sleep,
+                 clock=time.monotonic, approve=None, poll=(5.0, 30.0)):
         if seam_factory is None:
             from .seam import AzureSeam as seam_factory
         self.settings = settings.require("subscription_id", "resource_group", "workspace_name")
         self.seam = seam_factory(self.settings)
-        self.ledger, self.say, self.sleep, self.clock = ledger, say, sleep, clock
+        self.ledger, self.on_event, self.sleep, self.clock = ledger, on_event, sleep, clock
         self.approve, self.poll = approve, poll
+
+    def _notice(self, line):
+        self.on_event(events.notice(line))
 
     def submit(self, plan, run_dir):
         """Resolve the datastore, create the cluster when missing, record the run, submit the job.
         Returns the plan with its datastore resolved."""
         from ...ledger import RunRecord
-        from .backend import _write_state
         from .provision import ensure_compute
         from .seam import azure_errors
 
@@ -370,21 +373,23 @@ class ScoreRun:
             if is_packed_prefix(self.seam.container_client(datastore), plan.prefix):
                 raise refuse_packed(plan)
             job = build_score_job(plan)
-            ensure_compute(self.seam, plan.compute, say=self.say, max_nodes=plan.instances, approve=self.approve)
+            ensure_compute(self.seam, plan.compute, on_event=self.on_event, max_nodes=plan.instances,
+                           approve=self.approve)
         state = {"job": plan.name, "studio_url": None, "compute": plan.compute.cluster, "datastore": datastore,
                  "workspace": self.settings.public(), "kind": "score",
                  "outputs": {"predictions": score_prefix(plan.run_id)}}
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        _write_state(Path(run_dir), state)
+        folder = RunFolder(run_dir)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_backend_state(state)
         self.ledger.add(RunRecord(run_id=plan.run_id, name=plan.run_id, backend="azure", status=QUEUED,
                                   dataset=plan.data, run_dir=str(run_dir),
                                   remote_id=plan.name, params={"score": _plan_params(plan)}))
         with azure_errors():
             submitted = self.seam.submit(job)
         state["studio_url"] = submitted["studio_url"]
-        _write_state(Path(run_dir), state)
+        folder.write_backend_state(state)
         again = "" if submitted.get("created", True) else " (already submitted: not created again)"
-        self.say(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
+        self._notice(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
         return plan
 
     def follow(self, plan):
@@ -399,14 +404,14 @@ class ScoreRun:
                 with azure_errors():
                     status = self.seam.job_status(plan.name)
                 if status != last:
-                    self.say(f"Azure ML job: {status} ({int(self.clock() - started)} s)")
+                    self._notice(f"Azure ML job: {status} ({int(self.clock() - started)} s)")
                     last, delay = status, self.poll[0]
                 if map_status(status) in TERMINAL or status in stop:
                     break
                 self.sleep(delay)
                 delay = min(delay * 1.5, self.poll[1])
         except KeyboardInterrupt:
-            self.say(f"detached; the job goes on: `orchestrate status {plan.run_id}`, then "
+            self._notice(f"detached; the job goes on: `orchestrate status {plan.run_id}`, then "
                      f"`orchestrate cancel {plan.run_id}` to stop it")
             raise
         if map_status(status) in TERMINAL:  # NotResponding, Paused: may recover, the ledger waits
@@ -429,7 +434,7 @@ class ScoreRun:
 
         with azure_errors():
             container = self.seam.container_client(resolve_datastore(self.seam, plan.datastore_name))
-        files = download_prefix(container, score_prefix(plan.run_id), Path(run_dir) / "outputs")
+        files = download_prefix(container, score_prefix(plan.run_id), RunFolder(run_dir).outputs)
         by_path = {}
         for path in append_row_files(files, plan):
             for row in read_rows(path):
@@ -441,7 +446,7 @@ class ScoreRun:
                 continue
             rows.append(dict(row, path=f"{plan.data}/{name}"))
         if not rows:
-            raise UserError(f"the job wrote no predictions for images under {plan.data}"
+            raise UsageError(f"the job wrote no predictions for images under {plan.data}"
                             + (f" ({skipped} file(s) there are not images)" if skipped else ""))
         rows.sort(key=lambda r: r["path"])
         written, errors = write_rows(out, rows)
@@ -464,7 +469,7 @@ class ScoreRun:
         summary = self.download(plan, run_dir, out)
         summary.update(run_id=plan.run_id, out=str(out), seconds=seconds,
                        images_per_second=round(summary["rows"] / seconds, 2) if seconds > 0 else None)
-        self.say(f"{summary['rows']} image(s) scored ({summary['errors']} unreadable) in {seconds} s "
+        self._notice(f"{summary['rows']} image(s) scored ({summary['errors']} unreadable) in {seconds} s "
                  f"on {plan.instances} node(s): {out}")
         return summary
 
@@ -477,17 +482,17 @@ def append_row_files(files, plan):
         if found:
             return found
     present = ", ".join(sorted({f.name for f in files})[:5]) or "nothing"
-    raise UserError(f"the job wrote no {APPEND_ROW_FILE} (nor {DEFAULT_APPEND_ROW_FILE}) in {plan.predictions_uri} "
+    raise UsageError(f"the job wrote no {APPEND_ROW_FILE} (nor {DEFAULT_APPEND_ROW_FILE}) in {plan.predictions_uri} "
                     f"(found: {present})")
 
 
 def read_rows(path):
     """Each prediction row of an append-row file, in order; a line that is not one
-    (a JSON object with a string `path`) is a UserError naming the file and line."""
+    (a JSON object with a string `path`) is a UsageError naming the file and line."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not a predictions file") from None
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not a predictions file") from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -497,7 +502,7 @@ def read_rows(path):
             row = None
         if not isinstance(row, dict) or not isinstance(row.get("path"), str):
             shown = line if len(line) <= 80 else line[:77] + "..."
-            raise UserError(f"{path}, line {number}: not a prediction row (a JSON object with a path): {shown!r}")
+            raise UsageError(f"{path}, line {number}: not a prediction row (a JSON object with a path): {shown!r}")
         yield row
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from functools import cached_property
 
-from ...errors import UserError
+from ...errors import ServiceError, UsageError
 from ...secrets import redact
 
 
@@ -100,13 +100,13 @@ def job_yaml_data(job):
 
 
 def write_yaml(path, data):
-    """Write `data` as the SDK writes its YAML files; a `path` that cannot be written is a UserError."""
+    """Write `data` as the SDK writes its YAML files; a `path` that cannot be written is a UsageError."""
     from azure.ai.ml._utils.utils import dump_yaml_to_file
 
     try:
         dump_yaml_to_file(str(path), data, default_flow_style=False)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 class AzureSeam:
@@ -255,17 +255,16 @@ class AzureSeam:
         uses the Azure AD credential, which needs "Storage Blob Data Contributor".
         The secret stays inside the client: never in `datastore`, which runs/<id>/azure.json keeps.
         """
-        from ...storage.blob import _from_connection_string, container_client
-        from .settings import CONNECTION_STRING_ENV
+        from ...storage.blob import CONNECTION_STRING_ENV, container_client
 
         conn = self.settings.storage_connection_string
         if conn:
-            account = _from_connection_string(conn).account_name
-            if account and account != datastore["account"]:
-                raise UserError(f"{CONNECTION_STRING_ENV} is for storage account '{account}', but the "
-                                f"workspace datastore '{datastore['name']}' is in '{datastore['account']}': "
-                                f"unset it (the datastore's own credential is used)")
-            return container_client(datastore["container"], connection_string=conn)
+            client = container_client(datastore["container"], connection_string=conn)
+            if client.account_name and client.account_name != datastore["account"]:
+                raise UsageError(f"{CONNECTION_STRING_ENV} is for storage account '{client.account_name}', but "
+                                 f"the workspace datastore '{datastore['name']}' is in '{datastore['account']}': "
+                                 f"unset it (the datastore's own credential is used)")
+            return client
         ds = self.ml.datastores.get(datastore["name"], include_secrets=True)
         key = getattr(ds.credentials, "account_key", None)
         sas = getattr(ds.credentials, "sas_token", None)
@@ -471,7 +470,7 @@ def _plain(value):
 
 
 class azure_errors:
-    """Context manager: Azure SDK exceptions become one-line UserErrors (exit 2), secrets removed.
+    """Context manager: Azure SDK exceptions become one-line ServiceErrors (exit 2), secrets removed.
 
     SAS tokens ride in URL query strings, so every query string is cut from the message.
     A refusal is worded for the plane that refused: the storage service (a datastore's blobs, a
@@ -497,7 +496,7 @@ class azure_errors:
             # Azure AD: no credential at all (azure-identity, no response), or a token the
             # management plane refused (its code: InvalidAuthenticationToken, ExpiredAuthenticationToken)
             code = getattr(getattr(exc, "error", None), "code", None)
-            raise UserError(f"Azure sign-in failed{f' ({code})' if code else ''}: run `az login` or set "
+            raise ServiceError(f"Azure sign-in failed{f' ({code})' if code else ''}: run `az login` or set "
                             "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
         text = (getattr(exc, "message", None) or str(exc)).strip().splitlines()
-        raise UserError(f"Azure: {redact(text[0] if text else type(exc).__name__)}") from None
+        raise ServiceError(f"Azure: {redact(text[0] if text else type(exc).__name__)}") from None

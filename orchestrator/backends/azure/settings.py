@@ -16,7 +16,9 @@ from pathlib import Path
 
 from remote_scripts.atomic import write_atomically
 
-from ...errors import UserError
+from ...errors import OrchestrateError, UsageError
+# the storage secret: environment only, never a profile field (the blob client's own constant)
+from ...storage.blob import CONNECTION_STRING_ENV
 
 # field -> environment variable (MLClient itself reads none of these)
 ENV_VARS = {
@@ -33,8 +35,6 @@ FLAGS = {
     "location": "--location",
 }
 PROFILE_FIELDS = tuple(ENV_VARS)
-# the storage secret: environment only, never a profile field (the blob client reads it too)
-CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 DEFAULT_PROFILE = "default"
 
 
@@ -50,11 +50,11 @@ class Settings:
     sources: dict = field(default_factory=dict)
 
     def require(self, *names):
-        """Raise UserError naming every missing field and the ways to set it."""
+        """Raise UsageError naming every missing field and the ways to set it."""
         missing = [n for n in names if not getattr(self, n)]
         if missing:
             how = "; ".join(f"{FLAGS[n]} or {ENV_VARS[n]}" for n in missing)
-            raise UserError(f"missing Azure setting(s): {how} (or run `orchestrate init`, "
+            raise UsageError(f"missing Azure setting(s): {how} (or run `orchestrate init`, "
                             f"or put an Azure ML config.json in this folder)")
         return self
 
@@ -77,9 +77,9 @@ def read_profiles(path):
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the profile file {path}: {exc}")
+        raise UsageError(f"cannot read the profile file {path}: {exc}")
     if not isinstance(data, dict) or not isinstance(data.get("profiles", {}), dict):
-        raise UserError(f"the profile file {path} is not an orchestrate profile file")
+        raise UsageError(f"the profile file {path} is not an orchestrate profile file")
     data.setdefault("profiles", {})
     return data
 
@@ -121,7 +121,7 @@ def _azureml_values(path):
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read Azure ML config {path}: {exc}")
+        raise UsageError(f"cannot read Azure ML config {path}: {exc}")
     values = {"subscription_id": data.get("subscription_id"),
               "resource_group": data.get("resource_group"),
               "workspace_name": data.get("workspace_name")}
@@ -150,7 +150,7 @@ def load_settings(flags=None, profile=None, env=None, cwd=None, new_profile=Fals
     if (profile or env.get("ORCHESTRATE_PROFILE")) and name not in data["profiles"] \
             and not new_profile:
         known = ", ".join(sorted(data["profiles"])) or "none yet; create one with `orchestrate init`"
-        raise UserError(f"unknown profile {name!r} in {path} (profiles: {known})")
+        raise UsageError(f"unknown profile {name!r} in {path} (profiles: {known})")
     layers = [("flag", flags),
               ("environment", {f: env.get(v) for f, v in ENV_VARS.items() if env.get(v)}),
               (f"profile {name!r}", data["profiles"].get(name, {}))]
@@ -172,7 +172,7 @@ def workspace_configured(env=None, cwd=None):
     """True when a workspace is fully named by env, profile or config.json; no network, no SDK."""
     try:
         s = load_settings(env=env, cwd=cwd)
-    except UserError:
+    except OrchestrateError:
         return False
     return bool(s.subscription_id and s.resource_group and s.workspace_name)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from remote_scripts.options import given_value
 from remote_scripts.search_space import PRIMARY_METRIC, describe as describe_trial, trial_id, trials_argument
 
-from ...errors import UserError
+from ...errors import UsageError
 from .job import (DEFAULT_DATASTORE, JobPlan, check_export_path, command_job, datastore_uri, describe,
                   export_yaml, plan_from_spec)
 from .seam import job_validation_errors, load_sdk
@@ -109,29 +109,29 @@ def sweep_plan_from_spec(spec, datastore=DEFAULT_DATASTORE):
     low_priority, experiment, max_hours, weights, packing: plan_from_spec), one node per trial,
     and the backend options max_concurrent_trials and early_termination."""
     if not spec.trials:
-        raise UserError("a sweep job needs the trials of a search")
+        raise UsageError("a sweep job needs the trials of a search")
     options = spec.backend_options
     if options.get("nodes") is not None and int(options["nodes"]) != 1:
-        raise UserError("--nodes applies to one training run: a search runs each trial on one node "
+        raise UsageError("--nodes applies to one training run: a search runs each trial on one node "
                         "(use max_concurrent_trials for trials at once)")
     job = plan_from_spec(spec, datastore=datastore)
     trials = [dict(trial) for trial in spec.trials]
     budget = given_value(job.train_args, "--time-budget")
     budget = float(budget) if budget is not None else None
     if budget is not None and not budget > 0:
-        raise UserError("--time-budget must be more than 0 seconds")
+        raise UsageError("--time-budget must be more than 0 seconds")
     concurrent = options.get("max_concurrent_trials")
     if concurrent is None:
         concurrent = min(len(trials), DEFAULT_CONCURRENCY)
     try:
         concurrent = int(concurrent)
     except (TypeError, ValueError):
-        raise UserError(f"max_concurrent_trials must be a whole number, not {concurrent!r}") from None
+        raise UsageError(f"max_concurrent_trials must be a whole number, not {concurrent!r}") from None
     if concurrent < 1:
-        raise UserError("max_concurrent_trials must be at least 1")
+        raise UsageError("max_concurrent_trials must be at least 1")
     policy = (options.get("early_termination") or "median").lower()
     if policy not in POLICIES:
-        raise UserError(f"early_termination {policy!r}: choose one of {', '.join(POLICIES)}")
+        raise UsageError(f"early_termination {policy!r}: choose one of {', '.join(POLICIES)}")
     return SweepPlan(job=job, trials=trials, budget_seconds=budget,
                      max_concurrent=min(concurrent, len(trials)), policy=policy)
 
@@ -173,7 +173,7 @@ def build_sweep(plan):
         sweep.tags = {"orchestrate.run_id": job.run_id, "orchestrate.kind": "search"}
     errors = job_validation_errors(sweep)
     if errors is not None:
-        raise UserError(f"invalid Azure ML sweep job: {errors}")
+        raise UsageError(f"invalid Azure ML sweep job: {errors}")
     return sweep
 
 

@@ -32,12 +32,13 @@ from remote_scripts.atomic import write_atomically
 from remote_scripts.search_space import (PRIMARY_METRIC, SEARCH_FILE, parse_history, parse_metrics, rank_key, trial_id,
                                          trial_row)
 
-from ...events import PREFIX, parse_line
+from ...events import PREFIX, notice, parse_line
+from ...run_folder import HISTORY, METRICS, TRIALS, RunFolder
 from ..base import CANCELED, COMPLETED, FAILED, QUEUED, TERMINAL, LogLine
 from .sweep_job import trial_prefix
 from .tailer import MAX_POLL, MIN_POLL, StatusNotices, map_status, tail
 
-TRIAL_FILES = ("metrics.json", "history.jsonl")
+TRIAL_FILES = (METRICS, HISTORY)
 BEST_CHILD_PROPERTY = "best_child_run_id"  # azure.ai.ml.constants SWEEP_JOB_BEST_CHILD_RUN_ID_PROPERTY_NAME
 STATES = {COMPLETED: "completed", FAILED: "failed", CANCELED: "canceled"}
 
@@ -92,7 +93,7 @@ def read_trial_files(container, run_id, child):
             texts[name] = container.download_blob(f"{trial_prefix(run_id, child, 'model')}/{name}").readall()
         except ResourceNotFoundError:
             texts[name] = b""
-    return parse_metrics(texts["metrics.json"]), parse_history(texts["history.jsonl"]), texts
+    return parse_metrics(texts[METRICS]), parse_history(texts[HISTORY]), texts
 
 
 def _state(child):
@@ -191,26 +192,21 @@ def recorded_best(run_dir, run_id):
     its download wrote in run_dir/outputs records it. The job name is what the best model is
     addressed by: its blobs are under sweep_job.trial_prefix, and azureml://jobs/<name>/outputs/model
     is its output; the sweep job's own outputs are templates (`${{name}}`) that hold nothing.
-    A UserError saying what to run when it is not known: the search has not ended and been
+    A UsageError saying what to run when it is not known: the search has not ended and been
     downloaded, or none of its trials completed."""
-    from pathlib import Path
+    from ...errors import UsageError
 
-    from ...errors import UserError
-
-    path = Path(run_dir) / "outputs" / SEARCH_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"the best trial of search {run_id} is not known yet: once the search has ended, "
-                        f"run `orchestrate download {run_id}`") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is unreadable: {exc}") from None
-    doc = doc if isinstance(doc, dict) else {}
+    folder = RunFolder(run_dir)
+    path = folder.output(SEARCH_FILE)
+    doc = folder.search()
+    if doc is None:
+        raise UsageError(f"the best trial of search {run_id} is not known yet: once the search has ended, "
+                         f"run `orchestrate download {run_id}`")
     best = doc.get("best")
     row = next((t for t in doc.get("trials") or [] if isinstance(t, dict) and t.get("trial") == best),
                None) if best else None
     if not row or not row.get("remote_id"):
-        raise UserError(f"no trial of search {run_id} completed: it has no model (see {path})")
+        raise UsageError(f"no trial of search {run_id} completed: it has no model (see {path})")
     return best, row["remote_id"]
 
 
@@ -224,22 +220,23 @@ def search_document(run_id, budget, summaries, service_best=None):
     return doc
 
 
-def download_search(seam, container, state, run_id, dest, say=None):
+def download_search(seam, container, state, run_id, dest, on_event=None):
     """The best trial's model output into `dest` (model.onnx, labels.json, metrics.json,
     history.jsonl, predictions.csv: a search's outputs are a run's outputs), each trial's
     metrics.json and history.jsonl under dest/trials/tNN/outputs/ (the local search's layout), and
-    dest/search.json. Returns the search document; raises UserError when no trial completed
-    (search.json is written first, so what the trials did stays readable)."""
+    dest/search.json. Returns the search document; raises UsageError when no trial completed
+    (search.json is written first, so what the trials did stays readable). The best trial's line
+    goes to `on_event` as a notice."""
     from pathlib import Path
 
-    from ...errors import UserError
+    from ...errors import UsageError
     from ...storage.blob import download_prefix
 
     dest = Path(dest)
     summaries, files, service_best, _ = collect(seam, container, state, run_id)
     doc = search_document(run_id, state["search"].get("budget_seconds"), summaries, service_best)
     for trial, texts in files.items():
-        folder = dest / "trials" / trial / "outputs"
+        folder = RunFolder(dest / TRIALS / trial).outputs
         for name, data in texts.items():
             if data:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -248,12 +245,12 @@ def download_search(seam, container, state, run_id, dest, say=None):
     write_atomically(dest / SEARCH_FILE, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
     best = best_trial(summaries)
     if best is None:
-        raise UserError(f"no trial of search {run_id} completed: there is no model to download "
+        raise UsageError(f"no trial of search {run_id} completed: there is no model to download "
                         f"(see {dest / SEARCH_FILE})")
     download_prefix(container, trial_prefix(run_id, best["remote_id"], "model"), dest)
-    if say:
-        say(f"best trial {best['trial']} ({best['remote_id']}): {PRIMARY_METRIC} "
-            f"{_text(best[PRIMARY_METRIC])}; its model is in {dest}")
+    if on_event:
+        on_event(notice(f"best trial {best['trial']} ({best['remote_id']}): {PRIMARY_METRIC} "
+                        f"{_text(best[PRIMARY_METRIC])}; its model is in {dest}"))
     return doc
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.markup import escape as _markup_escape
 from rich.table import Table
 
-from .printable import printable
+from ..printable import printable
 
 LOG_TAIL_LINES = 30  # ordinary log lines kept to explain a failure
 # The phase every attempt of the job reports first, before its run_start (train.py scans the
@@ -454,7 +454,7 @@ def comparison_table(comparison):
     """`runs compare`: one column per run; status, the parameters that differ, then the metrics
     with each one's best value marked "*". Parameters every run shares and notes come after it
     (comparison_notes), so that the table stays as narrow as the differences."""
-    from .compare import METRICS
+    from ..compare import METRICS
 
     runs = [run["run_id"] for run in comparison["runs"]]
     table = Table(show_header=True, header_style="bold")
@@ -489,7 +489,7 @@ def comparison_table(comparison):
 def comparison_notes(comparison):
     """The lines under the comparison table: what every run shares, what "*" means, and which runs'
     outputs are not on this machine."""
-    from .compare import LOWER, METRICS, OUTPUTS_NOT_DOWNLOADED
+    from ..compare import LOWER, METRICS, OUTPUTS_NOT_DOWNLOADED
 
     notes = []
     same = [f"{name} {_parameter_text(next(iter(entry['values'].values())))}"

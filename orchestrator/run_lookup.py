@@ -1,0 +1,104 @@
+"""Finding a run and its files from what a user types: a run id, a unique prefix, or a folder.
+
+Below the SDK's Run and runs (which build on it) and above the ledger, the backends and the run
+folder: what predict, report, register and the Run methods share to reach a run's job and outputs.
+"""
+from pathlib import Path
+
+from .backends.base import COMPLETED
+from .errors import UsageError
+from .run_folder import MODEL, OUTPUTS, RunFolder
+
+
+def cost_of(record):
+    """The estimated cost of an Azure run (duration x nodes x hourly price), None for other runs.
+
+    The price comes from azure.json when cached there, else from the workspace's list_sizes (then
+    cached); no reachable workspace is a reason in the estimate, never an error."""
+    if record.backend != "azure":
+        return None
+    from .backends.azure.assets import cost_estimate
+
+    state = RunFolder(record.run_dir).backend_state()
+    if state is None:
+        return {"error": "azure.json is missing"}
+    return cost_estimate(record, state, seam_factory=lambda: azure_seam(record)[0])
+
+
+def find(run_id, job=True):
+    """(ledger, record, backend, RunRef) for a run id or unique prefix.
+
+    A trial of a search ran inside its search's job and has no job of its own: what talks to a
+    run's job (`job`: logs, status, cancel, download, register) refuses it, naming the search to
+    use instead."""
+    from .backends import get_backend
+    from .ledger import Ledger
+    from .runner import run_ref
+
+    ledger = Ledger()
+    record = ledger.get(run_id)
+    if job and record.search_id:
+        raise UsageError(f"run {record.run_id} is a trial of the search {record.search_id}, which ran as one job: "
+                         f"use {record.search_id} (it stands for its best trial)")
+    return ledger, record, get_backend(record.backend), run_ref(record)
+
+
+def folder_for(run, wanted):
+    """The folder of `run`, for what reads a run's outputs (report, predict...).
+
+    `run` is a folder path (a run's outputs/ folder stands for its run folder), or a run id or
+    unique prefix: then the folder the ledger records, with the outputs of a completed run
+    downloaded first when outputs/`wanted` (a file name) is not there yet. UsageError when a
+    run id's folder is missing or its run has no `wanted` (yet).
+    """
+    path = Path(run)
+    if path.is_dir():
+        found = RunFolder.containing(path)
+        return found.path if found else path
+    ledger, record, backend, ref = find(run, job=False)
+    folder = RunFolder(record.run_dir)
+    if record.search_id:  # a trial: its folder came with its search's outputs
+        if not folder.output(wanted).is_file():
+            why = (f"a search keeps the model of its best trial only, use {record.search_id}" if wanted == MODEL
+                   else f"the trial {record.status} without it")
+            raise UsageError(f"run {record.run_id} has no {wanted}: {why}")
+        return folder.path
+    if not folder.output(wanted).is_file() and backend.status(ref) == COMPLETED:
+        from .runner import fetch_outputs
+
+        fetch_outputs(backend, ledger, record)
+    if not folder.path.is_dir():
+        raise UsageError(f"the folder of run {record.run_id} is missing: {record.run_dir}")
+    if not folder.output(wanted).is_file():
+        raise UsageError(f"run {record.run_id} has no {wanted} yet (status: {record.status})")
+    return folder.path
+
+
+def model_path(model_or_run) -> Path:
+    """The model.onnx of a file path, a run folder, a run's outputs folder, or a run id (whose
+    outputs are downloaded first when needed). UsageError when there is none."""
+    path = Path(model_or_run)
+    if path.is_file():
+        return path
+    folder = folder_for(model_or_run, wanted=MODEL)
+    for candidate in (folder / MODEL, folder / OUTPUTS / MODEL):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"no {MODEL} in {path}")
+
+
+def azure_seam(record):
+    """(seam, azure.json state) for the workspace an Azure run's azure.json names (no settings needed)."""
+    from .backends.azure.settings import Settings, load_settings
+    from .workspace import seam_for
+
+    if record.backend != "azure":
+        raise UsageError(f"run {record.run_id} ran on the {record.backend} backend: only Azure runs can be "
+                         "registered as Azure ML assets")
+    folder = RunFolder(record.run_dir)
+    state = folder.backend_state()
+    if state is None:
+        raise UsageError(f"{folder.backend_state_path} is missing or unreadable: "
+                         f"cannot find the Azure ML job of run {record.run_id}")
+    secret = load_settings().storage_connection_string
+    return seam_for(Settings(**state["workspace"], storage_connection_string=secret)), state

@@ -1,0 +1,154 @@
+"""Batch scoring, wherever the images are: a local folder here, an Azure blob folder on Azure ML.
+
+`score(model, data, out)` is what `orchestrate score` runs. Local DATA (a folder, an image, or a
+list of them) is scored in this process (Model.score). DATA given as az://DATASTORE/PREFIX, or as
+az://ACCOUNT/CONTAINER/PREFIX (what `orchestrate data upload --no-pack` prints), is scored on
+Azure ML as a parallel job (orchestrator.backends.azure.score_job) spread over `instances`
+nodes, and its predictions are downloaded to `out` at the end, in the same columns.
+
+Example:
+    >>> import orchestrator
+    >>> orchestrator.score("digits-20261123-101500-ab12", "./new-photos", "scores.csv")["scored"]
+    1200
+    >>> plan = orchestrator.score("digits-20261123-101500-ab12", "az://workspaceblobstore/photos",
+    ...                           "scores.csv", instances=4, dry_run=True, export="score.yml")
+    >>> print(plan.description)
+"""
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from . import events
+from .errors import UsageError
+from .inference import BATCH_SIZE
+from .plan import Plan
+
+if TYPE_CHECKING:
+    from .model import Model
+
+AZURE_DATA = "az://"  # a blob prefix: scored on Azure ML as a parallel job
+
+# The values only a parallel job has, with the flags of `orchestrate score` that set them: any of
+# them given with local data is a mistake, named by its flag.
+AZURE_ONLY = {"compute": "--compute", "instances": "--instances", "processes_per_node": "--processes-per-node",
+              "mini_batch_size": "--mini-batch-size", "dry_run": "--dry-run", "export": "--export",
+              "subscription_id": "--subscription-id", "resource_group": "--resource-group",
+              "workspace_name": "--workspace", "profile": "--profile"}
+
+
+def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable[str | os.PathLike],
+          out: str | os.PathLike, *,
+          top_k: int = 1, force: bool = False, batch_size: int = BATCH_SIZE, workers: int | None = None,
+          compute: str | None = None, instances: int | None = None, processes_per_node: int | None = None,
+          mini_batch_size: int | None = None, dry_run: bool = False, export: str | os.PathLike | None = None,
+          approve: events.Approve | None = None, on_event: Callable[[dict], None] = events.ignore,
+          subscription_id: str | None = None, resource_group: str | None = None, workspace_name: str | None = None,
+          profile: str | None = None, runs_dir: str | os.PathLike = "runs") -> "dict | Plan":
+    """Score the images of `data` with `model` into `out` (.csv or .jsonl: path, label, score,
+    top_k, error per image); an existing `out` is replaced only with `force`.
+
+    `model`: a Model, a model.onnx file, a run folder, or a run id or unique prefix.
+
+    Local `data` (a folder, recursively, an image, or a list of them) is scored in this process,
+    `batch_size` images per ONNX Runtime call while `workers` threads decode; progress comes as
+    transfer events (unit "images"). Returns {images, scored, errors, seconds,
+    images_per_second, out}. The Azure-only values below are a UsageError naming their flags.
+
+    `data` as az://DATASTORE/PREFIX or az://ACCOUNT/CONTAINER/PREFIX is scored on Azure ML: a
+    parallel job on `compute` (an alias or VM size, default cpu) with `instances` nodes of
+    `processes_per_node` processes, `mini_batch_size` files per mini-batch. The model is the
+    run's model.onnx where the workspace holds it (an Azure run's, read in place), else the local
+    file, uploaded with the job. The workspace is found as the CLI finds it: these keyword
+    arguments, then the environment, then `profile`. A missing cluster is created after its quota
+    check; approve("create compute NAME?") is asked first and stops it by returning False or
+    raising; None creates it without asking. Progress comes as notice events; a failed job is JobFailed.
+    Returns {rows, errors, skipped, run_id, out, seconds, images_per_second}.
+    With `dry_run` (or `export`, a new .yml file for the job) nothing is created and no cloud call
+    is made: a Plan comes back.
+
+    Example:
+        >>> score("digits-20261123-101500-ab12", "./photos", "scores.jsonl", top_k=3, force=True)
+        {'images': 120, 'scored': 119, 'errors': 1, 'seconds': 2.1, 'images_per_second': 57.1, ...}
+    """
+    azure = {"compute": compute, "instances": instances, "processes_per_node": processes_per_node,
+             "mini_batch_size": mini_batch_size, "dry_run": dry_run, "export": export,
+             "subscription_id": subscription_id, "resource_group": resource_group,
+             "workspace_name": workspace_name, "profile": profile}
+    if isinstance(data, str) and data.startswith(AZURE_DATA):
+        return _score_on_azure(model, data, out, force=force, top_k=top_k, on_event=on_event,
+                               runs_dir=runs_dir, approve=approve, **azure)
+    given = [AZURE_ONLY[name] for name, value in azure.items() if value not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)}: Azure ML option(s), for DATA given as az://DATASTORE/PREFIX or "
+                         "az://ACCOUNT/CONTAINER/PREFIX; drop them to score a local folder")
+    from .inference.score import check_out
+    from .model import Model
+
+    out = check_out(out, force)  # before the model loads: a wrong name costs nothing
+    model = model if isinstance(model, Model) else Model(model)
+
+    def progress(done, total):
+        on_event(events.transfer("score", done, total, unit="images"))
+    return model.score(data, out, top_k=top_k, batch_size=batch_size, workers=workers, force=force,
+                       on_progress=progress)
+
+
+def azure_model(model_or_run: "Model | str | os.PathLike") -> str | Path:
+    """The model of a score job on Azure ML: an Azure run's model.onnx where the workspace already
+    holds it (an azureml:// URI, read in place; a search's is its best trial's, a UsageError while
+    search.json does not name it yet), else the local model.onnx `Model` would use (uploaded with
+    the job), loaded here first so that a file which is no orchestrate model fails now, not on
+    every node.
+
+    Example:
+        >>> azure_model("eurosat-20261202-061500-ab12")
+        'azureml://datastores/workspaceblobstore/paths/orchestrate/runs/eurosat-.../model/model.onnx'
+    """
+    from .model import Model
+
+    if isinstance(model_or_run, Model):
+        return model_or_run.path
+    if not Path(model_or_run).exists():
+        from .backends.azure.score_job import azure_run_model_uri
+        from .run_lookup import find
+
+        _, record, _, _ = find(model_or_run)
+        if record.backend == "azure":
+            uri = azure_run_model_uri(record.run_dir, record.run_id)
+            if uri:
+                return uri
+    return Model(model_or_run).path
+
+
+def _score_on_azure(model, data, out, *, force, top_k, on_event, runs_dir, compute, instances, processes_per_node,
+                    mini_batch_size, dry_run, export, approve, profile, **workspace):
+    """Plan the parallel job of `data`, then return it as a Plan (dry_run, export) or run it to `out`."""
+    from .backends.azure.job import check_export_path
+    from .backends.azure.score_job import (ScoreRun, build_score_job, describe_score, export_score_yaml,
+                                           parse_data_uri, plan_score)
+    from .backends.azure.settings import load_settings
+    from .runner import new_run_id
+
+    dry_run = dry_run or export is not None
+    if export is not None:
+        check_export_path(export)
+    if not dry_run:
+        from .inference.score import check_out
+
+        out = check_out(out, force)
+    settings = load_settings(workspace, profile=profile)
+    _, prefix = parse_data_uri(data)
+    run_id = new_run_id(f"score-{PurePosixPath(prefix).name}")
+    plan = plan_score(azure_model(model), data, run_id=run_id, compute=compute, instances=instances,
+                      processes=processes_per_node, mini_batch_size=mini_batch_size, top_k=top_k)
+    if dry_run:
+        if export is not None:
+            export_score_yaml(build_score_job(plan), export)
+        return Plan(run_id=run_id, description=describe_score(plan, settings), spec=plan,
+                    export=None if export is None else Path(export),
+                    write_yaml=lambda path: export_score_yaml(build_score_job(plan), path))
+    from .ledger import Ledger
+
+    run = ScoreRun(settings, Ledger(), on_event=on_event, approve=approve)
+    return run.run(plan, Path(runs_dir).resolve() / run_id, out)

@@ -1,0 +1,285 @@
+"""orchestrator.train: start a training run, or a search, on the local, Docker or Azure ML backend.
+
+The options are `orchestrate train`'s, with underscores: the job's own (remote_scripts/options.py
+OPTIONS: epochs, image_size, mode...) and the backends' (BACKEND_OPTIONS below), each checked by
+the same rule on both sides, since the CLI's flags are generated from these tables. Everything
+is checked before anything starts: the options, the dataset (the job's own scan and split), the
+backend; then the run is recorded in the ledger and submitted, and train() returns its Run.
+
+Example:
+    >>> import orchestrator
+    >>> run = orchestrator.train("./digits", backend="local", epochs=3, weights="none", image_size=32)
+    >>> run.wait().metrics["accuracy"]
+    0.91
+    >>> plan = orchestrator.train("./EuroSAT", compute="gpu-nc12", dry_run=True, export="job.yml")
+    >>> print(plan.description)
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+from remote_scripts.options import BY_DEST, OPTIONS, Option, problems, to_arguments
+
+from .errors import DatasetError, UsageError
+from .events import ignore, notice
+from .plan import Plan
+
+if TYPE_CHECKING:
+    from .run import Run
+
+BACKENDS = ("auto", "local", "docker", "azure")
+WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
+
+
+@dataclass(frozen=True)
+class BackendOption(Option):
+    """A backend's option of `train`: which backends take it, checked like the job's options."""
+    backends: tuple = ()
+
+
+AZURE = ("azure",)
+# The backends' options, declared once: train() checks them, the CLI generates its flags from them.
+BACKEND_OPTIONS = (
+    BackendOption("--base-image", "str", None, "base image of the training image", backends=("docker",)),
+    BackendOption("--gpus", "str", None, "all, N or none; one training process per GPU when more than one "
+                  "[default: all (docker: when a GPU runtime is present)]", backends=("local", "docker")),
+    BackendOption("--nproc", "int", None, "training processes (DDP; on CPUs too) [default: one per GPU, at least one]",
+                  low=1, backends=("local", "docker")),
+    BackendOption("--cpus", "float", None, "CPU limit", low=0, low_open=True, backends=("docker",)),
+    BackendOption("--memory", "str", None, "memory limit, e.g. 8g", backends=("docker",)),
+    BackendOption("--compute", "str", None, "compute alias or VM size (see 'orchestrate compute sizes') "
+                  "[default: gpu-t4]", backends=AZURE),
+    BackendOption("--nodes", "int", None, "nodes; one process per GPU on each [default: 1]", low=1, backends=AZURE),
+    BackendOption("--low-priority", "flag", None, "low-priority nodes (cheaper, preemptible; the job resumes "
+                  "from its checkpoint)", backends=AZURE),
+    BackendOption("--experiment", "str", None, "experiment name [default: orchestrate]", backends=AZURE),
+    BackendOption("--max-hours", "float", None, "the job's timeout; the service cancels it after this many "
+                  "hours [default: 24]", low=0, low_open=True, backends=AZURE),
+    BackendOption("--weights-upload", "flag", None, "send the ImageNet weights with the job, for workspaces "
+                  "without outbound access (a --weights file is always sent)", backends=AZURE),
+    BackendOption("--no-pack", "flag", None, "upload the image files one blob each (mounted by the job) instead "
+                  "of packed shards (downloaded by the job; see `orchestrate data pack`)", backends=AZURE),
+    BackendOption("--max-concurrent-trials", "int", None, "with --search: trials running at once, one node each "
+                  "[default: up to 4]", low=1, backends=AZURE),
+    BackendOption("--early-termination", "choice", None, "with --search: the sweep's policy for trials that fall "
+                  "behind (median: the rule the local search applies too) [default: median]",
+                  choices=("median", "bandit", "none"), backends=AZURE),
+    BackendOption("--register", "flag", None, "when the run completes, register its ONNX model (labels, test "
+                  "metrics as tags) and its dataset as Azure ML assets (later: orchestrate register RUN)",
+                  backends=AZURE),
+)
+# The workspace an Azure run uses (backends.azure.settings resolves them: flags > env > profile).
+WORKSPACE_OPTIONS = (*WORKSPACE_FIELDS, "profile")
+# Options that only an Azure ML job has: any of them means the azure backend (a user who names a
+# compute cluster wants the cloud, not a silent run on the laptop).
+AZURE_ONLY = {**{option.dest: option.flag for option in BACKEND_OPTIONS if option.backends == AZURE},
+              "subscription_id": "--subscription-id", "resource_group": "--resource-group",
+              "workspace_name": "--workspace", "profile": "--profile"}
+
+
+def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] = None,
+          runs_dir: Union[str, Path] = "runs", search: bool = False, trials: Optional[int] = None,
+          space: Union[str, Path, None] = None, dry_run: bool = False, export: Union[str, Path, None] = None,
+          approve: Optional[Callable[[str], bool]] = None, on_event: Optional[Callable[[dict], None]] = None,
+          **options) -> Union["Run", Plan]:
+    """Start training a classifier on `data` and return its Run once the job is submitted.
+
+    data: a folder with one sub-folder of images per label (or see labels=), a packed dataset
+      (orchestrator.data.pack), or such a dataset at s3://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX
+      (packed into the cache folder first).
+    backend: "local", "docker", "azure" or "auto" (azure when an Azure-only option is given or a
+      workspace is configured, else docker when an engine answers, else local).
+    search: try several configurations, cheapest first, each a run of its own (`trials`: at most
+      this many; `space`: a YAML file of the configurations); time_budget= is the whole search's.
+    dry_run: return a Plan of the Azure ML job instead (export=PATH writes its YAML); nothing is created.
+    approve: approve("create compute NAME?") is asked before an Azure compute cluster is created
+      (return False to stop); None: create it without asking.
+    on_event: receives progress as event dicts: uploads, downloads, notices ({"type": "notice"}).
+    options: `orchestrate train`'s options with underscores: epochs=, image_size=, mode=, weights=,
+      compute=, nodes=, gpus=... (`orchestrate train --help` lists them; BACKEND_OPTIONS and
+      remote_scripts.options.OPTIONS declare them).
+
+    Raises UsageError for an unknown or out-of-range option (naming it), DatasetError for data that
+    cannot be trained on, ServiceError when Azure, storage or Docker refuses; all before a job starts.
+
+    Example:
+        >>> run = orchestrator.train("./flowers", backend="docker", mode="full", epochs=5)
+        >>> run.id
+        'flowers-20261207-101500-ab12'
+    """
+    from . import runner
+    from .backends import get_backend
+    from .dataset.sources import is_uri
+    from .ledger import Ledger
+    from .run import Run
+    from .weights import fetch_imagenet_weights, wanted_imagenet_arch
+
+    on_event = on_event or ignore
+    if backend not in BACKENDS:
+        raise UsageError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    values, backend_options = checked_options(options)
+    if is_uri(str(data)):  # trained on as its packed copy in the cache folder, on every backend
+        from .data import pack
+        from .dataset.sources import open_source
+
+        name = name or open_source(str(data)).name
+        data = pack(str(data), labels=values["labels"], on_event=on_event).out_dir
+    data = Path(data)
+    validate_dataset(data, values)
+    trial_list = search_trials(search, values, space, trials, backend_options)
+    name = name or data.resolve().name
+    spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir, trials=trial_list)
+    if dry_run or export:
+        return plan(backend, spec, export, on_event)
+    chosen, workspace = choose_backend(backend, spec.backend_options)
+    if workspace:
+        on_event(notice(workspace))
+    engine = get_backend(chosen, on_event=on_event, **({"approve": approve} if chosen == "azure" else {}))
+    if engine.name in ("local", "docker") or spec.backend_options.get("weights_upload"):
+        for train_args in {wanted_imagenet_arch(args): args for args in job_arguments(spec)}.values():  # one per arch
+            fetch_imagenet_weights(train_args, on_event)
+    ledger = Ledger()
+    runner.start(engine, ledger, spec, name)
+    return Run(ledger.get(spec.run_id), ledger)
+
+
+def checked_options(options):
+    """({job option dest: value or None}, {backend option: value}) of train()'s `options`, each
+    value checked by its table's rule; UsageError naming the first bad one."""
+    backend_table = {option.dest: option for option in BACKEND_OPTIONS}
+    values = {option.dest: None for option in OPTIONS}
+    backend_options = {}
+    for key, value in options.items():
+        option = BY_DEST.get(key) or backend_table.get(key)
+        if option is None and key not in WORKSPACE_OPTIONS:
+            raise UsageError(f"train() got an unknown option {key!r} (the options of `orchestrate train --help`, "
+                             "with underscores)")
+        if value is None:
+            continue
+        problem = _problem(option, value) if option else (None if isinstance(value, str) else "must be a string")
+        if problem:
+            raise UsageError(f"{key}={value!r}: {problem}")
+        if key in values:
+            values[key] = str(value) if option.kind == "str" else value
+        elif value is not False:
+            backend_options[key] = value
+    found = problems(values)  # the rules across options
+    if found:
+        raise UsageError("; ".join(found))
+    return values, backend_options
+
+
+def _problem(option, value):
+    """What is wrong with `value` for `option` (its kind, choices and range), or None."""
+    if option.kind == "flag":
+        return None if isinstance(value, bool) else "must be True or False"
+    if option.kind == "choice":
+        return None if value in option.choices else f"must be one of {', '.join(option.choices)}"
+    if option.kind == "str":
+        return None if isinstance(value, (str, Path)) else "must be a string"
+    number_types = (int,) if option.kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, number_types):
+        return f"must be {'an integer' if option.kind == 'int' else 'a number'}"
+    return option.check(value)
+
+
+def validate_dataset(data, values):
+    """Reject unusable data here, in one line, before any job starts or any byte is uploaded.
+
+    Runs the job's own scan, sample and split (no image is decoded), so the checks and their
+    messages are the job's. A `labels` table is handed to the job as its path inside DATA (the
+    only folder a container or an Azure ML job sees), so `values` is updated with it.
+    """
+    from remote_scripts import folder_dataset as fd
+    from remote_scripts import packed_dataset
+
+    def given(name):
+        return BY_DEST[name].default if values[name] is None else values[name]
+
+    val, test, labels = given("val_fraction"), given("test_fraction"), given("labels")
+    try:
+        if packed_dataset.is_packed(str(data)):  # its index holds the labels: the job does not read --labels again
+            found = packed_dataset.PackedDataset(str(data)).scan()
+        else:
+            labels = fd.label_source_for_job(str(data), labels)
+            if values["labels"] is not None:
+                values["labels"] = labels
+            found = fd.scan(str(data), labels=labels)
+        samples = fd.sample_fraction(found.samples, given("sample_fraction"), given("seed"), val, test)
+        fd.stratified_split(samples, found.classes, val, test, seed=0)
+    except fd.DatasetError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def choose_backend(name, options):
+    """(backend name, the line saying which workspace an Azure run uses, or None).
+
+    auto: azure when an Azure-only option is given or a workspace is configured, else docker when
+    an engine answers, else local. Azure without a workspace is a one-line error naming
+    `orchestrate init` and the variables, before anything is created or uploaded.
+    """
+    azure_flags = [flag for key, flag in AZURE_ONLY.items() if options.get(key) is not None]
+    if azure_flags and name not in ("auto", "azure"):
+        raise UsageError(f"{', '.join(azure_flags)}: Azure ML option(s), which --backend {name} has not; "
+                         "drop them or use --backend azure")
+    if azure_flags:
+        name = "azure"
+    if name in ("auto", "azure"):
+        from .backends.azure.settings import load_settings
+
+        settings = load_settings({f: options.get(f) for f in WORKSPACE_FIELDS}, profile=options.get("profile"))
+        if all(getattr(settings, f) for f in WORKSPACE_FIELDS):
+            sources = sorted({settings.sources[f] for f in WORKSPACE_FIELDS})
+            return "azure", (f"Azure ML workspace {settings.workspace_name} (resource group "
+                             f"{settings.resource_group}, subscription {settings.subscription_id}) from "
+                             f"{', '.join(sources)}")
+        if name == "azure":
+            settings.require(*WORKSPACE_FIELDS)  # one line naming each missing setting and `orchestrate init`
+    if name != "auto":
+        return name, None
+    from .backends.docker import engine_available
+
+    return ("docker" if engine_available() else "local"), None
+
+
+def plan(backend, spec, export, on_event):
+    """The Plan of `spec` as an Azure ML job, its YAML written to `export` when given; no cloud call."""
+    if backend not in ("auto", "azure"):
+        raise UsageError("--dry-run and --export describe an Azure ML job: use them with --backend azure")
+    from .backends.azure.backend import describe_plan, export_job_yaml
+    from .backends.azure.job import check_export_path
+    from .weights import fetch_imagenet_weights
+
+    if export:
+        check_export_path(export)
+    description = describe_plan(spec)
+    if export:
+        if spec.backend_options.get("weights_upload"):  # the YAML names the file az ml job create uploads
+            fetch_imagenet_weights(spec.train_args, on_event)
+        export_job_yaml(spec, export)
+    return Plan(spec.run_id, description, spec, Path(export) if export else None,
+                write_yaml=lambda path: export_job_yaml(spec, path))
+
+
+def search_trials(search, values, space_file, max_trials, backend_options):
+    """The trials of a search (orchestrator.search.plan_trials), None without `search`."""
+    if not search:
+        if space_file is not None or max_trials is not None:
+            raise UsageError("--trials and --space choose the trials of a search: add --search")
+        if "max_concurrent_trials" in backend_options or "early_termination" in backend_options:
+            raise UsageError("--max-concurrent-trials and --early-termination set up a search's sweep job: add --search")
+        return None
+    if backend_options.get("nproc", 1) > 1:
+        raise UsageError("--search runs its trials one after another in one process: drop --nproc")
+    if values["val_fraction"] == 0:
+        raise UsageError("--search ranks its trials by validation accuracy: --val-fraction must be above 0")
+    from .search import plan_trials
+
+    return plan_trials(values, space_file, max_trials)
+
+
+def job_arguments(spec):
+    """The train.py arguments of each configuration `spec` runs: its own, or each trial's."""
+    if spec.trials is None:
+        return [spec.train_args]
+    return [spec.train_args + to_arguments(trial) for trial in spec.trials]
