@@ -280,7 +280,8 @@ class Run:
             return register_run(seam, self._record, state, model_name, data_name)
 
     def cost(self) -> Optional[dict]:
-        """An Azure run's estimated cost: its duration x nodes x the size's hourly price in the
+        """An Azure run's estimated cost: the nodes of its own record x the time Azure ML's run records say
+        they ran (+ 10 idle minutes before scale-down) x the size's hourly price in the
         workspace's region ({"amount", "currency", ...}, or {"error": why} when it cannot be told);
         None for a local or docker run.
 

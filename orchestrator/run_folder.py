@@ -7,6 +7,9 @@
       outputs/           the job's outputs (job contract, DESIGN.md 4.1): model.onnx, labels.json,
                          metrics.json, history.jsonl, predictions.csv; a search's search.json and trials/
       azure.json         an Azure ML run's job name, workspace and output paths (no secret)
+      container.json     a Docker run's end: exit code, status, container id, OOM kill
+      exit_code          a local run's end: the job's exit code (local_job writes it)
+      cancel_requested   the marker of a cancel asked for, so an end after it counts as canceled
       report.html        `orchestrate report`
 
 Backends, the SDK, the report and the comparison read and write these files through RunFolder,
@@ -33,6 +36,9 @@ LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 OUTPUTS = "outputs"
 BACKEND_STATE = "azure.json"
+CONTAINER_STATE = "container.json"
+EXIT_CODE = "exit_code"
+CANCEL_REQUESTED = "cancel_requested"
 REPORT = "report.html"
 # the job's outputs, as the job contract names them
 MODEL, LABELS, METRICS, HISTORY, PREDICTIONS = "model.onnx", "labels.json", "metrics.json", "history.jsonl", "predictions.csv"
@@ -89,6 +95,18 @@ class RunFolder:
     @property
     def backend_state_path(self):
         return self.path / BACKEND_STATE
+
+    @property
+    def container_state_path(self):
+        return self.path / CONTAINER_STATE
+
+    @property
+    def exit_code_path(self):
+        return self.path / EXIT_CODE
+
+    @property
+    def cancel_marker(self):
+        return self.path / CANCEL_REQUESTED
 
     def trial(self, trial):
         """The run folder of a search's trial `trial` (t01...), which came with the search's outputs."""

@@ -1,8 +1,8 @@
 """orchestrator.train: start a training run, or a search, on the local, Docker or Azure ML backend.
 
 The options are `orchestrate train`'s, with underscores: the job's own (remote_scripts/options.py
-OPTIONS: epochs, image_size, mode...) and the backends' (BACKEND_OPTIONS below), each checked by
-the same rule on both sides, since the CLI's flags are generated from these tables. Everything
+OPTIONS: epochs, image_size, mode...) and the backends' (each backend class's `options`), each
+checked by the same rule on both sides, since the CLI's flags are generated from these tables. Everything
 is checked before anything starts: the options, the dataset (the job's own scan and split), the
 backend; then the run is recorded in the ledger and submitted, and train() returns its Run.
 
@@ -14,11 +14,10 @@ Example:
     >>> plan = orchestrator.train("./EuroSAT", compute="gpu-nc12", dry_run=True, export="job.yml")
     >>> print(plan.description)
 """
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Union
 
-from remote_scripts.options import BY_DEST, OPTIONS, Option, problems, to_arguments
+from remote_scripts.options import BY_DEST, OPTIONS, problems, to_arguments
 
 from .errors import DatasetError, UsageError
 from .events import ignore, notice
@@ -27,54 +26,27 @@ from .plan import Plan
 if TYPE_CHECKING:
     from .run import Run
 
-BACKENDS = ("auto", "local", "docker", "azure")
 WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
+# The workspace an Azure run uses (backends.azure.settings resolves them: flags > env > profile), with
+# the flags that set them.
+WORKSPACE_FLAGS = {"subscription_id": "--subscription-id", "resource_group": "--resource-group",
+                   "workspace_name": "--workspace", "profile": "--profile"}
 
 
-@dataclass(frozen=True)
-class BackendOption(Option):
-    """A backend's option of `train`: which backends take it, checked like the job's options."""
-    backends: tuple = ()
+def backend_choices():
+    """"auto" and the registered backends' names: what backend= takes."""
+    from .backends import BACKENDS
+
+    return ("auto", *BACKENDS)
 
 
-AZURE = ("azure",)
-# The backends' options, declared once: train() checks them, the CLI generates its flags from them.
-BACKEND_OPTIONS = (
-    BackendOption("--base-image", "str", None, "base image of the training image", backends=("docker",)),
-    BackendOption("--gpus", "str", None, "all, N or none; one training process per GPU when more than one "
-                  "[default: all (docker: when a GPU runtime is present)]", backends=("local", "docker")),
-    BackendOption("--nproc", "int", None, "training processes (DDP; on CPUs too) [default: one per GPU, at least one]",
-                  low=1, backends=("local", "docker")),
-    BackendOption("--cpus", "float", None, "CPU limit", low=0, low_open=True, backends=("docker",)),
-    BackendOption("--memory", "str", None, "memory limit, e.g. 8g", backends=("docker",)),
-    BackendOption("--compute", "str", None, "compute alias or VM size (see 'orchestrate compute sizes') "
-                  "[default: gpu-t4]", backends=AZURE),
-    BackendOption("--nodes", "int", None, "nodes; one process per GPU on each [default: 1]", low=1, backends=AZURE),
-    BackendOption("--low-priority", "flag", None, "low-priority nodes (cheaper, preemptible; the job resumes "
-                  "from its checkpoint)", backends=AZURE),
-    BackendOption("--experiment", "str", None, "experiment name [default: orchestrate]", backends=AZURE),
-    BackendOption("--max-hours", "float", None, "the job's timeout; the service cancels it after this many "
-                  "hours [default: 24]", low=0, low_open=True, backends=AZURE),
-    BackendOption("--weights-upload", "flag", None, "send the ImageNet weights with the job, for workspaces "
-                  "without outbound access (a --weights file is always sent)", backends=AZURE),
-    BackendOption("--no-pack", "flag", None, "upload the image files one blob each (mounted by the job) instead "
-                  "of packed shards (downloaded by the job; see `orchestrate data pack`)", backends=AZURE),
-    BackendOption("--max-concurrent-trials", "int", None, "with --search: trials running at once, one node each "
-                  "[default: up to 4]", low=1, backends=AZURE),
-    BackendOption("--early-termination", "choice", None, "with --search: the sweep's policy for trials that fall "
-                  "behind (median: the rule the local search applies too) [default: median]",
-                  choices=("median", "bandit", "none"), backends=AZURE),
-    BackendOption("--register", "flag", None, "when the run completes, register its ONNX model (labels, test "
-                  "metrics as tags) and its dataset as Azure ML assets (later: orchestrate register RUN)",
-                  backends=AZURE),
-)
-# The workspace an Azure run uses (backends.azure.settings resolves them: flags > env > profile).
-WORKSPACE_OPTIONS = (*WORKSPACE_FIELDS, "profile")
-# Options that only an Azure ML job has: any of them means the azure backend (a user who names a
-# compute cluster wants the cloud, not a silent run on the laptop).
-AZURE_ONLY = {**{option.dest: option.flag for option in BACKEND_OPTIONS if option.backends == AZURE},
-              "subscription_id": "--subscription-id", "resource_group": "--resource-group",
-              "workspace_name": "--workspace", "profile": "--profile"}
+def azure_only():
+    """{dest: flag} of the options that only an Azure ML job has: any of them means the azure
+    backend (a user who names a compute cluster wants the cloud, not a silent run on the laptop)."""
+    from .backends import backend_options
+
+    return {**{dest: option.flag for dest, (option, backends) in backend_options().items() if backends == ("azure",)},
+            **WORKSPACE_FLAGS}
 
 
 def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] = None,
@@ -96,8 +68,8 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
       (return False to stop); None: create it without asking.
     on_event: receives progress as event dicts: uploads, downloads, notices ({"type": "notice"}).
     options: `orchestrate train`'s options with underscores: epochs=, image_size=, mode=, weights=,
-      compute=, nodes=, gpus=... (`orchestrate train --help` lists them; BACKEND_OPTIONS and
-      remote_scripts.options.OPTIONS declare them).
+      compute=, nodes=, gpus=... (`orchestrate train --help` lists them; the backends' `options`
+      and remote_scripts.options.OPTIONS declare them).
 
     Raises UsageError for an unknown or out-of-range option (naming it), DatasetError for data that
     cannot be trained on, ServiceError when Azure, storage or Docker refuses; all before a job starts.
@@ -115,8 +87,8 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     from .weights import fetch_imagenet_weights, wanted_imagenet_arch
 
     on_event = on_event or ignore
-    if backend not in BACKENDS:
-        raise UsageError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend not in backend_choices():
+        raise UsageError(f"backend={backend!r}: choose one of {', '.join(backend_choices())}")
     values, backend_options = checked_options(options)
     if is_uri(str(data)):  # trained on as its packed copy in the cache folder, on every backend
         from .data import pack
@@ -135,7 +107,7 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     if workspace:
         on_event(notice(workspace))
     engine = get_backend(chosen, on_event=on_event, **({"approve": approve} if chosen == "azure" else {}))
-    if engine.name in ("local", "docker") or spec.backend_options.get("weights_upload"):
+    if engine.needs_client_weights(spec):
         for train_args in {wanted_imagenet_arch(args): args for args in job_arguments(spec)}.values():  # one per arch
             fetch_imagenet_weights(train_args, on_event)
     ledger = Ledger()
@@ -145,42 +117,31 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
 
 def checked_options(options):
     """({job option dest: value or None}, {backend option: value}) of train()'s `options`, each
-    value checked by its table's rule; UsageError naming the first bad one."""
-    backend_table = {option.dest: option for option in BACKEND_OPTIONS}
+    value checked by its table's rule (the job's OPTIONS, the backends' options); UsageError naming
+    the first bad one."""
+    from .backends import backend_options
+
+    backend_table = {dest: option for dest, (option, _) in backend_options().items()}
     values = {option.dest: None for option in OPTIONS}
-    backend_options = {}
+    given = {}
     for key, value in options.items():
         option = BY_DEST.get(key) or backend_table.get(key)
-        if option is None and key not in WORKSPACE_OPTIONS:
+        if option is None and key not in WORKSPACE_FLAGS:
             raise UsageError(f"train() got an unknown option {key!r} (the options of `orchestrate train --help`, "
                              "with underscores)")
         if value is None:
             continue
-        problem = _problem(option, value) if option else (None if isinstance(value, str) else "must be a string")
+        problem = option.problem(value) if option else (None if isinstance(value, str) else "must be a string")
         if problem:
             raise UsageError(f"{key}={value!r}: {problem}")
         if key in values:
             values[key] = str(value) if option.kind == "str" else value
         elif value is not False:
-            backend_options[key] = value
+            given[key] = value
     found = problems(values)  # the rules across options
     if found:
         raise UsageError("; ".join(found))
-    return values, backend_options
-
-
-def _problem(option, value):
-    """What is wrong with `value` for `option` (its kind, choices and range), or None."""
-    if option.kind == "flag":
-        return None if isinstance(value, bool) else "must be True or False"
-    if option.kind == "choice":
-        return None if value in option.choices else f"must be one of {', '.join(option.choices)}"
-    if option.kind == "str":
-        return None if isinstance(value, (str, Path)) else "must be a string"
-    number_types = (int,) if option.kind == "int" else (int, float)
-    if isinstance(value, bool) or not isinstance(value, number_types):
-        return f"must be {'an integer' if option.kind == 'int' else 'a number'}"
-    return option.check(value)
+    return values, given
 
 
 def validate_dataset(data, values):
@@ -218,7 +179,7 @@ def choose_backend(name, options):
     an engine answers, else local. Azure without a workspace is a one-line error naming
     `orchestrate init` and the variables, before anything is created or uploaded.
     """
-    azure_flags = [flag for key, flag in AZURE_ONLY.items() if options.get(key) is not None]
+    azure_flags = [flag for key, flag in azure_only().items() if options.get(key) is not None]
     if azure_flags and name not in ("auto", "azure"):
         raise UsageError(f"{', '.join(azure_flags)}: Azure ML option(s), which --backend {name} has not; "
                          "drop them or use --backend azure")

@@ -7,6 +7,7 @@ Torch-free on purpose: the client imports this module without torch. The paths t
 (--data, --output, --checkpoint-dir) are not here: each backend chooses them, the user does not.
 """
 import math
+import os
 from dataclasses import dataclass
 
 ARCHS = ("resnet50", "resnet18", "resnet34", "resnet101", "mobilenet_v3_large", "efficientnet_b0")
@@ -51,6 +52,23 @@ class Option:
         if low_ok and high_ok:
             return None
         return f"{self.flag} must be {self.describe_range()}"
+
+    def problem(self, value):
+        """The problem with a Python `value` for this option (its kind, choices and range), or None:
+        the check of values that come from Python (the SDK's keyword arguments, a recorded spec)
+        rather than from argparse or click, which convert text first."""
+        if value is None:
+            return None
+        if self.kind == "flag":
+            return None if isinstance(value, bool) else f"{self.flag} is a switch: True or False"
+        if self.kind == "choice":
+            return None if value in self.choices else f"{self.flag} must be one of {', '.join(self.choices)}"
+        if self.kind == "str":
+            return self.check(value) if isinstance(value, (str, os.PathLike)) else f"{self.flag} must be a string"
+        number_types = (int,) if self.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number_types):
+            return f"{self.flag} must be {'an integer' if self.kind == 'int' else 'a number'}"
+        return self.check(value)
 
     def describe_range(self):
         """'between 16 and 2048', 'at least 1', 'in [0, 1)', 'positive' ..."""

@@ -635,3 +635,55 @@ def notices(lines):
         if event["type"] == "notice":
             lines.append(event["message"])
     return on_event
+
+
+# --- run history: a job's run and its child runs (their start and end times) ---------------------
+# Bodies in the wire names of azure-ai-ml's runhistory client (models.Run, the body of GET
+# /history/v1.0/<workspace>/runs/{id}; runs/{id}/children answers PaginatedRunList {value,
+# continuationToken, nextLink} of the same): runId, parentRunId, status, startTimeUtc, endTimeUtc
+# (set when the run starts and ends on its nodes; null before), tags, properties. A command job's
+# run is its own; a sweep's children are its trials; a pipeline's children are its steps.
+def history_time(seconds):
+    """An epoch time as run history writes it (ISO 8601, UTC, fractional seconds)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def history_run(name, status, start=None, end=None, parent=None, target="gpu-t4"):
+    """A run-history Run record; start and end in epoch seconds (None: not started / not ended)."""
+    return {"runId": name, "parentRunId": parent, "rootRunId": parent or name, "runUuid": f"uuid-{name}",
+            "status": status, "startTimeUtc": history_time(start) if start else None,
+            "endTimeUtc": history_time(end) if end else None, "tags": {}, "properties": {},
+            "cancelationReason": None, "error": None, "runType": "azureml.scriptrun", "target": target,
+            "displayName": name, "experimentId": "4d1c2e7a-0000-0000-0000-000000000001"}
+
+
+class RunHistoryPlane(ManagementPlane):
+    """The management plane plus run history's GET runs/{id} and runs/{id}/children.
+
+    State the tests set: `runs` (name -> history_run body), `children` (parent -> [child names]).
+    A run not in `runs` is 404, as the service answers for an unknown run id."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _job_state(self)
+        self.runs, self.children = {}, {}
+
+    def send(self, request, **kwargs):
+        url = urlsplit(request.url)
+        base = f"/history/v1.0{self._workspace_path}/runs/"
+        if request.method != "GET" or not url.path.startswith(base):
+            return super().send(request, **kwargs)
+        self.requests.append(("GET", url.path))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return Response(request, 401, {"error": {"code": "AuthenticationFailed", "message": "Authentication failed."}})
+        name, *rest = url.path[len(base):].split("/")
+        if name not in self.runs:
+            return _not_found(request, name)
+        if rest == ["children"]:
+            return Response(request, 200, {"value": [self.runs[c] for c in self.children.get(name, [])],
+                                           "continuationToken": None, "nextLink": None})
+        if not rest:
+            return Response(request, 200, self.runs[name])
+        return super().send(request, **kwargs)

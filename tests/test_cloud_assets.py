@@ -1,6 +1,6 @@
 """After the run, in the cloud (issue 7): `register`, `train --register`, `attach`, the cost in
 `runs show`, `compute list` -- through the REAL azure-ai-ml MLClient, whose requests go out through
-tests/azure_transport.ManagementPlane answering in the documented shapes (Job/CommandJob/get.json,
+tests/azure_transport.RunHistoryPlane answering in the documented shapes (Job/CommandJob/get.json,
 ModelVersion and DataVersion createOrUpdate, Compute/list.json). What is checked: the bodies the
 SDK sent (model path = the job's output, so Studio shows the lineage; tags; data path), what the
 CLI prints, and that no bearer token or account key shows anywhere.
@@ -11,8 +11,8 @@ import time
 from unittest import mock
 
 import pytest
-from azure_transport import (SUB, TOKEN, ManagementPlane, StaticToken, _job_state, add_datastore, aml_compute,
-                             command_job, datastore_body)
+from azure_transport import (SUB, TOKEN, RunHistoryPlane, StaticToken, add_datastore, aml_compute, command_job,
+                             datastore_body, history_run)
 from click.testing import CliRunner
 
 from orchestrator.backends.azure import seam as seam_module
@@ -29,7 +29,7 @@ MODEL_URI = "azureml://datastores/workspaceblobstore/paths/azureml/studio-job-1/
 
 @pytest.fixture
 def plane(monkeypatch):
-    plane = _job_state(ManagementPlane())
+    plane = RunHistoryPlane()
     add_datastore(plane, datastore_body("workspaceblobstore", "wsstorage", "azureml-blobstore-1"), key=KEY)
     plane.computes["gpu-t4"] = aml_compute("gpu-t4", size="STANDARD_NC16AS_T4_V3", current=2, running=1,
                                            max_nodes=3)
@@ -140,17 +140,21 @@ def test_register_refuses_runs_that_did_not_complete_or_are_not_azure(plane, tmp
 
 def test_runs_show_estimates_the_cost_and_caches_the_price(plane, tmp_path):
     record = attached(plane, tmp_path)
-    Ledger().update(record.run_id, created_at=time.time() - 2 * 3600)  # ended now, 2 hours after submit
+    Ledger().update(record.run_id, created_at=time.time() - 26 * 3600)  # looked at a day after its submit
+    start = time.time() - 3 * 3600
+    plane.runs["studio-job-1"] = history_run("studio-job-1", "Completed", start=start, end=start + 2 * 3600)
     code, stdout, stderr = invoke("runs", "show", "studio-job-1")
     assert code == 0, stderr
     line = next(l for l in stdout.splitlines() if l.startswith("cost"))
-    assert "~2.41 USD (estimate: 2.00 h x 1 node(s) x 1.204 USD/h dedicated STANDARD_NC16AS_T4_V3" in line
+    # the service's 2 hours on 1 node + 10 idle minutes before scale-down, not the ledger's 26 hours
+    assert ("~2.61 USD (estimate, not the bill: 2.00 h x 1 node(s) + 10 min idle before scale-down x 1 node(s) = "
+            "2.17 node-h x 1.204 USD/h dedicated STANDARD_NC16AS_T4_V3") in line
     assert stdout.splitlines()[0].startswith("run_id") and "params" in stdout  # the rest unchanged
     state = json.loads((tmp_path / "runs" / "studio-job-1" / "azure.json").read_text())
     assert state["price"]["per_node_hour"] == 1.204 and state["price"]["location"] == "eastus"
     sizes = [p for m, p in plane.requests if p.endswith("/vmSizes")]
     code, stdout, _ = invoke("runs", "show", "studio-job-1", "--json")
-    assert code == 0 and json.loads(stdout)["cost_estimate"]["amount"] == 2.41
+    assert code == 0 and json.loads(stdout)["cost_estimate"]["amount"] == 2.61
     assert [p for m, p in plane.requests if p.endswith("/vmSizes")] == sizes  # cached: not asked again
 
 

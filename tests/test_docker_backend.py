@@ -19,8 +19,8 @@ from imagegen import make_dataset
 from orchestrator.backends import docker as docker_backend
 from orchestrator.backends.base import CANCELED, COMPLETED, FAILED, RUNNING, JobSpec, RunRef
 from orchestrator.backends.docker import (RUN_DIR_LABEL, RUN_LABEL, DockerBackend, engine_available,
-                                          explain_engine_error, parse_options)
-from orchestrator.backends.local import CANCEL_MARKER
+                                          explain_engine_error, docker_settings)
+from orchestrator.run_folder import RunFolder
 from orchestrator.errors import ServiceError, UsageError
 from orchestrator.events import parse_line
 from orchestrator.images import build_offline_base, ensure_training_image, host_debian_mirror, image_tag
@@ -159,7 +159,7 @@ def test_cancel_stops_an_isolated_running_container(tmp_path, docker_client, off
     assert containers_of(docker_client, spec.run_id) == []
     assert json.loads((spec.run_dir / "container.json").read_text())["exit_code"] in (137, 143)
     assert backend.exit_code(run) in (137, 143)
-    assert (spec.run_dir / CANCEL_MARKER).exists()  # the same marker name as the local backend's
+    assert RunFolder(spec.run_dir).cancel_marker.exists()  # the same marker name as the local backend's
 
 
 HARDENING_PROBE = """
@@ -185,7 +185,7 @@ print(json.dumps({
 
 def run_probe(docker_client, image, spec, probe):
     """Run `probe` (python code) in a container with the exact settings submit gives the job's container."""
-    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    command, settings = docker_backend.container_settings(spec, docker_settings(spec.backend_options))
     assert command[:3] == ["python3", "-u", "/code/launch.py"]  # what submit would run instead of the probe
     output = docker_client.containers.run(image, ["python3", "-c", probe], remove=True, **settings)
     return json.loads(output)
@@ -209,7 +209,7 @@ def test_the_job_container_is_hardened(tmp_path, docker_client, offline_base, tr
 def test_the_image_cache_is_the_users_cache_folder_mounted_at_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")
-    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    command, settings = docker_backend.container_settings(spec, docker_settings(spec.backend_options))
     assert command[-2:] == ["--cache-dir", "/cache"]
     host = tmp_path / "xdg" / "orchestrate" / "images"
     assert host.is_dir()  # made by the client as the user, not by docker as root
@@ -220,7 +220,7 @@ def test_the_image_cache_is_the_users_cache_folder_mounted_at_cache(tmp_path, mo
 def test_a_cache_dir_in_the_train_args_is_mounted_instead(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     spec = make_spec(tmp_path, tmp_path, ["--cache-dir", str(tmp_path / "mine"), *FAST_JOB], "any")
-    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    command, settings = docker_backend.container_settings(spec, docker_settings(spec.backend_options))
     assert command.count("--cache-dir") == 1 and command[command.index("--cache-dir") + 1] == "/cache"
     assert settings["volumes"][str(tmp_path / "mine")] == {"bind": "/cache", "mode": "rw"}
     assert not (tmp_path / "xdg").exists()
@@ -228,7 +228,7 @@ def test_a_cache_dir_in_the_train_args_is_mounted_instead(tmp_path, monkeypatch)
     (tmp_path / "file").write_text("")
     spec = make_spec(tmp_path, tmp_path, ["--cache-dir", str(tmp_path / "file" / "cache")], "any")
     with pytest.raises(UsageError, match=r"^cannot create the image cache folder .*/file/cache: Not a directory$"):
-        docker_backend.container_settings(spec, parse_options(spec.backend_options))
+        docker_backend.container_settings(spec, docker_settings(spec.backend_options))
 
 
 @pytest.mark.parametrize("cache", ["data", "parent", "outputs"])
@@ -241,7 +241,7 @@ def test_a_cache_dir_overlapping_another_mount_is_refused_in_one_line(tmp_path, 
     host = {"data": data, "parent": tmp_path / "work", "outputs": spec.output_dir}[cache]
     spec.train_args = ["--cache-dir", str(host), *FAST_JOB]
     with pytest.raises(UsageError) as refused:
-        docker_backend.container_settings(spec, parse_options(spec.backend_options))
+        docker_backend.container_settings(spec, docker_settings(spec.backend_options))
     assert "\n" not in str(refused.value) and "give separate folders" in str(refused.value)
     assert str(host) in str(refused.value)
 
@@ -249,7 +249,7 @@ def test_a_cache_dir_overlapping_another_mount_is_refused_in_one_line(tmp_path, 
 def test_a_runs_folder_inside_the_data_folder_is_still_mounted(tmp_path):
     """A writable folder inside the read-only data folder gives the job nothing more: allowed."""
     spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")  # runs/ inside the data folder
-    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    command, settings = docker_backend.container_settings(spec, docker_settings(spec.backend_options))
     assert settings["volumes"][str(tmp_path.resolve())] == {"bind": "/data", "mode": "ro"}
     assert settings["volumes"][str(spec.output_dir.resolve())] == {"bind": "/outputs", "mode": "rw"}
 
@@ -262,14 +262,14 @@ def test_docker_train_with_the_data_folder_as_cache_dir_is_exit_2(tmp_path, cli)
     assert result.stderr.count("\n") == 1 and "give separate folders" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("cpus, threads", [(None, None), ("0.5", "1"), ("1", "1"), ("2.9", "2"), ("16", "16")])
+@pytest.mark.parametrize("cpus, threads", [(None, None), (0.5, "1"), (1, "1"), (2.9, "2"), (16, "16")])
 def test_thread_counts_follow_cpus(tmp_path, cpus, threads):
     spec = make_spec(tmp_path, tmp_path, FAST_JOB, "any")
     spec.backend_options["cpus"] = cpus
-    command, settings = docker_backend.container_settings(spec, parse_options(spec.backend_options))
+    command, settings = docker_backend.container_settings(spec, docker_settings(spec.backend_options))
     environment = settings["environment"]
     assert environment.get("OMP_NUM_THREADS") == threads and environment.get("MKL_NUM_THREADS") == threads
-    assert settings.get("nano_cpus") == (int(float(cpus) * 1e9) if cpus else None)
+    assert settings.get("nano_cpus") == (int(cpus * 1e9) if cpus else None)
 
 
 @pytest.mark.parametrize("cpus", [1, 2])
@@ -380,7 +380,7 @@ def test_cancel_after_the_job_ended_keeps_its_outcome(tmp_path, docker_client, o
     spec, run = submit_and_wait(tmp_path, docker_client, offline_base, ["--help"])
     DockerBackend().cancel(run)
     assert DockerBackend().status(run) == COMPLETED
-    assert not (spec.run_dir / CANCEL_MARKER).exists()
+    assert not RunFolder(spec.run_dir).cancel_marker.exists()
 
     killed = make_spec(tmp_path, tmp_path, ["--epochs", "500"], offline_base)
     run = DockerBackend().submit(killed)
@@ -419,7 +419,7 @@ def test_gpus_without_gpu_runtime_is_a_user_error(tmp_path, docker_client, offli
 ])
 def test_bad_options_are_user_errors(options, message):
     with pytest.raises(UsageError, match=message):
-        parse_options(options)
+        docker_settings(options)
 
 
 def test_image_tag_follows_context_content_and_base(tmp_path):

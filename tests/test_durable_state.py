@@ -12,7 +12,6 @@ from orchestrator import runner
 from orchestrator.backends.azure import settings
 from orchestrator.backends.base import JobSpec
 from orchestrator.backends.local import LocalBackend
-from orchestrator.backends.local_job import EXIT_CODE_FILE
 from orchestrator.ledger import Ledger
 from orchestrator.paths import state_dir
 from orchestrator.run_folder import RunFolder
@@ -97,9 +96,9 @@ def test_a_started_run_has_its_spec_written_durably(tmp_path, synced):
                    train_args=["--weights", "none"])
     runner.start(LocalBackend(), Ledger(), spec, "r")
     deadline = time.monotonic() + 120  # leave no job running behind the test
-    while not (spec.run_dir / EXIT_CODE_FILE).exists() and time.monotonic() < deadline:
+    while not RunFolder(spec.run_dir).exit_code_path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert (spec.run_dir / EXIT_CODE_FILE).read_text().strip() == "2"
+    assert RunFolder(spec.run_dir).exit_code_path.read_text().strip() == "2"
     assert durably_written(synced, spec.run_dir / "spec.json")
     assert json.loads((spec.run_dir / "spec.json").read_text())["run_id"] == "r-1"
 

@@ -15,6 +15,27 @@ BACKENDS = {
 }
 
 
+def backend_class(name: str) -> type:
+    """The class of the backend called `name`; UsageError for an unknown name."""
+    try:
+        module_name, class_name = BACKENDS[name]
+    except KeyError:
+        raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}") from None
+    return getattr(import_module(module_name), class_name)
+
+
+def backend_options() -> dict:
+    """{option dest: (BackendOption, (names of the backends that declare it))} of every registered
+    backend, in the order `orchestrate train --help` lists them (the backends' order, then each
+    backend's): what train() checks and the CLI turns into flags."""
+    table = {}
+    for name in BACKENDS:
+        for option in backend_class(name).options:
+            declared, backends = table.get(option.dest, (option, ()))
+            table[option.dest] = (declared, (*backends, name))
+    return table
+
+
 def get_backend(name: str, **options) -> Backend:
     """An instance of the backend called `name`, made with `options` (every backend takes
     `on_event`, the callback its progress events go to; azure also `approve`...).
@@ -24,8 +45,4 @@ def get_backend(name: str, **options) -> Backend:
         >>> backend.name
         'local'
     """
-    try:
-        module_name, class_name = BACKENDS[name]
-    except KeyError:
-        raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}")
-    return getattr(import_module(module_name), class_name)(**options)
+    return backend_class(name)(**options)

@@ -3,13 +3,18 @@
 Lifecycle: prepare(spec) -> submit(spec) -> RunRef -> log_lines(run, cursor) -> status /
 cancel / download, and resume(spec, run) where a backend can start an ended run again.
 Backends differ only where the world differs: event parsing, rendering, the ledger and the
-output layout are shared (orchestrator/runner.py).
+output layout are shared (orchestrator/runner.py). Each backend declares its options (`options`,
+BackendOption each): train() checks them and the CLI generates its flags from them.
 """
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from remote_scripts.options import Option
 from remote_scripts.search_space import trials_argument
+
+from ..errors import UsageError
 
 from ..run_folder import RunFolder
 
@@ -57,6 +62,32 @@ class JobSpec:
                    trials=data.get("trials"))
 
 
+@dataclass(frozen=True)
+class BackendOption(Option):
+    """One option of a backend's jobs, declared by the backend that takes it (docker: --cpus).
+
+    The job's options (remote_scripts/options.py) go to train.py; these stay with the backend, in
+    JobSpec.backend_options. A str option may give its form as a regular expression (`pattern`,
+    matched against the lower-cased text) and in words (`form`) for the message.
+    """
+    pattern: str = None
+    form: str = None
+
+    def check(self, value):
+        if self.pattern and value is not None and not re.fullmatch(self.pattern, str(value).lower()):
+            return f"{self.flag} must be {self.form}, not {value!r}"
+        return super().check(value)
+
+
+# The options of a job that launch_command starts (the local and docker backends).
+GPUS = BackendOption("--gpus", "str", None, "all, N or none; one training process per GPU when more than one "
+                     "[default: all (docker: when a GPU runtime is present)]", pattern=r"auto|all|none|[1-9]\d*",
+                     form="all, none or a positive count")
+NPROC = BackendOption("--nproc", "int", None, "training processes (DDP; on CPUs too) [default: one per GPU, at "
+                      "least one]", low=1)
+LAUNCH_OPTIONS = (GPUS, NPROC)
+
+
 @dataclass
 class RunRef:
     """A handle on a submitted run: enough to find it again from another process."""
@@ -77,6 +108,28 @@ class Backend(ABC):
     name = ""
     # Whether resume() can start an ended run again in its own folder (`orchestrate train --resume`).
     resumable = False
+    # The backend's options (BackendOption each), in the order `orchestrate train --help` lists them.
+    options = ()
+
+    @classmethod
+    def settings(cls, backend_options):
+        """{dest: value} of every option of this backend: the value given in `backend_options` (a
+        JobSpec's, a recorded spec.json's), checked, else the option's default. UsageError naming
+        the first bad value."""
+        settings = {}
+        for option in cls.options:
+            value = backend_options.get(option.dest)
+            problem = option.problem(value)
+            if problem:
+                raise UsageError(problem)
+            settings[option.dest] = option.default if value is None else value
+        return settings
+
+    def needs_client_weights(self, spec):
+        """Whether the client fetches the ImageNet weights the job loads into its torch hub cache
+        before the submit: the job reads that cache (a local process, a container that has no
+        network), or the weights travel with the job."""
+        return True
 
     @abstractmethod
     def prepare(self, spec):

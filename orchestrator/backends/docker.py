@@ -23,7 +23,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,12 +36,11 @@ from ..images import DEFAULT_BASE_IMAGE, ensure_training_image
 from ..paths import image_cache_dir, remote_scripts_dir
 from ..run_folder import RunFolder
 from ..weights import hub_dir
-from .base import CANCELED, COMPLETED, FAILED, QUEUED, RUNNING, Backend, LogLine, RunRef, launch_command
-from .local import CANCEL_MARKER  # the same marker name in every run folder, whichever backend ran it
+from .base import (CANCELED, COMPLETED, FAILED, LAUNCH_OPTIONS, QUEUED, RUNNING, Backend, BackendOption, LogLine,
+                   RunRef, launch_command)
 
 RUN_LABEL = "orchestrate.run_id"
 RUN_DIR_LABEL = "orchestrate.run_dir"
-EXIT_FILE = "container.json"        # {"exit_code", "status", "container_id", "oom_killed"}
 # logs/ of a resumed run whose new container is not finalized yet: the earlier attempts' log lines
 EARLIER_LOG = "earlier_attempts.log"
 ORPHAN_AGE_SECONDS = 60             # a `created` container this old was never started: its client died
@@ -109,23 +107,12 @@ def gpu_runtime(client):
     return "nvidia" in client.info().get("Runtimes", {}) or bool(shutil.which("nvidia-container-runtime-hook"))
 
 
-def parse_options(options):
-    """Validated docker settings from JobSpec.backend_options (base_image, gpus, cpus, memory)."""
-    gpus = str(options.get("gpus") or "auto").lower()
-    if gpus not in ("auto", "all", "none") and not (gpus.isdigit() and int(gpus) > 0):
-        raise UsageError(f"--gpus must be all, none or a positive count, not {options.get('gpus')!r}")
-    cpus = options.get("cpus")
-    try:
-        cpus = float(cpus) if cpus is not None else None
-    except ValueError:
-        cpus = 0
-    if cpus is not None and not cpus > 0:
-        raise UsageError(f"--cpus must be a positive number, not {options.get('cpus')!r}")
-    memory = options.get("memory")
-    if memory is not None and not re.fullmatch(r"\d+(\.\d+)?[bkmg]?", str(memory).lower()):
-        raise UsageError(f"--memory must be a size like 8g or 512m, not {memory!r}")
-    return {"base_image": options.get("base_image") or DEFAULT_BASE_IMAGE, "gpus": gpus,
-            "cpus": cpus, "memory": memory}
+def docker_settings(backend_options):
+    """The docker settings of a JobSpec's backend_options: checked by DockerBackend.options, with
+    their defaults, and gpus "auto" (all GPUs where the engine has a GPU runtime) when not given."""
+    settings = DockerBackend.settings(backend_options)
+    settings["gpus"] = str(settings["gpus"] or "auto").lower()
+    return settings
 
 
 def device_requests(client, gpus):
@@ -144,6 +131,13 @@ def device_requests(client, gpus):
 class DockerBackend(Backend):
     name = "docker"
     resumable = True
+    options = (
+        BackendOption("--base-image", "str", DEFAULT_BASE_IMAGE, "base image of the training image"),
+        *LAUNCH_OPTIONS,
+        BackendOption("--cpus", "float", None, "CPU limit", low=0, low_open=True),
+        BackendOption("--memory", "str", None, "memory limit, e.g. 8g", pattern=r"\d+(\.\d+)?[bkmg]?",
+                      form="a size like 8g or 512m"),
+    )
 
     def __init__(self, on_event=None):
         self._client = None
@@ -157,7 +151,7 @@ class DockerBackend(Backend):
         return self._client
 
     def prepare(self, spec):
-        options = parse_options(spec.backend_options)
+        options = docker_settings(spec.backend_options)
         if not Path(spec.data).is_dir():
             raise UsageError(f"dataset folder not found: {spec.data}")
         container_settings(spec, options)  # its refusals (overlapping mounts) before any image work
@@ -170,7 +164,7 @@ class DockerBackend(Backend):
         from ..images import image_tag
 
         self.reap()
-        options = parse_options(spec.backend_options)
+        options = docker_settings(spec.backend_options)
         command, settings = container_settings(spec, options)
         # create and start separately (not containers.run): a start that fails (a mount or a device
         # request the engine cannot satisfy) leaves a `created` container, which must go, not linger.
@@ -251,7 +245,7 @@ class DockerBackend(Backend):
         if container is None:
             return
         if container.attrs["State"]["Status"] in ("created", "running", "restarting", "paused"):
-            (Path(run.run_dir) / CANCEL_MARKER).touch()
+            RunFolder(run.run_dir).cancel_marker.touch()
             container.stop(timeout=STOP_GRACE_SECONDS)
             container.reload()
         _finalize(Path(run.run_dir), container)
@@ -279,8 +273,8 @@ class DockerBackend(Backend):
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":
                         f.write(b"\n")
-            for name in (EXIT_FILE, CANCEL_MARKER):
-                (run_dir / name).unlink(missing_ok=True)
+            for marker in (RunFolder(run_dir).container_state_path, RunFolder(run_dir).cancel_marker):
+                marker.unlink(missing_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot prepare run folder {run_dir} for the resumed job: {exc.strerror or exc}")
         return self.submit(spec)
@@ -452,7 +446,7 @@ def _numbered_lines(chunks, cursor):
 
 
 def _read_exit(run_dir):
-    path = Path(run_dir) / EXIT_FILE
+    path = RunFolder(run_dir).container_state_path
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -482,7 +476,7 @@ def _finalize(run_dir, container):
         if not run_dir.is_dir():
             _remove(container)
             return {"status": _outcome(code, oom_killed, canceled=False), "exit_code": code}
-        record = {"status": _outcome(code, oom_killed, canceled=(run_dir / CANCEL_MARKER).exists()),
+        record = {"status": _outcome(code, oom_killed, canceled=RunFolder(run_dir).cancel_marker.exists()),
                   "exit_code": code, "oom_killed": oom_killed, "container_id": container.id,
                   "finished_at": state.get("FinishedAt")}
         # The earlier attempts' lines before the container's log: read first, since a concurrent
@@ -496,7 +490,7 @@ def _finalize(run_dir, container):
             return _read_exit(run_dir) or record
         folder.logs.mkdir(exist_ok=True)
         write_atomically(folder.log_path, earlier_lines + log)
-        write_atomically(run_dir / EXIT_FILE, json.dumps(record, indent=2))
+        write_atomically(RunFolder(run_dir).container_state_path, json.dumps(record, indent=2))
     except OSError as exc:
         raise UsageError(f"cannot save the finished run into {run_dir}: {exc.strerror or exc}")
     _remove(container)

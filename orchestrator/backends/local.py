@@ -16,10 +16,9 @@ from ..errors import UsageError
 from ..events import ignore
 from ..paths import remote_scripts_dir
 from ..run_folder import RunFolder
-from .base import CANCELED, COMPLETED, FAILED, RUNNING, Backend, LogLine, RunRef, launch_command
-from .local_job import EXIT_CODE_FILE, write_exit_code
+from .base import CANCELED, COMPLETED, FAILED, LAUNCH_OPTIONS, RUNNING, Backend, LogLine, RunRef, launch_command
+from .local_job import write_exit_code
 
-CANCEL_MARKER = "cancel_requested"
 POLL_SECONDS = 0.2
 CANCEL_GRACE_SECONDS = 10
 
@@ -27,6 +26,7 @@ CANCEL_GRACE_SECONDS = 10
 class LocalBackend(Backend):
     name = "local"
     resumable = True
+    options = LAUNCH_OPTIONS
 
     def __init__(self, on_event=None):
         # the same constructor as every backend's (backends.get_backend passes it): a local job's
@@ -91,7 +91,7 @@ class LocalBackend(Backend):
             return RUNNING if self._alive(run) else FAILED
         if code == 0:
             return COMPLETED
-        return CANCELED if (run.run_dir / CANCEL_MARKER).exists() else FAILED
+        return CANCELED if RunFolder(run.run_dir).cancel_marker.exists() else FAILED
 
     def exit_code(self, run):
         return self._exit_code(run)
@@ -100,7 +100,7 @@ class LocalBackend(Backend):
         self._require_run_dir(run)
         if self._exit_code(run) is not None:
             return  # already ended: a late cancel changes nothing
-        (run.run_dir / CANCEL_MARKER).touch()
+        RunFolder(run.run_dir).cancel_marker.touch()
         if not self._alive(run):
             return
         pgid = _pid(run)
@@ -128,8 +128,9 @@ class LocalBackend(Backend):
         if leftovers:
             raise UsageError(f"the earlier job of run {run.run_id} still runs without its supervisor "
                             f"(pid {', '.join(map(str, leftovers))}): stop it (kill -- -{_pid(run)}), then resume")
-        for marker in (EXIT_CODE_FILE, CANCEL_MARKER):
-            (run.run_dir / marker).unlink(missing_ok=True)
+        folder = RunFolder(run.run_dir)
+        for marker in (folder.exit_code_path, folder.cancel_marker):
+            marker.unlink(missing_ok=True)
         if spec.log_path.is_file() and spec.log_path.stat().st_size:
             with open(spec.log_path, "rb+") as log:
                 log.seek(-1, os.SEEK_END)
@@ -148,7 +149,7 @@ class LocalBackend(Backend):
     @staticmethod
     def _exit_code(run):
         try:
-            return int((run.run_dir / EXIT_CODE_FILE).read_text())
+            return int(RunFolder(run.run_dir).exit_code_path.read_text())
         except (FileNotFoundError, ValueError):
             return None
 

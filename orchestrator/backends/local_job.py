@@ -8,16 +8,16 @@ how any later client process learns that the run has ended and how.
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from remote_scripts.atomic import write_atomically
 
-EXIT_CODE_FILE = "exit_code"
+from ..run_folder import RunFolder
+
 
 
 def write_exit_code(run_dir, code):
     """Atomically record the job's exit code (readers never see a half-written file)."""
-    write_atomically(Path(run_dir) / EXIT_CODE_FILE, f"{code}\n")
+    write_atomically(RunFolder(run_dir).exit_code_path, f"{code}\n")
 
 
 def main(argv):

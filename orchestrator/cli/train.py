@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..training import BACKENDS
+from ..training import backend_choices
 from .azure_options import workspace_options
 from .client_events import ClientEvents
 from .common import detach_or_follow
@@ -15,7 +15,7 @@ from .training_options import backend_options, training_options
 
 @click.command()
 @click.argument("data", required=False)  # a folder, or an s3:// or az:// URI (which a Path would mangle)
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True,
               help="Where the job runs. auto: azure when a workspace is configured, else docker when an engine "
                    "answers, else local.")
 @training_options

@@ -56,11 +56,14 @@ def training_options(command):
 
 
 def backend_options(command):
-    """Decorator adding the backends' options of `train` (orchestrator.training.BACKEND_OPTIONS),
+    """Decorator adding the options the backends declare (orchestrator.backends.backend_options),
     each help text led by the backends that take it ("docker: CPU limit.")."""
-    from ..training import BACKEND_OPTIONS
+    from ..backends import backend_options as declared
 
-    for option in reversed(BACKEND_OPTIONS):
-        help_ = f"{', '.join(option.backends)}: {option.help}"
-        command = click_option(option, help_ if help_.endswith("]") else help_ + ".")(command)
+    for option, backends in reversed(declared().values()):
+        help_ = f"{', '.join(backends)}: {option.help}"
+        help_ = help_ if help_.endswith("]") else help_ + "."
+        if option.default is not None and option.kind != "flag":
+            help_ += f" [default: {option.default}]"
+        command = click_option(option, help_)(command)
     return command

@@ -178,7 +178,7 @@ def attach_job(seam, ledger, job_name, runs_dir, on_event=None):
         state["compute"] = job["compute"]  # the cluster, as the backend's submit records it
     if cluster:
         state["compute_size"] = {"size": cluster.get("size"), "tier": cluster.get("tier"),
-                                 "nodes": job.get("instance_count") or 1}
+                                 "nodes": job.get("instance_count") or 1, "idle_seconds": cluster.get("idle_seconds")}
     folder.write_backend_state(state)
     data_uri = ((job.get("inputs") or {}).get("data") or {}).get("path") or ""
     backend_options = {"compute": job.get("compute"), "nodes": job.get("instance_count") or 1,
@@ -198,19 +198,68 @@ def attach_job(seam, ledger, job_name, runs_dir, on_event=None):
 
 
 # cost ---------------------------------------------------------------------------------------
-def run_compute(record, state):
-    """{size, tier, nodes} of an Azure run: azure.json's compute (attached runs), else the spec's."""
-    if (state.get("compute_size") or {}).get("size"):
-        c = state["compute_size"]
-        return {"size": c["size"], "tier": c.get("tier") or "dedicated", "nodes": int(c.get("nodes") or 1)}
+# What the estimate prices: the nodes the job held, from the run's own record, for the time run
+# history says they ran (not the ledger's submit-to-seen, which counts queueing and, for a
+# `--detach` run checked a day later, that day), plus the idle time each node stays up after its
+# last run before the cluster scales it down. Not the bill: node allocation and the image pull
+# before a run starts are not in its times, and the price is list_sizes' Linux retail estimate.
+BASIS = ("estimate, not the bill: run time from Azure ML's run records (start to end; a search's trials summed), "
+         "x nodes, + the idle minutes before scale-down on each node, x the Linux hourly price of list_sizes; "
+         "node allocation and image pull before the start are not included")
+
+
+def _cluster_size(cluster):
+    """The VM size of a cluster named as catalogue.resolve names one (an alias such as cpu, or a
+    size's own cluster name such as nc16as-t4-v3): what a score run records of its compute."""
     from . import catalogue
 
-    options = (record.params or {}).get("backend_options") or {}
+    for size in catalogue.SIZES.values():
+        resolved = catalogue.resolve(size.name)
+        if resolved.cluster == cluster:
+            return resolved.size.name
+    raise UsageError(f"cluster {cluster!r} is not one of the catalogue's: its size is not known")
+
+
+def run_compute(record, state):
+    """{size, tier, nodes, per_run_nodes, idle_minutes, search} of an Azure run, from its own record.
+
+    nodes: how many nodes the job held at once. An adopted job: azure.json's compute_size (its
+    cluster, read when it was attached). A score run: its cluster and instances (the ledger's
+    params.score). A search: its trials at once (max_concurrent_trials; one node per trial, so
+    per_run_nodes is 1). A training run: --compute, --nodes and --low-priority (backend_options).
+    """
+    from .provision import DEFAULT_IDLE_MINUTES
+
+    params = record.params or {}
+    compute = state.get("compute_size") or {}
+    if compute.get("size"):
+        idle = compute.get("idle_seconds")
+        nodes = int(compute.get("nodes") or 1)
+        return {"size": compute["size"], "tier": compute.get("tier") or "dedicated", "nodes": nodes,
+                "per_run_nodes": nodes, "search": False,
+                "idle_minutes": idle / 60 if idle is not None else DEFAULT_IDLE_MINUTES}
+    if "score" in params:
+        from .score_job import DEFAULT_COMPUTE as SCORE_COMPUTE
+
+        score = params["score"]
+        nodes = int(score.get("instances") or 1)
+        return {"size": _cluster_size(score.get("compute") or SCORE_COMPUTE), "tier": "dedicated", "nodes": nodes,
+                "per_run_nodes": nodes, "search": False, "idle_minutes": DEFAULT_IDLE_MINUTES}
+    from . import catalogue
     from .job import DEFAULT_COMPUTE
 
+    options = params.get("backend_options") or {}
     resolved = catalogue.resolve(options.get("compute") or DEFAULT_COMPUTE)
-    return {"size": resolved.size.name, "tier": "low_priority" if options.get("low_priority") else "dedicated",
-            "nodes": int(options.get("nodes") or 1)}
+    tier = "low_priority" if options.get("low_priority") else "dedicated"
+    if params.get("trials"):
+        from .sweep_job import DEFAULT_CONCURRENCY
+
+        at_once = min(int(options.get("max_concurrent_trials") or DEFAULT_CONCURRENCY), len(params["trials"]))
+        return {"size": resolved.size.name, "tier": tier, "nodes": at_once, "per_run_nodes": 1, "search": True,
+                "idle_minutes": DEFAULT_IDLE_MINUTES}
+    nodes = int(options.get("nodes") or 1)
+    return {"size": resolved.size.name, "tier": tier, "nodes": nodes, "per_run_nodes": nodes, "search": False,
+            "idle_minutes": DEFAULT_IDLE_MINUTES}
 
 
 def size_price(seam, size, tier):
@@ -225,52 +274,96 @@ def size_price(seam, size, tier):
             "currency": prices.get("currency"), "location": location}
 
 
-def hours(record, now=None):
-    """Hours from the submit to the end the ledger saw (to now while the run goes on)."""
-    end = record.updated_at if record.status in TERMINAL else (now or time.time())
-    return max(end - record.created_at, 0.0) / 3600
+def run_times(seam, record, state, now=None):
+    """{hours, start, end, runs, ended} of an Azure run, as run history records its runs.
+
+    The runs whose nodes are priced: a training job's own run; a score job's pipeline step (the
+    pipeline's own run starts before its step has nodes); a search's trials, their hours summed
+    (each on its own node). hours runs to `now` for a run still going; a run that never started
+    counts none. ended: the job's run is over and every run that started has its end.
+    """
+    from .tailer import map_status
+
+    job = state["job"]
+    own = seam.run_record(job)
+    search = bool((record.params or {}).get("trials"))
+    runs = seam.child_runs(job) if search or "score" in (record.params or {}) else [own]
+    spans = [(run["start"], run["end"]) for run in runs if run.get("start") is not None]
+    ended = map_status(own["status"]) in TERMINAL and all(end is not None for _, end in spans)
+    clock = now or time.time()
+    if search:
+        seconds = sum(max((end or clock) - start, 0.0) for start, end in spans)
+    else:
+        seconds = max(max((end or clock) for _, end in spans) - min(start for start, _ in spans), 0.0) if spans else 0.0
+    ends = [end for _, end in spans]
+    return {"hours": seconds / 3600, "start": min((s for s, _ in spans), default=None),
+            "end": max(ends) if spans and ended else None, "runs": len(spans), "ended": ended}
 
 
 def cost_estimate(record, state, seam_factory=None, now=None):
-    """{hours, nodes, size, tier, per_node_hour, currency, amount, basis} or {"error": reason}.
+    """{hours, node_hours, nodes, idle_nodes, idle_minutes, size, tier, per_node_hour, currency,
+    location, amount, final, estimate, basis[, trials, start, end]} or {"error": reason}.
 
-    The price is read from list_sizes once and cached in azure.json; the duration is the ledger's
-    (submit to the end the client saw, queueing included: an estimate, not the bill).
+    hours: the run's time on its nodes as run history records it (a search's trials summed);
+    node_hours adds up the nodes and, once it has ended, the idle minutes each node stays up before
+    the cluster scales down. The price is read from list_sizes once, and the times of an ended run
+    from run history once: both are cached in azure.json.
     """
-    compute = run_compute(record, state)
-    price = state.get("price")
-    if not price or price.get("size") != compute["size"] or price.get("tier") != compute["tier"]:
+    try:
+        compute = run_compute(record, state)
+    except OrchestrateError as exc:
+        return {"error": str(exc)}
+    price, times = state.get("price"), state.get("times")
+    stale = not price or price.get("size") != compute["size"] or price.get("tier") != compute["tier"]
+    if stale or not times:
         if seam_factory is None:
-            return {"error": "no price cached"}
+            return {"error": "no price or run times cached"}
         from .seam import azure_errors
 
         try:
             with azure_errors():
-                price = size_price(seam_factory(), compute["size"], compute["tier"])
+                seam = seam_factory()
+                if stale:
+                    price = size_price(seam, compute["size"], compute["tier"])
+                if not times:
+                    times = run_times(seam, record, state, now)
         except OrchestrateError as exc:
             return {"error": str(exc)}
-        RunFolder(record.run_dir).write_backend_state({**state, "price": price})
-    h = hours(record, now)
-    out = {"hours": round(h, 3), "nodes": compute["nodes"], "size": compute["size"], "tier": compute["tier"],
-           "per_node_hour": price.get("per_node_hour"), "currency": price.get("currency"),
-           "location": price.get("location"), "amount": None, "final": record.status in TERMINAL,
-           "basis": "estimate: duration x nodes x Linux hourly price (list_sizes); "
-                    "duration from submit to the end the client saw, queueing included"}
+        cached = {**state, "price": price}
+        if times["ended"]:
+            cached["times"] = times
+        RunFolder(record.run_dir).write_backend_state(cached)
+    idle_nodes = min(compute["nodes"], times["runs"] * compute["per_run_nodes"]) if times["ended"] else 0
+    node_hours = times["hours"] * compute["per_run_nodes"] + idle_nodes * compute["idle_minutes"] / 60
+    out = {"hours": round(times["hours"], 3), "node_hours": round(node_hours, 3), "nodes": compute["nodes"],
+           "idle_nodes": idle_nodes, "idle_minutes": compute["idle_minutes"], "size": compute["size"],
+           "tier": compute["tier"], "per_node_hour": price.get("per_node_hour"), "currency": price.get("currency"),
+           "location": price.get("location"), "amount": None, "final": times["ended"], "estimate": True,
+           "start": times["start"], "end": times["end"], "basis": BASIS}
+    if compute["search"]:
+        out["trials"] = times["runs"]
     if price.get("per_node_hour") is None:
         out["error"] = f"no {compute['tier']} price for {compute['size']} in {price.get('location')}"
         return out
-    out["amount"] = round(h * compute["nodes"] * price["per_node_hour"], 2)
+    out["amount"] = round(node_hours * price["per_node_hour"], 2)
     return out
 
 
 def cost_line(cost):
+    """The `runs show` line of cost_estimate's result: the amount, and how it was estimated."""
     if cost.get("amount") is None:
         return f"cost       unknown ({cost.get('error', 'no price')})"
     tier = "low-priority" if cost["tier"] == "low_priority" else "dedicated"
+    if "trials" in cost:
+        ran = f"{cost['trials']} trial(s), {cost['hours']:.2f} h in all x 1 node each"
+    else:
+        ran = f"{cost['hours']:.2f} h x {cost['nodes']} node(s)"
+    idle = (f" + {cost['idle_minutes']:g} min idle before scale-down x {cost['idle_nodes']} node(s)"
+            if cost.get("idle_nodes") else "")
     still = "" if cost.get("final", True) else " so far"
-    return (f"cost       ~{cost['amount']:.2f} {cost['currency']}{still} (estimate: {cost['hours']:.2f} h x "
-            f"{cost['nodes']} node(s) x {cost['per_node_hour']:.3f} {cost['currency']}/h {tier} "
-            f"{cost['size']}, Linux, {cost['location']}; queueing included)")
+    return (f"cost       ~{cost['amount']:.2f} {cost['currency']}{still} (estimate, not the bill: {ran}{idle} = "
+            f"{cost['node_hours']:.2f} node-h x {cost['per_node_hour']:.3f} {cost['currency']}/h {tier} "
+            f"{cost['size']}, Linux, {cost['location']}; run time from Azure ML's run records)")
 
 
 # compute list -------------------------------------------------------------------------------

@@ -23,19 +23,43 @@ import time
 from ...errors import UsageError
 from ...events import ignore, notice
 from ...run_folder import RunFolder
-from ..base import FAILED, TERMINAL, Backend, RunRef
+from ..base import FAILED, TERMINAL, Backend, BackendOption, RunRef
 from .settings import PROFILE_FIELDS, Settings, load_settings
 
 
 class AzureBackend(Backend):
     """Runs the job contract on an Azure ML cluster; `on_event` receives its progress as event dicts,
-    `approve()` is asked before a missing cluster is created (None: created without asking).
+    approve("create compute NAME?") is asked before a missing cluster is created (None: created
+    without asking).
 
     Example:
-        >>> backend = AzureBackend(on_event=print, approve=lambda: True)
+        >>> backend = AzureBackend(on_event=print, approve=lambda question: True)
         >>> backend.prepare(spec); run = backend.submit(spec)
     """
     name = "azure"
+    # The workspace (subscription, resource group, workspace, profile) is settings' (flags > env >
+    # profile), not a job option; these are the job's. Defaults are applied by job.plan_from_spec.
+    options = (
+        BackendOption("--compute", "str", None, "compute alias or VM size (see 'orchestrate compute sizes') "
+                      "[default: gpu-t4]"),
+        BackendOption("--nodes", "int", None, "nodes; one process per GPU on each [default: 1]", low=1),
+        BackendOption("--low-priority", "flag", None, "low-priority nodes (cheaper, preemptible; the job resumes "
+                      "from its checkpoint)"),
+        BackendOption("--experiment", "str", None, "experiment name [default: orchestrate]"),
+        BackendOption("--max-hours", "float", None, "the job's timeout; the service cancels it after this many "
+                      "hours [default: 24]", low=0, low_open=True),
+        BackendOption("--weights-upload", "flag", None, "send the ImageNet weights with the job, for workspaces "
+                      "without outbound access (a --weights file is always sent)"),
+        BackendOption("--no-pack", "flag", None, "upload the image files one blob each (mounted by the job) "
+                      "instead of packed shards (downloaded by the job; see `orchestrate data pack`)"),
+        BackendOption("--max-concurrent-trials", "int", None, "with --search: trials running at once, one node "
+                      "each [default: up to 4]", low=1),
+        BackendOption("--early-termination", "choice", None, "with --search: the sweep's policy for trials that "
+                      "fall behind (median: the rule the local search applies too) [default: median]",
+                      choices=("median", "bandit", "none")),
+        BackendOption("--register", "flag", None, "when the run completes, register its ONNX model (labels, test "
+                      "metrics as tags) and its dataset as Azure ML assets (later: orchestrate register RUN)"),
+    )
 
     def __init__(self, seam_factory=None, sleep=time.sleep, on_event=None, clock=time.monotonic, approve=None):
         if seam_factory is None:
@@ -51,6 +75,10 @@ class AzureBackend(Backend):
 
     def _notice(self, message):
         self.on_event(notice(message))
+
+    def needs_client_weights(self, spec):
+        """Only with --weights-upload: else the job downloads the ImageNet weights itself."""
+        return bool(spec.backend_options.get("weights_upload"))
 
     # submit side --------------------------------------------------------------------------
     def _spec_seam(self, spec):
