@@ -265,19 +265,12 @@ class Run:
             >>> run.register(model_name="eurosat-resnet50")["model"]["version"]
             '1'
         """
-        from .backends.azure.assets import register_run
-        from .backends.azure.seam import azure_errors
         from .runner import fetch_outputs
 
-        self._job()  # a trial has no job to register
-        from .run_lookup import azure_seam
-
-        seam, state = azure_seam(self._record)
-        if not RunFolder(self.folder).output(LABELS).is_file():
-            backend, _ = self._job()
+        backend, _ = self._job()  # a trial has no job to register
+        if self.backend == "azure" and not RunFolder(self.folder).output(LABELS).is_file():
             fetch_outputs(backend, self._ledger, self._record)
-        with azure_errors():
-            return register_run(seam, self._record, state, model_name, data_name)
+        return backend.register(self._record, model_name, data_name)
 
     def cost(self) -> Optional[dict]:
         """An Azure run's estimated cost: the nodes of its own record x the time Azure ML's run records say
@@ -289,9 +282,9 @@ class Run:
             >>> run.cost()["amount"]
             1.84
         """
-        from .run_lookup import cost_of
+        from .backends import get_backend
 
-        return cost_of(self._record)
+        return get_backend(self.backend).cost(self._record)
 
     def search(self) -> Optional[dict]:
         """A search's result: {"search_id", "primary_metric", "best": {run_id, metrics...}, "trials":

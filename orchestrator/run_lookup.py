@@ -10,24 +10,6 @@ from .errors import UsageError
 from .run_folder import MODEL, OUTPUTS, RunFolder
 
 
-def cost_of(record):
-    """The estimated cost of an Azure run, None for other runs: the nodes of its own record x the
-    time run history says they ran (a search's trials summed) + the idle minutes before scale-down,
-    x the size's hourly price (assets.cost_estimate).
-
-    The price and an ended run's times come from azure.json when cached there, else from the
-    workspace's list_sizes and run history (then cached); no reachable workspace is a reason in the
-    estimate, never an error."""
-    if record.backend != "azure":
-        return None
-    from .backends.azure.assets import cost_estimate
-
-    state = RunFolder(record.run_dir).backend_state()
-    if state is None:
-        return {"error": "azure.json is missing"}
-    return cost_estimate(record, state, seam_factory=lambda: azure_seam(record)[0])
-
-
 def find(run_id, job=True):
     """(ledger, record, backend, RunRef) for a run id or unique prefix.
 

@@ -73,7 +73,7 @@ def start(backend, ledger, spec, name):
 
 
 def run_ref(record):
-    return RunRef(record.run_id, record.backend, Path(record.run_dir), record.remote_id)
+    return RunRef.of(record)
 
 
 def read_spec(run_dir, run_id):
@@ -97,8 +97,10 @@ def resume(backend, ledger, record):
     same checkpoints (the second one finds the first one's job running).
     """
     if not backend.resumable:
-        raise UsageError(f"--resume works for local and docker runs, not {backend.name} ones (Azure ML "
-                        "restarts a preempted job by itself, from the run's checkpoint output)")
+        from .backends import BACKENDS, backend_class
+
+        resumable = " and ".join(name for name in BACKENDS if backend_class(name).resumable)
+        raise UsageError(f"--resume works for {resumable} runs, not {backend.name} ones ({backend.not_resumable})")
     if record.status == COMPLETED:
         raise UsageError(f"run {record.run_id} has completed: there is nothing to resume")
     if "trials" in record.params:  # (a trial is refused before: it has no job of its own)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from .errors import UsageError
 from .run_folder import METRICS
-from .run_lookup import cost_of, folder_for
+from .run_lookup import folder_for
 
 if TYPE_CHECKING:
     from .run import Run
@@ -62,6 +62,7 @@ def compare(run_ids: "builtins.list[str]") -> dict:
         >>> runs.compare(["digits-20261207-101500-ab12", "digits-20261207-103000-cd34"])["best"]["accuracy"]
         'digits-20261207-103000-cd34'
     """
+    from .backends import get_backend
     from .compare import compare as side_by_side
     from .ledger import Ledger
     from .search import expand_ids
@@ -74,7 +75,7 @@ def compare(run_ids: "builtins.list[str]") -> dict:
         raise UsageError(f"run {repeated[0]} is named more than once")
     if len(records) < 2:
         raise UsageError("compare needs at least two runs (see 'orchestrate runs list')")
-    return side_by_side(records, cost_of=cost_of)
+    return side_by_side(records, cost_of=lambda record: get_backend(record.backend).cost(record))
 
 
 def attach(job_name: str, *, runs_dir="runs", subscription_id: Optional[str] = None,

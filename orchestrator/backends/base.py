@@ -96,6 +96,11 @@ class RunRef:
     run_dir: Path
     remote_id: str = ""  # pid, container id, Azure ML job name
 
+    @classmethod
+    def of(cls, record):
+        """The RunRef of a ledger row (orchestrator.ledger.RunRecord)."""
+        return cls(record.run_id, record.backend, Path(record.run_dir), record.remote_id)
+
 
 @dataclass
 class LogLine:
@@ -106,8 +111,10 @@ class LogLine:
 
 class Backend(ABC):
     name = ""
-    # Whether resume() can start an ended run again in its own folder (`orchestrate train --resume`).
+    # Whether resume() can start an ended run again in its own folder (`orchestrate train --resume`),
+    # and, where it cannot, why not (or what does it instead).
     resumable = False
+    not_resumable = "its runs cannot be started again"
     # The backend's options (BackendOption each), in the order `orchestrate train --help` lists them.
     options = ()
 
@@ -181,6 +188,18 @@ class Backend(ABC):
         Called by runner.resume only where `resumable`, after it checked that the run has ended.
         """
         raise NotImplementedError(f"the {self.name} backend cannot resume runs")
+
+    def cost(self, record):
+        """The estimated cost of the run of ledger row `record`: {"amount", "currency", ...}, or
+        {"error": why} when it cannot be told; None where a run costs nothing to estimate (a local
+        process, a local container)."""
+        return None
+
+    def register(self, record, model_name=None, data_name=None):
+        """Register the completed run's model (and dataset) in the backend's model registry and
+        return what was registered; UsageError for a backend that has none."""
+        raise UsageError(f"run {record.run_id} ran on the {self.name} backend: only Azure runs can be "
+                         "registered as Azure ML assets")
 
     @abstractmethod
     def download(self, run, dest):

@@ -37,6 +37,7 @@ class AzureBackend(Backend):
         >>> backend.prepare(spec); run = backend.submit(spec)
     """
     name = "azure"
+    not_resumable = "Azure ML restarts a preempted job by itself, from the run's checkpoint output"
     # The workspace (subscription, resource group, workspace, profile) is settings' (flags > env >
     # profile), not a job option; these are the job's. Defaults are applied by job.plan_from_spec.
     options = (
@@ -185,6 +186,30 @@ class AzureBackend(Backend):
         state = self._run_state(run)
         secret = load_settings().storage_connection_string
         return self.seam_factory(Settings(**state["workspace"], storage_connection_string=secret))
+
+    # optional capabilities of a backend (base.Backend.cost, .register) -----------------------
+    def cost(self, record):
+        """The cost estimate of an Azure run (assets.cost_estimate): the nodes of its own record x
+        the time Azure ML's run history says they ran (+ the idle minutes before scale-down) x the
+        size's hourly price. The price and an ended run's times are cached in azure.json; no
+        reachable workspace is a reason in the estimate, never an error."""
+        from .assets import cost_estimate
+
+        state = RunFolder(record.run_dir).backend_state()
+        if state is None:
+            return {"error": "azure.json is missing"}
+        return cost_estimate(record, state, seam_factory=lambda: self._run_seam(RunRef.of(record)))
+
+    def register(self, record, model_name=None, data_name=None):
+        """The run's model output as an Azure ML model asset (labels and test metrics as tags; a
+        search's: its best trial's) and its dataset as a data asset (assets.register_run)."""
+        from .assets import register_run
+        from .seam import azure_errors
+
+        run = RunRef.of(record)
+        seam, state = self._run_seam(run), self._run_state(run)
+        with azure_errors():
+            return register_run(seam, record, state, model_name, data_name)
 
     def log_lines(self, run, cursor=0, follow=True):
         """The job's rank-0 log; says each status change, what a job waits for (every minute of an
