@@ -160,7 +160,7 @@ def delete(compute: str, *, approve: Approve | None = None, on_event: OnEvent | 
     resolved = _resolve(compute, on_event)
     seam = workspace.seam_for(workspace.settings(subscription_id=subscription_id, resource_group=resource_group,
                                                  workspace_name=workspace_name, location=location, profile=profile))
-    if approve and approve(f"delete compute {resolved.cluster}?") is False:
+    if approve and not approve(f"delete compute {resolved.cluster}?"):
         raise UsageError(f"compute {resolved.cluster} not deleted: not approved")
     with azure_errors():
         if seam.get_compute(resolved.cluster) is None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import events
-from .errors import DatasetError, UsageError
+from .errors import UsageError, dataset_errors
 from .events import OnEvent
 
 if TYPE_CHECKING:  # imported when used: `import orchestrator` stays light
@@ -215,12 +215,9 @@ def _container_for(to):
 def _label_source(source, labels):
     """The job's label source for `labels` (None: folder) in `source`; its DatasetError as the SDK's."""
     from remote_scripts.folder_dataset import FOLDER, label_source_for_job
-    from remote_scripts.folder_dataset import DatasetError as ScanError
 
-    try:
+    with dataset_errors():
         return label_source_for_job(source, labels or FOLDER)
-    except ScanError as exc:
-        raise DatasetError(str(exc)) from None
 
 
 def _shard_bytes(shard_size):

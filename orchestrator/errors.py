@@ -11,8 +11,9 @@ Example:
     ...     orchestrator.train("./no-such-folder")
     ... except orchestrator.DatasetError as exc:
     ...     print(exc)
-    DATA ./no-such-folder is not a folder
+    data folder not found: ./no-such-folder
 """
+from contextlib import contextmanager
 
 
 class OrchestrateError(Exception):
@@ -29,7 +30,13 @@ class DatasetError(UsageError):
     """The dataset cannot be trained or scored on: missing, empty, one class, a broken index (exit 2).
 
     The job's torch-free scan raises remote_scripts.folder_dataset.DatasetError; the SDK
-    translates it at its boundary (orchestrator.errors.dataset_errors), so callers see this one.
+    translates it where it calls that code (dataset_errors below), so callers see this one.
+
+    Example:
+        >>> try:
+        ...     orchestrator.data.pack("./one-class-only")
+        ... except orchestrator.DatasetError as exc:
+        ...     print(exc)
     """
 
 
@@ -46,3 +53,16 @@ class JobFailed(OrchestrateError):
     def __init__(self, message, run_id=None, status=None, reason=None):
         super().__init__(message)
         self.run_id, self.status, self.reason = run_id, status, reason
+
+
+@contextmanager
+def dataset_errors():
+    """Context in which the job's dataset code (remote_scripts.folder_dataset, packed_dataset)
+    runs on the client: its DatasetError, raised for a missing folder, too few classes or a broken
+    index, leaves as this module's DatasetError, with the same one-line message."""
+    from remote_scripts.folder_dataset import DatasetError as JobDatasetError
+
+    try:
+        yield
+    except JobDatasetError as exc:
+        raise DatasetError(str(exc)) from None

@@ -34,10 +34,10 @@ def parse_line(line):
 # Client-side events: what the SDK itself does (uploads, downloads, waiting on a service), in the
 # same dict shape as the job's events, so one on_event callback and one renderer serve both.
 # The callbacks of the SDK: progress goes to an OnEvent; a question whose answer decides whether to
-# go on (create a compute cluster, delete a workspace) goes to an Approve, None meaning "go on".
+# go on (create a compute cluster, delete a workspace) goes to an Approve: a false answer stops,
+# and None in its place means "go on".
 OnEvent = Callable[[dict], None]
 Approve = Callable[[str], bool]
-CLIENT_TYPES = frozenset({"notice", "transfer", "build"})
 
 
 def notice(message):

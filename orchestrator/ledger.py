@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .paths import private_state_dir, state_dir
+from .run_folder import RunFolder
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -55,7 +56,7 @@ class RunRecord:
 
     @property
     def output_dir(self):
-        return Path(self.run_dir) / "outputs"
+        return RunFolder(self.run_dir).outputs
 
     def to_json(self):
         return asdict(self)

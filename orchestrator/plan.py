@@ -35,6 +35,12 @@ class Plan:
 
     @property
     def yaml(self) -> str:
+        """The job as Azure ML YAML: the exported file's text, or written now to a temporary file
+        (azure-ai-ml builds it, offline).
+
+        Example:
+            >>> print(orchestrator.train("./EuroSAT", compute="gpu-nc12", dry_run=True).yaml)
+        """
         if self.export is not None:
             return self.export.read_text()
         with tempfile.TemporaryDirectory() as folder:

@@ -12,6 +12,7 @@ Example:
     >>> run.model().predict("seven.png")[0].label
     '7'
 """
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
@@ -28,11 +29,16 @@ OnLine = Callable[[str], None]
 
 class Run:
     """A run recorded in the ledger: get one from orchestrator.train, orchestrator.runs.get or
-    orchestrator.runs.list.
+    orchestrator.runs.list. Its repr shows the status as last recorded; `status` asks.
 
     Attributes: `id`, `name`, `backend` ("local", "docker" or "azure"), `folder` (the run folder on
     this machine), `dataset`, `params` (the job's arguments and backend options), `search_id` (a
     trial's search, "" for other runs), `exit_code` and `error` (once it has ended).
+
+    Example:
+        >>> run = orchestrator.runs.get("digits-2026")
+        >>> run.id, run.backend, run.folder
+        ('digits-20261207-101500-ab12', 'local', PosixPath('runs/digits-20261207-101500-ab12'))
     """
 
     def __init__(self, record, ledger=None):
@@ -46,16 +52,55 @@ class Run:
     def __repr__(self):
         return f"Run({self.id!r}, backend={self.backend!r}, status={self._record.status!r})"
 
-    id = property(lambda self: self._record.run_id, doc="The run id, e.g. digits-20261207-101500-ab12.")
-    name = property(lambda self: self._record.name, doc="The run's name (the id starts with it).")
-    backend = property(lambda self: self._record.backend, doc='"local", "docker" or "azure".')
-    folder = property(lambda self: Path(self._record.run_dir), doc="The run folder on this machine.")
-    dataset = property(lambda self: self._record.dataset, doc="The dataset folder (or its packed copy).")
-    params = property(lambda self: dict(self._record.params), doc="train_args, backend_options (and a search's trials).")
-    search_id = property(lambda self: self._record.search_id, doc="A trial's search id; \"\" for other runs.")
-    attempts = property(lambda self: self._record.attempts, doc="1 + how many times the run was resumed.")
-    exit_code = property(lambda self: self._record.exit_code, doc="The job's exit code once it ended (else None).")
-    is_search = property(lambda self: "trials" in self._record.params, doc="Whether this run is a search.")
+    @property
+    def id(self) -> str:
+        """The run id, e.g. digits-20261207-101500-ab12."""
+        return self._record.run_id
+
+    @property
+    def name(self) -> str:
+        """The run's name (the id starts with it)."""
+        return self._record.name
+
+    @property
+    def backend(self) -> str:
+        """"local", "docker" or "azure"."""
+        return self._record.backend
+
+    @property
+    def folder(self) -> Path:
+        """The run folder on this machine (orchestrator.run_folder.RunFolder names its files)."""
+        return Path(self._record.run_dir)
+
+    @property
+    def dataset(self) -> str:
+        """The dataset folder (or its packed copy, or a score job's az:// data)."""
+        return self._record.dataset
+
+    @property
+    def params(self) -> dict:
+        """train_args and backend_options (a search's trials; a score job's score)."""
+        return dict(self._record.params)
+
+    @property
+    def search_id(self) -> str:
+        """A trial's search id; "" for other runs."""
+        return self._record.search_id
+
+    @property
+    def attempts(self) -> int:
+        """1 + how many times the run was resumed."""
+        return self._record.attempts
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """The job's exit code once it ended (else None)."""
+        return self._record.exit_code
+
+    @property
+    def is_search(self) -> bool:
+        """Whether this run is a search (train(search=True))."""
+        return "trials" in self._record.params
 
     @property
     def status(self) -> str:
@@ -243,7 +288,7 @@ class Run:
 
         return Model(self.id)
 
-    def report(self, path=None) -> Path:
+    def report(self, path: "str | os.PathLike | None" = None) -> Path:
         """Write the run's HTML report (curves, confusion matrix, worst mistakes) to `path`
         (default: report.html in the run folder) and return its path.
 
@@ -307,11 +352,10 @@ class Run:
     def _job(self, on_event=None):
         """(backend, RunRef) of the run's job; UsageError for a trial, which has none of its own."""
         from .backends import get_backend
+        from .run_lookup import refuse_trial
         from .runner import run_ref
 
-        if self.search_id:
-            raise UsageError(f"run {self.id} is a trial of the search {self.search_id}, which ran as one job: "
-                             f"use {self.search_id} (it stands for its best trial)")
+        refuse_trial(self._record)
         return get_backend(self.backend, on_event=on_event or ignore), run_ref(self._record)
 
     def _reload(self):

@@ -22,10 +22,17 @@ def find(run_id, job=True):
 
     ledger = Ledger()
     record = ledger.get(run_id)
-    if job and record.search_id:
+    if job:
+        refuse_trial(record)
+    return ledger, record, get_backend(record.backend), run_ref(record)
+
+
+def refuse_trial(record):
+    """UsageError for a trial of a search, which ran inside its search's job and has no job of its
+    own to ask, cancel or download: the message names the search to use instead."""
+    if record.search_id:
         raise UsageError(f"run {record.run_id} is a trial of the search {record.search_id}, which ran as one job: "
                          f"use {record.search_id} (it stands for its best trial)")
-    return ledger, record, get_backend(record.backend), run_ref(record)
 
 
 def folder_for(run, wanted):

@@ -13,13 +13,11 @@ from pathlib import Path
 
 from remote_scripts.metrics import HEADLINE_METRICS
 
-from .backends.base import COMPLETED, FAILED, QUEUED, RUNNING, TERMINAL, JobSpec, RunRef
+from .backends.base import COMPLETED, FAILED, QUEUED, RUNNING, SCORE, TERMINAL, JobSpec, RunRef
 from .errors import UsageError
 from .events import parse_line
 from .ledger import RunRecord
 from .run_folder import RunFolder
-
-POLL_SECONDS = 1.0  # how often a follow with a timeout asks the backend for new lines
 
 
 @dataclass
@@ -49,9 +47,14 @@ def start(backend, ledger, spec, name):
     The ledger row comes first, so a job never runs without one: if the submit fails, the
     row says so.
     """
+    if spec.kind not in backend.kinds:
+        raise UsageError(f"the {backend.name} backend runs no {spec.kind} jobs")
     backend.prepare(spec)
     planned = backend.planned_remote_id(spec)
-    params = {"train_args": spec.train_args, "backend_options": spec.backend_options}
+    if spec.kind == SCORE:
+        params = {"score": spec.score}
+    else:
+        params = {"train_args": spec.train_args, "backend_options": spec.backend_options}
     if spec.trials is not None:
         params["trials"] = spec.trials
     ledger.add(RunRecord(run_id=spec.run_id, name=name, backend=backend.name, status=QUEUED,
@@ -169,7 +172,7 @@ def _lines(backend, run, timeout):
         if backend.status(run) in TERMINAL or time.monotonic() >= deadline:
             yield from backend.log_lines(run, cursor, follow=False)  # what came before the end
             return
-        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(backend.poll_seconds, max(0.0, deadline - time.monotonic())))
 
 
 def finish(backend, run, ledger, run_end=None, download=True):
@@ -197,7 +200,8 @@ def finish(backend, run, ledger, run_end=None, download=True):
             exit_code = backend.exit_code(run)
         ledger.update(run.run_id, status=status, exit_code=exit_code,
                       metrics={k: metrics[k] for k in HEADLINE_METRICS if k in metrics} if metrics else {})
-        outcome = Outcome(status, exit_code, run_end.get("error") or "", metrics)
+        error = run_end.get("error") or (backend.error(run) if status == FAILED else None) or ""
+        outcome = Outcome(status, exit_code, error, metrics)
     _record_trials(ledger, record)
     return outcome
 

@@ -12,6 +12,7 @@ Example:
     {'accuracy': 'digits-20261207-103000-cd34', ...}
 """
 import builtins
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -52,15 +53,16 @@ def list(limit: int = 50) -> "builtins.list[Run]":
 
 
 def compare(run_ids: "builtins.list[str]") -> dict:
-    """Runs side by side: {"runs": [...], "params": the parameters that differ, "metrics": ...,
-    "best": {metric: run id}} (orchestrator.compare). A search's id stands for all its trials.
-    Only what is on this machine is read: outputs are not downloaded for this.
+    """Runs side by side (orchestrator.compare.compare): {"runs": [...], "parameters": {name:
+    {"values": {run_id: value}, "differs"}}, "metrics": {key: {"label", "better", "values"}},
+    "best": {key: {"value", "runs": [run_id...]}}}. A search's id stands for all its trials. Only
+    what is on this machine is read: outputs are not downloaded for this.
 
     Raises UsageError for fewer than two runs, an unknown id, or a run named twice.
 
     Example:
         >>> runs.compare(["digits-20261207-101500-ab12", "digits-20261207-103000-cd34"])["best"]["accuracy"]
-        'digits-20261207-103000-cd34'
+        {'value': 0.97, 'runs': ['digits-20261207-103000-cd34']}
     """
     from .backends import get_backend
     from .compare import compare as side_by_side
@@ -78,7 +80,7 @@ def compare(run_ids: "builtins.list[str]") -> dict:
     return side_by_side(records, cost_of=lambda record: get_backend(record.backend).cost(record))
 
 
-def attach(job_name: str, *, runs_dir="runs", subscription_id: Optional[str] = None,
+def attach(job_name: str, *, runs_dir: "str | os.PathLike" = "runs", subscription_id: Optional[str] = None,
            resource_group: Optional[str] = None, workspace_name: Optional[str] = None, profile: Optional[str] = None,
            settings=None, on_event: Optional[Callable[[dict], None]] = None) -> "Run":
     """Adopt an Azure ML job started elsewhere (another machine, Studio) as a run of this machine,
@@ -106,7 +108,7 @@ def attach(job_name: str, *, runs_dir="runs", subscription_id: Optional[str] = N
     return Run(record, ledger)
 
 
-def report(run, path=None) -> Path:
+def report(run: "str | os.PathLike | Run", path: "str | os.PathLike | None" = None) -> Path:
     """Write the HTML report of `run` (a run id or unique prefix, a Run, or a run folder): learning
     curves, confusion matrix, per-class precision/recall/F1, the most confidently wrong images,
     skipped files, configuration and timing, in one self-contained file. Written to `path`, by

@@ -125,8 +125,7 @@ def _score_on_azure(model, data, out, *, force, top_k, on_event, runs_dir, compu
                     mini_batch_size, dry_run, export, approve, profile, **workspace):
     """Plan the parallel job of `data`, then return it as a Plan (dry_run, export) or run it to `out`."""
     from .backends.azure.job import check_export_path
-    from .backends.azure.score_job import (ScoreRun, build_score_job, describe_score, export_score_yaml,
-                                           parse_data_uri, plan_score)
+    from .backends.azure.score_job import build_score_job, describe_score, export_score_yaml, parse_data_uri, plan_score
     from .backends.azure.settings import load_settings
     from .runner import new_run_id
 
@@ -148,7 +147,41 @@ def _score_on_azure(model, data, out, *, force, top_k, on_event, runs_dir, compu
         return Plan(run_id=run_id, description=describe_score(plan, settings), spec=plan,
                     export=None if export is None else Path(export),
                     write_yaml=lambda path: export_score_yaml(build_score_job(plan), path))
-    from .ledger import Ledger
+    return _run_score_job(plan, settings, Path(runs_dir).resolve() / run_id, out, on_event, approve)
 
-    run = ScoreRun(settings, Ledger(), on_event=on_event, approve=approve)
-    return run.run(plan, Path(runs_dir).resolve() / run_id, out)
+
+def _run_score_job(plan, settings, run_dir, out, on_event, approve):
+    """The score job of `plan` through the lifecycle every job kind shares (runner.start, Run.wait:
+    the ledger row, runs/<id>/, status, cancel and logs as for a training run); then its prediction
+    rows, downloaded into the run's outputs, written to `out`. A failed or canceled job is JobFailed
+    (exit 1), with the service's error."""
+    import time
+
+    from .backends import get_backend
+    from .backends.azure.score_job import plan_from_params, plan_params, write_predictions
+    from .backends.base import SCORE, JobSpec
+    from .ledger import Ledger
+    from .run import Run
+    from .run_folder import RunFolder
+    from .runner import start
+
+    spec = JobSpec(run_id=plan.run_id, data=plan.data, run_dir=run_dir, train_args=[],
+                   backend_options={f: getattr(settings, f) for f in ("subscription_id", "resource_group",
+                                                                      "workspace_name")},
+                   kind=SCORE, score=plan_params(plan))
+    ledger, started = Ledger(), time.monotonic()
+    start(get_backend("azure", on_event=on_event, approve=approve), ledger, spec, plan.run_id)
+    try:
+        Run(ledger.get(plan.run_id), ledger).wait(on_event=on_event)
+    except KeyboardInterrupt:
+        on_event(events.notice(f"detached; the job goes on: `orchestrate status {plan.run_id}`, then "
+                               f"`orchestrate cancel {plan.run_id}` to stop it"))
+        raise
+    seconds = int(time.monotonic() - started)
+    files = [path for path in RunFolder(run_dir).outputs.rglob("*") if path.is_file()]
+    summary = write_predictions(files, plan_from_params(spec.run_id, spec.score), out)  # its datastore resolved
+    summary.update(run_id=plan.run_id, out=str(out), seconds=seconds,
+                   images_per_second=round(summary["rows"] / seconds, 2) if seconds > 0 else None)
+    on_event(events.notice(f"{summary['rows']} image(s) scored ({summary['errors']} unreadable) in {seconds} s "
+                           f"on {plan.instances} node(s): {out}"))
+    return summary

@@ -15,11 +15,11 @@ Example:
     >>> print(plan.description)
 """
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union, overload
 
-from remote_scripts.options import BY_DEST, OPTIONS, problems, to_arguments
+from remote_scripts.options import BY_DEST, OPTIONS, Option, problems, to_arguments
 
-from .errors import DatasetError, UsageError
+from .errors import UsageError, dataset_errors
 from .events import ignore, notice
 from .plan import Plan
 
@@ -47,6 +47,28 @@ def azure_only():
 
     return {**{dest: option.flag for dest, (option, backends) in backend_options().items() if backends == ("azure",)},
             **WORKSPACE_FLAGS}
+
+
+# train()'s own arguments that take a value of a kind, with their rule (the CLI's flags too).
+TRIALS = Option("--trials", "int", None, "with --search: at most this many trials", low=1)
+OWN_ARGUMENTS = {"name": Option("--name", "str", None, ""), "runs_dir": Option("--runs-dir", "str", None, ""),
+                 "space": Option("--space", "str", None, ""), "search": Option("--search", "flag", None, ""),
+                 "trials": TRIALS}
+
+
+@overload
+def train(data: Union[str, Path], *, dry_run: Literal[False] = False, export: None = None,
+          **options: Any) -> "Run": ...
+
+
+@overload
+def train(data: Union[str, Path], *, dry_run: Literal[True], export: Union[str, Path, None] = None,
+          **options: Any) -> Plan: ...
+
+
+@overload
+def train(data: Union[str, Path], *, dry_run: bool = False, export: Union[str, Path],
+          **options: Any) -> Plan: ...
 
 
 def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] = None,
@@ -158,7 +180,7 @@ def validate_dataset(data, values):
         return BY_DEST[name].default if values[name] is None else values[name]
 
     val, test, labels = given("val_fraction"), given("test_fraction"), given("labels")
-    try:
+    with dataset_errors():
         if packed_dataset.is_packed(str(data)):  # its index holds the labels: the job does not read --labels again
             found = packed_dataset.PackedDataset(str(data)).scan()
         else:
@@ -168,8 +190,6 @@ def validate_dataset(data, values):
             found = fd.scan(str(data), labels=labels)
         samples = fd.sample_fraction(found.samples, given("sample_fraction"), given("seed"), val, test)
         fd.stratified_split(samples, found.classes, val, test, seed=0)
-    except fd.DatasetError as exc:
-        raise DatasetError(str(exc)) from None
 
 
 def choose_backend(name, options):

@@ -129,7 +129,7 @@ def delete(*, delete_dependent_resources: bool = False, permanently: bool = Fals
                         workspace_name=workspace_name, location=location, profile=profile)
     seam = seam_for(resolved)
     question = f"delete workspace {resolved.workspace_name}?"
-    if approve and approve(question) is False:
+    if approve and not approve(question):
         raise UsageError(f"workspace {resolved.workspace_name} not deleted: not approved")
     with azure_errors():
         if seam.get_workspace() is None:

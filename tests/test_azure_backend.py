@@ -366,7 +366,7 @@ def test_prepare_submit_follow_download(tmp_path, world, container, workspace_en
                    backend_options={"compute": "gpu-a100", "nodes": 2, "experiment": "colors", "no_pack": True})
     said, asked = [], []
     backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, on_event=notices(said),
-                           approve=lambda question: asked.append(dict(world.computes)))
+                           approve=lambda question: asked.append(dict(world.computes)) or True)
     backend.prepare(spec)
     assert asked == [{}]  # the CLI's confirmation came after the plan and before the cluster existed
     prefix = dataset_prefix(data)
@@ -515,7 +515,8 @@ def test_prepare_packs_the_dataset_and_the_job_downloads_its_shards(tmp_path, wo
     spec = JobSpec(run_id="colors-2", data=data, run_dir=tmp_path / "runs" / "colors-2", train_args=["--epochs", "1"],
                    backend_options={"compute": "gpu-a100"})
     said = []
-    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, on_event=notices(said), approve=lambda question: None)
+    backend = AzureBackend(seam_factory=world.seam, sleep=lambda s: None, on_event=notices(said),
+                           approve=lambda question: True)
     backend.prepare(spec)
     prefix = dataset_prefix(data, packed=True)
     names = {b.name for b in container.list_blobs()}

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import orchestrator
 from orchestrator.backends.azure import seam as seam_module
-from orchestrator.backends.azure.score_job import _plan_params, plan_score
+from orchestrator.backends.azure.score_job import plan_params, plan_score
 from orchestrator.cli.main import main
 from orchestrator.ledger import Ledger, RunRecord
 
@@ -112,7 +112,7 @@ def test_a_score_run_is_priced_on_its_cluster_and_instances_for_its_steps_time(p
     model = tmp_path / "model.onnx"
     model.write_bytes(b"onnx")
     plan = plan_score(model, "az://workspaceblobstore/images/", run_id="score-1", compute="gpu-a100", instances=3)
-    recorded(tmp_path, "score-1", {"score": _plan_params(plan)},
+    recorded(tmp_path, "score-1", {"score": plan_params(plan)},
              {"compute": plan.compute.cluster, "kind": "score", "outputs": {"predictions": "x"}}, created_at=T0 - DAY)
     # the pipeline's own run starts at once; its parallel step only once the nodes are there
     plane.runs["score-1"] = history_run("score-1", "Completed", start=T0 - 3600, end=T0 + 20 * 60)

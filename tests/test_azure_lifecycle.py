@@ -161,12 +161,12 @@ def test_submit_writes_the_azure_record_before_the_create(tmp_path, plane, monke
 # following -------------------------------------------------------------------------------------
 def test_a_failed_job_says_the_service_error_and_where_the_logs_are(tmp_path, plane):
     real_seam(plane)(WS_SETTINGS).submit(remote_job(plane, "run-3"))
-    set_job_status(plane, "run-3", "Failed", run_error("UsageError", FAILURE))
+    set_job_status(plane, "run-3", "Failed", run_error("UserError", FAILURE))
     said = []
     backend = AzureBackend(seam_factory=real_seam(plane), sleep=lambda s: None, on_event=notices(said))
     run = run_dir_for(tmp_path, plane, "run-3")
     assert list(backend.log_lines(run)) == []
-    assert said == ["Azure ML job: Failed", f"Azure ML error: UsageError: {FAILURE}",
+    assert said == ["Azure ML job: Failed", f"Azure ML error: UserError: {FAILURE}",
                     "full logs: https://ml.azure.com/runs/run-3?wsid=x (Outputs + logs)"]
     assert backend.status(run) == FAILED
     assert not any(TOKEN in line for line in said)

@@ -20,13 +20,17 @@ from imagegen import make_dataset
 from services.azurite import ACCOUNT, ACCOUNT_KEY
 
 from orchestrator.backends.azure import score_job
-from orchestrator.backends.azure.score_job import (APPEND_ROW_FILE, ScoreRun, build_score_job, describe_score,
-                                                   export_score_yaml, parse_data_uri, plan_score, resolve_data,
-                                                   score_prefix)
+from orchestrator.backends.azure import AzureBackend
+from orchestrator.backends.azure.score_job import (APPEND_ROW_FILE, build_score_job, describe_score, export_score_yaml,
+                                                   parse_data_uri, plan_from_params, plan_params, plan_score,
+                                                   resolve_data, resolve_datastore, score_prefix, write_predictions)
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.errors import JobFailed, UsageError
+from orchestrator.backends.base import SCORE, JobSpec, RunRef
 from orchestrator.ledger import Ledger
+from orchestrator.storage.blob import download_prefix
+from orchestrator.runner import follow, start
 from orchestrator.paths import remote_scripts_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # azure-ai-ml's marshmallow
@@ -265,9 +269,19 @@ def settings():
     return Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws")
 
 
-def score_run(plane, azurite, said=None):
-    return ScoreRun(settings(), Ledger(), on_event=(said.append if said is not None else lambda event: None),
-                    sleep=lambda s: None, seam_factory=real_seam(plane, azurite.endpoint))
+def backend(plane, azurite, said=None):
+    return AzureBackend(seam_factory=real_seam(plane, azurite.endpoint), sleep=lambda s: None,
+                        on_event=(said.append if said is not None else lambda event: None))
+
+
+def submit(plane, azurite, planned, run_dir, said=None):
+    """The score job of `planned` started as every job kind is (runner.start: prepare, the ledger
+    row, runs/<id>/, submit); returns the plan as recorded, its datastore resolved."""
+    spec = JobSpec(run_id=planned.run_id, data=planned.data, run_dir=run_dir, train_args=[],
+                   backend_options={"subscription_id": SUB, "resource_group": "rg", "workspace_name": "ws"},
+                   kind=SCORE, score=plan_params(planned))
+    start(backend(plane, azurite, said), Ledger(), spec, planned.run_id)
+    return plan_from_params(planned.run_id, spec.score)
 
 
 def rows_file(rows):
@@ -285,8 +299,8 @@ def test_the_put_body_holds_the_parallel_step_in_the_fields_the_service_reads(tm
     model): Parallel._to_rest_object's snake_case keys, the keys of the parallel job YAML schema
     (reference-yaml-job-parallel.md), with the command's values written out here."""
     nothing_to_upload(monkeypatch)
-    score_run(plane, azurite).submit(plan(compute="cpu", instances=3, processes=2, mini_batch_size=50, top_k=3),
-                                     tmp_path / "runs" / RUN)
+    submit(plane, azurite, plan(compute="cpu", instances=3, processes=2, mini_batch_size=50, top_k=3),
+           tmp_path / "runs" / RUN)
     (name, body), = plane.job_puts
     props = body["properties"]
     assert name == RUN
@@ -331,10 +345,9 @@ def test_submit_of_the_uri_data_upload_prints_then_download_of_the_predictions(t
     container: the datastore is found, the rows come back under the URI as given."""
     nothing_to_upload(monkeypatch)
     said = []
-    run = score_run(plane, azurite, said)
     run_dir = tmp_path / "runs" / RUN
     given = f"az://{ACCOUNT}/{CONTAINER}/orchestrate/datasets/eurosat-1a2b3c4d"
-    submitted = run.submit(plan(data=given, instances=2, mini_batch_size=16), run_dir)
+    submitted = submit(plane, azurite, plan(data=given, instances=2, mini_batch_size=16), run_dir, said)
     assert (submitted.datastore, submitted.prefix, submitted.data) == (
         "workspaceblobstore", "orchestrate/datasets/eurosat-1a2b3c4d", given)
     assert [m for m, p in plane.requests if p.endswith(f"/jobs/{RUN}")] == ["GET", "PUT"]  # get-then-create
@@ -351,35 +364,43 @@ def test_submit_of_the_uri_data_upload_prints_then_download_of_the_predictions(t
     plane.admin.upload_blob(f"{score_prefix(RUN)}/{APPEND_ROW_FILE}", rows_file(lines), overwrite=True)
     set_job_status(plane, RUN, "Completed")
     out = tmp_path / "predictions.csv"
-    state, _ = run.follow(submitted)
-    assert state == "Completed"
-    summary = run.download(submitted, run_dir, out)
+    # followed as a training run is (runner.follow): its status said, its outputs downloaded at the end
+    outcome = follow(backend(plane, azurite, said), RunRef(RUN, "azure", run_dir, RUN), Ledger(), said.append,
+                     lambda line: None)
+    assert outcome.status == "completed" and {"type": "notice", "message": "Azure ML job: Completed"} in said
+    files = [path for path in (run_dir / "outputs").rglob("*") if path.is_file()]
+    summary = write_predictions(files, submitted, out)
     assert summary == {"rows": 3, "errors": 1, "skipped": 1}
     text = out.read_text().splitlines()
     assert text[0] == "path,label,score,top_k,error"
     assert [line.split(",")[0] for line in text[1:]] == [f"{given}/a/1.jpg", f"{given}/a/bad.png", f"{given}/b/2.jpg"]
     assert Ledger().get(RUN).status == "completed"
     # `orchestrate status/cancel RUN` find the job from runs/<id>/azure.json, as for a training run
-    from orchestrator.backends.azure import AzureBackend
-    from orchestrator.backends.base import COMPLETED, RunRef
+    from orchestrator.backends.base import COMPLETED
 
     assert AzureBackend(seam_factory=real_seam(plane)).status(RunRef(RUN, "azure", run_dir, RUN)) == COMPLETED
 
 
-def test_a_failed_job_is_exit_1_with_the_services_error(tmp_path, plane, azurite, monkeypatch):
+def test_a_failed_job_is_job_failed_with_the_services_error(tmp_path, plane, azurite, monkeypatch):
+    """Followed as any run is (Run.wait): the service's error is the reason (exit code 1 in the CLI)."""
     from azure_transport import run_error
 
-    nothing_to_upload(monkeypatch)
-    run = score_run(plane, azurite)
-    original = run.seam.job_status
+    from orchestrator.backends.azure import seam
+    from orchestrator.run import Run
 
-    def fails(name):  # the service reports the failure on the first poll after the submit
-        set_job_status(plane, name, "Failed", run_error("UsageError", "run() raised in 5 mini-batches"))
-        return original(name)
-    monkeypatch.setattr(run.seam, "job_status", fails)
-    with pytest.raises(JobFailed, match="failed: UsageError: run\\(\\) raised in 5 mini-batches"):
-        run.run(plan(), tmp_path / "runs" / RUN, tmp_path / "p.csv")
-    assert not (tmp_path / "p.csv").exists() and Ledger().get(RUN).status == "failed"
+    nothing_to_upload(monkeypatch)
+    submit(plane, azurite, plan(), tmp_path / "runs" / RUN)
+
+    class Seam(seam.AzureSeam):
+        def job_status(self, name):  # the service reports the failure on the first poll after the submit
+            set_job_status(plane, name, "Failed", run_error("UserError", "run() raised in 5 mini-batches"))
+            return super().job_status(name)
+    monkeypatch.setattr(seam, "AzureSeam", lambda settings: Seam(settings, credential=PipelineCredential(),
+                                                                 transport=plane, blob_endpoint=azurite.endpoint))
+    with pytest.raises(JobFailed, match="failed: UserError: run\\(\\) raised in 5 mini-batches") as failed:
+        Run(Ledger().get(RUN)).wait()
+    assert failed.value.exit_code == 1 and failed.value.reason == "UserError: run() raised in 5 mini-batches"
+    assert Ledger().get(RUN).status == "failed"
 
 
 def download(plane, azurite, tmp_path, run_id, blobs):
@@ -387,8 +408,11 @@ def download(plane, azurite, tmp_path, run_id, blobs):
     for name, text in blobs.items():
         plane.admin.upload_blob(f"{score_prefix(run_id)}/{name}", text, overwrite=True)
     resolved = replace(plan(run_id=run_id), datastore="workspaceblobstore")
+    seam = real_seam(plane, azurite.endpoint)(settings())
+    container = seam.container_client(resolve_datastore(seam, "workspaceblobstore"))
+    files = download_prefix(container, score_prefix(run_id), tmp_path / "runs" / run_id / "outputs")
     out = tmp_path / "p.jsonl"
-    return score_run(plane, azurite).download(resolved, tmp_path / "runs" / run_id, out), out
+    return write_predictions(files, resolved, out), out
 
 
 def test_download_reads_the_append_row_file_alone_and_keeps_the_last_row_of_a_retried_path(tmp_path, plane, azurite):
@@ -440,7 +464,7 @@ def test_a_packed_prefix_is_refused_before_anything_is_created(tmp_path, plane, 
     plane.admin.upload_blob("packed/pets/index.json", packed_index(), overwrite=True)
     plane.admin.upload_blob("packed/pets/shards/0a1b.tar", b"\0" * 1024, overwrite=True)
     with pytest.raises(UsageError) as refused:
-        score_run(plane, azurite).submit(plan(data="az://workspaceblobstore/packed/pets"), tmp_path / "runs" / RUN)
+        submit(plane, azurite, plan(data="az://workspaceblobstore/packed/pets"), tmp_path / "runs" / RUN)
     message = str(refused.value)
     assert message.startswith("az://workspaceblobstore/packed/pets is a packed dataset (index.json and shards/*.tar)")
     assert "score a folder of image files" in message and "orchestrate data upload DATA --no-pack" in message
@@ -452,7 +476,7 @@ def test_a_packed_prefix_is_refused_before_anything_is_created(tmp_path, plane, 
 def test_a_loose_folder_with_an_index_json_of_its_own_is_scored(tmp_path, plane, azurite, monkeypatch):
     nothing_to_upload(monkeypatch)
     plane.admin.upload_blob("loose/pets/index.json", b'{"images": 3}', overwrite=True)
-    submitted = score_run(plane, azurite).submit(plan(data="az://workspaceblobstore/loose/pets"), tmp_path / "r")
+    submitted = submit(plane, azurite, plan(data="az://workspaceblobstore/loose/pets"), tmp_path / "r")
     assert submitted.prefix == "loose/pets" and len(plane.job_puts) == 1
 
 
@@ -578,7 +602,7 @@ def test_the_uris_data_upload_prints_packed_is_refused_and_loose_is_scored(tmp_p
     assert code == 0, output
     loose, = [line for line in output.splitlines() if line.startswith("az://")]
     assert loose == f"{to}/uploads/loose"
-    submitted = score_run(plane, azurite).submit(plan(data=loose), tmp_path / "runs" / RUN)
+    submitted = submit(plane, azurite, plan(data=loose), tmp_path / "runs" / RUN)
     assert (submitted.datastore, submitted.prefix) == ("workspaceblobstore", "uploads/loose")
     (_, body), = plane.job_puts
     assert body["properties"]["jobs"]["score"]["inputs"]["data"]["uri"] == \

@@ -28,8 +28,10 @@ from test_azure_sweep import Plane as SweepPlane
 
 from orchestrator.backends.azure import score_job
 from orchestrator.backends.azure import seam as seam_module
-from orchestrator.backends.azure.score_job import ScoreRun, plan_score
-from orchestrator.backends.azure.settings import Settings
+from orchestrator.backends.azure import AzureBackend
+from orchestrator.backends.azure.score_job import plan_params, plan_score
+from orchestrator.backends.base import SCORE, JobSpec
+from orchestrator.runner import start
 from orchestrator.backends.azure.sweep_job import trial_prefix
 from orchestrator.backends.base import COMPLETED
 from orchestrator.errors import UsageError
@@ -85,9 +87,10 @@ def test_scoring_a_search_reads_its_best_trials_model_where_that_trial_wrote_it(
     # the parallel step's model input is that blob, read in place (no upload)
     nothing_to_upload(monkeypatch)
     run_id = "score-photos-20261204-090000-ef56"
-    score = ScoreRun(Settings(subscription_id=SUB, resource_group="rg", workspace_name="ws"), Ledger(),
-                     sleep=lambda s: None)
-    score.submit(plan_score(uri, DATA, run_id=run_id), tmp_path / "runs" / run_id)
+    spec = JobSpec(run_id=run_id, data=DATA, run_dir=tmp_path / "runs" / run_id, train_args=[],
+                   backend_options={"subscription_id": SUB, "resource_group": "rg", "workspace_name": "ws"},
+                   kind=SCORE, score=plan_params(plan_score(uri, DATA, run_id=run_id)))
+    start(AzureBackend(sleep=lambda s: None), Ledger(), spec, run_id)
     (_, body), = [(name, body) for name, body in plane.job_puts if name == run_id]
     assert body["properties"]["jobs"]["score"]["inputs"]["model"] == {"job_input_type": "uri_file",
                                                                        "mode": "Download", "uri": uri}
@@ -99,7 +102,7 @@ def test_scoring_a_search_whose_best_trial_is_not_known_yet_is_refused_before_an
     search_in_ledger(run)
     seen = len(plane.requests)
     # were the job submitted, following it would poll for minutes: fail at once instead
-    monkeypatch.setattr(score_job.ScoreRun, "follow", lambda self, plan: pytest.fail("a score job was submitted"))
+    monkeypatch.setattr(AzureBackend, "submit", lambda self, spec: pytest.fail("a score job was submitted"))
     code, output = invoke_score(RUN, DATA, "--out", tmp_path / "p.csv", "--yes")
     assert (code, output) == (2, f"error: the best trial of search {RUN} is not known yet: once the search has "
                                  f"ended, run `orchestrate download {RUN}`\n")

@@ -304,7 +304,7 @@ def ended_sweep(plane, azurite):
         f"{p}_0": (3, "Completed", T0 + 60, T0 + 360, None),
         f"{p}_1": (1, "Completed", T0 + 60, T0 + 300, None),
         f"{p}_2": (2, "Canceled", T0 + 60, T0 + 140, None),  # in a sweep that went on to complete: the policy
-        f"{p}_3": (4, "Failed", T0 + 300, T0 + 320, run_error("UsageError", "CUDA out of memory")),
+        f"{p}_3": (4, "Failed", T0 + 300, T0 + 320, run_error("UserError", "CUDA out of memory")),
     }
     tags = {"_aml_system_max_concurrent_jobs": "4", "_aml_system_max_total_jobs": "5",
             **{name: json.dumps({"trial": number}) for name, (number, *_rest) in children.items()}}
@@ -423,11 +423,11 @@ def test_a_sweep_without_a_completed_trial_writes_search_json_and_refuses_the_mo
     plane.runs[p] = run_body(p, "Failed", start=T0, end=T0 + 100, tags={f"{p}_0": json.dumps({"trial": 2})})
     plane.children[p] = [f"{p}_0"]
     plane.runs[f"{p}_0"] = run_body(f"{p}_0", "Failed", parent=p, start=T0, end=T0 + 50,
-                                    error=run_error("UsageError", "bad data"))
-    set_job_status(plane, p, "Failed", error=run_error("UsageError", "every trial failed"))
+                                    error=run_error("UserError", "bad data"))
+    set_job_status(plane, p, "Failed", error=run_error("UserError", "every trial failed"))
     events = [parse_line(line.text) for line in backend.log_lines(run)]
     assert events[-1]["type"] == "run_end" and events[-1]["status"] == "failed"
-    assert events[-1]["error"] == "UsageError: every trial failed"
+    assert events[-1]["error"] == "UserError: every trial failed"
     out = run.run_dir / "outputs"
     with pytest.raises(UsageError, match="no trial of search .* completed"):
         backend.download(run, out)

@@ -48,7 +48,8 @@ def make_spec(root, data, train_args, base_image):
 
 
 def containers_of(client, run_id):
-    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+    # ignore_removed: a container finalized between the list and its inspection is not an error
+    return client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}, ignore_removed=True)
 
 
 def submit_and_wait(tmp_path, docker_client, offline_base, train_args):

@@ -23,13 +23,20 @@ QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed",
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELED})
 
 
+# The kinds of job, each with what it submits and what its outputs are: a training run (a search:
+# a training run with trials) writes the job contract's outputs (DESIGN.md 4.1: model.onnx,
+# labels.json, metrics...); a score job scores images with a model and writes prediction rows.
+TRAIN, SCORE = "train", "score"
+
+
 @dataclass
 class JobSpec:
-    """Everything a backend needs to run one training job.
+    """Everything a backend needs to run one job, of kind TRAIN or SCORE.
 
     `train_args` are the train.py flags (without --data/--output/--checkpoint-dir, which each
     backend maps to its own paths); `backend_options` holds backend-specific settings
-    (docker: base_image, gpus, cpus, memory; azure: compute, nodes ...).
+    (docker: base_image, gpus, cpus, memory; azure: compute, nodes ...). A score job's settings
+    are `score` (the backend's plan of it, as JSON); its data may be a URI rather than a folder.
     """
     run_id: str
     data: Path
@@ -40,6 +47,8 @@ class JobSpec:
     # (remote_scripts/search_space.py); train_args are then what every trial shares and
     # --time-budget is the whole search's. None: one training run.
     trials: list = None
+    kind: str = TRAIN
+    score: dict = None
 
     @property
     def output_dir(self):
@@ -57,9 +66,10 @@ class JobSpec:
     @classmethod
     def from_json(cls, data):
         """The spec that runs/<id>/spec.json records (the inverse of to_json; other keys ignored)."""
-        return cls(run_id=data["run_id"], data=Path(data["data"]), run_dir=Path(data["run_dir"]),
-                   train_args=list(data["train_args"]), backend_options=dict(data.get("backend_options") or {}),
-                   trials=data.get("trials"))
+        return cls(run_id=data["run_id"], data=data["data"] if "://" in data["data"] else Path(data["data"]),
+                   run_dir=Path(data["run_dir"]), train_args=list(data["train_args"]),
+                   backend_options=dict(data.get("backend_options") or {}), trials=data.get("trials"),
+                   kind=data.get("kind", TRAIN), score=data.get("score"))
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,12 @@ class BackendOption(Option):
         if self.pattern and value is not None and not re.fullmatch(self.pattern, str(value).lower()):
             return f"{self.flag} must be {self.form}, not {value!r}"
         return super().check(value)
+
+    def problem(self, value):
+        """As Option.problem; a text option with a form takes a number as its text too (gpus=2)."""
+        if self.pattern and isinstance(value, int) and not isinstance(value, bool):
+            return self.check(value)
+        return super().problem(value)
 
 
 # The options of a job that launch_command starts (the local and docker backends).
@@ -117,6 +133,8 @@ class Backend(ABC):
     not_resumable = "its runs cannot be started again"
     # The backend's options (BackendOption each), in the order `orchestrate train --help` lists them.
     options = ()
+    # How often a caller that follows a run with a deadline (Run.wait(timeout=...)) reads log_lines again.
+    poll_seconds = 1.0
 
     @classmethod
     def settings(cls, backend_options):
@@ -149,6 +167,8 @@ class Backend(ABC):
     def submit(self, spec):
         """Start the job and return its RunRef without waiting for it."""
 
+    kinds = frozenset({TRAIN})  # the kinds of job this backend runs
+
     def planned_remote_id(self, spec):
         """The remote id the submit of `spec` will use, when it is known beforehand (else None):
         the ledger records it before the submit, so an interrupted submit leaves a findable job."""
@@ -165,6 +185,11 @@ class Backend(ABC):
     @abstractmethod
     def status(self, run):
         """One of QUEUED, RUNNING, COMPLETED, FAILED, CANCELED."""
+
+    def error(self, run):
+        """Why a failed run failed, as the backend's service tells it ("code: message"), when the
+        job itself could not say it (no run_end event); else None."""
+        return None
 
     def exit_code(self, run):
         """The job's exit code once it has ended, when the backend knows it; else None.

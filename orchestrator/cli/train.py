@@ -5,12 +5,12 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..training import backend_choices
+from ..training import TRIALS, backend_choices
 from .azure_options import workspace_options
 from .client_events import ClientEvents
 from .common import detach_or_follow
 from .register import print_assets
-from .training_options import backend_options, training_options
+from .training_options import backend_options, click_option, training_options
 
 
 @click.command()
@@ -23,7 +23,7 @@ from .training_options import backend_options, training_options
               help="Try several configurations, cheapest first (linear mode over learning rates and weight "
                    "decays on one featurization, then head mode, then full fine-tuning), each a run of its own; "
                    "the best one's model is this run's. --time-budget is then the whole search's.")
-@click.option("--trials", "max_trials", type=click.IntRange(min=1), help="With --search: at most this many trials.")
+@click_option(TRIALS)
 @click.option("--space", "space_file", type=click.Path(dir_okay=False, path_type=Path),
               help="With --search: a YAML file of the configurations to try instead of the default space "
                    "(a list of groups, option: value or [values]; see README).")
@@ -43,7 +43,7 @@ from .training_options import backend_options, training_options
 @click.option("--detach", is_flag=True, help="Start the job and return at once with its run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the job's ordinary log lines.")
-def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, yes, search, max_trials,
+def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, verbose, yes, search, trials,
           space_file, **kwargs):
     """Train a classifier on DATA, a folder with one sub-folder of images per label (or such a
     dataset at s3://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX, packed first into the cache).
@@ -73,7 +73,7 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
         approve = lambda question: click.confirm(question, abort=True)  # noqa: E731
     with ClientEvents() as on_event:
         started = start_training(data, backend=backend, name=name, runs_dir=runs_dir, search=search,
-                                 trials=max_trials, space=space_file, dry_run=dry_run, export=export_path,
+                                 trials=trials, space=space_file, dry_run=dry_run, export=export_path,
                                  approve=approve, on_event=on_event, **kwargs)
     if dry_run or export_path:
         click.echo(started.description)
@@ -104,9 +104,11 @@ def resume_and_follow(ctx, run_id, detach=False, as_json=False, verbose=False):
              for param in ctx.command.params if param.name not in RESUME_KEEPS
              and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
     if given:
-        raise UsageError(f"--resume continues run {run_id} with its recorded data and settings: drop {', '.join(given)}")
+        raise UsageError(f"--resume continues run {run_id} with its recorded data and settings: "
+                         f"drop {', '.join(given)}")
     run = get(run_id)
     with ClientEvents() as on_event:
         run.resume(on_event=on_event)
     detach_or_follow(run, detach, as_json, verbose, started="resumed",
-                     banner=f"run {run.id} resumed on {run.backend} backend (attempt {run.attempts}); folder {run.folder}")
+                     banner=f"run {run.id} resumed on {run.backend} backend (attempt {run.attempts}); "
+                            f"folder {run.folder}")

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError, scan
+from remote_scripts.folder_dataset import FILENAME, FOLDER, scan
 
-from ..errors import UsageError
+from ..errors import UsageError, dataset_errors
 from ..paths import private_state_dir
 
 MANIFEST_VERSION = 1
@@ -126,12 +126,10 @@ def build_manifest(root, name=None, *, labels=FOLDER, workers=8, cache=None, pro
 
     cache: a HashCache, None for the default one in the state dir, False for none.
     progress: optional callable(entry) called on this thread as each file is done.
-    Raises UsageError for a missing folder or one that gives no usable dataset.
+    Raises DatasetError for a missing folder or one that gives no usable dataset.
     """
-    try:
+    with dataset_errors():
         found = scan(str(root), labels=labels)
-    except DatasetError as exc:
-        raise UsageError(str(exc)) from None
     return manifest_from_scan(root, found, name, labels=labels, workers=workers, cache=cache, progress=progress)
 
 

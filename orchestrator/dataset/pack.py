@@ -38,7 +38,7 @@ from remote_scripts.atomic import write_atomically
 from remote_scripts.folder_dataset import FILENAME, FOLDER, DatasetError
 
 from .. import events
-from ..errors import UsageError
+from ..errors import UsageError, dataset_errors
 from ..paths import image_cache_dir
 from .manifest import file_digest, hash_cache
 from .sources import open_source
@@ -81,10 +81,8 @@ class PackResult:
 
 def packed_summary(out_dir):
     """The PackResult of a folder packed already (nothing written); UsageError when it is not one."""
-    try:
+    with dataset_errors():
         return PackResult.of_index(out_dir, layout.read_index(str(out_dir)))
-    except DatasetError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def default_pack_dir(data_dir):

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from remote_scripts.folder_dataset import DatasetError, scan, scan_listing
+from remote_scripts.folder_dataset import scan, scan_listing
 
-from ..errors import ServiceError, UsageError
+from ..errors import ServiceError, UsageError, dataset_errors
 from ..secrets import redact
 from .manifest import Entry, Manifest, hash_cache, manifest_from_scan, scanned_files
 
@@ -83,10 +83,8 @@ class LocalSource:
         return folder == root or root in folder.parents
 
     def scan(self, labels):
-        try:
+        with dataset_errors():
             return scan(str(self.root), labels=labels)
-        except DatasetError as exc:
-            raise UsageError(str(exc)) from None
 
     def manifest(self, found, labels, cache, progress):
         return manifest_from_scan(self.root, found, labels=labels, cache=cache, progress=progress)
@@ -142,10 +140,8 @@ class RemoteSource:
         return self._objects
 
     def scan(self, labels):
-        try:
+        with dataset_errors():
             return scan_listing(self.uri, list(self.objects()), self.read, labels=labels)
-        except DatasetError as exc:
-            raise UsageError(str(exc)) from None
 
     def read(self, path):
         return self._read(f"{self.prefix}/{path}" if self.prefix else path)

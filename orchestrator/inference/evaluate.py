@@ -3,18 +3,16 @@ import os
 
 import numpy as np
 
-from remote_scripts.folder_dataset import DatasetError as ScanError, scan
+from remote_scripts.folder_dataset import scan
 from remote_scripts.metrics import classification_metrics
 
-from ..errors import DatasetError, UsageError
+from ..errors import DatasetError, UsageError, dataset_errors
 
 
 def evaluate_folder(classifier, data_dir):
     """Metrics dict (remote_scripts.metrics) plus `skipped` files, for DATA/<label>/<images>."""
-    try:
+    with dataset_errors():
         found = scan(str(data_dir), min_classes=1)  # one labeled class is enough to evaluate on
-    except ScanError as exc:
-        raise DatasetError(str(exc)) from None
     unknown = sorted(set(found.classes) - set(classifier.labels))
     if unknown:
         raise UsageError(f"folder(s) {', '.join(unknown)} in {data_dir} are not labels of this model "

@@ -34,7 +34,7 @@ from remote_scripts import packed_dataset as layout
 
 from .. import events
 from ..dataset.manifest import sha256_file
-from ..errors import UsageError
+from ..errors import UsageError, dataset_errors
 from .blob import MANIFEST_NAME, SHA256_KEY, blob_name, location, storage_errors
 
 # Shards are a few tens of MB: a few in parallel, each in parallel blocks, keeps the link busy
@@ -115,10 +115,8 @@ def upload_packed(pack_dir, container_client, prefix, *, on_event=events.ignore,
     from azure.storage.blob import ContentSettings
 
     started = time.perf_counter()
-    try:
+    with dataset_errors():
         doc = layout.read_index(str(pack_dir))
-    except layout.DatasetError as exc:
-        raise UsageError(str(exc)) from None
     index_data = layout.index_bytes(doc)  # as packed, also where another tool re-wrote the file (is_packed)
     index_digest = sha256(index_data).hexdigest()
     with storage_errors(container_client, "listing"):

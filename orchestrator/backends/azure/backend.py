@@ -23,7 +23,7 @@ import time
 from ...errors import UsageError
 from ...events import ignore, notice
 from ...run_folder import RunFolder
-from ..base import FAILED, TERMINAL, Backend, BackendOption, RunRef
+from ..base import FAILED, SCORE, TERMINAL, TRAIN, Backend, BackendOption, RunRef
 from .settings import PROFILE_FIELDS, Settings, load_settings
 
 
@@ -37,6 +37,8 @@ class AzureBackend(Backend):
         >>> backend.prepare(spec); run = backend.submit(spec)
     """
     name = "azure"
+    poll_seconds = 15.0  # a caller following with a deadline asks this often (each ask: a few service calls)
+    kinds = frozenset({TRAIN, SCORE})  # a score job: a one-step parallel pipeline (score_job.py)
     not_resumable = "Azure ML restarts a preempted job by itself, from the run's checkpoint output"
     # The workspace (subscription, resource group, workspace, profile) is settings' (flags > env >
     # profile), not a job option; these are the job's. Defaults are applied by job.plan_from_spec.
@@ -73,6 +75,8 @@ class AzureBackend(Backend):
         # confirmation on a terminal (it raises to stop); None creates without asking.
         self.approve = approve
         self._datastores = {}  # run_id -> datastore resolved by prepare()
+        self._score_plans = {}  # run_id -> a score job's plan, its datastore resolved by prepare()
+        self._said = {}  # run_id -> the job status last said: a caller polling log_lines hears each change once
 
     def _notice(self, message):
         self.on_event(notice(message))
@@ -87,6 +91,8 @@ class AzureBackend(Backend):
         return self.seam_factory(settings.require("subscription_id", "resource_group", "workspace_name"))
 
     def prepare(self, spec):
+        if spec.kind == SCORE:
+            return self._prepare_score(spec)
         from remote_scripts.options import given_value
 
         from .job import dataset_prefix
@@ -115,6 +121,17 @@ class AzureBackend(Backend):
                                    labels=given_value(spec.train_args, "--labels"), on_event=self.on_event)
             self._notice(f"dataset: {result.files_sent} file(s) uploaded, {result.files_skipped} unchanged")
         self._datastores[spec.run_id] = datastore
+
+    def _prepare_score(self, spec):
+        """A score job: its data's datastore found (spec.score records it), the cluster created."""
+        from .score_job import plan_from_params, plan_params, prepare_score
+
+        plan, datastore = prepare_score(self._spec_seam(spec), plan_from_params(spec.run_id, spec.score),
+                                        self.on_event, self.approve)
+        spec.score = plan_params(plan)
+        self._score_plans[spec.run_id] = plan
+        self._datastores[spec.run_id] = datastore
+        return plan
 
     def _nodes_needed(self, seam, spec, plan):
         """The nodes the cluster must scale to: the job's; for a search, one per concurrent trial,
@@ -151,9 +168,17 @@ class AzureBackend(Backend):
         seam = self._spec_seam(spec)
         with azure_errors():
             datastore = self._datastores.get(spec.run_id) or seam.default_datastore()
-            plan, job = _build(spec, datastore=datastore["name"])
+            if spec.kind == SCORE:
+                from .score_job import build_score_job, score_prefix
+
+                plan = self._score_plans.get(spec.run_id) or self._prepare_score(spec)
+                job = build_score_job(plan)
+            else:
+                plan, job = _build(spec, datastore=datastore["name"])
         state = {"job": plan.name, "studio_url": None, "compute": plan.compute.cluster,
                  "datastore": datastore, "workspace": seam.settings.public()}
+        if spec.kind == SCORE:
+            state.update(kind=SCORE, outputs={"predictions": score_prefix(spec.run_id)})
         if spec.trials:  # what download and log_lines need to know of the search, spec or not
             from .sweep_job import sweep_plan_from_spec
 
@@ -225,6 +250,9 @@ class AzureBackend(Backend):
 
         def on_status(status):
             seen.append(status)
+            if self._said.get(run.run_id) == status:
+                return
+            self._said[run.run_id] = status
             self._notice(f"Azure ML job: {status}{STATUS_NOTES.get(status, '')}")
             if status in STOPPED:
                 self._notice(f"  following stops here (azure-ai-ml counts {status} as an end); the job "
@@ -238,7 +266,9 @@ class AzureBackend(Backend):
             self._notice(line)
 
         with azure_errors():
-            if state.get("search"):
+            if state.get("kind") == SCORE:  # a parallel pipeline: no log of its own to tail, its status
+                yield from self._follow_status(seam, run, follow, on_status)
+            elif state.get("search"):
                 from .sweep_results import follow_sweep
 
                 def failure():
@@ -257,6 +287,32 @@ class AzureBackend(Backend):
             if seen and seen[-1] == "Failed":
                 for line in self._failure_lines(seam, run, state):
                     self._notice(line)
+
+    def _follow_status(self, seam, run, follow, on_status, poll=(5.0, 30.0)):
+        """Follow a job by its status alone, each change said (on_status), polling every poll[0]
+        seconds, backing off to poll[1] while nothing changes; yields no line."""
+        from .seam import terminal_statuses
+        from .tailer import map_status
+
+        stop, last, delay = terminal_statuses(), None, poll[0]
+        while True:
+            status = seam.job_status(run.remote_id)
+            if status != last:
+                on_status(status)
+                last, delay = status, poll[0]
+            if not follow or map_status(status) in TERMINAL or status in stop:
+                return
+            self.sleep(delay)
+            delay = min(delay * 1.5, poll[1])
+        yield  # a generator, as log_lines is
+
+    def error(self, run):
+        """The service's error of a failed job ("code: message"; run history's RunDetails.error)."""
+        from .seam import azure_errors
+
+        with azure_errors():
+            error = self._run_seam(run).job_error(run.remote_id)
+        return f"{error['code'] or 'Error'}: {error['message']}" if error else None
 
     @staticmethod
     def _why_waiting(seam, compute):
@@ -326,6 +382,9 @@ class AzureBackend(Backend):
                 from .sweep_results import download_search
 
                 download_search(seam, container, state, run.run_id, dest, on_event=self.on_event)
+                return
+            if state.get("kind") == SCORE:  # the prediction rows; scoring.py writes them to the user's file
+                download_prefix(container, state["outputs"]["predictions"], dest)
                 return
         # an attached job (orchestrate attach) records where its model output is
         prefix = (state.get("outputs") or {}).get("model") or run_prefix(run.run_id, "model")

@@ -259,7 +259,7 @@ def ensure_compute(seam, resolved, *, on_event=events.ignore, max_nodes=1, min_n
     for line in plan.lines():
         say(line)
     plan.require_quota()
-    if approve and approve(f"create compute {resolved.cluster}?") is False:
+    if approve and not approve(f"create compute {resolved.cluster}?"):
         raise UsageError(f"compute {resolved.cluster} not created: not approved")
     seam.create_compute(entity)
     say(f"created compute {resolved.cluster}: {resolved.size.name}, {min_nodes}-{max_nodes} nodes "

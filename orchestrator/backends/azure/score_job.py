@@ -51,15 +51,12 @@ tests/test_azure_score.py on the PUT body):
 """
 import json
 import re
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from ... import events
-from ...errors import JobFailed, UsageError
+from ...errors import UsageError
 from ...paths import docker_context_dir, remote_scripts_dir
 from ...run_folder import RunFolder
-from ..base import QUEUED, TERMINAL
 from . import catalogue
 from .job import (AZUREML_DOCKERFILE, DEFAULT_DATASTORE, DEFAULT_EXPERIMENT, REMOTE_PATH, datastore_uri,
                   job_name, sdk_validation_errors)
@@ -136,6 +133,7 @@ class ScorePlan:
     top_k: int = 1
     experiment: str = DEFAULT_EXPERIMENT
     datastore: str = None       # the resolved datastore; None (offline): `source` taken as its name
+    compute_given: str = None   # the compute as asked (alias or size; None: the default): plans it again
 
     @property
     def name(self):
@@ -183,7 +181,7 @@ def plan_score(model, data, *, run_id, compute=None, instances=None, processes=N
     return ScorePlan(run_id=run_id, model=model, source=source, prefix=prefix, data=f"az://{source}/{prefix}",
                      compute=resolved, instances=int(instances or 1), processes=int(processes or default_processes),
                      mini_batch_size=int(mini_batch_size or DEFAULT_MINI_BATCH), top_k=int(top_k or 1),
-                     experiment=experiment or DEFAULT_EXPERIMENT)
+                     experiment=experiment or DEFAULT_EXPERIMENT, compute_given=compute)
 
 
 def build_score_job(plan):
@@ -339,139 +337,51 @@ def refuse_packed(plan):
                      "az://ACCOUNT/CONTAINER/PREFIX`")
 
 
-class ScoreRun:
-    """Submit a ScorePlan, follow the job to its end and write the predictions to `out`.
+def prepare_score(seam, plan, on_event, approve):
+    """What AzureBackend.prepare does for a score job: find the datastore of the data (refusing a
+    packed prefix, whose job would get shards, not images), then create the cluster when missing.
+    Returns the plan with its datastore resolved."""
+    from .provision import ensure_compute
+    from .seam import azure_errors
 
-    seam_factory(settings) -> a seam (seam.AzureSeam in use, a stand-in or a transport-backed one
-    in tests); ledger: where the run is recorded (orchestrator.ledger.Ledger); on_event: what is
-    done, as notice events; approve: asked before a cluster is created (None: create).
+    with azure_errors():
+        datastore, prefix = resolve_data(seam, plan.source, plan.prefix)
+        plan = replace(plan, datastore=datastore["name"], prefix=prefix)
+        if is_packed_prefix(seam.container_client(datastore), plan.prefix):
+            raise refuse_packed(plan)
+        build_score_job(plan)  # an invalid job fails before a cluster is created
+        ensure_compute(seam, plan.compute, on_event=on_event, max_nodes=plan.instances, approve=approve)
+    return plan, datastore
+
+
+def write_predictions(files, plan, out):
+    """The rows of a score job's downloaded output files (`files`) written to `out`.
+
+    Rows are written in path order (the runtime appends mini-batches as they finish), with
+    the az:// path of each image; a mini-batch tried again appends its rows again, so the last
+    row of a path is the one kept; the rows of files that are not images by name (imaging's
+    rule, as local scoring skips them) are dropped. Returns {rows, errors, skipped}.
     """
+    from remote_scripts import imaging
 
-    def __init__(self, settings, ledger, seam_factory=None, on_event=events.ignore, sleep=time.sleep,
-                 clock=time.monotonic, approve=None, poll=(5.0, 30.0)):
-        if seam_factory is None:
-            from .seam import AzureSeam as seam_factory
-        self.settings = settings.require("subscription_id", "resource_group", "workspace_name")
-        self.seam = seam_factory(self.settings)
-        self.ledger, self.on_event, self.sleep, self.clock = ledger, on_event, sleep, clock
-        self.approve, self.poll = approve, poll
+    from ...inference.score import write_rows
 
-    def _notice(self, line):
-        self.on_event(events.notice(line))
-
-    def submit(self, plan, run_dir):
-        """Resolve the datastore, create the cluster when missing, record the run, submit the job.
-        Returns the plan with its datastore resolved."""
-        from ...ledger import RunRecord
-        from .provision import ensure_compute
-        from .seam import azure_errors
-
-        with azure_errors():
-            datastore, prefix = resolve_data(self.seam, plan.source, plan.prefix)
-            plan = replace(plan, datastore=datastore["name"], prefix=prefix)
-            # before anything is created: a packed prefix would give the job shards, not images
-            if is_packed_prefix(self.seam.container_client(datastore), plan.prefix):
-                raise refuse_packed(plan)
-            job = build_score_job(plan)
-            ensure_compute(self.seam, plan.compute, on_event=self.on_event, max_nodes=plan.instances,
-                           approve=self.approve)
-        state = {"job": plan.name, "studio_url": None, "compute": plan.compute.cluster, "datastore": datastore,
-                 "workspace": self.settings.public(), "kind": "score",
-                 "outputs": {"predictions": score_prefix(plan.run_id)}}
-        folder = RunFolder(run_dir)
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.write_backend_state(state)
-        self.ledger.add(RunRecord(run_id=plan.run_id, name=plan.run_id, backend="azure", status=QUEUED,
-                                  dataset=plan.data, run_dir=str(run_dir),
-                                  remote_id=plan.name, params={"score": _plan_params(plan)}))
-        with azure_errors():
-            submitted = self.seam.submit(job)
-        state["studio_url"] = submitted["studio_url"]
-        folder.write_backend_state(state)
-        again = "" if submitted.get("created", True) else " (already submitted: not created again)"
-        self._notice(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
-        return plan
-
-    def follow(self, plan):
-        """Poll the job's status until it ends, saying each change; returns (the service's final
-        status, seconds followed). Ctrl-C detaches (the job goes on) and says how to come back."""
-        from .seam import azure_errors, terminal_statuses
-        from .tailer import map_status
-
-        stop, last, delay, started = terminal_statuses(), None, self.poll[0], self.clock()
-        try:
-            while True:
-                with azure_errors():
-                    status = self.seam.job_status(plan.name)
-                if status != last:
-                    self._notice(f"Azure ML job: {status} ({int(self.clock() - started)} s)")
-                    last, delay = status, self.poll[0]
-                if map_status(status) in TERMINAL or status in stop:
-                    break
-                self.sleep(delay)
-                delay = min(delay * 1.5, self.poll[1])
-        except KeyboardInterrupt:
-            self._notice(f"detached; the job goes on: `orchestrate status {plan.run_id}`, then "
-                     f"`orchestrate cancel {plan.run_id}` to stop it")
-            raise
-        if map_status(status) in TERMINAL:  # NotResponding, Paused: may recover, the ledger waits
-            self.ledger.update(plan.run_id, status=map_status(status))
-        return status, int(self.clock() - started)
-
-    def download(self, plan, run_dir, out):
-        """Fetch the append-row file into runs/<id>/outputs/ and write its rows to `out`.
-
-        Rows are written in path order (the runtime appends mini-batches as they finish), with
-        the az:// path of each image; a mini-batch tried again appends its rows again, so the last
-        row of a path is the one kept; the rows of files that are not images by name (imaging's
-        rule, as local scoring skips them) are dropped. Returns {rows, errors, skipped}.
-        """
-        from remote_scripts import imaging
-
-        from ...inference.score import write_rows
-        from ...storage.blob import download_prefix
-        from .seam import azure_errors
-
-        with azure_errors():
-            container = self.seam.container_client(resolve_datastore(self.seam, plan.datastore_name))
-        files = download_prefix(container, score_prefix(plan.run_id), RunFolder(run_dir).outputs)
-        by_path = {}
-        for path in append_row_files(files, plan):
-            for row in read_rows(path):
-                by_path[row["path"]] = row  # a path's last row: that of its mini-batch's last try
-        rows, skipped = [], 0
-        for name, row in by_path.items():
-            if not imaging.is_image_name(PurePosixPath(name).name):
-                skipped += 1
-                continue
-            rows.append(dict(row, path=f"{plan.data}/{name}"))
-        if not rows:
-            raise UsageError(f"the job wrote no predictions for images under {plan.data}"
-                            + (f" ({skipped} file(s) there are not images)" if skipped else ""))
-        rows.sort(key=lambda r: r["path"])
-        written, errors = write_rows(out, rows)
-        return {"rows": written, "errors": errors, "skipped": skipped}
-
-    def run(self, plan, run_dir, out):
-        """submit, follow, download: the whole `orchestrate score ... az://` on Azure ML.
-        A failed or canceled job is JobFailed (exit 1), with the service's error."""
-        from .seam import azure_errors
-
-        plan = self.submit(plan, run_dir)
-        status, seconds = self.follow(plan)
-        if status == "Failed":
-            with azure_errors():
-                error = self.seam.job_error(plan.name)
-            reason = f": {error['code'] or 'Error'}: {error['message']}" if error else ""
-            raise JobFailed(f"score job {plan.name} failed{reason}")
-        if status != "Completed":
-            raise JobFailed(f"score job {plan.name} is {status}: no predictions (`orchestrate status {plan.run_id}`)")
-        summary = self.download(plan, run_dir, out)
-        summary.update(run_id=plan.run_id, out=str(out), seconds=seconds,
-                       images_per_second=round(summary["rows"] / seconds, 2) if seconds > 0 else None)
-        self._notice(f"{summary['rows']} image(s) scored ({summary['errors']} unreadable) in {seconds} s "
-                 f"on {plan.instances} node(s): {out}")
-        return summary
+    by_path = {}
+    for path in append_row_files(files, plan):
+        for row in read_rows(path):
+            by_path[row["path"]] = row  # a path's last row: that of its mini-batch's last try
+    rows, skipped = [], 0
+    for name, row in by_path.items():
+        if not imaging.is_image_name(PurePosixPath(name).name):
+            skipped += 1
+            continue
+        rows.append(dict(row, path=f"{plan.data}/{name}"))
+    if not rows:
+        raise UsageError(f"the job wrote no predictions for images under {plan.data}"
+                         + (f" ({skipped} file(s) there are not images)" if skipped else ""))
+    rows.sort(key=lambda r: r["path"])
+    written, errors = write_rows(out, rows)
+    return {"rows": written, "errors": errors, "skipped": skipped}
 
 
 def append_row_files(files, plan):
@@ -506,7 +416,16 @@ def read_rows(path):
         yield row
 
 
-def _plan_params(plan):
+def plan_params(plan):
+    """A plan as JSON (JobSpec.score, the ledger's params.score); plan_from_params reads it back."""
     return {"model": plan.model, "data": plan.data, "datastore": plan.datastore, "prefix": plan.prefix,
-            "compute": plan.compute.cluster, "instances": plan.instances, "processes": plan.processes,
-            "mini_batch_size": plan.mini_batch_size, "top_k": plan.top_k}
+            "compute": plan.compute.cluster, "compute_given": plan.compute_given, "instances": plan.instances,
+            "processes": plan.processes, "mini_batch_size": plan.mini_batch_size, "top_k": plan.top_k}
+
+
+def plan_from_params(run_id, params):
+    """The ScorePlan that plan_params(plan) recorded."""
+    plan = plan_score(params["model"], params["data"], run_id=run_id, compute=params.get("compute_given"),
+                      instances=params["instances"], processes=params["processes"],
+                      mini_batch_size=params["mini_batch_size"], top_k=params["top_k"])
+    return replace(plan, datastore=params.get("datastore"), prefix=params.get("prefix") or plan.prefix)
