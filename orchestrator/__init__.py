@@ -9,6 +9,7 @@ The Python API (the `orchestrate` CLI is a shell over it):
     print(run.metrics["accuracy"])
     model = run.model()                                                # or orchestrator.Model("model.onnx")
     print(model.predict("photo.jpg", top_k=3)[0].top_k)
+    print(orchestrator.quantize(run).message)                          # model.int8.onnx, if it agrees
 
     plan = orchestrator.train("./EuroSAT", compute="gpu-nc12", dry_run=True, export="job.yml")
 
@@ -28,13 +29,14 @@ _EXPORTS = {
     "Run": "run",
     "Model": "model", "Prediction": "model",
     "score": "scoring",
+    "quantize": "quantizing", "QuantizeResult": "quantizing",
     "OrchestrateError": "errors", "UsageError": "errors", "DatasetError": "errors",
     "ServiceError": "errors", "JobFailed": "errors",
 }
 _MODULES = ("runs", "data", "compute", "workspace")
 
-__all__ = ["train", "Plan", "Run", "Model", "Prediction", "score", "OrchestrateError", "UsageError", "DatasetError",
-           "ServiceError", "JobFailed", "runs", "data", "compute", "workspace"]
+__all__ = ["train", "Plan", "Run", "Model", "Prediction", "score", "quantize", "QuantizeResult", "OrchestrateError",
+           "UsageError", "DatasetError", "ServiceError", "JobFailed", "runs", "data", "compute", "workspace"]
 
 if TYPE_CHECKING:
     from . import compute, data, runs, workspace
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from .model import Model, Prediction
     from .run import Run
     from .scoring import score
+    from .quantizing import QuantizeResult, quantize
     from .plan import Plan
     from .training import train
 

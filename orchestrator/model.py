@@ -17,13 +17,16 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from . import events
 from .errors import UsageError
 from .inference import BATCH_SIZE
 from .inference.serve_settings import (DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PIXELS,
                                        DEFAULT_READ_TIMEOUT)
+
+if TYPE_CHECKING:
+    import numpy
 
 # What predict takes: a path (a file, or a folder of images), a PIL image, or a numpy array.
 ImageLike = Union[str, os.PathLike, Any]
@@ -73,17 +76,22 @@ class Model:
     machine yet (a completed Azure run). UsageError when there is no model there, or the file is
     not a model made by orchestrate (it lacks the labels and preprocessing metadata).
 
+    A run's int8 model (orchestrator.quantize: two to three times faster on a CPU) is used when
+    it was kept, unless `fp32`; `quantized` says which one this is. A file is used as it is.
+
     Example:
         >>> model = Model("runs/digits-20261123-101500-ab12/outputs/model.onnx")
         >>> model.preprocessing["size"]
         [224, 224]
+        >>> Model("digits-20261123-101500-ab12").quantized, Model("digits-20261123-101500-ab12", fp32=True).quantized
+        ('int8', None)
     """
 
-    def __init__(self, path_or_run: str | os.PathLike):
+    def __init__(self, path_or_run: str | os.PathLike, fp32: bool = False):
         from .inference.classifier import OnnxClassifier
         from .run_lookup import model_path
 
-        self.path: Path = model_path(path_or_run).resolve()
+        self.path: Path = model_path(path_or_run, fp32=fp32).resolve()
         self._classifier = OnnxClassifier(self.path)
 
     def __repr__(self):
@@ -100,6 +108,26 @@ class Model:
         return list(self._classifier.labels)
 
     @property
+    def quantized(self) -> str | None:
+        """"int8" for a model made by orchestrator.quantize (its metadata says so), None for an fp32 one.
+
+        Example:
+            >>> Model("digits-20261123-101500-ab12").quantized
+            'int8'
+        """
+        from .inference.quantize import QUANTIZED_KEY
+
+        return self._classifier.session.get_modelmeta().custom_metadata_map.get(QUANTIZED_KEY)
+
+    def chosen_for(self, given) -> str | None:
+        """The line to tell a user who named a run (`given`) and got its int8 model, whose numbers
+        differ slightly from the fp32 model's; None when there is nothing to tell (an fp32 model,
+        or a model file named by its path)."""
+        if self.quantized == "int8" and not Path(given).is_file():
+            return f"using the int8 model {self.path} (--fp32 for the fp32 one)"
+        return None
+
+    @property
     def preprocessing(self) -> dict:
         """How an image becomes the model's input, as its metadata records it: `size` [height,
         width], `resize`, `scale`, `mean`, `std`, `channel_order`, `layout`, `jpeg_draft`.
@@ -112,7 +140,8 @@ class Model:
 
     def predict(self, images: ImageLike | Iterable[ImageLike], top_k: int = 1, *, batch_size: int = BATCH_SIZE,
                 workers: int | None = None) -> list[Prediction]:
-        """One Prediction per image, in order.
+        """One Prediction per image, in the order given; an image file named twice (or found in two
+        folders given) is predicted once: pair results with inputs by `Prediction.image`.
 
         `images` is one image or a list of them, each:
         - a path (str or Path) of an image file, whatever its name, or of a folder, whose images
@@ -178,6 +207,90 @@ class Model:
             else:
                 raise UsageError(f"image {index}: a path, a PIL image or a numpy array, not {type(item).__name__}")
         return names, sources
+
+    @property
+    def has_cam(self) -> bool:
+        """Whether the model carries class activation maps (its ONNX output `cam`): models of the
+        ResNets and EfficientNet do, unless too many classes would make the map costly; MobileNetV3's,
+        whose head is not linear in its feature map, and models made before maps existed do not.
+
+        Example:
+            >>> model.has_cam
+            True
+        """
+        return self._classifier.has_cam
+
+    def require_cam(self) -> None:
+        """A UsageError saying why the model has no class activation maps (explain would fail): a
+        caller that predicts and explains asks before it does either.
+
+        Example:
+            >>> Model("mobilenet-run").require_cam()
+            UsageError: ... has no class activation map (...); retrain it ...
+        """
+        self._classifier.require_cam()
+
+    def explain(self, image: ImageLike, label: str | None = None) -> "numpy.ndarray":
+        """The class activation map of one image: float32 [h, w], the model's last feature map
+        (the input's height and width over 32 for a ResNet or EfficientNet), for `label`, by
+        default the predicted class. Each cell is how much that part of the image adds to the
+        class's logit (the map's mean is the logit); cell (i, j) covers the input's rows i*H/h to
+        (i+1)*H/h, the whole image resized. Why: to see what the model looked at.
+
+        `image` is what predict takes, one image. UsageError for an unreadable image, a label the
+        model does not have, or a model without maps (has_cam: retrain it with this version).
+
+        Example:
+            >>> heat = model.explain("seven.png")
+            >>> heat.shape, np.unravel_index(heat.argmax(), heat.shape)
+            ((7, 7), (3, 4))
+            >>> model.explain("seven.png", label="1").mean()   # the logit of "1"
+        """
+        from .inference.classifier import ImageRejected
+
+        names, sources = self._sources(image)
+        if len(sources) != 1:
+            raise UsageError(f"explain takes one image, not {len(sources)}")
+        try:
+            return self._classifier.explain_one(sources[0], label)[1]
+        except ImageRejected as exc:
+            raise UsageError(f"{names[0] or 'the image'}: {exc.message}") from None
+
+    def explain_to(self, images: ImageLike | Iterable[ImageLike], folder: str | os.PathLike, *,
+                   max_side: int = 640) -> list[Path | None]:
+        """Write, for each image, a PNG of the predicted class's heat map over the picture into
+        `folder` (made if missing), named after the image (<name>.explain.png; image-<n> for one
+        in memory), and return their paths in order (None for an unreadable image). Pictures larger
+        than `max_side` pixels are shrunk first. What `orchestrate predict --explain DIR` writes.
+        UsageError before anything is written when the model has no maps.
+
+        Example:
+            >>> model.explain_to(["seven.png", "./more"], "heat")[0]
+            PosixPath('heat/seven.explain.png')
+        """
+        from .inference.classifier import ImageRejected, decode_rgb, overlay
+
+        self._classifier.require_cam()
+        names, sources = self._sources(images)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written, taken = [], set()
+        for index, (name, source) in enumerate(zip(names, sources)):
+            try:
+                _, heat, _ = self._classifier.explain_one(source)
+                picture = decode_rgb(source)
+            except ImageRejected:
+                written.append(None)
+                continue
+            stem = Path(name).stem if name else f"image-{index}"
+            target, n = folder / f"{stem}.explain.png", 1
+            while target in taken:  # the same name in two folders
+                n += 1
+                target = folder / f"{stem}-{n}.explain.png"
+            taken.add(target)
+            overlay(picture, heat, max_side).save(target, format="PNG")
+            written.append(target)
+        return written
 
     def evaluate(self, folder: str | os.PathLike) -> dict:
         """The model's metrics on a labeled folder, FOLDER/<label>/<images>: what

@@ -4,9 +4,10 @@ One file with everything inline (plots and thumbnails as PNG data URIs, the styl
 page, no external URL), because a report gets mailed, attached to a ticket or opened on an
 air-gapped machine long after the run, and must look the same there. Everything comes from the
 run folder -- spec.json, outputs/ (metrics.json, history.jsonl, predictions.csv) and
-logs/train.log -- so no model runs: the report of a run trained on Azure GPUs takes a second on a
-laptop. Thumbnails of the misclassified images are read from the dataset folder that spec.json
-recorded, while it is still there.
+logs/train.log -- so the report of a run trained on Azure GPUs takes a second on a laptop. Thumbnails
+of the misclassified images are read from the dataset folder that spec.json recorded, while it is
+still there; when outputs/model.onnx has class activation maps, the model runs on those images
+alone (WRONG_SHOWN of them) to draw each one's heat map of the class it wrongly chose.
 
 matplotlib (Agg, a Figure without pyplot, so no global backend state changes) and PIL are
 imported when a report is written, never at CLI start.
@@ -27,7 +28,7 @@ from remote_scripts.metrics import PREDICTION_COLUMNS
 from .errors import UsageError
 from .printable import printable
 from .events import job_seconds
-from .run_folder import METRICS, PREDICTIONS, RunFolder
+from .run_folder import METRICS, MODEL, PREDICTIONS, RunFolder
 
 WRONG_SHOWN = 24           # the most confidently wrong images shown as thumbnails
 THUMBNAIL_PX = 160         # a thumbnail fits in a square of this side
@@ -249,22 +250,42 @@ def thumbnail_png(path):
     None when the file is gone or unreadable. A large image is scaled down smoothly; a tiny one
     (digits, 32 px tiles) is enlarged by a whole factor with its pixels kept sharp, so that it
     can be seen at all."""
-    from PIL import Image
-
     from remote_scripts import imaging
 
     try:
-        image = imaging.load_rgb(path)
+        image = thumbnail_image(imaging.load_rgb(path))
     except imaging.DECODE_ERRORS:  # OSError covers a file that is gone
         return None
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def overlay_png(classifier, path):
+    """thumbnail_png's thumbnail with the heat map (class activation map) of the class `classifier`
+    predicts for the image over it, or None when the file is gone or unreadable."""
+    from remote_scripts import imaging
+
+    from .inference.classifier import ImageRejected, overlay, png_bytes
+
+    try:
+        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
+        _, heat, _ = classifier.explain_one((None, data))
+        return png_bytes(overlay(thumbnail_image(imaging.load_rgb(io.BytesIO(data))), heat))
+    except (OSError, ImageRejected, *imaging.DECODE_ERRORS):
+        return None
+
+
+def thumbnail_image(image):
+    """The PIL image fit into a THUMBNAIL_PX square (see thumbnail_png)."""
+    from PIL import Image
+
     factor = THUMBNAIL_PX // max(image.size)
     if factor > 1:
         image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
     else:
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
+    return image
 
 
 URI = re.compile(r"^[a-z][a-z0-9+.-]*:/", re.IGNORECASE)  # az://..., https://... (a Windows drive has no slash)
@@ -282,10 +303,11 @@ def inside(root, relpath):
     return os.path.realpath(os.path.join(base, relpath)).startswith(os.path.join(base, ""))
 
 
-def thumbnails(data, relpaths):
+def thumbnails(data, relpaths, make=thumbnail_png):
     """({relative path: thumbnail PNG, or None when unreadable or outside the dataset}, None), or
     ({}, why none can be read) when the dataset is not on this machine. A loose folder is read
-    file by file, a packed dataset (remote_scripts/packed_dataset.py) from its shards."""
+    file by file, a packed dataset (remote_scripts/packed_dataset.py) from its shards. `make`
+    turns a file's path or file object into its PNG."""
     from remote_scripts import folder_dataset, packed_dataset
 
     if not data:
@@ -296,13 +318,13 @@ def thumbnails(data, relpaths):
     if not root.is_dir():
         return {}, f"the dataset folder {root} is no longer on disk"
     if not packed_dataset.is_packed(root):
-        return {path: thumbnail_png(root / path) if inside(root, path) else None for path in relpaths}, None
+        return {path: make(root / path) if inside(root, path) else None for path in relpaths}, None
     try:
         packed = packed_dataset.PackedDataset(str(root))
     except folder_dataset.DatasetError as exc:  # its shards are gone
         return {}, str(exc)
     try:
-        return {path: thumbnail_png(packed.open(path)) if path in packed.by_path else None for path in relpaths}, None
+        return {path: make(packed.open(path)) if path in packed.by_path else None for path in relpaths}, None
     finally:
         packed.close()
 
@@ -329,6 +351,7 @@ td.num, th.num { text-align: right; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, 174px); gap: 12px; }
 figure.wrong { margin: 0; border: 1px solid #e3e6ea; border-radius: 6px; padding: 6px; }
 figure.wrong img, figure.wrong .missing { width: 160px; height: 160px; background: #f0f1f3; }
+figure.wrong img.cam { margin-top: 4px; }
 figure.wrong img { object-fit: contain; display: block; }
 figure.wrong .missing { display: flex; align-items: center; justify-content: center; color: #8a929c;
        font-size: 12px; }
@@ -447,6 +470,7 @@ def _confidently_wrong(run):
         return f'<p class="note">None of the {len(predictions)} evaluated images was misclassified.</p>'
     shown = wrong[:WRONG_SHOWN]
     pngs, why_not = thumbnails(run["spec"].get("data"), [row["path"] for row in shown])
+    heat_maps = heat_map_thumbnails(run, [row["path"] for row in shown]) if pngs else {}
     note = (f"{len(wrong)} of {len(predictions)} evaluated images are misclassified; "
             f"the {len(shown)} the model was surest about:")
     if why_not:
@@ -456,12 +480,33 @@ def _confidently_wrong(run):
         png = pngs.get(row["path"])
         picture = (f'<img class="thumb" alt="{_e(row["path"])}" src="{png_data_uri(png)}">' if png else
                    '<div class="missing">image not on disk</div>')
+        if heat_maps.get(row["path"]):
+            picture += (f'<img class="cam" alt="heat map of {_e(row["predicted_label"])} over {_e(row["path"])}" '
+                        f'title="what made the model say {_e(row["predicted_label"])}" '
+                        f'src="{png_data_uri(heat_maps[row["path"]])}">')
         cards.append(
             f'<figure class="wrong" data-path="{_e(row["path"])}">{picture}<figcaption><span class="labels">'
             f'<span class="good">{_e(row["true_label"])}</span> &rarr; <span class="bad">'
             f'{_e(row["predicted_label"])}</span></span><br>score {row["score"]:.3f}, p(true) '
             f'{row["true_label_score"]:.3f}<br><code>{_e(row["path"])}</code></figcaption></figure>')
     return f'<p class="sub">{_e(note)}</p>\n<div class="grid">' + "\n".join(cards) + "</div>"
+
+
+def heat_map_thumbnails(run, relpaths):
+    """{relative path: overlay_png} by the run's model.onnx, or {} when it has no class activation
+    maps (a MobileNetV3, a model made before maps existed) or cannot be loaded."""
+    from .inference.classifier import OnnxClassifier
+
+    model = RunFolder(run["run_dir"]).output(MODEL)
+    if not model.is_file():
+        return {}
+    try:
+        classifier = OnnxClassifier(model)
+    except (UsageError, ImportError):
+        return {}
+    if not classifier.has_cam:
+        return {}
+    return thumbnails(run["spec"].get("data"), relpaths, make=functools.partial(overlay_png, classifier))[0]
 
 
 def _skipped(skipped):

@@ -48,6 +48,7 @@ class Run:
         self._record = record
         self.error = ""
         self.registered = None  # the Azure ML assets wait() registered (register=True), else None
+        self.quantized = None  # the QuantizeResult of wait() for a run started with quantize="int8", else None
 
     def __repr__(self):
         return f"Run({self.id!r}, backend={self.backend!r}, status={self._record.status!r})"
@@ -164,7 +165,9 @@ class Run:
 
         Raises JobFailed (with `.reason`) for a failed or canceled run, UsageError when the job
         refused its input (exit code 2). A run started with register=True is registered once it
-        completes (the assets: `run.registered`).
+        completes (the assets: `run.registered`); one started with quantize="int8" gets its int8
+        model here, on the client, unless its metrics.json already has the figures (the result:
+        `run.quantized`; orchestrator.quantize).
 
         Example:
             >>> run.wait(on_event=lambda e: e["type"] == "epoch_end" and print(e["epoch"], e["val_accuracy"]))
@@ -186,8 +189,13 @@ class Run:
         if outcome.status not in TERMINAL:
             raise TimeoutError(f"run {self.id} is {outcome.status} after {timeout} s")
         if outcome.status == COMPLETED:
-            if self._record.params.get("backend_options", {}).get("register"):
+            options = self._record.params.get("backend_options", {})
+            if options.get("register"):
                 self.registered = self.register()
+            if options.get("quantize") and "int8" not in self.metrics:
+                from .quantizing import quantize
+
+                self.quantized = quantize(self.id, on_event=on_event)
             return self
         if outcome.status == CANCELED:
             raise JobFailed(f"run {self.id} was canceled", self.id, CANCELED, "canceled")

@@ -66,31 +66,19 @@ def folder_for(run, wanted):
     return folder.path
 
 
-def model_path(model_or_run) -> Path:
-    """The model.onnx of a file path, a run folder, a run's outputs folder, or a run id (whose
-    outputs are downloaded first when needed). UsageError when there is none."""
+def model_path(model_or_run, fp32=False) -> Path:
+    """The model of a file path (as it is), a run folder, a run's outputs folder, or a run id (whose
+    outputs are downloaded first when needed). UsageError when there is none.
+
+    A run's int8 model (model.int8.onnx, which `quantize` leaves only when it passed its gate) is
+    chosen over its model.onnx unless `fp32`: the caller can tell by the name and say so."""
+    from .inference.quantize import int8_path
+
     path = Path(model_or_run)
     if path.is_file():
         return path
     folder = folder_for(model_or_run, wanted=MODEL)
     for candidate in (folder / MODEL, folder / OUTPUTS / MODEL):
         if candidate.is_file():
-            return candidate
+            return candidate if fp32 or not int8_path(candidate).is_file() else int8_path(candidate)
     raise UsageError(f"no {MODEL} in {path}")
-
-
-def azure_seam(record):
-    """(seam, azure.json state) for the workspace an Azure run's azure.json names (no settings needed)."""
-    from .backends.azure.settings import Settings, load_settings
-    from .workspace import seam_for
-
-    if record.backend != "azure":
-        raise UsageError(f"run {record.run_id} ran on the {record.backend} backend: only Azure runs can be "
-                         "registered as Azure ML assets")
-    folder = RunFolder(record.run_dir)
-    state = folder.backend_state()
-    if state is None:
-        raise UsageError(f"{folder.backend_state_path} is missing or unreadable: "
-                         f"cannot find the Azure ML job of run {record.run_id}")
-    secret = load_settings().storage_connection_string
-    return seam_for(Settings(**state["workspace"], storage_connection_string=secret)), state

@@ -44,11 +44,12 @@ def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable
           mini_batch_size: int | None = None, dry_run: bool = False, export: str | os.PathLike | None = None,
           approve: events.Approve | None = None, on_event: Callable[[dict], None] = events.ignore,
           subscription_id: str | None = None, resource_group: str | None = None, workspace_name: str | None = None,
-          profile: str | None = None, runs_dir: str | os.PathLike = "runs") -> "dict | Plan":
+          profile: str | None = None, runs_dir: str | os.PathLike = "runs", fp32: bool = False) -> "dict | Plan":
     """Score the images of `data` with `model` into `out` (.csv or .jsonl: path, label, score,
     top_k, error per image); an existing `out` is replaced only with `force`.
 
-    `model`: a Model, a model.onnx file, a run folder, or a run id or unique prefix.
+    `model`: a Model, a model.onnx file, a run folder, or a run id or unique prefix (its int8 model
+    when `quantize` kept one, said as a notice, unless `fp32`).
 
     Local `data` (a folder, recursively, an image, or a list of them) is scored in this process,
     `batch_size` images per ONNX Runtime call while `workers` threads decode; progress comes as
@@ -86,7 +87,10 @@ def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable
     from .model import Model
 
     out = check_out(out, force)  # before the model loads: a wrong name costs nothing
-    model = model if isinstance(model, Model) else Model(model)
+    if not isinstance(model, Model):
+        given, model = model, Model(model, fp32=fp32)
+        if model.chosen_for(given):
+            on_event(events.notice(model.chosen_for(given)))
 
     def progress(done, total):
         on_event(events.transfer("score", done, total, unit="images"))

@@ -75,7 +75,7 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
           runs_dir: Union[str, Path] = "runs", search: bool = False, trials: Optional[int] = None,
           space: Union[str, Path, None] = None, dry_run: bool = False, export: Union[str, Path, None] = None,
           approve: Optional[Callable[[str], bool]] = None, on_event: Optional[Callable[[dict], None]] = None,
-          **options) -> Union["Run", Plan]:
+          quantize: Optional[str] = None, **options) -> Union["Run", Plan]:
     """Start training a classifier on `data` and return its Run once the job is submitted.
 
     data: a folder with one sub-folder of images per label (or see labels=), a packed dataset
@@ -89,6 +89,8 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     approve: approve("create compute NAME?") is asked before an Azure compute cluster is created
       (return False to stop); None: create it without asking.
     on_event: receives progress as event dicts: uploads, downloads, notices ({"type": "notice"}).
+    quantize: "int8": once the run completes, Run.wait() writes its int8 model on this machine from
+      the dataset it has (orchestrator.quantize, gate included; the result: `run.quantized`).
     options: `orchestrate train`'s options with underscores: epochs=, image_size=, mode=, weights=,
       compute=, nodes=, gpus=... (`orchestrate train --help` lists them; the backends' `options`
       and remote_scripts.options.OPTIONS declare them).
@@ -111,7 +113,16 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     on_event = on_event or ignore
     if backend not in backend_choices():
         raise UsageError(f"backend={backend!r}: choose one of {', '.join(backend_choices())}")
+    for key, value in (("name", name), ("runs_dir", runs_dir), ("space", space), ("search", search),
+                       ("trials", trials)):
+        problem = OWN_ARGUMENTS[key].problem(value)
+        if problem:
+            raise UsageError(f"{key}={value!r}: {problem}")
     values, backend_options = checked_options(options)
+    if quantize not in (None, "int8"):
+        raise UsageError(f"quantize={quantize!r}: the one kind is \"int8\"")
+    if quantize:  # a setting of the client, which quantizes after the job (kept out of the training image)
+        backend_options["quantize"] = quantize
     if is_uri(str(data)):  # trained on as its packed copy in the cache folder, on every backend
         from .data import pack
         from .dataset.sources import open_source

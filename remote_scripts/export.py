@@ -3,20 +3,30 @@
 The file holds input `image` (float32 [batch, 3, H, W], batch axis dynamic), output
 `probabilities` (softmax applied), and in metadata_props the label names, the preprocessing
 (imaging.preprocess_spec) and the architecture and mode, so the file alone is enough to predict.
+
+A second output, `cam` (float32 [batch, classes, h, w]), is the class activation map (Zhou et
+al., 2016) where the backbone's features are a global average of its last convolutional feature
+map with nothing between them and the linear head (the ResNets, EfficientNet): the head applied
+at each position of that map, in logits, so its mean over (h, w) is the logit the probabilities
+come from. Metadata imaging.CAM_KEY says which: the output's name, or why the model has none.
 """
 import copy
 import inspect
 import io
 import json
+import math
 import warnings
 
 import onnx
 import onnx.compose
+import onnx.numpy_helper
+import onnx.shape_inference
 import torch
 import torch.nn as nn
 
 from . import imaging
 from .atomic import write_atomically
+from .models import cam_unavailable
 
 # The newest opset torch 1.13's exporter writes; ONNX Runtime >= 1.13 runs it.
 ONNX_OPSET = 17
@@ -24,6 +34,10 @@ ARCH_KEY = "orchestrate.arch"
 MODE_KEY = "orchestrate.mode"
 FEATURES_NAME = "features"  # the backbone's output, inside a linear-mode graph
 HEAD_PREFIX = "head/"
+# ONNX Runtime computes every output on every call, asked for or not (a graph output is not pruned
+# by the fetch list), so `cam` is added only where its arithmetic is at most this share of the
+# model's: predict, score and serve pay it without using it.
+CAM_MAX_COST = 0.01
 
 
 class Probabilities(nn.Module):
@@ -112,7 +126,70 @@ def export_onnx(model, path, classes, spec, arch, mode, backbone=None):
         graph = onnx.helper.make_model(joined, opset_imports=backbone.opset_import, ir_version=backbone.ir_version,
                                        producer_name=backbone.producer_name,
                                        producer_version=backbone.producer_version)
+    why_not = cam_unavailable(model.backbone) or cam_too_costly(graph, len(classes))
+    if why_not is None:
+        add_cam(graph.graph, model.head, len(classes))
     onnx.helper.set_model_props(graph, {
         imaging.LABELS_KEY: json.dumps(list(classes)), imaging.PREPROCESS_KEY: json.dumps(spec),
-        ARCH_KEY: arch, MODE_KEY: mode})
+        ARCH_KEY: arch, MODE_KEY: mode,
+        imaging.CAM_KEY: json.dumps({"output": imaging.CAM_NAME} if why_not is None else
+                                    {"output": None, "why": why_not})})
     write_atomically(path, graph.SerializeToString())
+
+
+def head_as_conv(head):
+    """The head (nn.Linear, or Standardize then nn.Linear: affine either way) as the (weight
+    [classes, D, 1, 1], bias [classes]) of a 1x1 convolution computing the same logits.
+
+    Read by probing the head in float64 with 0 and the unit vectors, so Standardize folds into
+    the weights and any affine head reads the same way.
+    """
+    probe = exportable(head).double()
+    dim = next(m for m in probe.modules() if isinstance(m, nn.Linear)).in_features
+    with torch.no_grad():
+        out = probe(torch.cat([torch.zeros(1, dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64)]))
+    bias = out[0]
+    weight = (out[1:] - bias).T
+    return weight.float().reshape(*weight.shape, 1, 1).numpy(), bias.float().numpy()
+
+
+def cam_too_costly(model, classes):
+    """None when the `cam` Conv's multiply-adds are at most CAM_MAX_COST of the model's (its
+    Conv, Gemm and MatMul weights times their outputs' positions); else why it is left out.
+
+    The map costs classes x channels x h x w: nothing for ten classes on a ResNet50 (0.03%),
+    too much for hundreds of classes on EfficientNet-B0, whose backbone is small and wide.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.value_info, *inferred.output, *inferred.input]}
+    weights = {i.name: list(i.dims) for i in inferred.initializer}
+    total = 0
+    for node in inferred.node:
+        if node.op_type == "Conv":
+            total += math.prod(shapes[node.output[0]][1:]) * math.prod(weights[node.input[1]][1:])
+        elif node.op_type in ("Gemm", "MatMul") and node.input[1] in weights:
+            total += math.prod(weights[node.input[1]])
+    pooled = [node for node in inferred.node if node.op_type == "GlobalAveragePool"][-1]
+    cam = classes * math.prod(shapes[pooled.input[0]][1:])
+    if cam > CAM_MAX_COST * total:
+        return (f"no class activation map: with {classes} classes it would cost {cam / total:.1%} of the model's "
+                f"arithmetic on every call, more than the {CAM_MAX_COST:.0%} allowed")
+    return None
+
+
+def add_cam(graph, head, classes):
+    """Add output imaging.CAM_NAME to `graph`: the head as a 1x1 convolution over the feature map that its
+    last GlobalAveragePool averages (cam_unavailable(backbone) is None: features are that mean).
+
+    One Conv beside the pooling, so the backbone is computed once for both outputs; ONNX Runtime
+    runs it on every call, fetched or not, hence cam_too_costly.
+    """
+    pooled = [node for node in graph.node if node.op_type == "GlobalAveragePool"][-1]
+    weight, bias = head_as_conv(head)
+    graph.initializer.extend([onnx.numpy_helper.from_array(weight, "cam/weight"),
+                              onnx.numpy_helper.from_array(bias, "cam/bias")])
+    graph.node.append(onnx.helper.make_node("Conv", [pooled.input[0], "cam/weight", "cam/bias"], [imaging.CAM_NAME],
+                                            name="cam/Conv", kernel_shape=[1, 1]))
+    graph.output.append(onnx.helper.make_tensor_value_info(imaging.CAM_NAME, onnx.TensorProto.FLOAT,
+                                                           ["batch", classes, "height", "width"]))

@@ -20,6 +20,8 @@ LABELS_KEY = "orchestrate.labels"          # JSON list of label names, index ord
 PREPROCESS_KEY = "orchestrate.preprocess"  # JSON, see preprocess_spec()
 INPUT_NAME = "image"                       # float32 [batch, 3, size, size]
 OUTPUT_NAME = "probabilities"              # float32 [batch, classes], softmax applied
+CAM_NAME = "cam"                           # float32 [batch, classes, h, w]: class activation maps, optional
+CAM_KEY = "orchestrate.cam"                # JSON {"output": "cam"} or {"output": null, "why": "..."}
 
 # What decoding can raise for a file that is not a readable image: truncated data, zero
 # bytes, a text file named .jpg, a decompression bomb.

@@ -208,6 +208,21 @@ def build_model(arch, num_classes, state=None, standardize=False, source="", war
     return Classifier(net, head)
 
 
+def cam_unavailable(backbone):
+    """None when the backbone's features are the global average of its last convolutional
+    feature map (the ResNets, EfficientNet), so the linear head applied at each position of that
+    map is the class activation map; else why the model can have none (one line).
+
+    build_model replaced the network's last nn.Linear; one left (MobileNetV3's Linear and
+    Hardswish after the pooling) makes the head non-linear in the feature map.
+    """
+    hidden = [name for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
+    if hidden:
+        return (f"no class activation map: the backbone's {hidden[0]} (a Linear layer and its activation) "
+                "lies between the pooled feature map and the head, so the head is not linear in it")
+    return None
+
+
 def freeze_backbone(model):
     for p in model.backbone.parameters():
         p.requires_grad_(False)

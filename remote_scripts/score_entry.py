@@ -78,7 +78,7 @@ class Model:
                 row["error"] = "cannot read image: " + imaging.describe_decode_error(exc)
         for start in range(0, len(decoded), BATCH_SIZE):
             chunk = decoded[start:start + BATCH_SIZE]
-            probs = self.session.run(None, {self.input_name: np.stack([a for _, a in chunk])})[0]
+            probs = self.session.run([imaging.OUTPUT_NAME], {self.input_name: np.stack([a for _, a in chunk])})[0]
             for (row, _), p in zip(chunk, probs):
                 order = np.argsort(-p)[:self.top_k]
                 row["top_k"] = [{"label": self.labels[i], "score": float(p[i])} for i in order]

@@ -152,8 +152,8 @@ def test_onnx_model_is_self_describing_with_a_dynamic_batch(resumed):
     assert json.loads(meta[imaging.LABELS_KEY]) == CLASSES
     assert json.loads(meta[imaging.PREPROCESS_KEY]) == imaging.preprocess_spec(32)
     assert meta[ARCH_KEY] == "resnet18" and meta[MODE_KEY] == "linear"
-    (image,), (output,) = model.graph.input, model.graph.output
-    assert (image.name, output.name) == (imaging.INPUT_NAME, imaging.OUTPUT_NAME)
+    (image,), (output, cam) = model.graph.input, model.graph.output  # resnet18: its class activation map too
+    assert (image.name, output.name, cam.name) == (imaging.INPUT_NAME, imaging.OUTPUT_NAME, imaging.CAM_NAME)
     assert image.type.tensor_type.shape.dim[0].dim_param, "the batch axis must be dynamic"
     assert [d.dim_value for d in image.type.tensor_type.shape.dim[1:]] == [3, 32, 32]
 
@@ -588,7 +588,8 @@ def test_a_model_exported_behind_its_backbone_graph_is_the_whole_model(tmp_path)
         onnx.checker.check_model(str(tmp_path / f"{name}.onnx"))
         session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"))
         assert [(i.name, i.shape) for i in session.get_inputs()] == [(imaging.INPUT_NAME, ["batch", 3, 32, 32])]
-        assert [(o.name, o.shape) for o in session.get_outputs()] == [(imaging.OUTPUT_NAME, ["batch", 3])]
+        assert [(o.name, o.shape) for o in session.get_outputs()] == [(imaging.OUTPUT_NAME, ["batch", 3]),
+                                                                      ("cam", ["batch", 3, 1, 1])]
         metadata.append(session.get_modelmeta().custom_metadata_map)
         outputs.append(session.run(None, {imaging.INPUT_NAME: batch})[0])
     assert metadata[0] == metadata[1]

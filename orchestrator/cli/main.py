@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": ("orchestrator.cli.predict", "evaluate", "Score a model on a labeled folder."),
     "serve": ("orchestrator.cli.serve", "serve", "Serve a model over HTTP, with a web page to try it."),
     "score": ("orchestrator.cli.score", "score", "Batch-score a folder of images into a predictions file."),
+    "quantize": ("orchestrator.cli.quantize", "quantize", "Write an int8 model beside a model, kept if it agrees."),
     "init": ("orchestrator.cli.init", "init", "Save Azure workspace settings to a profile."),
     "workspace": ("orchestrator.cli.workspace", "workspace", "Create, show or delete the Azure ML workspace."),
     "compute": ("orchestrator.cli.compute", "compute", "Azure GPU sizes and the training cluster."),

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..inference import BATCH_SIZE
 from .azure_options import workspace_options
 from .common import print_json
+from .predict import FP32_HELP
 
 
 class ScoreProgress:
@@ -60,6 +61,7 @@ class ScoreProgress:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding threads [default: the CPUs this process may use].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (images, errors, seconds, images/s) as JSON.")
+@click.option("--fp32", is_flag=True, help=FP32_HELP + " A parallel job on Azure ML (az:// DATA) uses the fp32 model.")
 @click.option("--compute", help="az:// DATA: compute alias or VM size of the parallel job. [default: cpu]")
 @click.option("--instances", type=click.IntRange(min=1), help="az:// DATA: nodes the mini-batches are spread over. "
                                                                "[default: 1]")
@@ -73,7 +75,7 @@ class ScoreProgress:
               help="az:// DATA: print the parallel job that would run; no cloud calls.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
               help="az:// DATA, with --dry-run: write the job as Azure ML YAML (az ml job create -f FILE).")
-def score(model, data, out, force, top_k, batch_size, workers, as_json, **azure):
+def score(model, data, out, force, top_k, batch_size, workers, as_json, fp32, **azure):
     """Score every image of DATA (a folder, recursively, or one image) into a predictions file.
 
     Images are decoded in a thread pool while ONNX Runtime computes batches, with memory bounded
@@ -95,6 +97,7 @@ def score(model, data, out, force, top_k, batch_size, workers, as_json, **azure)
     progress = ProgressEvents()
     with progress:
         result = score_data(model, data, out, top_k=top_k, force=force, batch_size=batch_size, workers=workers,
+                            fp32=fp32,
                             processes_per_node=azure.pop("processes"), export=azure.pop("export_path"),
                             approve=approval(azure.pop("yes")), on_event=progress, **azure)
     if isinstance(result, Plan):

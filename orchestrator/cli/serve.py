@@ -3,6 +3,7 @@ import click
 
 from ..inference.serve_settings import (DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PIXELS,
                                         DEFAULT_READ_TIMEOUT)
+from .predict import FP32_HELP, open_model
 
 
 @click.command()
@@ -29,7 +30,8 @@ from ..inference.serve_settings import (DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIO
               show_default=True, metavar="SECONDS",
               help="Time a client has to send a request's headers (from its connection or its last answer "
                    "on), and then its body; beyond, the connection is closed (after a 408 for a body).")
-def serve(model, host, port, workers, max_bytes, max_pixels, allowed_hosts, max_connections, read_timeout):
+@click.option("--fp32", is_flag=True, help=FP32_HELP)
+def serve(model, host, port, workers, max_bytes, max_pixels, allowed_hosts, max_connections, read_timeout, fp32):
     """Serve a model file or the model of a run over HTTP, with a web page at /.
 
     \b
@@ -42,8 +44,6 @@ def serve(model, host, port, workers, max_bytes, max_pixels, allowed_hosts, max_
       orchestrate serve runs/RUN/outputs/model.onnx --port 9000
       curl -F file=@seven.png http://127.0.0.1:8000/predict
     """
-    from ..model import Model
-
-    Model(model).serve(host, port, workers=workers, max_bytes=max_bytes, max_pixels=max_pixels,
+    open_model(model, fp32).serve(host, port, workers=workers, max_bytes=max_bytes, max_pixels=max_pixels,
                        allowed_hosts=allowed_hosts, max_connections=max_connections, read_timeout=read_timeout,
                        on_event=lambda event: click.echo(event["message"], err=True))

@@ -30,6 +30,9 @@ from .training_options import backend_options, click_option, training_options
 @click.option("--name", help="Run name (the run id starts with it). [default: the dataset folder name]")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Where run folders are created.")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="Once the run completes, write its int8 model on this machine, from the dataset it trained on "
+                   "(orchestrate quantize: kept only if it agrees with the fp32 model on the test split).")
 @backend_options
 @click.option("--yes", is_flag=True, help="azure: create a missing compute cluster without asking (asked only "
                                             "on a terminal, after its plan: size, price, quota).")
@@ -66,6 +69,9 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
     if kwargs.get("register") and detach:
         raise UsageError("--register waits for the run to complete: without --detach, or later with "
                          "`orchestrate register RUN`")
+    if kwargs.get("quantize") and detach:
+        raise UsageError("--quantize quantizes once the run completes: without --detach, or later with "
+                         "`orchestrate quantize RUN`")
     from ..training import train as start_training
 
     approve = None
@@ -85,6 +91,8 @@ def train(data, backend, name, runs_dir, dry_run, export_path, detach, as_json, 
                             banner=f"run {started.id} on {started.backend} backend; folder {started.folder}"):
             if started.registered:
                 print_assets(started.registered, err=as_json)  # --json: stdout keeps its one JSON object
+            if started.quantized:
+                click.echo(started.quantized.message, err=as_json)
 
 
 RESUME_KEEPS = ("resume_run", "detach", "as_json", "verbose")  # what may accompany `train --resume RUN`

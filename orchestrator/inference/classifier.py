@@ -32,6 +32,9 @@ def decode_threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+NO_CAM = ("{path} has no class activation map ({why}); retrain it with this version of orchestrate "
+          "(a ResNet or EfficientNet) to get one")
+
 # Why an image was refused (ImageRejected.reason): the HTTP service answers each with its own status.
 EMPTY, TOO_LARGE, UNREADABLE = "empty", "too large", "unreadable"
 
@@ -128,6 +131,9 @@ class OnnxClassifier:
             raise UsageError(f"{self.path} has no '{imaging.PREPROCESS_KEY}' metadata: not a model made by orchestrate")
         self.preprocess = json.loads(meta[imaging.PREPROCESS_KEY])
         self.input_name = self.session.get_inputs()[0].name
+        self.has_cam = imaging.CAM_NAME in [o.name for o in self.session.get_outputs()]
+        # why a model has no map: its metadata says, unless it was made before maps existed
+        self.no_cam_reason = json.loads(meta.get(imaging.CAM_KEY, "{}")).get("why", "it was made before models had one")
 
     def _labels(self, meta):
         if imaging.LABELS_KEY in meta:
@@ -139,7 +145,14 @@ class OnnxClassifier:
 
     def probabilities(self, batch):
         """Class probabilities [n, classes] for a preprocessed float32 batch [n, 3, H, W]."""
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.session.run([imaging.OUTPUT_NAME], {self.input_name: batch})[0]
+
+    def explain(self, batch):
+        """(probabilities [n, classes], class activation maps [n, classes, h, w]) for a
+        preprocessed batch: the maps are in logits, each class's averaging to its logit.
+        UsageError when the model has no `cam` output (no_cam_reason says why)."""
+        self.require_cam()
+        return tuple(self.session.run([imaging.OUTPUT_NAME, imaging.CAM_NAME], {self.input_name: batch}))
 
     def classify(self, paths):
         """(probabilities or None, error or None) per path, in order; a bad image never stops the rest."""
@@ -188,7 +201,58 @@ class OnnxClassifier:
         except ImageRejected as exc:
             return exc.message
 
+    def require_cam(self):
+        """UsageError saying why, when the model has no class activation maps."""
+        if not self.has_cam:
+            raise UsageError(NO_CAM.format(path=self.path, why=self.no_cam_reason))
+
+    def explain_one(self, source, label=None):
+        """(probabilities [classes], class activation map [h, w], its label) for one image (what
+        load_image takes): the map of `label`, by default the predicted class. UsageError for a
+        label the model does not have, or a model without maps; ImageRejected for a bad image."""
+        if label is not None and label not in self.labels:
+            raise UsageError(f"{label!r} is not one of the model's labels ({', '.join(map(str, self.labels[:10]))}"
+                             f"{', ...' if len(self.labels) > 10 else ''})")
+        probs, cams = self.explain(self.load(source)[None])
+        index = int(np.argmax(probs[0])) if label is None else self.labels.index(label)
+        return probs[0], cams[0, index], self.labels[index]
+
     def top_k(self, probs, k):
         """The k most probable labels, most probable first: [{label, score}]."""
         order = np.argsort(-probs)[:k]
         return [{"label": self.labels[i], "score": float(probs[i])} for i in order]
+
+
+def decode_rgb(source):
+    """The 8-bit RGB picture of one image (what load_image takes), decoded as the model's input
+    is, for drawing on: the file at full size, not the model's resized input."""
+    if isinstance(source, Image.Image):
+        source = (None, encoded(source))
+    return imaging.load_rgb(io.BytesIO(source[1]) if isinstance(source, tuple) else source)
+
+
+def overlay(picture, heat, max_side=None):
+    """`picture` (PIL RGB) with `heat` ([h, w], a class activation map) over it: the map scaled to
+    0..1 over its own range, stretched smoothly over the whole picture (the model's input is the
+    whole picture, resized), coloured from dark blue (lowest) to red (highest), blended half and
+    half. `max_side`: the picture is first shrunk to fit a square of that side.
+    """
+    picture = picture.convert("RGB")
+    if max_side and max(picture.size) > max_side:
+        picture = picture.copy()
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    heat = np.asarray(heat, dtype=np.float32)
+    span = float(heat.max() - heat.min())
+    scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    level = np.asarray(Image.fromarray(scaled, mode="F").resize(picture.size, Image.Resampling.BILINEAR))
+    # the "jet" colour map: blue, cyan, yellow, red as the level rises
+    colours = np.clip(1.5 - np.abs(4 * level[..., None] - np.array([3.0, 2.0, 1.0])), 0, 1)
+    blended = 0.5 * np.asarray(picture, dtype=np.float32) + 0.5 * 255 * colours
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
+
+
+def png_bytes(image):
+    """A PIL image as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -36,14 +36,17 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .classifier import EMPTY, TOO_LARGE, UNREADABLE, ImageRejected, OnnxClassifier, decode_threads
+from .classifier import (EMPTY, TOO_LARGE, UNREADABLE, ImageRejected, OnnxClassifier, decode_rgb, decode_threads,
+                         overlay, png_bytes)
 from .. import events
+from ..errors import UsageError
 from .serve_settings import (CONFIG_ENV, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS,  # noqa: F401 (re-exported)
                              DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT, EVERY_INTERFACE, LOOPBACK_HOSTS,
                              check_port_free, trusted_hosts)
 
 DEFAULT_TOP_K = 5
 MAX_BATCH = 64                        # images per /predict/batch request
+OVERLAY_SIDE = 512                    # /explain's picture fits in a square of this side
 RELEASE_AFTER = 1024 * 1024           # a body this large, once dropped, is followed by giving memory back
 # The answer to each reason the classifier's loader refuses an image for.
 STATUS_OF = {EMPTY: 400, TOO_LARGE: 413, UNREADABLE: 422}
@@ -73,6 +76,11 @@ class Prediction(BaseModel):
     label: str
     score: float
     top_k: list[Scored]
+
+
+class Explanation(Prediction):
+    explained: str  # the label whose map is drawn
+    overlay: str    # data:image/png;base64,... : the map over the picture
 
 
 class BatchItem(BaseModel):
@@ -107,6 +115,23 @@ class Predictor:
             raise BadInput(STATUS_OF[exc.reason], exc.message) from None
         probs = self.classifier.probabilities(pixels[np.newaxis])[0]
         return {"image": name, **self.ranked(probs, top_k)}
+
+    def explain_one(self, name, data, top_k, label):
+        """A prediction for one image plus the class activation map of `label` (default: the
+        predicted class) over it, as a PNG data URL; BadInput when it cannot be read or explained
+        (501 for a model without maps: no request to it can succeed)."""
+        if not self.classifier.has_cam:
+            raise BadInput(501, f"{self.classifier.path.name} has no class activation map "
+                                f"({self.classifier.no_cam_reason})")
+        try:
+            probs, heat, explained = self.classifier.explain_one((name, data), label)
+        except ImageRejected as exc:
+            raise BadInput(STATUS_OF[exc.reason], exc.message) from None
+        except UsageError as exc:  # a label the model does not have
+            raise BadInput(400, str(exc)) from None
+        png = png_bytes(overlay(decode_rgb((name, data)), heat, OVERLAY_SIDE))
+        return {"image": name, **self.ranked(probs, top_k), "explained": explained,
+                "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
     def predict_many(self, items, top_k):
         """One entry per (name, bytes) in order; an unreadable image gets an error, the rest a prediction.
@@ -405,6 +430,18 @@ def create_app(model, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS
         """Classify one image: a multipart upload in the field `file`, or JSON `{"data": "<base64>"}`."""
         name, data = await one_image(request)
         return await anyio.to_thread.run_sync(predictor.predict_one, name, data, top_k, limiter=limiter)
+
+    @app.post("/explain", response_model=Explanation, response_model_exclude_none=True,
+              responses={**ERRORS, 501: {"description": "the model has no class activation map (retrain it)"}},
+              openapi_extra={"requestBody": {"required": True, "content": IMAGE_BODY}})
+    async def explain(request: Request, top_k: int = Query(DEFAULT_TOP_K, ge=1, description="labels returned"),
+                      label: str | None = Query(None, description="the label whose map is drawn (default: the "
+                                                                  "predicted one)")):
+        """Classify one image, as /predict, and show why: the class activation map of the predicted
+        class (or `label`) over the image, a PNG data URL in `overlay` (red: what raised the class's
+        score most)."""
+        name, data = await one_image(request)
+        return await anyio.to_thread.run_sync(predictor.explain_one, name, data, top_k, label, limiter=limiter)
 
     @app.post("/predict/batch", response_model=list[BatchItem], response_model_exclude_none=True,
               responses=ERRORS, openapi_extra={"requestBody": {"required": True, "content": BATCH_BODY}})
