@@ -2,22 +2,25 @@
 
 The model is an untrained ResNet50 at 224 px (random weights: no download here; the arithmetic is
 that of a trained one), exported by the job's own code with 10 labels, as benchmarks/score.py
-does. The requests: `--photos` distinct generated 400x300 JPEGs (photo-like gradients and grain),
-posted round-robin as multipart uploads to POST /predict, `--requests` in all. Two ways, same run:
+does, and its int8 model (orchestrator.inference.quantize.quantize_model, calibrated on the
+photos, gate off: speed only). The requests: `--photos` distinct generated 400x300 JPEGs
+(photo-like gradients and grain), posted round-robin as multipart uploads to POST /predict,
+`--requests` in all. Three ways, same run:
   served    the real command in a subprocess, `orchestrate serve MODEL`, and `--clients` threads
             (8 by default), each with its own httpx connection, posting one request after another;
-            requests/s over the whole batch and the latency of each request (p50, p95)
-  baseline  the same image bytes through the server's own code in this process, one at a time:
-            orchestrator.inference.serve.Predictor.predict_one (header check, imaging's decode,
-            OnnxClassifier's session), no HTTP at all
-Both get warm-up requests before their clock starts. The build machine is shared, so the two
+            requests/s over the whole batch and the latency of each request (p50, p95); once
+            with the fp32 model, once with the int8 one
+  baseline  the same image bytes through the server's own code in this process, one at a time,
+            fp32: Predictor.pixels (header check, imaging's decode), then OnnxClassifier's
+            session on a batch of one and Predictor.ranked, no HTTP at all
+All get warm-up requests before their clock starts. The build machine is shared, so they
 alternate `--repeats` times and medians are reported, with the load average before and after.
 
 `--model PATH` serves another model (e.g. a tiny one, where HTTP and parsing are the cost rather
-than inference), `--workers N` passes `--workers` to the command.
+than inference), `--workers N` passes `--workers` to the command, `--no-int8` skips the int8 model.
 
 Run: .venv/bin/python benchmarks/serve.py [--requests 200] [--clients 8] [--repeats 3] [--workers 1]
-     [--model PATH] [--json]
+     [--model PATH] [--no-int8] [--json]
 """
 import argparse
 import json
@@ -28,6 +31,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -74,14 +78,20 @@ def measure_served(url, photos, requests, clients):
             "p95_ms": p(latencies, 95) * 1e3}
 
 
+def predict_alone(predictor, name, data):
+    """One image through the server's own decode and ranking, scored on its own (a batch of one)."""
+    probs = predictor.classifier.probabilities(predictor.pixels(name, data)[np.newaxis])[0]
+    return {"image": name, **predictor.ranked(probs, 5)}
+
+
 def measure_baseline(predictor, photos, requests):
     """The same bytes through the server's prediction code, in this process, one at a time."""
-    predictor.predict_one("warm.jpg", photos[0], 5)
+    predict_alone(predictor, "warm.jpg", photos[0])
     latencies = []
     started = time.perf_counter()
     for n in range(requests):
         t = time.perf_counter()
-        predictor.predict_one(f"{n}.jpg", photos[n % len(photos)], 5)
+        predict_alone(predictor, f"{n}.jpg", photos[n % len(photos)])
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - started
     return {"requests_per_second": requests / elapsed, "p50_ms": p(latencies, 50) * 1e3,
@@ -96,11 +106,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="orchestrate serve --workers")
     parser.add_argument("--model", type=Path, help="serve this model instead of the untrained ResNet50")
+    parser.add_argument("--no-int8", action="store_true", help="serve the fp32 model only")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object too")
     args = parser.parse_args()
     load_before = os.getloadavg()
 
     from orchestrator.inference.classifier import OnnxClassifier
+    from orchestrator.inference.quantize import quantize_model
     from orchestrator.inference.serve import DEFAULT_MAX_PIXELS, Predictor
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -111,13 +123,22 @@ def main():
         make_photos(tmp / "photos", args.photos, 400, 300, 2)
         photos = [path.read_bytes() for path in sorted((tmp / "photos").iterdir())]
         predictor = Predictor(OnnxClassifier(model, max_pixels=DEFAULT_MAX_PIXELS))
+        served = {"served": model}
+        if not args.no_int8:
+            named = [(path.name, path.read_bytes()) for path in sorted((tmp / "photos").iterdir())]
+            served["served int8"] = Path(quantize_model(model, named, named, [0] * len(named), out=tmp / "model.int8.onnx",
+                                                        gate=False)["path"])
         print(f"{model if args.model else 'ResNet50 at 224 px'}; {args.workers} worker(s); {len(photos)} JPEGs of 400x300, {np.mean([len(b) for b in photos]) / 1e3:.0f} kB "
               f"each; {args.requests} requests per measurement; load average {load_before[0]:.2f}", flush=True)
-        runs = {"baseline": [], "served": []}
-        with running_server(model, "--workers", args.workers, timeout=120, log_path=tmp / "serve.log") as url:
+        runs = {name: [] for name in ("baseline", *served)}
+        with ExitStack() as servers:
+            urls = {name: servers.enter_context(running_server(path, "--workers", args.workers, timeout=120,
+                                                               log_path=tmp / f"{path.stem}.log"))
+                    for name, path in served.items()}
             for repeat in range(args.repeats):
                 runs["baseline"].append(measure_baseline(predictor, photos, args.requests))
-                runs["served"].append(measure_served(url, photos, args.requests, args.clients))
+                for name, url in urls.items():
+                    runs[name].append(measure_served(url, photos, args.requests, args.clients))
                 print(f"  repeat {repeat + 1}: " + "  ".join(
                     f"{name} {r[-1]['requests_per_second']:.1f} req/s (p95 {r[-1]['p95_ms']:.0f} ms)"
                     for name, r in runs.items()), flush=True)
@@ -126,15 +147,17 @@ def main():
     load_after = os.getloadavg()
     what = f"{args.model.name if args.model else 'ResNet50 at 224 px'}, 400x300 JPEG"
     print(f"\n{'POST /predict, ' + what:<58}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}")
-    for name, title in (("baseline", "baseline: in-process predict_one, one at a time"),
-                        ("served", f"served: orchestrate serve, {args.clients} HTTP clients, {args.workers} worker(s)")):
+    titles = {"baseline": "baseline: in-process fp32, one at a time",
+              "served": f"served fp32: {args.clients} HTTP clients, {args.workers} worker(s)",
+              "served int8": f"served int8: {args.clients} HTTP clients, {args.workers} worker(s)"}
+    for name in runs:
         m = median[name]
-        print(f"{title:<58}{m['requests_per_second']:>8.1f}{m['p50_ms']:>9.0f}{m['p95_ms']:>9.0f}")
-    ratio = median["served"]["requests_per_second"] / median["baseline"]["requests_per_second"]
-    print(f"served / baseline throughput: {ratio:.2f}x; load average {load_before[0]:.2f} before, "
-          f"{load_after[0]:.2f} after (1 min)")
+        print(f"{titles[name]:<58}{m['requests_per_second']:>8.1f}{m['p50_ms']:>9.0f}{m['p95_ms']:>9.0f}")
+    ratio = {name: median[name]["requests_per_second"] / median["baseline"]["requests_per_second"] for name in served}
+    print("; ".join(f"{name} / baseline throughput: {r:.2f}x" for name, r in ratio.items())
+          + f"; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)")
     if args.json:
-        print(json.dumps({"median": median, "served_over_baseline": ratio,
+        print(json.dumps({"median": median, "over_baseline": ratio,
                           "load_average": [load_before[0], load_after[0]], "runs": runs}))
 
 

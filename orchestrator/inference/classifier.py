@@ -114,15 +114,22 @@ def encoded(image):
 
 
 class OnnxClassifier:
-    """max_pixels: images claiming more pixels by their header are refused unread (see load_image)."""
+    """max_pixels: images claiming more pixels by their header are refused unread (see load_image).
+    threads: ONNX Runtime's threads for one call, by default one per CPU this process may use.
+    """
 
-    def __init__(self, path, max_pixels=None):
+    def __init__(self, path, max_pixels=None, threads=None):
         import onnxruntime as ort
 
         self.path = Path(path)
         self.max_pixels = max_pixels
+        options = ort.SessionOptions()
+        # ONNX Runtime's own default is a thread per physical core of the machine, however few of
+        # them this process may use (a container's cpuset, taskset): more threads than CPUs then.
+        options.intra_op_num_threads = threads or decode_threads()
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=ort.get_available_providers())
+            self.session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                providers=ort.get_available_providers())
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise UsageError(f"{self.path} is not a readable ONNX model ({type(exc).__name__})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
