@@ -8,7 +8,8 @@ exported by the job's own code (benchmarks/score.py export_model), in three file
             photos decoded as the model's metadata says; gate off (random weights agree with
             nothing in particular)
   bare      ONNX Runtime's quantize_static of the same file with its defaults plus QDQ and
-            per-channel weights, calibrated on random pixels: the ceiling to approach
+            per-channel weights, calibrated on random pixels: the issue's reference figure (on
+            the CPU measured here its default int8 activations ran slower than fp32)
 Each runs with ONNX Runtime's default session options (those of orchestrator.inference.classifier)
 on the same random input at batch 1 and batch 32. The sides take turns, `--rounds` times, so a
 burst of load on the shared machine hits them all; each figure is the median per-image time.

@@ -22,6 +22,7 @@ Example:
     PosixPath('model.int8.onnx')
 """
 import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -80,8 +81,9 @@ def quantize(run_or_model: Union[str, os.PathLike], *, calibration: Union[str, o
 
     run_or_model: a run id (or unique prefix), a run folder or its outputs/ folder, or a model
       .onnx file (which needs `calibration`).
-    calibration: a labeled folder, DATA/<label>/<images>, whose images calibrate and then stand in
-      for the test split; for a run, instead of the run's own split.
+    calibration: a labeled folder, DATA/<label>/<images>, whose images calibrate; they also stand
+      in for the test split of a model file, and of a run whose data is not on this machine (a run
+      whose data is here is always gated on its own test split).
     max_accuracy_drop: the accuracy, in points, the int8 model may lose on a test split of 200
       images or more.
     gate: False keeps the int8 model whatever the comparison says (its figures are still recorded).
@@ -101,7 +103,8 @@ def quantize(run_or_model: Union[str, os.PathLike], *, calibration: Union[str, o
     from .run_lookup import folder_for
 
     on_event = on_event or ignore
-    if not isinstance(max_accuracy_drop, (int, float)) or isinstance(max_accuracy_drop, bool):
+    if (not isinstance(max_accuracy_drop, (int, float)) or isinstance(max_accuracy_drop, bool)
+            or not math.isfinite(max_accuracy_drop)):  # nan would pass every comparison: no gate at all
         raise UsageError(f"max_accuracy_drop must be a number of points, not {max_accuracy_drop!r}")
     given = Path(run_or_model)
     run = None
@@ -117,11 +120,19 @@ def quantize(run_or_model: Union[str, os.PathLike], *, calibration: Union[str, o
                              f"{MODEL} with calibration=DATA")
         model = run.output(MODEL)
     labels = _labels(model)
+    split = None
+    if run is not None:
+        try:  # a run is gated on its own test split whenever its data is here, whatever calibrates it
+            split = run_split(run, labels)
+        except DatasetError:
+            if calibration is None:
+                raise
     if calibration is not None:
-        images, truth = labeled_folder(calibration, labels)
-        calibrating = calibration_sample(images)
+        given_images, given_truth = labeled_folder(calibration, labels)
+        calibrating = calibration_sample(given_images)
+        images, truth = (split[1], split[2]) if split else (given_images, given_truth)
     else:
-        calibrating, images, truth = run_split(run, labels)
+        calibrating, images, truth = split
     figures = quantize_model(model, calibrating, images, truth,
                              max_accuracy_drop=max_accuracy_drop, gate=gate, on_event=on_event)
     result = QuantizeResult(path=Path(figures["path"]), kept=figures["kept"], reason=figures["reason"],

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-from .backends.base import CANCELED, COMPLETED, TERMINAL
+from .backends.base import CANCELED, COMPLETED, SCORE, TERMINAL, TRAIN, RunRef
 from .errors import JobFailed, UsageError
 from .events import OnEvent, ignore, parse_line
 from .run_folder import LABELS, METRICS, MODEL, RunFolder
@@ -97,6 +97,11 @@ class Run:
     def exit_code(self) -> Optional[int]:
         """The job's exit code once it ended (else None)."""
         return self._record.exit_code
+
+    @property
+    def kind(self) -> str:
+        """"train" (a search too) or "score" (an Azure ML score job): what the job did."""
+        return SCORE if "score" in self._record.params else TRAIN
 
     @property
     def is_search(self) -> bool:
@@ -281,7 +286,10 @@ class Run:
         backend, ref = self._job()
         fetch_outputs(backend, self._ledger, self._record)
         folder = RunFolder(self.folder)
-        if not folder.output(MODEL).is_file():
+        # a training run's outputs are the job contract's, model.onnx first; a score job's, its rows
+        there = folder.output(MODEL).is_file() if self.kind == TRAIN else folder.outputs.is_dir() and any(
+            folder.outputs.iterdir())
+        if not there:
             raise UsageError(f"run {self.id} has no outputs to download (status: {backend.status(ref)})")
         return folder.outputs
 
@@ -361,10 +369,9 @@ class Run:
         """(backend, RunRef) of the run's job; UsageError for a trial, which has none of its own."""
         from .backends import get_backend
         from .run_lookup import refuse_trial
-        from .runner import run_ref
 
         refuse_trial(self._record)
-        return get_backend(self.backend, on_event=on_event or ignore), run_ref(self._record)
+        return get_backend(self.backend, on_event=on_event or ignore), RunRef.of(self._record)
 
     def _reload(self):
         self._record = self._ledger.get(self.id)

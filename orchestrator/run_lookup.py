@@ -5,7 +5,7 @@ folder: what predict, report, register and the Run methods share to reach a run'
 """
 from pathlib import Path
 
-from .backends.base import COMPLETED
+from .backends.base import COMPLETED, RunRef
 from .errors import UsageError
 from .run_folder import MODEL, OUTPUTS, RunFolder
 
@@ -18,13 +18,12 @@ def find(run_id, job=True):
     use instead."""
     from .backends import get_backend
     from .ledger import Ledger
-    from .runner import run_ref
 
     ledger = Ledger()
     record = ledger.get(run_id)
     if job:
         refuse_trial(record)
-    return ledger, record, get_backend(record.backend), run_ref(record)
+    return ledger, record, get_backend(record.backend), RunRef.of(record)
 
 
 def refuse_trial(record):

@@ -75,10 +75,6 @@ def start(backend, ledger, spec, name):
     return run
 
 
-def run_ref(record):
-    return RunRef.of(record)
-
-
 def read_spec(run_dir, run_id):
     """The JobSpec that runs/<id>/spec.json recorded when the run started."""
     path = RunFolder(run_dir).spec_path
@@ -109,7 +105,7 @@ def resume(backend, ledger, record):
     if "trials" in record.params:  # (a trial is refused before: it has no job of its own)
         raise UsageError(f"run {record.run_id} is a search, whose trials start from the beginning: "
                         "start the search again")
-    run = run_ref(record)
+    run = RunRef.of(record)
     spec = read_spec(run.run_dir, record.run_id)
     with open(RunFolder(run.run_dir).spec_path) as lock:
         try:
@@ -209,7 +205,7 @@ def finish(backend, run, ledger, run_end=None, download=True):
 def fetch_outputs(backend, ledger, record):
     """Download a run's outputs into its folder (the commands that need them and find them missing);
     a search's trials become ledger runs from the search.json that comes with them."""
-    backend.download(run_ref(record), record.output_dir)
+    backend.download(RunRef.of(record), record.output_dir)
     _record_trials(ledger, record)
 
 

@@ -16,6 +16,7 @@ Example:
 """
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -78,7 +79,7 @@ def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable
              "workspace_name": workspace_name, "profile": profile}
     if isinstance(data, str) and data.startswith(AZURE_DATA):
         return _score_on_azure(model, data, out, force=force, top_k=top_k, on_event=on_event,
-                               runs_dir=runs_dir, approve=approve, **azure)
+                               runs_dir=runs_dir, approve=approve, fp32=fp32, **azure)
     given = [AZURE_ONLY[name] for name, value in azure.items() if value not in (None, False)]
     if given:
         raise UsageError(f"{', '.join(given)}: Azure ML option(s), for DATA given as az://DATASTORE/PREFIX or "
@@ -98,7 +99,8 @@ def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable
                        on_progress=progress)
 
 
-def azure_model(model_or_run: "Model | str | os.PathLike") -> str | Path:
+def azure_model(model_or_run: "Model | str | os.PathLike", fp32: bool = False,
+                on_event: Callable[[dict], None] = events.ignore) -> str | Path:
     """The model of a score job on Azure ML: an Azure run's model.onnx where the workspace already
     holds it (an azureml:// URI, read in place; a search's is its best trial's, a UsageError while
     search.json does not name it yet), else the local model.onnx `Model` would use (uploaded with
@@ -122,11 +124,14 @@ def azure_model(model_or_run: "Model | str | os.PathLike") -> str | Path:
             uri = azure_run_model_uri(record.run_dir, record.run_id)
             if uri:
                 return uri
-    return Model(model_or_run).path
+    chosen = Model(model_or_run, fp32=fp32)
+    if chosen.chosen_for(model_or_run):
+        on_event(events.notice(chosen.chosen_for(model_or_run)))
+    return chosen.path
 
 
 def _score_on_azure(model, data, out, *, force, top_k, on_event, runs_dir, compute, instances, processes_per_node,
-                    mini_batch_size, dry_run, export, approve, profile, **workspace):
+                    mini_batch_size, dry_run, export, approve, profile, fp32, **workspace):
     """Plan the parallel job of `data`, then return it as a Plan (dry_run, export) or run it to `out`."""
     from .backends.azure.job import check_export_path
     from .backends.azure.score_job import build_score_job, describe_score, export_score_yaml, parse_data_uri, plan_score
@@ -143,7 +148,7 @@ def _score_on_azure(model, data, out, *, force, top_k, on_event, runs_dir, compu
     settings = load_settings(workspace, profile=profile)
     _, prefix = parse_data_uri(data)
     run_id = new_run_id(f"score-{PurePosixPath(prefix).name}")
-    plan = plan_score(azure_model(model), data, run_id=run_id, compute=compute, instances=instances,
+    plan = plan_score(azure_model(model, fp32, on_event), data, run_id=run_id, compute=compute, instances=instances,
                       processes=processes_per_node, mini_batch_size=mini_batch_size, top_k=top_k)
     if dry_run:
         if export is not None:
@@ -162,12 +167,12 @@ def _run_score_job(plan, settings, run_dir, out, on_event, approve):
     import time
 
     from .backends import get_backend
-    from .backends.azure.score_job import plan_from_params, plan_params, write_predictions
+    from .backends.azure.score_job import plan_params, write_predictions
     from .backends.base import SCORE, JobSpec
     from .ledger import Ledger
     from .run import Run
     from .run_folder import RunFolder
-    from .runner import start
+    from .runner import fetch_outputs, start
 
     spec = JobSpec(run_id=plan.run_id, data=plan.data, run_dir=run_dir, train_args=[],
                    backend_options={f: getattr(settings, f) for f in ("subscription_id", "resource_group",
@@ -182,8 +187,12 @@ def _run_score_job(plan, settings, run_dir, out, on_event, approve):
                                f"`orchestrate cancel {plan.run_id}` to stop it"))
         raise
     seconds = int(time.monotonic() - started)
-    files = [path for path in RunFolder(run_dir).outputs.rglob("*") if path.is_file()]
-    summary = write_predictions(files, plan_from_params(spec.run_id, spec.score), out)  # its datastore resolved
+    outputs = RunFolder(run_dir).outputs
+    if not outputs.is_dir() or not any(outputs.iterdir()):  # another client recorded the end first
+        fetch_outputs(get_backend("azure", on_event=on_event), ledger, ledger.get(plan.run_id))
+    files = [path for path in outputs.rglob("*") if path.is_file()]
+    resolved = replace(plan, datastore=spec.score["datastore"], prefix=spec.score["prefix"])  # as prepare found it
+    summary = write_predictions(files, resolved, out)
     summary.update(run_id=plan.run_id, out=str(out), seconds=seconds,
                    images_per_second=round(summary["rows"] / seconds, 2) if seconds > 0 else None)
     on_event(events.notice(f"{summary['rows']} image(s) scored ({summary['errors']} unreadable) in {seconds} s "

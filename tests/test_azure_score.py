@@ -23,7 +23,7 @@ from orchestrator.backends.azure import score_job
 from orchestrator.backends.azure import AzureBackend
 from orchestrator.backends.azure.score_job import (APPEND_ROW_FILE, build_score_job, describe_score, export_score_yaml,
                                                    parse_data_uri, plan_from_params, plan_params, plan_score,
-                                                   resolve_data, resolve_datastore, score_prefix, write_predictions)
+                                                   resolve_data, score_prefix, write_predictions)
 from orchestrator.backends.azure.seam import AzureSeam
 from orchestrator.backends.azure.settings import Settings
 from orchestrator.errors import JobFailed, UsageError
@@ -409,7 +409,7 @@ def download(plane, azurite, tmp_path, run_id, blobs):
         plane.admin.upload_blob(f"{score_prefix(run_id)}/{name}", text, overwrite=True)
     resolved = replace(plan(run_id=run_id), datastore="workspaceblobstore")
     seam = real_seam(plane, azurite.endpoint)(settings())
-    container = seam.container_client(resolve_datastore(seam, "workspaceblobstore"))
+    container = seam.container_client(resolve_data(seam, "workspaceblobstore", "")[0])
     files = download_prefix(container, score_prefix(run_id), tmp_path / "runs" / run_id / "outputs")
     out = tmp_path / "p.jsonl"
     return write_predictions(files, resolved, out), out

@@ -61,7 +61,7 @@ class ScoreProgress:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding threads [default: the CPUs this process may use].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (images, errors, seconds, images/s) as JSON.")
-@click.option("--fp32", is_flag=True, help=FP32_HELP + " A parallel job on Azure ML (az:// DATA) uses the fp32 model.")
+@click.option("--fp32", is_flag=True, help=FP32_HELP)
 @click.option("--compute", help="az:// DATA: compute alias or VM size of the parallel job. [default: cpu]")
 @click.option("--instances", type=click.IntRange(min=1), help="az:// DATA: nodes the mini-batches are spread over. "
                                                                "[default: 1]")

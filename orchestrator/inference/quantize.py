@@ -81,9 +81,9 @@ def quantize_model(fp32_path, calibration, test_images, test_labels, *, out=None
         used = _quantize(fp32, calibration, candidate, Path(work), on_event)
         int8 = OnnxClassifier(candidate)
         truth, fp32_probs, int8_probs = _compare(fp32, int8, test_images, test_labels, on_event)
-        figures = _figures(fp32.labels, truth, fp32_probs, int8_probs)
+        figures = compare_models(fp32.labels, truth, fp32_probs, int8_probs)
         figures.update(calibration_images=used)
-        reason = _refusal(figures, max_accuracy_drop)
+        reason = gate_refusal(figures, max_accuracy_drop)
         figures.update(kept=reason is None or not gate, reason=reason, path=str(out))
         if figures["kept"]:
             _write_with_metadata(candidate, fp32_path, out, figures)
@@ -162,7 +162,7 @@ def _compare(fp32, int8, images, labels, on_event):
     return np.array(truth), rows[:, :classes], rows[:, classes:]
 
 
-def _figures(labels, truth, fp32_probs, int8_probs):
+def compare_models(labels, truth, fp32_probs, int8_probs):
     """The comparison's figures: the int8 model's accuracy, macro F1, log-loss, the fp32 model's,
     the agreement of their labels and the accuracy drop in points."""
     def headline(probs):
@@ -176,7 +176,7 @@ def _figures(labels, truth, fp32_probs, int8_probs):
     return {**int8, "fp32": fp32, "agreement": agreement, "accuracy_drop": drop, "test_images": len(truth)}
 
 
-def _refusal(figures, max_accuracy_drop):
+def gate_refusal(figures, max_accuracy_drop):
     """Why the gate refuses the int8 model of `figures`, in one line; None when it passes."""
     n, agreement = figures["test_images"], figures["agreement"]
     if agreement < MIN_AGREEMENT:
@@ -206,11 +206,14 @@ def _write_with_metadata(candidate, fp32_path, out, figures):
 def _quiet_quantization_logs():
     """ONNX Runtime's quantization tools log advice on Python's root logger ("please consider
     pre-processing", a bias that is no initializer): no part of what a user asked for, so those
-    records are held back while they run (a library prints nothing; its caller renders events)."""
+    records are held back while they run (a library prints nothing; its caller renders events).
+    Only records from onnxruntime's files below ERROR: another thread's (a server's) pass."""
+    def from_quantization(record):
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
     root = logging.getLogger()
-    previous = root.level
-    root.setLevel(logging.ERROR)
+    root.addFilter(from_quantization)
     try:
         yield
     finally:
-        root.setLevel(previous)
+        root.removeFilter(from_quantization)

@@ -272,17 +272,6 @@ def _known_datastores(stores):
     return ", ".join(f"{d['name']} (account {d['account']}, container {d['container']})" for d in stores) or "none"
 
 
-def resolve_datastore(seam, name):
-    """The workspace's blob datastore named `name`, or the one whose container is `name`."""
-    stores = seam.list_datastores()
-    found = next((d for d in stores if d["name"] == name), None) \
-        or next((d for d in stores if d["container"] == name), None)
-    if found is None:
-        raise UsageError(f"az://{name}/...: no datastore of workspace {seam.settings.workspace_name!r} has that "
-                        f"name or container (its blob datastores: {_known_datastores(stores)})")
-    return found
-
-
 def resolve_data(seam, source, rest):
     """(datastore, blob prefix) of az://SOURCE/REST against the workspace's blob datastores:
     SOURCE a datastore's name (REST its prefix), else a storage account whose CONTAINER (REST's
