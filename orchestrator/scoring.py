@@ -30,12 +30,17 @@ if TYPE_CHECKING:
 
 AZURE_DATA = "az://"  # a blob prefix: scored on Azure ML as a parallel job
 
-# The values only a parallel job has, with the flags of `orchestrate score` that set them: any of
-# them given with local data is a mistake, named by its flag.
-AZURE_ONLY = {"compute": "--compute", "instances": "--instances", "processes_per_node": "--processes-per-node",
-              "mini_batch_size": "--mini-batch-size", "dry_run": "--dry-run", "export": "--export",
-              "subscription_id": "--subscription-id", "resource_group": "--resource-group",
-              "workspace_name": "--workspace", "profile": "--profile"}
+
+
+def azure_only():
+    """{value: flag} of what only a parallel job on Azure ML takes (its options, as the Azure backend
+    declares them, its dry run and its workspace): any of them given with local data is a mistake,
+    named by its flag."""
+    from .backends.azure.score_job import SCORE_OPTIONS
+    from .training import WORKSPACE_FLAGS
+
+    return {**{option.dest: option.flag for option in SCORE_OPTIONS}, "dry_run": "--dry-run",
+            "export": "--export", **WORKSPACE_FLAGS}
 
 
 def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable[str | os.PathLike],
@@ -78,9 +83,15 @@ def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable
              "subscription_id": subscription_id, "resource_group": resource_group,
              "workspace_name": workspace_name, "profile": profile}
     if isinstance(data, str) and data.startswith(AZURE_DATA):
+        from .backends.azure.score_job import SCORE_OPTIONS
+
+        for option in SCORE_OPTIONS:
+            problem = option.problem(azure[option.dest])
+            if problem:
+                raise UsageError(f"{option.dest}={azure[option.dest]!r}: {problem}")
         return _score_on_azure(model, data, out, force=force, top_k=top_k, on_event=on_event,
                                runs_dir=runs_dir, approve=approve, fp32=fp32, **azure)
-    given = [AZURE_ONLY[name] for name, value in azure.items() if value not in (None, False)]
+    given = [azure_only()[name] for name, value in azure.items() if value not in (None, False)]
     if given:
         raise UsageError(f"{', '.join(given)}: Azure ML option(s), for DATA given as az://DATASTORE/PREFIX or "
                          "az://ACCOUNT/CONTAINER/PREFIX; drop them to score a local folder")

@@ -163,15 +163,25 @@ def test_describe_names_what_would_run():
     ({"data": "az://workspaceblobstore"}, "expected az://DATASTORE/PREFIX"),
     ({"data": "az://workspaceblobstore/a/../b"}, "expected az://DATASTORE/PREFIX"),
     ({"data": "https://x/y"}, "bad data URI"),
-    ({"instances": 0}, "--instances must be at least 1"),
-    ({"processes": 0}, "--processes-per-node must be at least 1"),
-    ({"mini_batch_size": 0}, "--mini-batch-size must be at least 1"),
     ({"compute": "nc12"}, "unknown compute"),
     ({"model": "/nonexistent/model.onnx"}, "no such file"),
 ])
 def test_bad_values_are_user_errors(values, match):
     with pytest.raises(UsageError, match=match):
         plan(**values)
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"instances": 0}, "^instances=0: --instances must be at least 1$"),
+    ({"processes_per_node": 0}, "^processes_per_node=0: --processes-per-node must be at least 1$"),
+    ({"mini_batch_size": 0}, "^mini_batch_size=0: --mini-batch-size must be at least 1$"),
+    ({"instances": "2"}, "--instances must be an integer"),
+])
+def test_a_score_jobs_options_are_checked_by_the_rules_the_azure_backend_declares(tmp_path, values, match):
+    from orchestrator.scoring import score
+
+    with pytest.raises(UsageError, match=match):
+        score(MODEL_URI, DATA, tmp_path / "p.csv", dry_run=True, **values)
 
 
 def test_an_azure_runs_model_is_read_where_the_run_wrote_it(tmp_path):
@@ -554,7 +564,8 @@ def test_a_file_that_is_no_model_is_refused_before_anything_is_planned(tmp_path)
     (["LOCAL", "--compute", "cpu"], "--compute: Azure ML option"),
     (["LOCAL", "--instances", "2", "--dry-run"], "--instances, --dry-run: Azure ML option"),
     (["LOCAL", "--processes-per-node", "2"], "--processes-per-node: Azure ML option"),
-    (["az://workspaceblobstore/photos", "--processes-per-node", "0", "--dry-run"], "'--processes-per-node': 0"),
+    (["az://workspaceblobstore/photos", "--processes-per-node", "0", "--dry-run"],
+     "--processes-per-node must be at least 1"),
 ])
 def test_bad_azure_arguments_are_one_line_errors(tmp_path, args, match):
     model = tmp_path / "model.onnx"

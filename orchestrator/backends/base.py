@@ -131,7 +131,8 @@ class Backend(ABC):
     # and, where it cannot, why not (or what does it instead).
     resumable = False
     not_resumable = "its runs cannot be started again"
-    # The backend's options (BackendOption each), in the order `orchestrate train --help` lists them.
+    # The backend's options (BackendOption each), in the order `orchestrate train --help` lists them
+    # (a backend that runs score jobs declares theirs beside them: azure/score_job.SCORE_OPTIONS).
     options = ()
     # How often a caller that follows a run with a deadline (Run.wait(timeout=...)) reads log_lines again.
     poll_seconds = 1.0

@@ -48,6 +48,16 @@ class ScoreProgress:
         self.bars.stop()
 
 
+def score_job_options(command):
+    """Decorator adding the options of a score job on Azure ML, as the Azure backend declares them."""
+    from ..backends.azure.score_job import SCORE_OPTIONS
+    from .training_options import backend_click_option
+
+    for option in reversed(SCORE_OPTIONS):
+        command = backend_click_option(option, "az:// DATA: ")(command)
+    return command
+
+
 @click.command()
 @click.argument("model", metavar="MODEL_OR_RUN")
 @click.argument("data")
@@ -62,13 +72,7 @@ class ScoreProgress:
               help="Decoding threads [default: the CPUs this process may use].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (images, errors, seconds, images/s) as JSON.")
 @click.option("--fp32", is_flag=True, help=FP32_HELP)
-@click.option("--compute", help="az:// DATA: compute alias or VM size of the parallel job. [default: cpu]")
-@click.option("--instances", type=click.IntRange(min=1), help="az:// DATA: nodes the mini-batches are spread over. "
-                                                               "[default: 1]")
-@click.option("--processes-per-node", "processes", type=click.IntRange(min=1),
-              help="az:// DATA: scoring processes per node, sharing its vCPUs for ONNX Runtime. "
-                   "[default: one per 2 vCPUs]")
-@click.option("--mini-batch-size", type=click.IntRange(min=1), help="az:// DATA: files per mini-batch. [default: 64]")
+@score_job_options
 @click.option("--yes", is_flag=True, default=None, help="az:// DATA: create a missing compute cluster without asking.")
 @workspace_options(location=False, prefix="az:// DATA: ")
 @click.option("--dry-run", is_flag=True, default=None,
@@ -98,7 +102,7 @@ def score(model, data, out, force, top_k, batch_size, workers, as_json, fp32, **
     with progress:
         result = score_data(model, data, out, top_k=top_k, force=force, batch_size=batch_size, workers=workers,
                             fp32=fp32,
-                            processes_per_node=azure.pop("processes"), export=azure.pop("export_path"),
+                            export=azure.pop("export_path"),
                             approve=approval(azure.pop("yes")), on_event=progress, **azure)
     if isinstance(result, Plan):
         click.echo(result.description)

@@ -61,9 +61,15 @@ def backend_options(command):
     from ..backends import backend_options as declared
 
     for option, backends in reversed(declared().values()):
-        help_ = f"{', '.join(backends)}: {option.help}"
-        help_ = help_ if help_.endswith("]") else help_ + "."
-        if option.default is not None and option.kind != "flag":
-            help_ += f" [default: {option.default}]"
-        command = click_option(option, help_)(command)
+        command = backend_click_option(option, f"{', '.join(backends)}: ")(command)
     return command
+
+
+def backend_click_option(option, prefix):
+    """The click option of a backend's option, its help led by `prefix` (who takes it: "docker: ")
+    and ending with its default."""
+    help_ = f"{prefix}{option.help}"
+    help_ = help_ if help_.endswith("]") else help_ + "."
+    if option.default is not None and option.kind != "flag":
+        help_ += f" [default: {option.default}]"
+    return click_option(option, help_)

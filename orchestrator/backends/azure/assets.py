@@ -239,11 +239,11 @@ def run_compute(record, state):
                 "per_run_nodes": nodes, "search": False,
                 "idle_minutes": idle / 60 if idle is not None else DEFAULT_IDLE_MINUTES}
     if "score" in params:
-        from .score_job import DEFAULT_COMPUTE as SCORE_COMPUTE
+        from .score_job import DEFAULTS as SCORE_DEFAULTS
 
         score = params["score"]
         nodes = int(score.get("instances") or 1)
-        return {"size": _cluster_size(score.get("compute") or SCORE_COMPUTE), "tier": "dedicated", "nodes": nodes,
+        return {"size": _cluster_size(score.get("compute") or SCORE_DEFAULTS["compute"]), "tier": "dedicated", "nodes": nodes,
                 "per_run_nodes": nodes, "search": False, "idle_minutes": DEFAULT_IDLE_MINUTES}
     from . import catalogue
     from .job import DEFAULT_COMPUTE

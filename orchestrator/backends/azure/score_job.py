@@ -57,6 +57,7 @@ from pathlib import Path, PurePosixPath
 from ...errors import UsageError
 from ...paths import docker_context_dir, remote_scripts_dir
 from ...run_folder import RunFolder
+from ..base import BackendOption
 from . import catalogue
 from .job import (AZUREML_DOCKERFILE, DEFAULT_DATASTORE, DEFAULT_EXPERIMENT, REMOTE_PATH, datastore_uri,
                   job_name, sdk_validation_errors)
@@ -64,8 +65,17 @@ from .seam import job_validation_errors, load_sdk, write_yaml
 
 ENTRY_SCRIPT = "score_entry.py"
 STEP = "score"                        # the pipeline's one step, of type parallel
-DEFAULT_COMPUTE = "cpu"               # ONNX Runtime's CPU build scores; a GPU size would idle its GPU
-DEFAULT_MINI_BATCH = 64               # files per run() call: long enough to amortize its overhead
+# A score job's options (AzureBackend.score_options): the CLI's flags, checked by train's rules.
+# ONNX Runtime's CPU build scores (a GPU size would idle its GPU); 64 files per run() call are
+# enough to amortize its overhead.
+SCORE_OPTIONS = (
+    BackendOption("--compute", "str", "cpu", "compute alias or VM size of the parallel job"),
+    BackendOption("--instances", "int", 1, "nodes the mini-batches are spread over", low=1),
+    BackendOption("--processes-per-node", "int", None, "scoring processes per node, sharing its vCPUs for "
+                  "ONNX Runtime [default: one per 2 vCPUs]", low=1),
+    BackendOption("--mini-batch-size", "int", 64, "files per mini-batch", low=1),
+)
+DEFAULTS = {option.dest: option.default for option in SCORE_OPTIONS}
 MAX_RETRIES = 3                       # a mini-batch is tried again this often (preempted node, timeout)
 MINI_BATCH_TIMEOUT = 300              # seconds one run() call may take before it is retried
 # Every file of a mini-batch gets a row (an unreadable image gets an error row), so a file without
@@ -129,7 +139,7 @@ class ScorePlan:
     compute: catalogue.Resolved
     instances: int = 1
     processes: int = 1          # worker processes per node (max_concurrency_per_instance)
-    mini_batch_size: int = DEFAULT_MINI_BATCH
+    mini_batch_size: int = DEFAULTS["mini_batch_size"]
     top_k: int = 1
     experiment: str = DEFAULT_EXPERIMENT
     datastore: str = None       # the resolved datastore; None (offline): `source` taken as its name
@@ -165,11 +175,9 @@ def plan_score(model, data, *, run_id, compute=None, instances=None, processes=N
                top_k=1, experiment=None):
     """A ScorePlan from the command's values; bad ones are UsageErrors before anything is built."""
     source, prefix = parse_data_uri(data)
-    resolved = catalogue.resolve(compute or DEFAULT_COMPUTE)
-    for flag, value in (("--instances", instances), ("--processes-per-node", processes),
-                        ("--mini-batch-size", mini_batch_size), ("--top-k", top_k)):
-        if value is not None and int(value) < 1:
-            raise UsageError(f"{flag} must be at least 1")
+    resolved = catalogue.resolve(compute or DEFAULTS["compute"])
+    if top_k is not None and int(top_k) < 1:
+        raise UsageError("--top-k must be at least 1")
     model = str(model)
     if not REMOTE_PATH.match(model):
         path = Path(model).expanduser().resolve()
@@ -179,8 +187,8 @@ def plan_score(model, data, *, run_id, compute=None, instances=None, processes=N
     # one process per 2 vCPUs: decoding in one process overlaps inference in the other
     default_processes = max(1, resolved.size.vcpus // 2)
     return ScorePlan(run_id=run_id, model=model, source=source, prefix=prefix, data=f"az://{source}/{prefix}",
-                     compute=resolved, instances=int(instances or 1), processes=int(processes or default_processes),
-                     mini_batch_size=int(mini_batch_size or DEFAULT_MINI_BATCH), top_k=int(top_k or 1),
+                     compute=resolved, instances=int(instances or DEFAULTS["instances"]), processes=int(processes or default_processes),
+                     mini_batch_size=int(mini_batch_size or DEFAULTS["mini_batch_size"]), top_k=int(top_k or 1),
                      experiment=experiment or DEFAULT_EXPERIMENT, compute_given=compute)
 
 
