@@ -21,7 +21,9 @@ Example:
     >>> folder.metrics()["accuracy"]
     0.97
 """
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from remote_scripts.atomic import write_atomically
@@ -125,6 +127,20 @@ class RunFolder:
     def write_backend_state(self, state):
         """Record the backend's state of the run (azure.json: job name, workspace, output paths)."""
         write_atomically(self.backend_state_path, json.dumps(state, indent=2) + "\n")
+
+    def update_backend_state(self, **changes):
+        """Set `changes` in the backend's state, keeping every other field as it is on disk now:
+        the file is read again and written under a lock on the run folder, so two processes that
+        each add a field (a submit its Studio URL, `runs show` a cached price, `register` its
+        assets) do not drop each other's. Returns the state written."""
+        descriptor = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            state = {**(self.backend_state() or {}), **changes}
+            self.write_backend_state(state)
+            return state
+        finally:
+            os.close(descriptor)  # and the lock with it
 
     # -- reading -------------------------------------------------------------------------------
     def spec(self, strict=True):

@@ -132,3 +132,23 @@ def test_the_local_backends_job_writes_its_files_where_the_run_folder_says(tmp_p
     assert "run_start" in kinds and kinds[-1] == "run_end"
     lines = [line.text for line in backend.log_lines(run, follow=False)]
     assert lines == folder.log_path.read_text().splitlines()  # the backend reads the log the folder names
+
+
+def _add_field(folder, index):
+    RunFolder(folder).update_backend_state(**{f"field{index}": index})
+
+
+def test_concurrent_updates_of_the_backend_state_keep_every_field(tmp_path):
+    """A submit adding its Studio URL, `runs show` caching a price and `register` its assets, from
+    processes of their own: each update re-reads the file under the folder's lock, none is lost."""
+    import multiprocessing
+
+    folder = RunFolder(tmp_path)
+    folder.write_backend_state({"job": "j-1"})
+    processes = [multiprocessing.Process(target=_add_field, args=(tmp_path, i)) for i in range(12)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    assert folder.backend_state() == {"job": "j-1", **{f"field{i}": i for i in range(12)}}

@@ -106,7 +106,7 @@ def register_run(seam, record, state, model_name=None, data_name=None):
             name=asset_name(data_name or Path(record.dataset.rstrip("/")).name),
             path=data_input["path"], tags={"orchestrate.run_id": record.run_id},
             description=f"dataset of orchestrate run {record.run_id}")
-    folder.write_backend_state({**state, "registered": result})
+    folder.update_backend_state(registered=result)
     return result
 
 
@@ -329,10 +329,7 @@ def cost_estimate(record, state, seam_factory=None, now=None):
                     times = run_times(seam, record, state, now)
         except OrchestrateError as exc:
             return {"error": str(exc)}
-        cached = {**state, "price": price}
-        if times["ended"]:
-            cached["times"] = times
-        RunFolder(record.run_dir).write_backend_state(cached)
+        RunFolder(record.run_dir).update_backend_state(price=price, **({"times": times} if times["ended"] else {}))
     idle_nodes = min(compute["nodes"], times["runs"] * compute["per_run_nodes"]) if times["ended"] else 0
     node_hours = times["hours"] * compute["per_run_nodes"] + idle_nodes * compute["idle_minutes"] / 60
     out = {"hours": round(times["hours"], 3), "node_hours": round(node_hours, 3), "nodes": compute["nodes"],

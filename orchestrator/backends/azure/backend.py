@@ -191,8 +191,7 @@ class AzureBackend(Backend):
         folder.write_backend_state(state)
         with azure_errors():
             submitted = seam.submit(job)
-        state["studio_url"] = submitted["studio_url"]
-        folder.write_backend_state(state)
+        folder.update_backend_state(studio_url=submitted["studio_url"])
         again = "" if submitted.get("created", True) else " (already submitted: not created again)"
         self._notice(f"Azure ML job {submitted['name']}{again}: {submitted['studio_url']}")
         return RunRef(spec.run_id, self.name, spec.run_dir, remote_id=submitted["name"])
