@@ -43,7 +43,8 @@ EXIT_CODE = "exit_code"
 CANCEL_REQUESTED = "cancel_requested"
 REPORT = "report.html"
 # the job's outputs, as the job contract names them
-MODEL, LABELS, METRICS, HISTORY, PREDICTIONS = "model.onnx", "labels.json", "metrics.json", "history.jsonl", "predictions.csv"
+MODEL, LABELS, METRICS = "model.onnx", "labels.json", "metrics.json"
+HISTORY, PREDICTIONS = "history.jsonl", "predictions.csv"
 TRIALS = "trials"
 
 

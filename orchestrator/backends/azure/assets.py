@@ -243,8 +243,8 @@ def run_compute(record, state):
 
         score = params["score"]
         nodes = int(score.get("instances") or 1)
-        return {"size": _cluster_size(score.get("compute") or SCORE_DEFAULTS["compute"]), "tier": "dedicated", "nodes": nodes,
-                "per_run_nodes": nodes, "search": False, "idle_minutes": DEFAULT_IDLE_MINUTES}
+        return {"size": _cluster_size(score.get("compute") or SCORE_DEFAULTS["compute"]), "tier": "dedicated",
+                "nodes": nodes, "per_run_nodes": nodes, "search": False, "idle_minutes": DEFAULT_IDLE_MINUTES}
     from . import catalogue
     from .job import DEFAULT_COMPUTE
 
