@@ -21,8 +21,12 @@ every side sees the same load, and images/s is each side's images over its summe
 the end the real command runs once in a subprocess; its own images/s and its whole wall time
 (process start and model load included) are printed too, with the load average before and after.
 
+With --int8 the three sides classify with the int8 model of the same file instead
+(orchestrator.inference.quantize.quantize_model, calibrated on 64 of the photos, gate off: speed
+only), so each model is held to its own ceiling.
+
 Run: .venv/bin/python benchmarks/score.py [--images 500] [--photo 400x300] [--chunk 50] [--repeats 3]
-     [--json]
+     [--int8] [--json]
 """
 import argparse
 import json
@@ -160,6 +164,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="the ceiling's batch size")
     parser.add_argument("--chunk", type=int, default=50, help="images per turn")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--int8", action="store_true", help="classify with the int8 model of the same file")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object too")
     args = parser.parse_args()
     width, height = map(int, args.photo.lower().split("x"))
@@ -174,6 +179,12 @@ def main():
         photos = tmp / "photos"
         nbytes = make_photos(photos, args.images, width, height, decode_threads())
         paths = sorted(str(p) for p in photos.iterdir())
+        if args.int8:
+            from orchestrator.inference.quantize import quantize_model
+
+            calibration = paths[:64]
+            model = Path(quantize_model(model, calibration, calibration, [0] * len(calibration),
+                                        out=tmp / "model.int8.onnx", gate=False)["path"])
         spec = json.loads(session(model).get_modelmeta().custom_metadata_map[imaging.PREPROCESS_KEY])
         started = time.perf_counter()
         with ThreadPoolExecutor(decode_threads()) as pool:
@@ -205,7 +216,8 @@ def main():
 
     rate = {name: args.repeats * len(paths) / s for name, s in seconds.items()}
     load_after = os.getloadavg()
-    print(f"\n{'classify ' + str(args.images) + ' photos, ResNet50 at 224 px':<62}{'images/s':>10}")
+    title = f"classify {args.images} photos, ResNet50 at 224 px{', int8' if args.int8 else ''}"
+    print(f"\n{title:<62}{'images/s':>10}")
     print(f"{'ceiling: batched session.run on pre-decoded tensors, ' + str(args.batch_size):<62}{rate['ceiling']:>10.1f}")
     print(f"{'loop: decode + session.run one image at a time':<62}{rate['loop']:>10.1f}")
     print(f"{'ours: what orchestrate score runs (decode threads + batches)':<62}{rate['ours']:>10.1f}")
