@@ -101,8 +101,8 @@ def score(model: "Model | str | os.PathLike", data: str | os.PathLike | Iterable
     out = check_out(out, force)  # before the model loads: a wrong name costs nothing
     if not isinstance(model, Model):
         given, model = model, Model(model, fp32=fp32)
-        if model.chosen_for(given):
-            on_event(events.notice(model.chosen_for(given)))
+        if told := model.chosen_for(given):
+            on_event(events.notice(told))
 
     def progress(done, total):
         on_event(events.transfer("score", done, total, unit="images"))
@@ -136,8 +136,8 @@ def azure_model(model_or_run: "Model | str | os.PathLike", fp32: bool = False,
             if uri:
                 return uri
     chosen = Model(model_or_run, fp32=fp32)
-    if chosen.chosen_for(model_or_run):
-        on_event(events.notice(chosen.chosen_for(model_or_run)))
+    if told := chosen.chosen_for(model_or_run):
+        on_event(events.notice(told))
     return chosen.path
 
 
