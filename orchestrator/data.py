@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import builtins
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -192,8 +191,6 @@ def storage_target(to: str | None, what: str = "storage target", default_prefix:
     """
     from .storage.blob import default_account, parse_uri
 
-    # azure.identity logs each failed sign-in attempt at WARNING; the errors say it in one line.
-    logging.getLogger("azure").setLevel(logging.ERROR)
     to = to or os.environ.get(URI_ENV)
     if not to:
         account = default_account(os.environ)

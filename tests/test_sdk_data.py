@@ -146,3 +146,24 @@ def test_sizes_need_no_workspace_and_no_network():
     rows = compute.sizes(on_event=notices.append)
     assert rows == catalogue() and rows.location is None and notices == []
     assert next(r for r in rows if r["alias"] == "gpu-nc12")["substitute"] == "Standard_NC16as_T4_v3"
+
+
+def test_the_package_leaves_logging_to_the_application_and_the_command_quiets_azure(dataset, to):
+    """An application's logging is its own: uploading through the SDK changes no logger's level
+    (it once set the whole `azure` tree to ERROR); the CLI sets it, for its one-line errors."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    azure_logger = logging.getLogger("azure")
+    azure_logger.setLevel(logging.NOTSET)
+    data.upload(dataset, to, shard_size=0.0625)
+    data.list(to)
+    assert azure_logger.level == logging.NOTSET
+    try:
+        assert CliRunner().invoke(cli, ["data", "list", "--to", to]).exit_code == 0
+        assert azure_logger.level == logging.ERROR
+    finally:
+        azure_logger.setLevel(logging.NOTSET)

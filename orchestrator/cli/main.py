@@ -67,6 +67,17 @@ def cli():
       orchestrate train ./EuroSAT --backend local --epochs 5
       orchestrate predict RUN_ID photo.jpg --top-k 3
     """
+    quiet_azure_logs()
+
+
+def quiet_azure_logs():
+    """The command says each Azure refusal in one line, so the Azure SDK's own records stay off
+    stderr: azure.identity logs every failed sign-in of its chain at WARNING, azure.ai.ml its
+    "experimental class" notes. Set here, in the command, not in the library: an application using
+    `import orchestrator` keeps its own logging configuration."""
+    import logging
+
+    logging.getLogger("azure").setLevel(logging.ERROR)
 
 
 def main():

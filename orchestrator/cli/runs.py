@@ -65,7 +65,7 @@ def show_run(run_id, as_json):
         click.echo(f"{key:10} {data[key]}")
     click.echo(f"{'params':10} {' '.join(run.params.get('train_args', [])) or '(defaults)'}")
     if cost is not None:
-        from ..backends.azure.assets import cost_line
+        from .render import cost_line
 
         click.echo(cost_line(cost))
     if data["test_metrics"]:

@@ -17,7 +17,6 @@ credentials, a missing bucket or container, an empty prefix, refused access, an 
 endpoint.
 """
 import hashlib
-import logging
 import os
 import re
 from collections import deque
@@ -301,8 +300,6 @@ class BlobSource(RemoteSource):
         if self._container is None:
             from ..storage.blob import connect
 
-            # azure.identity logs each failed sign-in attempt at WARNING; the errors say it in one line.
-            logging.getLogger("azure").setLevel(logging.ERROR)
             self._container = connect(self.target, os.environ)
         return self._container
 

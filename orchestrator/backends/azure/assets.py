@@ -346,23 +346,6 @@ def cost_estimate(record, state, seam_factory=None, now=None):
     return out
 
 
-def cost_line(cost):
-    """The `runs show` line of cost_estimate's result: the amount, and how it was estimated."""
-    if cost.get("amount") is None:
-        return f"cost       unknown ({cost.get('error', 'no price')})"
-    tier = "low-priority" if cost["tier"] == "low_priority" else "dedicated"
-    if "trials" in cost:
-        ran = f"{cost['trials']} trial(s), {cost['hours']:.2f} h in all x 1 node each"
-    else:
-        ran = f"{cost['hours']:.2f} h x {cost['nodes']} node(s)"
-    idle = (f" + {cost['idle_minutes']:g} min idle before scale-down x {cost['idle_nodes']} node(s)"
-            if cost.get("idle_nodes") else "")
-    still = "" if cost.get("final", True) else " so far"
-    return (f"cost       ~{cost['amount']:.2f} {cost['currency']}{still} (estimate, not the bill: {ran}{idle} = "
-            f"{cost['node_hours']:.2f} node-h x {cost['per_node_hour']:.3f} {cost['currency']}/h {tier} "
-            f"{cost['size']}, Linux, {cost['location']}; run time from Azure ML's run records)")
-
-
 # compute list -------------------------------------------------------------------------------
 CLUSTER_COLUMNS = ("name", "size", "tier", "min_nodes", "max_nodes", "current_nodes", "idle_nodes",
                    "busy_nodes", "allocation", "state")

@@ -9,7 +9,6 @@ azure-ai-ml 1.35 bug where list_usage/list_sizes leave snake_case fields None: n
 Why the private API here too (`_runs_operations`, `_validate`, `_to_job`, `dump_yaml_to_file`):
 an SDK release may move any of it, and then this module is the one to fix.
 """
-import logging
 import re
 from collections.abc import Mapping
 from functools import cached_property
@@ -32,10 +31,9 @@ def _text(value):
 
 
 def load_sdk():
-    """Import azure.ai.ml and silence its INFO/"experimental class" chatter on stderr."""
+    """Import azure.ai.ml (here, on first use: it takes seconds)."""
     import azure.ai.ml as sdk
 
-    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
     return sdk
 
 
@@ -129,8 +127,6 @@ class AzureSeam:
             return self._credential
         from azure.identity import DefaultAzureCredential
 
-        # it logs every failed attempt of its chain at WARNING; azure_errors says it in one line
-        logging.getLogger("azure.identity").setLevel(logging.ERROR)
         return DefaultAzureCredential()
 
     @cached_property
