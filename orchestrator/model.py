@@ -14,6 +14,7 @@ Example:
     ['7', '3']
 """
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ class Model:
     not a model made by orchestrate (it lacks the labels and preprocessing metadata).
 
     A run's int8 model (orchestrator.quantize: two to three times faster on a CPU) is used when
-    it was kept, unless `fp32`; `quantized` says which one this is. A file is used as it is.
+    it was kept, unless `fp32`, and only if it was made from the run's current model.onnx;
+    `quantized` says which one this is and `chosen_for` why. A file is used as it is.
 
     Example:
         >>> model = Model("runs/digits-20261123-101500-ab12/outputs/model.onnx")
@@ -89,10 +91,18 @@ class Model:
 
     def __init__(self, path_or_run: str | os.PathLike, fp32: bool = False):
         from .inference.classifier import OnnxClassifier
+        from .inference.quantize import stale_reason
         from .run_lookup import model_path
 
-        self.path: Path = model_path(path_or_run, fp32=fp32).resolve()
-        self._classifier = OnnxClassifier(self.path)
+        path = model_path(path_or_run, fp32=fp32)
+        self._classifier = OnnxClassifier(path)
+        self._passed_over = None
+        if path != Path(path_or_run) and self.quantized:  # a run's int8 model, chosen for its name
+            self._passed_over = stale_reason(path, self._classifier.session.get_modelmeta().custom_metadata_map)
+            if self._passed_over:
+                path = model_path(path_or_run, fp32=True)
+                self._classifier = OnnxClassifier(path)
+        self.path: Path = path.resolve()
 
     def __repr__(self):
         return f"Model({str(self.path)!r})"
@@ -121,8 +131,17 @@ class Model:
 
     def chosen_for(self, given) -> str | None:
         """The line to tell a user who named a run (`given`) and got its int8 model, whose numbers
-        differ slightly from the fp32 model's; None when there is nothing to tell (an fp32 model,
-        or a model file named by its path)."""
+        differ slightly from the fp32 model's, or its fp32 model because the int8 file beside it
+        was made from an earlier model.onnx (slower than expected, and fixed by quantizing again);
+        None when there is nothing to tell (an fp32 model asked for, or a file named by its path).
+
+        Example:
+            >>> Model("digits-20261123-101500-ab12").chosen_for("digits-20261123-101500-ab12")
+            'model.int8.onnx was made from an earlier model.onnx: using runs/.../model.onnx (run ...'
+        """
+        if self._passed_over:
+            again = f"orchestrate quantize {shlex.quote(str(given))}"
+            return f"{self._passed_over}: using {self.path} (run `{again}` again)"
         if self.quantized == "int8" and not Path(given).is_file():
             return f"using the int8 model {self.path} (--fp32 for the fp32 one)"
         return None

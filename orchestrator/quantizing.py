@@ -11,7 +11,8 @@ its packed copy) with the job's own scan and split (remote_scripts.folder_datase
 figures go to the run's metrics.json under "int8". A model file given by path needs
 `calibration`, a labeled folder (DATA/<label>/<images>) whose images both calibrate and gate.
 `predict`, `evaluate`, `score`, `serve` and orchestrator.Model then use a run's int8 model when
-it was kept (fp32=True chooses the fp32 one).
+it was kept (fp32=True chooses the fp32 one), as long as the run's model.onnx is still the file it
+was made from (its sha256 is in the int8 file's metadata); quantizing again replaces it.
 
 Example:
     >>> import orchestrator

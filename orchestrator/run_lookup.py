@@ -70,7 +70,9 @@ def model_path(model_or_run, fp32=False) -> Path:
     outputs are downloaded first when needed). UsageError when there is none.
 
     A run's int8 model (model.int8.onnx, which `quantize` leaves only when it passed its gate) is
-    chosen over its model.onnx unless `fp32`: the caller can tell by the name and say so."""
+    chosen over its model.onnx unless `fp32`: the caller can tell by the name and say so, and
+    checks, with the metadata it loads anyway, that it was made from that model.onnx
+    (inference.quantize.stale_reason)."""
     from .inference.quantize import int8_path
 
     path = Path(model_or_run)

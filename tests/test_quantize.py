@@ -8,6 +8,7 @@ accuracy rule (200 test images or more) applies; three unreadable files check th
 rebuilt without them, as the job built it.
 """
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from conftest import run_cli
 from imagegen import make_dataset
 from orchestrator.errors import DatasetError, UsageError
 from orchestrator.inference.classifier import OnnxClassifier
-from orchestrator.inference.quantize import MIN_AGREEMENT, QUANTIZED_KEY, quantize_model
+from orchestrator.inference.quantize import MIN_AGREEMENT, QUANTIZED_KEY, SOURCE_KEY, quantize_model
 from remote_scripts.imaging import CAM_NAME, OUTPUT_NAME
 
 pytestmark = pytest.mark.slow
@@ -95,6 +96,7 @@ def test_train_quantize_keeps_an_int8_model_that_agrees_with_fp32(trained):
     int8_meta = {p.key: p.value for p in onnx.load(str(int8_file)).metadata_props}
     assert {key: int8_meta[key] for key in fp32_meta} == fp32_meta
     assert int8_meta[QUANTIZED_KEY] == "int8"
+    assert int8_meta[SOURCE_KEY] == hashlib.sha256(fp32_file.read_bytes()).hexdigest()
     assert float(int8_meta["orchestrate.agreement"]) == pytest.approx(section["agreement"], abs=1e-5)
     assert float(int8_meta["orchestrate.accuracy_drop"]) == pytest.approx(section["accuracy_drop"], abs=1e-5)
     assert any(node.op_type == "DequantizeLinear" for node in onnx.load(str(int8_file)).graph.node)
@@ -129,6 +131,77 @@ def test_predict_evaluate_and_score_use_the_int8_model_and_fp32_picks_the_other(
 
     assert Model(run).quantized == "int8" and Model(run).path == int8_file
     assert Model(run, fp32=True).quantized is None and Model(run, fp32=True).path == int8_file.with_name("model.onnx")
+
+
+def replace_with_another_model(model):
+    """Write over `model` (atomically, as a download does) the same network with its last layer's
+    weights doubled: another model, whose scores differ from the first one's and from its int8's."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model))
+    head = next(node for node in graph.graph.node if node.op_type == "Gemm")
+    weight = next(init for init in graph.graph.initializer if init.name == head.input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 2, weight.name))
+    staged = model.with_name("staged.onnx")
+    onnx.save(graph, str(staged))
+    staged.replace(model)
+
+
+def test_an_int8_model_of_an_earlier_model_onnx_is_passed_over_until_quantize_runs_again(trained, tmp_path,
+                                                                                         in_home):
+    from orchestrator import Model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run_dir"], run)
+    fp32_file, int8_file = run / "outputs" / "model.onnx", run / "outputs" / "model.int8.onnx"
+    image = sorted((trained["data"] / "red").glob("*.png"))[0]
+    assert Model(run).path == int8_file and Model(run).chosen_for(run).startswith("using the int8 model")
+
+    replace_with_another_model(fp32_file)
+    fp32_score = OnnxClassifier(fp32_file).classify([str(image)])[0][0].max()
+    int8_score = OnnxClassifier(int8_file).classify([str(image)])[0][0].max()
+    assert abs(fp32_score - int8_score) > 1e-3
+    said = (f"model.int8.onnx was made from an earlier model.onnx: using {fp32_file} "
+            f"(run `orchestrate quantize {run}` again)")
+    predicted = run_cli("predict", run, image, "--json", env=trained["env"])
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stderr.strip() == said
+    assert json.loads(predicted.stdout)[0]["score"] == pytest.approx(float(fp32_score), abs=1e-6)
+    chosen = Model(run)
+    assert chosen.path == fp32_file and chosen.quantized is None and chosen.chosen_for(run) == said
+    assert Model(run, fp32=True).chosen_for(run) is None  # the fp32 model asked for: nothing to tell
+
+    # quantize writes over the stale int8 file an int8 model of the new model.onnx, which is used again
+    quantized = run_cli("quantize", run, env=trained["env"])
+    assert quantized.returncode == 0 and "kept the int8 model" in quantized.stdout, quantized.stderr
+    assert Model(run).path == int8_file and Model(run).quantized == "int8"
+    again = run_cli("predict", run, image, "--json", env=trained["env"])
+    assert again.returncode == 0 and again.stderr.startswith(f"using the int8 model {int8_file}"), again.stderr
+    new_int8_score = OnnxClassifier(int8_file).classify([str(image)])[0][0].max()
+    assert json.loads(again.stdout)[0]["score"] == pytest.approx(float(new_int8_score), abs=1e-6)
+    assert abs(new_int8_score - fp32_score) < abs(int8_score - fp32_score)  # of the new model, not the old
+
+
+def test_an_int8_model_that_does_not_record_its_source_is_not_trusted(trained, tmp_path, in_home):
+    """An int8 file of an earlier version (no SOURCE_KEY) may be of another model.onnx: passed over, said."""
+    from orchestrator import Model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run_dir"], run)
+    int8_file = run / "outputs" / "model.int8.onnx"
+    model = onnx.load(str(int8_file))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != SOURCE_KEY]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(int8_file))
+    chosen = Model(run)
+    assert chosen.path == run / "outputs" / "model.onnx" and chosen.quantized is None
+    assert chosen.chosen_for(run).startswith("model.int8.onnx does not record which model.onnx it was made from: "
+                                             f"using {run / 'outputs' / 'model.onnx'} (run `orchestrate quantize")
+    int8_file.write_bytes(b"no ONNX file at all")  # named in one line, not passed over in silence
+    with pytest.raises(UsageError, match="model.int8.onnx is not a readable ONNX model"):
+        Model(run)
 
 
 def test_the_gate_refuses_an_accuracy_drop_above_the_maximum(trained, tmp_path):

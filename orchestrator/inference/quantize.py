@@ -16,7 +16,9 @@ images) over a few hundred images decoded exactly as the model's metadata says
 (classifier.load_image, the decode of predict and of the training job). The final Softmax
 stays in float, so the probabilities keep their resolution (an 8-bit softmax rounds every score
 to 1/255 and turns log-loss infinite). The int8 file carries the fp32 file's
-metadata (labels, preprocessing) plus QUANTIZED_KEY and the measured agreement and drop.
+metadata (labels, preprocessing) plus QUANTIZED_KEY, the measured agreement and drop, and the
+sha256 of the fp32 file it was made from (SOURCE_KEY): a model.onnx replaced since (a resumed
+run's, a copied one) no longer has its int8 model, and stale_reason says so.
 """
 import copy
 import logging
@@ -39,6 +41,7 @@ INT8_SUFFIX = ".int8.onnx"  # model.onnx -> model.int8.onnx, beside it
 QUANTIZED_KEY = "orchestrate.quantized"      # "int8"
 AGREEMENT_KEY = "orchestrate.agreement"      # share of test images where int8 and fp32 pick the same label
 DROP_KEY = "orchestrate.accuracy_drop"       # fp32 accuracy - int8 accuracy, in points
+SOURCE_KEY = "orchestrate.fp32_sha256"       # sha256 of the fp32 model file the int8 model was made from
 MIN_AGREEMENT = 0.97
 # Below this many test images one image moves accuracy by half a point or more: the accuracy rule
 # would judge noise, so only agreement decides.
@@ -52,6 +55,36 @@ def int8_path(model):
     """Where the int8 model of the fp32 file `model` goes: model.onnx -> model.int8.onnx."""
     model = Path(model)
     return model.with_name(model.stem + INT8_SUFFIX)
+
+
+def stale_reason(int8, metadata):
+    """Why the int8 model file `int8`, whose metadata is `metadata` (read by the session that
+    loaded it), must not stand for the model.onnx beside it, or None when it was made from that very
+    file: one made from an earlier model.onnx (a resumed run's, a copied one) would predict for a
+    model that is no longer the run's; one that records no source (an earlier version wrote none)
+    may be of another model, so it is passed over rather than trusted."""
+    int8 = Path(int8)
+    fp32 = int8.with_name(int8.name[:-len(INT8_SUFFIX)] + ".onnx")
+    source = metadata.get(SOURCE_KEY)
+    if source is None:
+        return f"{int8.name} does not record which {fp32.name} it was made from"
+    if source != model_digest(fp32):
+        return f"{int8.name} was made from an earlier {fp32.name}"
+    return None
+
+
+def model_digest(path):
+    """The sha256 of a model file, remembered in the hash cache of dataset uploads by (path, size,
+    mtime_ns): hashing a ResNet50 model.onnx (94 MB) takes about 0.1 s, which every predict of a
+    run with an int8 model would otherwise add to its 0.7 s (a cache hit: 0.2 ms)."""
+    from ..dataset.manifest import file_digest, hash_cache
+    from ..errors import UsageError
+
+    try:
+        with hash_cache() as cache:
+            return file_digest(path, cache)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def calibration_sample(images, seed=0):
@@ -75,6 +108,7 @@ def quantize_model(fp32_path, calibration, test_images, test_labels, *, out=None
     calibration_images, kept, reason (why it was removed; None when kept) and path.
     """
     out = Path(out) if out is not None else int8_path(fp32_path)
+    digest = model_digest(fp32_path)  # before reading the model: a file replaced meanwhile makes the int8 stale
     fp32 = OnnxClassifier(fp32_path)
     with tempfile.TemporaryDirectory(prefix="orchestrate-int8-") as work:
         candidate = Path(work) / "model.int8.onnx"
@@ -86,7 +120,7 @@ def quantize_model(fp32_path, calibration, test_images, test_labels, *, out=None
         reason = gate_refusal(figures, max_accuracy_drop)
         figures.update(kept=reason is None or not gate, reason=reason, path=str(out))
         if figures["kept"]:
-            _write_with_metadata(candidate, fp32_path, out, figures)
+            _write_with_metadata(candidate, fp32_path, out, figures, digest)
         else:
             out.unlink(missing_ok=True)  # an earlier int8 model of this file no longer stands
     return figures
@@ -188,14 +222,15 @@ def gate_refusal(figures, max_accuracy_drop):
     return None
 
 
-def _write_with_metadata(candidate, fp32_path, out, figures):
-    """Write the int8 model to `out` (atomically) with the fp32 model's metadata and its own."""
+def _write_with_metadata(candidate, fp32_path, out, figures, digest):
+    """Write the int8 model to `out` (atomically) with the fp32 model's metadata and its own
+    (`digest`: the sha256 of the fp32 file it was made from)."""
     import onnx
 
     model = onnx.load(str(candidate))
     source = {prop.key: prop.value for prop in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
     source.update({QUANTIZED_KEY: "int8", AGREEMENT_KEY: f"{figures['agreement']:.6g}",
-                   DROP_KEY: f"{figures['accuracy_drop']:.6g}"})
+                   DROP_KEY: f"{figures['accuracy_drop']:.6g}", SOURCE_KEY: digest})
     del model.metadata_props[:]
     for key, value in source.items():
         model.metadata_props.add(key=key, value=value)
