@@ -19,6 +19,7 @@ from orchestrator.inference.classifier import OnnxClassifier
 from orchestrator.ledger import Ledger, RunRecord
 from orchestrator.model import Model, Prediction
 from orchestrator.scoring import Plan, score
+from remote_scripts.folder_dataset import LINK_OUTSIDE
 from serving import train_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # azure-ai-ml's marshmallow
@@ -141,6 +142,23 @@ def test_evaluate_gives_the_jobs_metrics_on_a_labeled_folder(model, trained, tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError):
         model.evaluate(tmp_path / "empty")
+
+
+def test_evaluate_lists_the_links_leading_outside_the_folder_it_left_out(model, trained, tmp_path):
+    data = tmp_path / "holdout"
+    shutil.copytree(trained[1], data)
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(sorted((data / "red").glob("*.png"))[0], outside)
+    (data / "red" / "link.png").symlink_to(outside)
+    metrics = model.evaluate(data)
+    assert metrics["skipped"] == [{"path": "red/link.png", "reason": LINK_OUTSIDE}]
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 30
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    said = CliRunner().invoke(cli, ["evaluate", str(trained[0]), str(data)])
+    assert said.exit_code == 0 and f"left out 1 link(s) leading outside {data}" in " ".join(said.output.split())
 
 
 def test_score_writes_the_predict_rows_and_reports_progress(model, trained, tmp_path):

@@ -106,8 +106,13 @@ def evaluate(model, data, as_json, fp32):
     for label, row in zip(cm["labels"], cm["matrix"]):
         table.add_row(as_text(label), *map(str, row))
     console.print(table)
-    if metrics["skipped"]:
-        console.print(f"[yellow]skipped {len(metrics['skipped'])} unreadable image(s)[/yellow]")
+    from remote_scripts.folder_dataset import LINK_OUTSIDE
+
+    links = sum(1 for skipped in metrics["skipped"] if skipped["reason"] == LINK_OUTSIDE)
+    if len(metrics["skipped"]) > links:
+        console.print(f"[yellow]skipped {len(metrics['skipped']) - links} unreadable image(s)[/yellow]")
+    if links:
+        console.print(f"[yellow]left out {links} link(s) leading outside {as_text(str(data))}[/yellow]")
 
 
 def open_model(model, fp32):

@@ -10,7 +10,10 @@ from ..errors import DatasetError, UsageError, dataset_errors
 
 
 def evaluate_folder(classifier, data_dir):
-    """Metrics dict (remote_scripts.metrics) plus `skipped` files, for DATA/<label>/<images>."""
+    """Metrics dict (remote_scripts.metrics) plus `skipped` files, for DATA/<label>/<images>.
+
+    `skipped` lists, as the job's metrics.json does, the unreadable images and the links that
+    lead outside DATA, which the scan leaves out (each {"path", "reason"})."""
     with dataset_errors():
         found = scan(str(data_dir), min_classes=1)  # one labeled class is enough to evaluate on
     unknown = sorted(set(found.classes) - set(classifier.labels))
@@ -20,7 +23,7 @@ def evaluate_folder(classifier, data_dir):
     index = {label: i for i, label in enumerate(classifier.labels)}
     paths = [os.path.join(str(data_dir), rel) for rel, _ in found.samples]
     truth = [index[found.classes[label]] for _, label in found.samples]
-    y_true, rows, skipped = [], [], []
+    y_true, rows, skipped = [], [], list(found.skipped)
     for (rel, _), t, (probs, error) in zip(found.samples, truth, classifier.classify(paths)):
         if error:
             skipped.append({"path": rel, "reason": error})
