@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-from .backends.base import CANCELED, COMPLETED, SCORE, TERMINAL, TRAIN, RunRef
+from .backends.base import CANCELED, COMPLETED, SCORE, TERMINAL, TRAIN, JobSpec, RunRef
 from .errors import JobFailed, UsageError
 from .events import OnEvent, ignore, parse_line
 from .run_folder import LABELS, METRICS, MODEL, RunFolder
@@ -197,7 +197,8 @@ class Run:
             options = self._record.params.get("backend_options", {})
             if options.get("register"):
                 self.registered = self.register()
-            if options.get("quantize") and "int8" not in self.metrics:
+            started = RunFolder(self.folder).spec()  # spec.json: what the run was started with
+            if started and JobSpec.from_json(started).quantize and "int8" not in self.metrics:
                 from .quantizing import quantize
 
                 self.quantized = quantize(self.id, on_event=on_event)

@@ -34,11 +34,13 @@ def new_run_id(name):
     return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def make_spec(data, train_args, backend_options, name, runs_dir, trials=None):
-    """The JobSpec of a new run, a search with `trials` (nothing is created yet: `--dry-run` stops here)."""
+def make_spec(data, train_args, backend_options, name, runs_dir, trials=None, quantize=None):
+    """The JobSpec of a new run, a search with `trials` (nothing is created yet: `--dry-run` stops here);
+    `quantize`: what Run.wait does once it completes (JobSpec.quantize)."""
     run_id = new_run_id(name)
     return JobSpec(run_id=run_id, data=Path(data).resolve(), run_dir=(Path(runs_dir) / run_id).resolve(),
-                   train_args=list(train_args), backend_options=dict(backend_options), trials=trials)
+                   train_args=list(train_args), backend_options=dict(backend_options), trials=trials,
+                   quantize=quantize)
 
 
 def start(backend, ledger, spec, name):

@@ -37,7 +37,7 @@ def azure_only():
     declares them, its dry run and its workspace): any of them given with local data is a mistake,
     named by its flag."""
     from .backends.azure.score_job import SCORE_OPTIONS
-    from .training import WORKSPACE_FLAGS
+    from .backends.azure.settings import WORKSPACE_FLAGS
 
     return {**{option.dest: option.flag for option in SCORE_OPTIONS}, "dry_run": "--dry-run",
             "export": "--export", **WORKSPACE_FLAGS}

@@ -26,27 +26,11 @@ from .plan import Plan
 if TYPE_CHECKING:
     from .run import Run
 
-WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
-# The workspace an Azure run uses (backends.azure.settings resolves them: flags > env > profile), with
-# the flags that set them.
-WORKSPACE_FLAGS = {"subscription_id": "--subscription-id", "resource_group": "--resource-group",
-                   "workspace_name": "--workspace", "profile": "--profile"}
-
-
 def backend_choices():
     """"auto" and the registered backends' names: what backend= takes."""
     from .backends import BACKENDS
 
     return ("auto", *BACKENDS)
-
-
-def azure_only():
-    """{dest: flag} of the options that only an Azure ML job has: any of them means the azure
-    backend (a user who names a compute cluster wants the cloud, not a silent run on the laptop)."""
-    from .backends import backend_options
-
-    return {**{dest: option.flag for dest, (option, backends) in backend_options().items() if backends == ("azure",)},
-            **WORKSPACE_FLAGS}
 
 
 # train()'s own arguments that take a value of a kind, with their rule (the CLI's flags too).
@@ -81,13 +65,14 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     data: a folder with one sub-folder of images per label (or see labels=), a packed dataset
       (orchestrator.data.pack), or such a dataset at s3://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX
       (packed into the cache folder first).
-    backend: "local", "docker", "azure" or "auto" (azure when an Azure-only option is given or a
-      workspace is configured, else docker when an engine answers, else local).
+    backend: "local", "docker", "azure" or "auto" (the backend of an option only it takes, else
+      azure when a workspace is configured, else docker when an engine answers, else local).
     search: try several configurations, cheapest first, each a run of its own (`trials`: at most
       this many; `space`: a YAML file of the configurations); time_budget= is the whole search's.
-    dry_run: return a Plan of the Azure ML job instead (export=PATH writes its YAML); nothing is created.
-    approve: approve("create compute NAME?") is asked before an Azure compute cluster is created
-      (return False to stop); None: create it without asking.
+    dry_run: return a Plan of the job instead, from a backend that has a dry run (auto: azure): the
+      Azure ML job (export=PATH writes its YAML); nothing is created.
+    approve: approve("create compute NAME?") is asked before a backend creates what costs (an Azure
+      compute cluster; return False to stop); None: create it without asking.
     on_event: receives progress as event dicts: uploads, downloads, notices ({"type": "notice"}).
     quantize: "int8": once the run completes, Run.wait() writes its int8 model on this machine from
       the dataset it has (orchestrator.quantize, gate included; the result: `run.quantized`).
@@ -121,8 +106,6 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     values, backend_options = checked_options(options)
     if quantize not in (None, "int8"):
         raise UsageError(f"quantize={quantize!r}: the one kind is \"int8\"")
-    if quantize:  # a setting of the client, which quantizes after the job (kept out of the training image)
-        backend_options["quantize"] = quantize
     if is_uri(str(data)):  # trained on as its packed copy in the cache folder, on every backend
         from .data import pack
         from .dataset.sources import open_source
@@ -133,13 +116,14 @@ def train(data: Union[str, Path], *, backend: str = "auto", name: Optional[str] 
     validate_dataset(data, values)
     trial_list = search_trials(search, values, space, trials, backend_options)
     name = name or data.resolve().name
-    spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir, trials=trial_list)
+    spec = runner.make_spec(data, to_arguments(values), backend_options, name, runs_dir, trials=trial_list,
+                            quantize=quantize)
     if dry_run or export:
         return plan(backend, spec, export, on_event)
-    chosen, workspace = choose_backend(backend, spec.backend_options)
-    if workspace:
-        on_event(notice(workspace))
-    engine = get_backend(chosen, on_event=on_event, **({"approve": approve} if chosen == "azure" else {}))
+    chosen, line = choose_backend(backend, spec.backend_options)
+    if line:
+        on_event(notice(line))
+    engine = get_backend(chosen, on_event=on_event, approve=approve)
     if engine.needs_client_weights(spec):
         for train_args in {wanted_imagenet_arch(args): args for args in job_arguments(spec)}.values():  # one per arch
             fetch_imagenet_weights(train_args, on_event)
@@ -152,14 +136,15 @@ def checked_options(options):
     """({job option dest: value or None}, {backend option: value}) of train()'s `options`, each
     value checked by its table's rule (the job's OPTIONS, the backends' options); UsageError naming
     the first bad one."""
-    from .backends import backend_options
+    from .backends import backend_options, setting_flags
 
     backend_table = {dest: option for dest, (option, _) in backend_options().items()}
+    settings = setting_flags()  # strings each
     values = {option.dest: None for option in OPTIONS}
     given = {}
     for key, value in options.items():
         option = BY_DEST.get(key) or backend_table.get(key)
-        if option is None and key not in WORKSPACE_FLAGS:
+        if option is None and key not in settings:
             raise UsageError(f"train() got an unknown option {key!r} (the options of `orchestrate train --help`, "
                              "with underscores)")
         if value is None:
@@ -204,53 +189,59 @@ def validate_dataset(data, values):
 
 
 def choose_backend(name, options):
-    """(backend name, the line saying which workspace an Azure run uses, or None).
+    """(backend name, the line to tell the user about the setup it found, or None).
 
-    auto: azure when an Azure-only option is given or a workspace is configured, else docker when
-    an engine answers, else local. Azure without a workspace is a one-line error naming
-    `orchestrate init` and the variables, before anything is created or uploaded.
+    What only one backend takes means that backend (forced_backend); else auto asks each backend in
+    turn (backends.auto_order: azure when a workspace is configured, docker when an engine answers,
+    else local). A named backend checks its setup first: azure without a workspace is a one-line
+    error naming `orchestrate init`, before anything is created or uploaded.
     """
-    azure_flags = [flag for key, flag in azure_only().items() if options.get(key) is not None]
-    if azure_flags and name not in ("auto", "azure"):
-        raise UsageError(f"{', '.join(azure_flags)}: Azure ML option(s), which --backend {name} has not; "
-                         "drop them or use --backend azure")
-    if azure_flags:
-        name = "azure"
-    if name in ("auto", "azure"):
-        from .backends.azure.settings import load_settings
+    from .backends import auto_order, backend_class
 
-        settings = load_settings({f: options.get(f) for f in WORKSPACE_FIELDS}, profile=options.get("profile"))
-        if all(getattr(settings, f) for f in WORKSPACE_FIELDS):
-            sources = sorted({settings.sources[f] for f in WORKSPACE_FIELDS})
-            return "azure", (f"Azure ML workspace {settings.workspace_name} (resource group "
-                             f"{settings.resource_group}, subscription {settings.subscription_id}) from "
-                             f"{', '.join(sources)}")
-        if name == "azure":
-            settings.require(*WORKSPACE_FIELDS)  # one line naming each missing setting and `orchestrate init`
+    name = forced_backend(name, options)
     if name != "auto":
-        return name, None
-    from .backends.docker import engine_available
+        return name, backend_class(name).auto_choice(options, named=True) or None
+    for candidate in auto_order():
+        line = backend_class(candidate).auto_choice(options)
+        if line is not None:
+            return candidate, line or None
+    raise UsageError("no backend takes this job here: name one with --backend")
 
-    return ("docker" if engine_available() else "local"), None
+
+def forced_backend(name, options):
+    """`name`, or for "auto" the backend whose own options (backends.exclusive_options) are given;
+    UsageError naming them when they are another backend's."""
+    from .backends import backend_class, exclusive_options
+
+    owners = {}  # backend -> the flags given that only it takes
+    for dest, (flag, owner) in exclusive_options().items():
+        if options.get(dest) is not None:
+            owners.setdefault(owner, []).append(flag)
+    said = {owner: f"{', '.join(flags)}: {backend_class(owner).title or owner} option(s)"
+            for owner, flags in owners.items()}
+    if name == "auto" and len(owners) > 1:
+        raise UsageError(f"{'; '.join(said.values())}: options of different backends; keep one backend's")
+    if name == "auto" and owners:
+        name = next(iter(owners))
+    for owner in owners:
+        if owner != name:
+            raise UsageError(f"{said[owner]}, which --backend {name} has not; drop them or use --backend {owner}")
+    return name
 
 
-def plan(backend, spec, export, on_event):
-    """The Plan of `spec` as an Azure ML job, its YAML written to `export` when given; no cloud call."""
-    if backend not in ("auto", "azure"):
-        raise UsageError("--dry-run and --export describe an Azure ML job: use them with --backend azure")
-    from .backends.azure.backend import describe_plan, export_job_yaml
-    from .backends.azure.job import check_export_path
-    from .weights import fetch_imagenet_weights
+def plan(name, spec, export, on_event):
+    """The Plan of `spec` by its backend's dry run (nothing is created, no cloud call), its job written
+    to `export` when given; auto: the backend the options name, else the first with a dry run (azure)."""
+    from .backends import auto_order, backend_class
 
-    if export:
-        check_export_path(export)
-    description = describe_plan(spec)
-    if export:
-        if spec.backend_options.get("weights_upload"):  # the YAML names the file az ml job create uploads
-            fetch_imagenet_weights(spec.train_args, on_event)
-        export_job_yaml(spec, export)
-    return Plan(spec.run_id, description, spec, Path(export) if export else None,
-                write_yaml=lambda path: export_job_yaml(spec, path))
+    name = forced_backend(name, spec.backend_options)
+    planners = [candidate for candidate in auto_order() if backend_class(candidate).plan is not None]
+    if name == "auto" and planners:
+        name = planners[0]
+    if name not in planners:
+        raise UsageError(f"backend {name} has no dry run: --dry-run and --export describe a job without starting "
+                         f"it; use them with --backend {' or --backend '.join(planners)}")
+    return backend_class(name).plan(spec, export, on_event)
 
 
 def search_trials(search, values, space_file, max_trials, backend_options):

@@ -4,7 +4,9 @@ Lifecycle: prepare(spec) -> submit(spec) -> RunRef -> log_lines(run, cursor) -> 
 cancel / download, and resume(spec, run) where a backend can start an ended run again.
 Backends differ only where the world differs: event parsing, rendering, the ledger and the
 output layout are shared (orchestrator/runner.py). Each backend declares its options (`options`,
-BackendOption each): train() checks them and the CLI generates its flags from them.
+BackendOption each): train() checks them and the CLI generates its flags from them. It also says
+itself when `--backend auto` takes it (auto_choice) and whether it has a dry run (plan), so the
+SDK's one caller names no backend.
 """
 import re
 from abc import ABC, abstractmethod
@@ -15,7 +17,7 @@ from remote_scripts.options import Option
 from remote_scripts.search_space import trials_argument
 
 from ..errors import UsageError
-
+from ..events import ignore
 from ..run_folder import RunFolder
 
 # Run states, the same words for every backend and in the ledger.
@@ -49,6 +51,9 @@ class JobSpec:
     trials: list = None
     kind: str = TRAIN
     score: dict = None
+    # A setting of the client, no backend's: "int8" has Run.wait write the run's int8 model on this
+    # machine once the run completes (orchestrator.quantize); None: no quantizing.
+    quantize: str = None
 
     @property
     def output_dir(self):
@@ -65,11 +70,14 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, data):
-        """The spec that runs/<id>/spec.json records (the inverse of to_json; other keys ignored)."""
+        """The spec that runs/<id>/spec.json records (the inverse of to_json; other keys ignored).
+        Runs started before quantize had a field of its own kept it among their backend_options."""
+        backend_options = dict(data.get("backend_options") or {})
+        quantize = data.get("quantize") or backend_options.pop("quantize", None)
         return cls(run_id=data["run_id"], data=data["data"] if "://" in data["data"] else Path(data["data"]),
                    run_dir=Path(data["run_dir"]), train_args=list(data["train_args"]),
-                   backend_options=dict(data.get("backend_options") or {}), trials=data.get("trials"),
-                   kind=data.get("kind", TRAIN), score=data.get("score"))
+                   backend_options=backend_options, trials=data.get("trials"),
+                   kind=data.get("kind", TRAIN), score=data.get("score"), quantize=quantize)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ class LogLine:
 
 class Backend(ABC):
     name = ""
+    title = ""  # how messages name the backend ("Azure ML option(s)"); its name when empty
     # Whether resume() can start an ended run again in its own folder (`orchestrate train --resume`),
     # and, where it cannot, why not (or what does it instead).
     resumable = False
@@ -134,8 +143,33 @@ class Backend(ABC):
     # The backend's options (BackendOption each), in the order `orchestrate train --help` lists them
     # (a backend that runs score jobs declares theirs beside them: azure/score_job.SCORE_OPTIONS).
     options = ()
+    # What the backend reads from a job's options beside its `options`, {dest: flag}, each a string
+    # declared where it is resolved (azure: the workspace, its settings module): train() accepts them,
+    # and, like an option no other backend declares, any of them given means this backend.
+    setting_flags = {}
     # How often a caller that follows a run with a deadline (Run.wait(timeout=...)) reads log_lines again.
     poll_seconds = 1.0
+    # A dry run, where the backend can describe a job without starting it: a classmethod
+    # plan(spec, export=None, on_event=ignore) -> orchestrator.plan.Plan that creates nothing (export:
+    # also write the job to that file). None: `--dry-run` and `--export` are refused for this backend.
+    plan = None
+
+    def __init__(self, on_event=None, approve=None):
+        """on_event: receives the backend's progress as event dicts (orchestrator.events); approve:
+        asked approve(question) before the backend creates something that costs (a compute cluster):
+        False or an exception stops it; None creates without asking. Every backend takes both, so
+        one caller makes any of them (backends.get_backend)."""
+        self.on_event = on_event or ignore
+        self.approve = approve
+
+    @classmethod
+    def auto_choice(cls, options, named=False):
+        """Whether `--backend auto` takes this backend for a job with `options` (JobSpec.backend_options,
+        the given ones): the line to tell the user ("" for none), or None to try the next backend
+        (backends.auto_order). With `named` the backend is taken anyway (the user named it, or gave an
+        option only it has): the line, or None, or UsageError when it cannot run the job here (a
+        missing setting), before anything is created. Asks no service beyond a local check."""
+        return "" if named else None
 
     @classmethod
     def settings(cls, backend_options):

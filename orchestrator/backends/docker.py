@@ -31,7 +31,7 @@ from typing import NamedTuple
 from remote_scripts.atomic import write_atomically
 
 from ..errors import OrchestrateError, ServiceError, UsageError
-from ..events import build_output, ignore
+from ..events import build_output
 from ..images import DEFAULT_BASE_IMAGE, ensure_training_image
 from ..paths import image_cache_dir, remote_scripts_dir
 from ..run_folder import RunFolder
@@ -130,6 +130,7 @@ def device_requests(client, gpus):
 
 class DockerBackend(Backend):
     name = "docker"
+    title = "Docker"
     resumable = True
     options = (
         BackendOption("--base-image", "str", DEFAULT_BASE_IMAGE, "base image of the training image"),
@@ -139,10 +140,15 @@ class DockerBackend(Backend):
                       form="a size like 8g or 512m"),
     )
 
-    def __init__(self, on_event=None):
+    def __init__(self, on_event=None, approve=None):
+        # on_event: the image build's output (base image, pulls, debootstrap), one build event per line
+        super().__init__(on_event, approve)
         self._client = None
-        # the image build's output (base image, pulls, debootstrap), one build event per line
-        self.on_event = on_event or ignore
+
+    @classmethod
+    def auto_choice(cls, options, named=False):
+        """"auto" runs the job in a container when a Docker engine answers here (within a second)."""
+        return "" if named or engine_available() else None
 
     @property
     def client(self):

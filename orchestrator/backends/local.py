@@ -13,7 +13,6 @@ import sys
 import time
 
 from ..errors import UsageError
-from ..events import ignore
 from ..paths import remote_scripts_dir
 from ..run_folder import RunFolder
 from .base import CANCELED, COMPLETED, FAILED, LAUNCH_OPTIONS, RUNNING, Backend, LogLine, RunRef, launch_command
@@ -28,10 +27,10 @@ class LocalBackend(Backend):
     resumable = True
     options = LAUNCH_OPTIONS
 
-    def __init__(self, on_event=None):
-        # the same constructor as every backend's (backends.get_backend passes it): a local job's
-        # progress is its log, so nothing of the client's own is reported yet
-        self.on_event = on_event or ignore
+    @classmethod
+    def auto_choice(cls, options, named=False):
+        """This process runs any job: "auto" ends here when no other backend took it."""
+        return ""
 
     def prepare(self, spec):
         missing = [m for m in ("torch", "torchvision", "onnx") if importlib.util.find_spec(m) is None]

@@ -16,7 +16,8 @@ from .training_options import backend_options, click_option, training_options
 @click.command()
 @click.argument("data", required=False)  # a folder, or an s3:// or az:// URI (which a Path would mangle)
 @click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True,
-              help="Where the job runs. auto: azure when a workspace is configured, else docker when an engine "
+              help="Where the job runs. auto: the backend of an option only it takes (--compute: azure, "
+                   "--cpus: docker), else azure when a workspace is configured, else docker when an engine "
                    "answers, else local.")
 @training_options
 @click.option("--search", is_flag=True,

@@ -24,7 +24,7 @@ from ...errors import UsageError
 from ...events import ignore, notice
 from ...run_folder import RunFolder
 from ..base import FAILED, SCORE, TERMINAL, TRAIN, Backend, BackendOption, RunRef
-from .settings import PROFILE_FIELDS, Settings, load_settings
+from .settings import PROFILE_FIELDS, WORKSPACE_FLAGS, Settings, load_settings, workspace_line
 
 
 class AzureBackend(Backend):
@@ -37,6 +37,8 @@ class AzureBackend(Backend):
         >>> backend.prepare(spec); run = backend.submit(spec)
     """
     name = "azure"
+    title = "Azure ML"
+    setting_flags = WORKSPACE_FLAGS  # the workspace: resolved by settings (flags > env > profile)
     poll_seconds = 15.0  # a caller following with a deadline asks this often (each ask: a few service calls)
     kinds = frozenset({TRAIN, SCORE})  # a score job: a one-step parallel pipeline (score_job.py)
     not_resumable = "Azure ML restarts a preempted job by itself, from the run's checkpoint output"
@@ -65,18 +67,28 @@ class AzureBackend(Backend):
     )
 
     def __init__(self, seam_factory=None, sleep=time.sleep, on_event=None, clock=time.monotonic, approve=None):
+        # approve: called once the plan of a cluster to create is shown, before it is created (the
+        # CLI's confirmation on a terminal: it raises to stop); None creates without asking.
+        super().__init__(on_event, approve)
         if seam_factory is None:
             from .seam import AzureSeam as seam_factory
         self.seam_factory = seam_factory
         self.sleep = sleep
         self.clock = clock
-        self.on_event = on_event or ignore
-        # Called once the plan of a cluster to create is shown, before it is created: the CLI's
-        # confirmation on a terminal (it raises to stop); None creates without asking.
-        self.approve = approve
         self._datastores = {}  # run_id -> datastore resolved by prepare()
         self._score_plans = {}  # run_id -> a score job's plan, its datastore resolved by prepare()
         self._said = {}  # run_id -> the job status last said: a caller polling log_lines hears each change once
+
+    @classmethod
+    def auto_choice(cls, options, named=False):
+        """"auto" runs the job on Azure ML when a workspace is configured (the line names it and where
+        it came from); named without one: the one-line error naming `orchestrate init`."""
+        return workspace_line(options, required=named)
+
+    @classmethod
+    def plan(cls, spec, export=None, on_event=ignore):
+        """`--dry-run [--export FILE]`: what a submit would create and run (dry_run below)."""
+        return dry_run(spec, export, on_event)
 
     def _notice(self, message):
         self.on_event(notice(message))
@@ -418,6 +430,27 @@ def _build(spec, datastore=None):
         return sweep.job, build_sweep(sweep)
     plan = plan_from_spec(spec, datastore=datastore)
     return plan, build_job(plan)
+
+
+def dry_run(spec, export=None, on_event=ignore):
+    """The Plan of `spec` as an Azure ML job, its YAML written to `export` when given (the path checked
+    before anything else); no cloud call. With --weights-upload the YAML names the weights file that
+    `az ml job create` uploads, so it is fetched first."""
+    from pathlib import Path
+
+    from ...plan import Plan
+    from ...weights import fetch_imagenet_weights
+    from .job import check_export_path
+
+    if export:
+        check_export_path(export)
+    description = describe_plan(spec)
+    if export:
+        if spec.backend_options.get("weights_upload"):
+            fetch_imagenet_weights(spec.train_args, on_event)
+        export_job_yaml(spec, export)
+    return Plan(spec.run_id, description, spec, Path(export) if export else None,
+                write_yaml=lambda path: export_job_yaml(spec, path))
 
 
 def describe_plan(spec):

@@ -36,6 +36,10 @@ FLAGS = {
 }
 PROFILE_FIELDS = tuple(ENV_VARS)
 DEFAULT_PROFILE = "default"
+# The workspace an Azure run uses, and the flags of train() and score() that set it (the backend's
+# `setting_flags`: strings beside its options; a profile selects a layer rather than being one).
+WORKSPACE_FIELDS = ("subscription_id", "resource_group", "workspace_name")
+WORKSPACE_FLAGS = {**{f: FLAGS[f] for f in WORKSPACE_FIELDS}, "profile": "--profile"}
 
 
 @dataclass
@@ -175,6 +179,20 @@ def workspace_configured(env=None, cwd=None):
     except OrchestrateError:
         return False
     return bool(s.subscription_id and s.resource_group and s.workspace_name)
+
+
+def workspace_line(options, required=False):
+    """The line naming the workspace a job with `options` (its workspace flags among them) would run
+    in and where each setting came from; None when none is fully named, or with `required` the
+    one-line UsageError naming each missing setting and `orchestrate init`. No network, no SDK."""
+    settings = load_settings({f: options.get(f) for f in WORKSPACE_FIELDS}, profile=options.get("profile"))
+    if not all(getattr(settings, f) for f in WORKSPACE_FIELDS):
+        if required:
+            settings.require(*WORKSPACE_FIELDS)
+        return None
+    sources = sorted({settings.sources[f] for f in WORKSPACE_FIELDS})
+    return (f"Azure ML workspace {settings.workspace_name} (resource group {settings.resource_group}, "
+            f"subscription {settings.subscription_id}) from {', '.join(sources)}")
 
 
 def studio_url(settings):
