@@ -7,8 +7,8 @@
 # torchvision AMP loop, and featurizing against a plain eval loop, side by side on the same card
 # (benchmarks/gpu_train.py says how). Sized to end well inside 6 minutes on an H100, generated
 # data included (an estimate from the sizes: 6,000 images, 5 epochs; not yet timed on a GPU).
-# Writes gpu.json, gpu.log (what it printed) and job.log (the job's output) under $OUT, or
-# ./gpu-results when OUT is unset. No CUDA device: one line, exit 1.
+# Writes gpu.json, gpu.log (what it printed), job.log (the job's output) and job.json (its side of (a))
+# under $OUT, or ./gpu-results when OUT is unset. No CUDA device: one line, exit 1.
 # --smoke (or GPU_SMOKE=1): tiny sizes on the CPU, to check the script where there is no GPU.
 # Python: $PYTHON, else .venv/bin/python where it exists, else python3 (the GPU machine's, with torch).
 set -euo pipefail

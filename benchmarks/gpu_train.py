@@ -153,7 +153,7 @@ def shared_memory_workers(workers, config):
         free = shutil.disk_usage("/dev/shm").free
     except OSError:
         return workers
-    return max(1, min(workers, free // (3 * batch_bytes)))
+    return min(workers, free // (3 * batch_bytes))  # 0: batches made in the main process, none in /dev/shm
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,6 +264,7 @@ def section_train(data, work, config, workers, device, out):
            "phases": phases(events, started, started + wall)}
     if device == "cuda" and not (job["device"].startswith("cuda") and job["precision"] in ("bf16", "fp16")):
         raise SystemExit(f"gpu.sh: the job ran on {job['device']} in {job['precision']}, not on the GPU in 16 bits")
+    (out / "job.json").write_text(json.dumps(job, indent=2))  # kept should the plain side fail
     plain_wall, plain = run_child("--plain-train", data, config, workers, device, "--train-count", job["train"])
     plain["wall"] = plain_wall
     for side in (job, plain):

@@ -140,8 +140,12 @@ class Model:
             'model.int8.onnx was made from an earlier model.onnx: using runs/.../model.onnx (run ...'
         """
         if self._passed_over:
-            again = f"orchestrate quantize {shlex.quote(str(given))}"
-            return f"{self._passed_over}: using {self.path} (run `{again}` again)"
+            from .run_folder import RunFolder
+
+            # a folder of outputs without its run's spec.json is quantized as a model file
+            target = (shlex.quote(str(given)) if RunFolder.containing(self.path.parent)
+                      else f"{shlex.quote(str(self.path))} --calibration DATA")
+            return f"{self._passed_over}: using {self.path} (run `orchestrate quantize {target}` again)"
         if self.quantized == "int8" and not Path(given).is_file():
             return f"using the int8 model {self.path} (--fp32 for the fp32 one)"
         return None

@@ -197,7 +197,7 @@ class Run:
             options = self._record.params.get("backend_options", {})
             if options.get("register"):
                 self.registered = self.register()
-            started = RunFolder(self.folder).spec()  # spec.json: what the run was started with
+            started = RunFolder(self.folder).spec(strict=False)  # spec.json: what the run was started with
             if started and JobSpec.from_json(started).quantize and "int8" not in self.metrics:
                 from .quantizing import quantize
 

@@ -234,14 +234,15 @@ def plan(name, spec, export, on_event):
     to `export` when given; auto: the backend the options name, else the first with a dry run (azure)."""
     from .backends import auto_order, backend_class
 
-    name = forced_backend(name, spec.backend_options)
+    chosen = forced_backend(name, spec.backend_options)
     planners = [candidate for candidate in auto_order() if backend_class(candidate).plan is not None]
-    if name == "auto" and planners:
-        name = planners[0]
-    if name not in planners:
-        raise UsageError(f"backend {name} has no dry run: --dry-run and --export describe a job without starting "
+    if chosen == "auto" and planners:
+        chosen = planners[0]
+    if chosen not in planners:
+        which = f"backend {chosen}" if chosen == name else f"the options given mean backend {chosen}, which"
+        raise UsageError(f"{which} has no dry run: --dry-run and --export describe a job without starting "
                          f"it; use them with --backend {' or --backend '.join(planners)}")
-    return backend_class(name).plan(spec, export, on_event)
+    return backend_class(chosen).plan(spec, export, on_event)
 
 
 def search_trials(search, values, space_file, max_trials, backend_options):

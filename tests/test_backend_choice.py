@@ -72,6 +72,8 @@ def test_train_plans_on_the_backend_its_options_name(lab, tmp_path):
     with pytest.raises(UsageError, match=r"^backend local has no dry run: --dry-run and --export describe a job "
                                          r"without starting it; use them with --backend lab or --backend azure$"):
         orchestrator.train(data, backend="local", dry_run=True)
+    with pytest.raises(UsageError, match=r"^the options given mean backend docker, which has no dry run"):
+        orchestrator.train(data, cpus=2, dry_run=True)
     assert not (tmp_path / "runs").exists()
 
 

@@ -175,6 +175,18 @@ def test_train_dry_run_export_to_a_missing_folder_exits_2_with_one_line(tmp_path
     assert result.stderr == "error: cannot write /nonexistent/dir/job.yml: no such folder\n"
 
 
+def test_train_dry_run_prints_nothing_of_the_azure_sdk_on_stderr(cli, tmp_path):
+    """azure-ai-ml's import gives its logger a stderr handler of its own: a dry run (which loads the
+    SDK to build and validate the job) must still print only its plan, on stdout."""
+    from imagegen import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=4, size=16)
+    result = cli("train", data, "--compute", "gpu-nc12", "--dry-run", "--export", tmp_path / "job.yml",
+                 cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / "job.yml").is_file(), result.stderr
+    assert result.stderr == ""
+
+
 @pytest.mark.parametrize("command", [["init"], ["workspace", "show"], ["workspace", "create"],
                                      ["compute", "create"], ["compute", "show"], ["compute", "delete"]])
 def test_every_azure_command_takes_the_same_workspace_flags(command):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from orchestrator.backends.azure.settings import (config_path, find_azureml_config, load_settings,
-                                                 save_profile, workspace_configured)
+                                                 save_profile)
 from orchestrator.errors import UsageError
 
 CONN = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;EndpointSuffix=core.windows.net"
@@ -47,8 +47,7 @@ def test_azureml_config_is_found_in_parent_folders_and_by_scope(tmp_path, env):
     assert find_azureml_config(deep) == tmp_path / "a" / "config.json"
     s = load_settings(env=env, cwd=deep)
     assert (s.subscription_id, s.resource_group, s.workspace_name) == ("S1", "R1", "W1")
-    assert workspace_configured(env=env, cwd=deep)
-    assert not workspace_configured(env=env, cwd=tmp_path)
+    assert load_settings(env=env, cwd=tmp_path).workspace_name is None
 
 
 def test_named_profiles_and_the_default_profile(tmp_path, env):
@@ -89,4 +88,3 @@ def test_unreadable_profile_file_is_a_user_error(tmp_path, env):
     path.write_text("{not json")
     with pytest.raises(UsageError, match="cannot read the profile file"):
         load_settings(env=env, cwd=tmp_path)
-    assert not workspace_configured(env=env, cwd=tmp_path)

@@ -199,6 +199,9 @@ def test_an_int8_model_that_does_not_record_its_source_is_not_trusted(trained, t
     assert chosen.path == run / "outputs" / "model.onnx" and chosen.quantized is None
     assert chosen.chosen_for(run).startswith("model.int8.onnx does not record which model.onnx it was made from: "
                                              f"using {run / 'outputs' / 'model.onnx'} (run `orchestrate quantize")
+    bare = shutil.copytree(run / "outputs", tmp_path / "copied-outputs")  # no spec.json: a model file to quantize
+    assert Model(bare).chosen_for(bare).endswith(f"(run `orchestrate quantize {bare / 'model.onnx'} "
+                                                 "--calibration DATA` again)")
     int8_file.write_bytes(b"no ONNX file at all")  # named in one line, not passed over in silence
     with pytest.raises(UsageError, match="model.int8.onnx is not a readable ONNX model"):
         Model(run)

@@ -72,9 +72,9 @@ def cli():
 
 def quiet_azure_logs():
     """The command says each Azure refusal in one line, so the Azure SDK's own records stay off
-    stderr: azure.identity logs every failed sign-in of its chain at WARNING, azure.ai.ml its
-    "experimental class" notes. Set here, in the command, not in the library: an application using
-    `import orchestrator` keeps its own logging configuration."""
+    stderr: azure.identity logs every failed sign-in of its chain at WARNING. Set here, in the
+    command, not in the library: an application using `import orchestrator` keeps its own logging
+    configuration (azure.ai.ml's logger, which that SDK sets up itself, is quieted by seam.load_sdk)."""
     import logging
 
     logging.getLogger("azure").setLevel(logging.ERROR)

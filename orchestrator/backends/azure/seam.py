@@ -9,6 +9,7 @@ azure-ai-ml 1.35 bug where list_usage/list_sizes leave snake_case fields None: n
 Why the private API here too (`_runs_operations`, `_validate`, `_to_job`, `dump_yaml_to_file`):
 an SDK release may move any of it, and then this module is the one to fix.
 """
+import logging
 import re
 from collections.abc import Mapping
 from functools import cached_property
@@ -31,9 +32,15 @@ def _text(value):
 
 
 def load_sdk():
-    """Import azure.ai.ml (here, on first use: it takes seconds)."""
+    """Import azure.ai.ml (here, on first use: it takes seconds) and quiet its own logger.
+
+    Its import gives the `azure.ai.ml` logger a stderr handler of its own at INFO that does not
+    propagate, so no application's logging configuration reaches it: left so, it prints a warning
+    per "experimental class" of the SDK that our jobs use, notes about the SDK's code that the
+    user can do nothing about. Only that logger, which the SDK configured itself, is set to ERROR."""
     import azure.ai.ml as sdk
 
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
     return sdk
 
 

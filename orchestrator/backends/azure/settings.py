@@ -6,8 +6,8 @@ source so error messages can say where a wrong value came from.
 
 Credentials are never stored: DefaultAzureCredential finds them (az login, managed identity, env).
 The one secret read here, AZURE_STORAGE_CONNECTION_STRING, comes from the environment only, is
-never written to a profile and is hidden from repr(). Nothing here imports azure: the CLI's
-default-backend choice (`workspace_configured()`) must cost no network and no SDK import.
+never written to a profile and is hidden from repr(). Nothing here imports azure: the choice of
+`--backend auto` (`workspace_line()`, AzureBackend.auto_choice) must cost no network and no SDK import.
 """
 import json
 import os
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from remote_scripts.atomic import write_atomically
 
-from ...errors import OrchestrateError, UsageError
+from ...errors import UsageError
 # the storage secret: environment only, never a profile field (the blob client's own constant)
 from ...storage.blob import CONNECTION_STRING_ENV
 
@@ -170,15 +170,6 @@ def load_settings(flags=None, profile=None, env=None, cwd=None, new_profile=Fals
                 settings.sources[key] = source
                 break
     return settings
-
-
-def workspace_configured(env=None, cwd=None):
-    """True when a workspace is fully named by env, profile or config.json; no network, no SDK."""
-    try:
-        s = load_settings(env=env, cwd=cwd)
-    except OrchestrateError:
-        return False
-    return bool(s.subscription_id and s.resource_group and s.workspace_name)
 
 
 def workspace_line(options, required=False):
