@@ -104,10 +104,20 @@ def decode_pixels(path, spec):
 
 
 def normalize(pixels, spec):
-    """uint8 array [H, W, 3] -> float32 array [3, H, W], scaled and standardized as in `spec`."""
-    arr = pixels.astype(np.float32) * np.float32(spec["scale"])
-    arr = (arr - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    """uint8 array [H, W, 3] -> float32 array [3, H, W], scaled and standardized as in `spec`.
+
+    Why a table: a uint8 pixel has 256 values, so the float32 arithmetic (times scale, minus
+    mean, over std) is done on those 256 per channel and the image is looked up in it, which
+    gives bit for bit the same floats as doing it on every pixel, at a fifth of the cost: the
+    arithmetic took 0.8-1.0 ms for a 224 px input, twice the JPEG decode of a 400x300 photo.
+    """
+    values = np.arange(256, dtype=np.float32)[:, None] * np.float32(spec["scale"])
+    table = (values - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
+    table = np.ascontiguousarray(table.T)
+    out = np.empty((3,) + pixels.shape[:2], dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel])
+    return out
 
 
 def preprocess_file(path, spec):
