@@ -91,7 +91,7 @@ class Model:
 
     def __init__(self, path_or_run: str | os.PathLike, fp32: bool = False):
         from .inference.classifier import OnnxClassifier
-        from .inference.quantize import stale_reason
+        from .inference.quantize import fp32_path, stale_reason
         from .run_lookup import model_path
 
         path = model_path(path_or_run, fp32=fp32)
@@ -100,7 +100,7 @@ class Model:
         if path != Path(path_or_run) and self.quantized:  # a run's int8 model, chosen for its name
             self._passed_over = stale_reason(path, self._classifier.session.get_modelmeta().custom_metadata_map)
             if self._passed_over:
-                path = model_path(path_or_run, fp32=True)
+                path = fp32_path(path)
                 self._classifier = OnnxClassifier(path)
         self.path: Path = path.resolve()
 

@@ -57,14 +57,19 @@ def int8_path(model):
     return model.with_name(model.stem + INT8_SUFFIX)
 
 
+def fp32_path(int8):
+    """The fp32 file an int8 model file stands beside: model.int8.onnx -> model.onnx."""
+    int8 = Path(int8)
+    return int8.with_name(int8.name[:-len(INT8_SUFFIX)] + ".onnx")
+
+
 def stale_reason(int8, metadata):
     """Why the int8 model file `int8`, whose metadata is `metadata` (read by the session that
     loaded it), must not stand for the model.onnx beside it, or None when it was made from that very
     file: one made from an earlier model.onnx (a resumed run's, a copied one) would predict for a
     model that is no longer the run's; one that records no source (an earlier version wrote none)
     may be of another model, so it is passed over rather than trusted."""
-    int8 = Path(int8)
-    fp32 = int8.with_name(int8.name[:-len(INT8_SUFFIX)] + ".onnx")
+    int8, fp32 = Path(int8), fp32_path(int8)
     source = metadata.get(SOURCE_KEY)
     if source is None:
         return f"{int8.name} does not record which {fp32.name} it was made from"
